@@ -1,0 +1,375 @@
+"""The on-disk segment bank: append-only, with a streamed index.
+
+Layout of a bank folder::
+
+    BANK/
+      bank.json                 format marker and version
+      index.jsonl               one JSON line per segment (metadata only, streamed)
+      segments/shard-00000.bin  concatenated PNG blobs: RGBA, alpha = mask
+      manifest.json             how it was made (stage "bank" or "mine")
+
+A segment's pixels live only in its shard; the index line says where (shard, offset, length).
+Appending writes the blob first and its index line second, so a crash leaves at worst an
+unindexed tail in a shard and a torn last index line, both of which the next writer cuts off:
+everything indexed before the crash stays readable.
+
+Nothing reads all segments into memory: ``iter_index`` streams the metadata and ``table``
+keeps only a few integers per segment for sampling; ``read`` decodes one segment on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from weakpaste.errors import WeakpasteError
+from weakpaste.structures import Segment
+
+FORMAT = "weakpaste-segment-bank"
+FORMAT_VERSION = 1
+INDEX = "index.jsonl"
+SHARD_BYTES = 512 << 20
+
+
+def _encode_segment(seg: Segment) -> bytes:
+    bgra = np.dstack([seg.rgb[..., ::-1], seg.mask.astype(np.uint8) * 255])
+    ok, buf = cv2.imencode(".png", bgra, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise WeakpasteError(f"could not encode segment of class {seg.category!r}")
+    return buf.tobytes()
+
+
+def _decode_segment(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    bgra = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+        raise ValueError("corrupt segment blob")
+    return np.ascontiguousarray(bgra[..., 2::-1]), bgra[..., 3] >= 128
+
+
+@dataclass(frozen=True)
+class BankTable:
+    """Compact columns of a bank's index for sampling (no pixels, no scores).
+
+    Attributes:
+        classes: class names; ``class_idx`` indexes into it.
+        segment_id: int64 (N,).
+        class_idx: int32 (N,).
+        height: int32 (N,) crop height.
+        width: int32 (N,) crop width.
+    """
+
+    classes: tuple[str, ...]
+    segment_id: np.ndarray
+    class_idx: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.segment_id)
+
+    def counts(self) -> dict[str, int]:
+        c = np.bincount(self.class_idx, minlength=len(self.classes))
+        return {name: int(c[i]) for i, name in enumerate(self.classes)}
+
+
+class SegmentBank:
+    """Read access to a bank folder. Picklable (it holds only the path and a lazy location map).
+
+    Args:
+        root: the bank folder.
+
+    Raises:
+        WeakpasteError: the folder is not a segment bank.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        marker = self.root / "bank.json"
+        if not marker.is_file():
+            raise WeakpasteError(f"{self.root}: not a segment bank (no bank.json); build one with "
+                                 "'weakpaste bank from-coco' or 'weakpaste mine'")
+        try:
+            meta = json.loads(marker.read_text())
+        except json.JSONDecodeError:
+            raise WeakpasteError(f"{marker}: corrupt bank marker; rebuild the bank") from None
+        if meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION:
+            raise WeakpasteError(f"{marker}: unsupported bank format {meta.get('format')!r} "
+                                 f"v{meta.get('version')}; upgrade weakpaste or rebuild the bank")
+        self._locations: dict[int, tuple[int, int, int]] | None = None
+        self._handles: dict[int, object] = {}
+
+    def __getstate__(self) -> dict:
+        # File handles do not cross process boundaries; each worker opens its own.
+        return {"root": self.root, "_locations": self._locations, "_handles": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def iter_index(self) -> Iterator[dict]:
+        """Stream the index: one metadata dict per segment, in append order.
+
+        A torn last line (an interrupted writer) is skipped.
+        """
+        path = self.root / INDEX
+        if not path.is_file():
+            return
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.endswith("\n"):
+                    break
+                yield json.loads(line)
+
+    def table(self, classes: list[str] | None = None) -> BankTable:
+        """Compact sampling columns, optionally only for some classes.
+
+        Raises:
+            WeakpasteError: the bank is empty or lacks a requested class.
+        """
+        names: dict[str, int] = {}
+        ids, cls, hs, ws = [], [], [], []
+        locations = {}
+        for e in self.iter_index():
+            locations[e["id"]] = (e["shard"], e["offset"], e["length"])
+            if classes is not None and e["class"] not in classes:
+                continue
+            ids.append(e["id"])
+            cls.append(names.setdefault(e["class"], len(names)))
+            hs.append(e["height"])
+            ws.append(e["width"])
+        self._locations = locations
+        if classes is not None:
+            absent = [c for c in classes if c not in names]
+            if absent:
+                raise WeakpasteError(f"{self.root}: class {absent[0]!r} is not in the bank "
+                                     f"(it has: {', '.join(sorted(self.class_counts())) or 'none'})"
+                                     "; drop it from --classes or mine it first")
+        if not ids:
+            raise WeakpasteError(f"{self.root}: the bank holds no segments; build or mine one "
+                                 "first")
+        return BankTable(classes=tuple(names), segment_id=np.array(ids, dtype=np.int64),
+                         class_idx=np.array(cls, dtype=np.int32),
+                         height=np.array(hs, dtype=np.int32), width=np.array(ws, dtype=np.int32))
+
+    def class_counts(self) -> dict[str, int]:
+        return dict(Counter(e["class"] for e in self.iter_index()))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.iter_index())
+
+    def _location(self, segment_id: int) -> tuple[int, int, int]:
+        if self._locations is None:
+            self._locations = {e["id"]: (e["shard"], e["offset"], e["length"])
+                               for e in self.iter_index()}
+        try:
+            return self._locations[segment_id]
+        except KeyError:
+            raise WeakpasteError(f"{self.root}: no segment with id {segment_id}") from None
+
+    def read_pixels(self, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of one segment: (rgb uint8 (h, w, 3), mask bool (h, w))."""
+        shard, offset, length = self._location(segment_id)
+        fh = self._handles.get(shard)
+        if fh is None:
+            fh = self._handles[shard] = open(self.root / "segments" / f"shard-{shard:05d}.bin",
+                                             "rb")
+        fh.seek(offset)
+        data = fh.read(length)
+        try:
+            return _decode_segment(data)
+        except ValueError:
+            raise WeakpasteError(f"{self.root}: segment {segment_id} is corrupt (shard {shard}, "
+                                 f"offset {offset}); rebuild the bank") from None
+
+    def read(self, entry: dict) -> Segment:
+        """A full segment from its index entry (as yielded by ``iter_index``)."""
+        rgb, mask = self.read_pixels(entry["id"])
+        return Segment(rgb=rgb, mask=mask, category=entry["class"],
+                       source_image=entry.get("source_image", ""),
+                       source_box=np.array(entry.get("source_box", [0, 0, 0, 0]), dtype=float),
+                       scores=dict(entry.get("scores", {})), miner=entry.get("miner", ""),
+                       segment_id=entry["id"])
+
+    def close(self) -> None:
+        for fh in self._handles.values():
+            fh.close()
+        self._handles = {}
+
+
+class BankWriter:
+    """Appends segments to a bank folder (created if needed). Use as a context manager.
+
+    Args:
+        root: the bank folder.
+        shard_bytes: start a new shard file past this size.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, shard_bytes: int = SHARD_BYTES):
+        self.root = Path(root)
+        self.shard_bytes = shard_bytes
+        (self.root / "segments").mkdir(parents=True, exist_ok=True)
+        marker = self.root / "bank.json"
+        if not marker.exists():
+            marker.write_text(json.dumps({"format": FORMAT, "version": FORMAT_VERSION}))
+        self._next_id, self._shard, self._end = self._recover()
+        self._index = open(self.root / INDEX, "a", encoding="utf-8")
+        self._blob = open(self._shard_path(self._shard), "ab")
+        self.counts: Counter[str] = Counter()
+
+    def _shard_path(self, shard: int) -> Path:
+        return self.root / "segments" / f"shard-{shard:05d}.bin"
+
+    def _recover(self) -> tuple[int, int, int]:
+        """Cut a torn index line and any unindexed shard tail; return where to go on."""
+        index = self.root / INDEX
+        next_id, shard, end = 1, 0, 0
+        if index.is_file():
+            raw = index.read_bytes()
+            keep = raw[: raw.rfind(b"\n") + 1]
+            if len(keep) != len(raw):
+                index.write_bytes(keep)
+            for line in keep.splitlines():
+                e = json.loads(line)
+                next_id = max(next_id, e["id"] + 1)
+                if (e["shard"], e["offset"] + e["length"]) > (shard, end):
+                    shard, end = e["shard"], e["offset"] + e["length"]
+        path = self._shard_path(shard)
+        if path.exists() and path.stat().st_size > end:
+            with open(path, "r+b") as fh:
+                fh.truncate(end)
+        return next_id, shard, end
+
+    def add(self, seg: Segment) -> int:
+        """Append one segment; returns its id."""
+        blob = _encode_segment(seg)
+        if self._end > 0 and self._end + len(blob) > self.shard_bytes:
+            self._blob.close()
+            self._shard, self._end = self._shard + 1, 0
+            self._blob = open(self._shard_path(self._shard), "ab")
+        self._blob.write(blob)
+        self._blob.flush()
+        seg_id = self._next_id
+        entry = {"id": seg_id, "class": seg.category, "shard": self._shard,
+                 "offset": self._end, "length": len(blob),
+                 "height": int(seg.mask.shape[0]), "width": int(seg.mask.shape[1]),
+                 "area": int(seg.mask.sum()), "source_image": seg.source_image,
+                 "source_box": [round(float(v), 2) for v in seg.source_box],
+                 "scores": {k: float(v) for k, v in seg.scores.items()}, "miner": seg.miner}
+        self._index.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._index.flush()
+        self._end += len(blob)
+        self._next_id += 1
+        self.counts[seg.category] += 1
+        return seg_id
+
+    def close(self) -> None:
+        for fh in (self._blob, self._index):
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+
+    def __enter__(self) -> BankWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def segments_from_image(rgb: np.ndarray, masks: np.ndarray, classes: tuple[str, ...], *,
+                        source_image: str, min_area: int = 64,
+                        miner: str = "gt") -> tuple[list[Segment], int]:
+    """Cut the instances of one image into segments (tight crops of their masks).
+
+    Args:
+        rgb: uint8 (H, W, 3) image.
+        masks: bool (N, H, W) instance masks.
+        classes: class name per mask.
+        source_image: recorded as the segments' source.
+        min_area: masks with fewer pixels are skipped.
+        miner: recorded as the segments' origin.
+
+    Returns:
+        (segments, number skipped as too small).
+    """
+    out, skipped = [], 0
+    for mask, name in zip(masks, classes, strict=True):
+        area = int(mask.sum())
+        if area < max(min_area, 1):
+            skipped += 1
+            continue
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        out.append(Segment(rgb=np.ascontiguousarray(rgb[y0:y1, x0:x1]),
+                           mask=np.ascontiguousarray(mask[y0:y1, x0:x1]), category=name,
+                           source_image=source_image,
+                           source_box=np.array([x0, y0, x1, y1], dtype=np.float64),
+                           scores={"area": float(area)}, miner=miner))
+    return out, skipped
+
+
+def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
+                       out_dir: str | os.PathLike, *, min_area: int = 64,
+                       classes: list[str] | None = None, overwrite: bool = False,
+                       progress: bool = True) -> dict:
+    """Build a bank from the instance masks of any COCO data set.
+
+    Args:
+        coco_json: COCO instances file (polygons or RLE).
+        images_dir: folder of its images.
+        out_dir: the bank folder to create.
+        min_area: skip instances with fewer mask pixels.
+        classes: keep only these classes (all when None).
+        overwrite: replace an existing weakpaste output in ``out_dir``.
+        progress: show a progress bar.
+
+    Returns:
+        The manifest written to ``out_dir/manifest.json``.
+    """
+    from tqdm import tqdm
+
+    from weakpaste.io.coco import load_coco
+    from weakpaste.io.images import read_image
+    from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
+
+    data = load_coco(coco_json, images_dir)
+    if classes:
+        unknown = [c for c in classes if c not in data.categories]
+        if unknown:
+            raise WeakpasteError(f"{coco_json}: class {unknown[0]!r} is not among its categories; "
+                                 "check --classes")
+    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="bank")
+    config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
+              "min_area": min_area, "classes": classes}
+    inputs = {"coco_json": file_sha256(coco_json)}
+    write_manifest(out, stage="bank", config=config, inputs=inputs, status="running")
+    skipped = 0
+    with BankWriter(out) as writer:
+        for rec in tqdm(data.records, desc="bank from-coco", unit="img", disable=not progress):
+            inst = rec.instances
+            if inst is None or len(inst) == 0:
+                continue
+            keep = [i for i, c in enumerate(inst.classes) if not classes or c in classes]
+            if not keep:
+                continue
+            rgb = read_image(data.images_dir / rec.file_name)
+            if rgb.shape[:2] != (rec.height, rec.width):
+                raise WeakpasteError(f"{data.images_dir / rec.file_name}: image is "
+                                     f"{rgb.shape[1]}x{rgb.shape[0]} but {coco_json} says "
+                                     f"{rec.width}x{rec.height}; fix 'width'/'height'")
+            masks = inst.masks()[keep]
+            segs, n_small = segments_from_image(rgb, masks, tuple(inst.classes[i] for i in keep),
+                                                source_image=rec.file_name, min_area=min_area)
+            skipped += n_small
+            for seg in segs:
+                writer.add(seg)
+        counts = dict(sorted(writer.counts.items()))
+    return write_manifest(out, stage="bank", config=config, inputs=inputs,
+                          counts={"segments": sum(counts.values()), "per_class": counts,
+                                  "skipped_small": skipped, "crowd_skipped": data.crowd_skipped})

@@ -1,0 +1,345 @@
+"""COCO instance files: the only module that knows COCO's quirks.
+
+Quirks handled here and nowhere else: ``bbox`` is xywh, masks are polygons or RLE (compressed
+``counts`` string or uncompressed list), ``counts`` may be bytes, ``iscrowd`` regions are not
+instances, category ids are arbitrary integers (classes are names inside weakpaste).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from weakpaste.errors import WeakpasteError
+from weakpaste.io.images import atomic_write_bytes
+from weakpaste.structures import ImageRecord, Instances
+
+# A pixel of slack: COCO boxes from polygons can reach the far image edge plus rounding.
+_BOX_TOLERANCE = 1.5
+
+
+@dataclass
+class CocoDataset:
+    """A COCO instance data set read into core types.
+
+    Attributes:
+        records: one per image, in file order.
+        categories: class name -> {"id": int, "supercategory": str}, in file order.
+        path: the JSON file it was read from (None when built in memory).
+        images_dir: folder the records' ``file_name`` are relative to.
+        crowd_skipped: number of ``iscrowd=1`` regions left out of the instances.
+    """
+
+    records: list[ImageRecord]
+    categories: dict[str, dict] = field(default_factory=dict)
+    path: Path | None = None
+    images_dir: Path | None = None
+    crowd_skipped: int = 0
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.categories)
+
+
+def _fail(path: Path, msg: str) -> WeakpasteError:
+    return WeakpasteError(f"{path}: {msg}")
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _segmentation_to_rle(seg: object, height: int, width: int) -> dict | None:
+    """A COCO ``segmentation`` as one compressed RLE, or None when it holds no usable shape."""
+    if isinstance(seg, list):
+        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+        if not polys:
+            return None
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if list(seg["size"]) != [height, width]:
+            raise ValueError(f"RLE size {list(seg['size'])} differs from the image's "
+                             f"[{height}, {width}]")
+        if isinstance(seg["counts"], list):
+            rle = mask_utils.frPyObjects(seg, height, width)
+        else:
+            counts = seg["counts"]
+            rle = {"size": [height, width],
+                   "counts": counts.encode() if isinstance(counts, str) else counts}
+    else:
+        return None
+    counts = rle["counts"]
+    return {"size": [height, width],
+            "counts": counts.decode() if isinstance(counts, bytes) else counts}
+
+
+def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
+              require_masks: bool = True, check_files: bool = True) -> CocoDataset:
+    """Read and validate a COCO instances JSON.
+
+    Args:
+        path: the JSON file.
+        images_dir: folder holding the images; when given with ``check_files``, every image
+            file must exist.
+        require_masks: annotations must carry a polygon or RLE ``segmentation``. When False
+            (image-level labels only) annotations without one still give labels.
+        check_files: check that image files exist under ``images_dir``.
+
+    Returns:
+        The data set. An image's ``labels`` are the classes annotated in it; its
+        ``instances`` are None when the file has no ``annotations`` list at all.
+
+    Raises:
+        WeakpasteError: a one-line message naming the file, the offending entry and the fix.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _fail(path, "no such file; pass the path of a COCO instances JSON") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise _fail(path, f"cannot read the file ({err}); pass a readable COCO JSON") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _fail(path, f"not valid JSON ({err.msg} at line {err.lineno}, column "
+                          f"{err.colno}); repair or regenerate the file") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("categories"), list):
+        raise _fail(path, "not a COCO instances file; it needs 'images' and 'categories' lists "
+                          "(and 'annotations')")
+    has_annotations = "annotations" in data
+    anns = data.get("annotations", [])
+    if not isinstance(anns, list):
+        raise _fail(path, "'annotations' is not a list")
+
+    categories: dict[str, dict] = {}
+    cat_by_id: dict[int, str] = {}
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not _is_id(cat.get("id")) or \
+                not isinstance(cat.get("name"), str):
+            raise _fail(path, f"categories[{i}] needs an integer 'id' and a string 'name'")
+        if cat["id"] in cat_by_id:
+            raise _fail(path, f"duplicate category id {cat['id']} (categories[{i}]); "
+                              "ids must be unique")
+        if cat["name"] in categories:
+            raise _fail(path, f"duplicate category name {cat['name']!r} (categories[{i}]); "
+                              "weakpaste identifies classes by name")
+        cat_by_id[cat["id"]] = cat["name"]
+        categories[cat["name"]] = {"id": cat["id"],
+                                   "supercategory": str(cat.get("supercategory", ""))}
+
+    images: dict[int, dict] = {}
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            raise _fail(path, f"images[{i}] is not an object")
+        img_id = img.get("id")
+        if not _is_id(img_id):
+            raise _fail(path, f"images[{i}] has id {img_id!r}; image ids must be integers")
+        if img_id in images:
+            raise _fail(path, f"duplicate image id {img_id} (images[{i}]); ids must be unique")
+        w, h = img.get("width"), img.get("height")
+        if not (_is_id(w) and _is_id(h) and w > 0 and h > 0):
+            raise _fail(path, f"images[{i}] (id {img_id}) needs positive integer 'width' and "
+                              f"'height', got {w!r} x {h!r}")
+        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+            raise _fail(path, f"images[{i}] (id {img_id}) has no 'file_name'")
+        images[img_id] = img
+
+    per_image: dict[int, list[tuple[str, np.ndarray, dict]]] = {k: [] for k in images}
+    labels: dict[int, set[str]] = {k: set() for k in images}
+    ann_ids: set[int] = set()
+    crowd = 0
+    for i, ann in enumerate(anns):
+        if not isinstance(ann, dict):
+            raise _fail(path, f"annotations[{i}] is not an object")
+        ann_id = ann.get("id")
+        where = f"annotations[{i}] (id {ann_id})"
+        if not _is_id(ann_id):
+            raise _fail(path, f"annotations[{i}] has id {ann_id!r}; annotation ids must be "
+                              "integers")
+        if ann_id in ann_ids:
+            raise _fail(path, f"duplicate annotation id {ann_id} (annotations[{i}]); ids must "
+                              "be unique")
+        ann_ids.add(ann_id)
+        img = images.get(ann.get("image_id"))
+        if img is None:
+            raise _fail(path, f"{where} refers to image id {ann.get('image_id')!r}, which is "
+                              "not in 'images'")
+        name = cat_by_id.get(ann.get("category_id"))
+        if name is None:
+            raise _fail(path, f"{where} has category id {ann.get('category_id')!r}, which is "
+                              "not in 'categories'")
+        w, h = img["width"], img["height"]
+        bbox = ann.get("bbox")
+        if bbox is not None:
+            if not (isinstance(bbox, list) and len(bbox) == 4
+                    and all(isinstance(v, int | float) for v in bbox)):
+                raise _fail(path, f"{where} has a malformed bbox {bbox!r}; expected [x, y, w, h]")
+            x, y, bw, bh = bbox
+            if bw < 0 or bh < 0 or x < -_BOX_TOLERANCE or y < -_BOX_TOLERANCE or \
+                    x + bw > w + _BOX_TOLERANCE or y + bh > h + _BOX_TOLERANCE:
+                raise _fail(path, f"{where} has bbox {bbox} outside its {w}x{h} image "
+                                  f"{img['file_name']!r}; fix the annotation or the image size")
+        labels[img["id"]].add(name)
+        if ann.get("iscrowd", 0):
+            crowd += 1
+            continue
+        try:
+            rle = _segmentation_to_rle(ann.get("segmentation"), h, w)
+        except (ValueError, TypeError) as err:
+            raise _fail(path, f"{where} has a malformed segmentation ({err})") from None
+        if rle is None:
+            if require_masks:
+                raise _fail(path, f"{where} has no usable 'segmentation'; weakpaste needs "
+                                  "instance masks as polygons or RLE")
+            continue
+        box = _xywh_to_xyxy(mask_utils.toBbox(_bytes_rle(rle)))
+        per_image[img["id"]].append((name, box, rle))
+
+    records = []
+    for img_id, img in images.items():
+        inst = None
+        if has_annotations:
+            items = per_image[img_id]
+            inst = Instances(
+                height=img["height"], width=img["width"],
+                classes=tuple(n for n, _, _ in items),
+                boxes=np.array([b for _, b, _ in items], dtype=np.float64).reshape(-1, 4),
+                rles=tuple(r for _, _, r in items))
+        records.append(ImageRecord(image_id=img_id, file_name=img["file_name"],
+                                   width=img["width"], height=img["height"],
+                                   labels=tuple(sorted(labels[img_id])), instances=inst))
+
+    images_path = Path(images_dir) if images_dir is not None else None
+    if images_path is not None and check_files:
+        if not images_path.is_dir():
+            raise WeakpasteError(f"{images_path}: images folder not found; pass the folder "
+                                 f"that holds the images of {path.name} with --images")
+        missing = [r.file_name for r in records if not (images_path / r.file_name).is_file()]
+        if missing:
+            raise _fail(path, f"{len(missing)} of {len(records)} image files are missing under "
+                              f"{images_path} (first: {missing[0]!r}); pass the folder that "
+                              "holds them with --images")
+    return CocoDataset(records=records, categories=categories, path=path,
+                       images_dir=images_path, crowd_skipped=crowd)
+
+
+def _bytes_rle(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
+def _xywh_to_xyxy(b: Iterable[float]) -> np.ndarray:
+    x, y, w, h = (float(v) for v in b)
+    return np.array([x, y, x + w, y + h], dtype=np.float64)
+
+
+def assign_category_ids(names: Iterable[str],
+                        keep: Mapping[str, dict] | None = None) -> dict[str, dict]:
+    """Category table for writing: names in ``keep`` keep their id; new names get new ids.
+
+    Args:
+        names: all class names to write, in order.
+        keep: an existing table (name -> {"id", "supercategory"}), e.g. a background set's.
+
+    Returns:
+        name -> {"id": int >= 1, "supercategory": str}, ordered by id.
+    """
+    keep = dict(keep or {})
+    table = {n: dict(keep[n]) for n in keep}
+    next_id = max([c["id"] for c in table.values()] + [0]) + 1
+    for name in names:
+        if name not in table:
+            table[name] = {"id": next_id, "supercategory": ""}
+            next_id += 1
+    return dict(sorted(table.items(), key=lambda kv: kv[1]["id"]))
+
+
+def image_entry(record: ImageRecord) -> dict:
+    """The COCO ``images`` entry of a record."""
+    if not _is_id(record.image_id) or record.image_id < 1:
+        raise ValueError(f"image id {record.image_id!r} of {record.file_name!r} must be an "
+                         "integer >= 1")
+    return {"id": record.image_id, "file_name": record.file_name,
+            "width": record.width, "height": record.height}
+
+
+def annotation_entries(record: ImageRecord, categories: Mapping[str, dict],
+                       first_id: int) -> list[dict]:
+    """COCO ``annotations`` of a record's instances, with ids from ``first_id`` on.
+
+    ``area`` and ``bbox`` come from the (visible) mask, ``iscrowd`` is 0 even for masks with
+    holes or several parts, and ``counts`` is a str.
+
+    Raises:
+        ValueError: an instance has an empty mask or a class missing from ``categories``.
+    """
+    if first_id < 1:
+        raise ValueError(f"annotation ids start at 1, got {first_id}")
+    inst = record.instances
+    if inst is None:
+        return []
+    out = []
+    for k, (name, rle) in enumerate(zip(inst.classes, inst.rles, strict=True)):
+        if name not in categories:
+            raise ValueError(f"class {name!r} of image {record.file_name!r} is not in the "
+                             "category table")
+        brle = _bytes_rle(rle)
+        area = int(mask_utils.area(brle))
+        if area == 0:
+            raise ValueError(f"instance {k} ({name!r}) of image {record.file_name!r} has an "
+                             "empty mask")
+        entry = {"id": first_id + k, "image_id": record.image_id,
+                 "category_id": categories[name]["id"],
+                 "segmentation": {"size": [inst.height, inst.width],
+                                  "counts": rle["counts"] if isinstance(rle["counts"], str)
+                                  else rle["counts"].decode()},
+                 "area": area,
+                 "bbox": [float(v) for v in mask_utils.toBbox(brle)],
+                 "iscrowd": 0}
+        if inst.scores is not None:
+            entry["score"] = float(inst.scores[k])
+        out.append(entry)
+    return out
+
+
+def coco_categories(categories: Mapping[str, dict]) -> list[dict]:
+    return [{"id": c["id"], "name": n, "supercategory": c.get("supercategory", "")}
+            for n, c in categories.items()]
+
+
+def write_coco(path: str | os.PathLike, records: Iterable[ImageRecord],
+               categories: Mapping[str, dict] | Iterable[str], *,
+               info: dict | None = None) -> dict:
+    """Atomically write records as a COCO instances JSON.
+
+    Args:
+        path: output file (replaced atomically: never left half-written).
+        records: images with their instances (image ids >= 1).
+        categories: a table from ``assign_category_ids`` or just class names (ids 1..K).
+        info: optional COCO ``info`` block.
+
+    Returns:
+        Counts: {"images": int, "annotations": int}.
+    """
+    if not isinstance(categories, Mapping):
+        categories = assign_category_ids(categories)
+    images, annotations = [], []
+    for rec in records:
+        images.append(image_entry(rec))
+        annotations.extend(annotation_entries(rec, categories, len(annotations) + 1))
+    doc = {"info": info or {}, "images": images, "annotations": annotations,
+           "categories": coco_categories(categories)}
+    atomic_write_bytes(path, json.dumps(doc, separators=(",", ":")).encode())
+    return {"images": len(images), "annotations": len(annotations)}
+
+
+__all__ = ["CocoDataset", "load_coco", "write_coco", "assign_category_ids", "image_entry",
+           "annotation_entries", "coco_categories"]

@@ -1,0 +1,85 @@
+"""Mask kernels: compressed run-length encoding, boxes and areas of bool masks.
+
+The compressed form is pycocotools' RLE (a dict with ``size`` [H, W] and ``counts``). It is a
+generic compact mask encoding, so it is used for masks at rest everywhere; only ``io.coco``
+knows the COCO-specific quirks (polygons, ``bbox`` in xywh, ``iscrowd``, bytes vs str counts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+Rle = dict  # {"size": [H, W], "counts": str}
+
+
+def encode(mask: np.ndarray) -> Rle:
+    """Encode one mask.
+
+    Args:
+        mask: bool (H, W).
+
+    Returns:
+        RLE dict with ``size`` = [H, W] and ``counts`` as ``str`` (JSON-ready).
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"encode: expected a 2-D mask, got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode()}
+
+
+def encode_many(masks: np.ndarray) -> list[Rle]:
+    """Encode a stack of masks (N, H, W) bool in one pycocotools call."""
+    if masks.ndim != 3:
+        raise ValueError(f"encode_many: expected (N, H, W) masks, got shape {masks.shape}")
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8))
+    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode()}
+            for r in rles]
+
+
+def _as_bytes(rle: Rle) -> dict:
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str)
+            else counts}
+
+
+def decode(rle: Rle) -> np.ndarray:
+    """Decode one RLE into a bool (H, W) mask."""
+    return mask_utils.decode(_as_bytes(rle)).astype(bool)
+
+
+def decode_many(rles: list[Rle], height: int, width: int) -> np.ndarray:
+    """Decode RLEs into a bool (N, H, W) stack; an empty list gives shape (0, H, W)."""
+    if not rles:
+        return np.zeros((0, height, width), dtype=bool)
+    out = mask_utils.decode([_as_bytes(r) for r in rles])
+    return np.ascontiguousarray(out.transpose(2, 0, 1)).astype(bool)
+
+
+def rle_area(rle: Rle) -> int:
+    """Number of foreground pixels of an RLE, without decoding it."""
+    return int(mask_utils.area(_as_bytes(rle)))
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight box of a mask.
+
+    Args:
+        mask: bool (H, W).
+
+    Returns:
+        float64 (4,) ``xyxy`` in absolute pixels, x1/y1 exclusive (a one-pixel mask at (x, y)
+        gives [x, y, x+1, y+1]); all zeros for an empty mask.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return np.zeros(4, dtype=np.float64)
+    cols = np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
+
+
+def masks_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight ``xyxy`` boxes of a (N, H, W) bool stack as float64 (N, 4)."""
+    return np.stack([mask_box(m) for m in masks]) if len(masks) else np.zeros((0, 4))
