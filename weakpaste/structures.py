@@ -35,7 +35,7 @@ class Instances:
     width: int
     classes: tuple[str, ...]
     boxes: np.ndarray
-    rles: tuple[dict, ...]
+    rles: tuple[dict, ...] = field(repr=False)
     scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -58,6 +58,14 @@ class Instances:
         return cls(height=int(masks.shape[1]), width=int(masks.shape[2]),
                    classes=tuple(classes), boxes=mask_ops.masks_boxes(masks),
                    rles=tuple(mask_ops.encode_many(masks)),
+                   scores=None if scores is None else np.asarray(scores, dtype=np.float64))
+
+    @classmethod
+    def from_rles(cls, height: int, width: int, classes: tuple[str, ...] | list[str],
+                  rles: list[dict], scores: np.ndarray | None = None) -> Instances:
+        """Build from compressed masks; boxes are computed from the RLEs."""
+        return cls(height=height, width=width, classes=tuple(classes),
+                   boxes=mask_ops.rle_boxes(list(rles)), rles=tuple(rles),
                    scores=None if scores is None else np.asarray(scores, dtype=np.float64))
 
     @classmethod

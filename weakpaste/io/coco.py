@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,13 +281,22 @@ def annotation_entries(record: ImageRecord, categories: Mapping[str, dict],
     Raises:
         ValueError: an instance has an empty mask or a class missing from ``categories``.
     """
-    if first_id < 1:
-        raise ValueError(f"annotation ids start at 1, got {first_id}")
     inst = record.instances
     if inst is None:
         return []
+    return annotations_from_rles(record, inst.classes, inst.rles, categories, first_id,
+                                 scores=inst.scores)
+
+
+def annotations_from_rles(record: ImageRecord, classes: Sequence[str], rles: Sequence[dict],
+                          categories: Mapping[str, dict], first_id: int, *,
+                          scores: np.ndarray | None = None) -> list[dict]:
+    """COCO ``annotations`` for masks of ``record``'s image given as RLEs; see
+    ``annotation_entries``."""
+    if first_id < 1:
+        raise ValueError(f"annotation ids start at 1, got {first_id}")
     out = []
-    for k, (name, rle) in enumerate(zip(inst.classes, inst.rles, strict=True)):
+    for k, (name, rle) in enumerate(zip(classes, rles, strict=True)):
         if name not in categories:
             raise ValueError(f"class {name!r} of image {record.file_name!r} is not in the "
                              "category table")
@@ -298,14 +307,14 @@ def annotation_entries(record: ImageRecord, categories: Mapping[str, dict],
                              "empty mask")
         entry = {"id": first_id + k, "image_id": record.image_id,
                  "category_id": categories[name]["id"],
-                 "segmentation": {"size": [inst.height, inst.width],
+                 "segmentation": {"size": [record.height, record.width],
                                   "counts": rle["counts"] if isinstance(rle["counts"], str)
                                   else rle["counts"].decode()},
                  "area": area,
                  "bbox": [float(v) for v in mask_utils.toBbox(brle)],
                  "iscrowd": 0}
-        if inst.scores is not None:
-            entry["score"] = float(inst.scores[k])
+        if scores is not None:
+            entry["score"] = float(scores[k])
         out.append(entry)
     return out
 
@@ -342,4 +351,4 @@ def write_coco(path: str | os.PathLike, records: Iterable[ImageRecord],
 
 
 __all__ = ["CocoDataset", "load_coco", "write_coco", "assign_category_ids", "image_entry",
-           "annotation_entries", "coco_categories"]
+           "annotation_entries", "annotations_from_rles", "coco_categories"]

@@ -63,6 +63,15 @@ def rle_area(rle: Rle) -> int:
     return int(mask_utils.area(_as_bytes(rle)))
 
 
+def rle_boxes(rles: list[Rle]) -> np.ndarray:
+    """Tight ``xyxy`` boxes of RLEs as float64 (N, 4), without decoding them."""
+    if not rles:
+        return np.zeros((0, 4), dtype=np.float64)
+    xywh = mask_utils.toBbox([_as_bytes(r) for r in rles]).astype(np.float64).reshape(-1, 4)
+    xywh[:, 2:] += xywh[:, :2]
+    return xywh
+
+
 def mask_box(mask: np.ndarray) -> np.ndarray:
     """Tight box of a mask.
 

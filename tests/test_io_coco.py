@@ -1,0 +1,184 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import needs_shared, square_masks
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from weakpaste.errors import WeakpasteError
+from weakpaste.io.coco import assign_category_ids, load_coco, write_coco
+from weakpaste.ops import masks as mask_ops
+from weakpaste.structures import ImageRecord, Instances
+
+
+def _record(masks, classes, image_id=1, name="x.png"):
+    h, w = masks.shape[1:]
+    return ImageRecord(image_id=image_id, file_name=name, width=w, height=h,
+                       instances=Instances.from_masks(masks, classes))
+
+
+def test_writer_rules(tmp_path):
+    masks = square_masks(20, 30, [(2, 3, 10, 12), (15, 0, 30, 20)])
+    masks[1, 5:8, 20:25] = False  # a hole
+    masks[1, 0:2, 15:17] = False
+    masks[0, 15:18, 2:4] = True  # a second part
+    path = tmp_path / "out.json"
+    counts = write_coco(path, [_record(masks, ["cat", "dog"], image_id=7)], ["cat", "dog"])
+    assert counts == {"images": 1, "annotations": 2}
+    doc = json.loads(path.read_text())
+    anns = doc["annotations"]
+    assert [a["id"] for a in anns] == [1, 2]
+    assert all(a["iscrowd"] == 0 for a in anns)
+    assert all(isinstance(a["segmentation"]["counts"], str) for a in anns)
+    assert [a["area"] for a in anns] == [int(masks[0].sum()), int(masks[1].sum())]
+    assert anns[0]["bbox"] == [2.0, 3.0, 8.0, 15.0]
+    assert [c["id"] for c in doc["categories"]] == [1, 2]
+    coco = COCO(str(path))
+    for k, ann in enumerate(anns):
+        np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), masks[k])
+
+
+def test_write_rejects_bad_ids_and_empty_masks(tmp_path):
+    masks = square_masks(8, 8, [(0, 0, 4, 4)])
+    with pytest.raises(ValueError, match=r"image id 0 of 'x.png' must be an integer >= 1"):
+        write_coco(tmp_path / "a.json", [_record(masks, ["a"], image_id=0)], ["a"])
+    empty = np.zeros((1, 8, 8), dtype=bool)
+    with pytest.raises(ValueError, match=r"instance 0 \('a'\) of image 'x.png' has an empty mask"):
+        write_coco(tmp_path / "a.json", [_record(empty, ["a"])], ["a"])
+    with pytest.raises(ValueError, match=r"class 'zzz' of image 'x.png' is not in the category"):
+        write_coco(tmp_path / "a.json", [_record(masks, ["zzz"])], ["a"])
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_round_trip_and_self_eval(tiny_coco):
+    path, images = tiny_coco
+    data = load_coco(path, images)
+    assert [r.labels for r in data.records] == [("a", "b"), ("a", "b"), ("a",)]
+    assert data.class_names == ("a", "b")
+    rec = data.records[2]
+    m = rec.instances.masks()
+    assert m.shape == (1, 48, 64) and m.dtype == bool
+    assert not m[0, 25, 25] and m[0, 15, 15]
+    np.testing.assert_array_equal(rec.instances.boxes, [[10.0, 10.0, 50.0, 40.0]])
+    # COCOeval of the data set against itself: AP = 1.0 for masks and boxes.
+    gt = COCO(str(path))
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"],
+             "segmentation": a["segmentation"], "bbox": a["bbox"], "score": 1.0}
+            for a in gt.dataset["annotations"]]
+    for iou_type in ("segm", "bbox"):
+        ev = COCOeval(gt, gt.loadRes(dets), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        assert ev.stats[0] == pytest.approx(1.0)
+
+
+def test_reads_polygons_and_uncompressed_rle(tmp_path):
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": 20, "height": 10}],
+           "categories": [{"id": 5, "name": "thing"}],
+           "annotations": [
+               {"id": 1, "image_id": 1, "category_id": 5, "iscrowd": 0,
+                "segmentation": [[2, 2, 8, 2, 8, 6, 2, 6]], "bbox": [2, 2, 6, 4]},
+               {"id": 2, "image_id": 1, "category_id": 5, "iscrowd": 0,
+                "segmentation": {"size": [10, 20], "counts": [25, 5, 170]}},
+               {"id": 3, "image_id": 1, "category_id": 5, "iscrowd": 1,
+                "segmentation": {"size": [10, 20], "counts": [0, 200]}}]}
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(doc))
+    data = load_coco(path)
+    inst = data.records[0].instances
+    assert len(inst) == 2 and data.crowd_skipped == 1
+    masks = inst.masks()
+    assert masks[0, 3, 4] and not masks[0, 8, 4]
+    assert masks[1].sum() == 5 and masks[1].T.ravel()[25:30].all()
+    assert data.categories == {"thing": {"id": 5, "supercategory": ""}}
+
+
+def _bad(tmp_path, doc) -> Path:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc) if not isinstance(doc, str) else doc)
+    return path
+
+
+GOOD = {"images": [{"id": 1, "file_name": "a.jpg", "width": 20, "height": 10}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4],
+                         "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]}]}
+
+
+def _with(**changes):
+    doc = json.loads(json.dumps(GOOD))
+    for key, value in changes.items():
+        section, field = key.split("__")
+        doc[section][0][field] = value
+    return doc
+
+
+@pytest.mark.parametrize("doc, message", [
+    ("{not json", r"bad.json: not valid JSON \(Expecting property name enclosed in double "
+                  r"quotes at line 1, column 2\); repair or regenerate the file"),
+    ({"images": []}, r"not a COCO instances file; it needs 'images' and 'categories' lists"),
+    (_with(images__id="1"), r"images\[0\] has id '1'; image ids must be integers"),
+    ({**GOOD, "images": GOOD["images"] * 2},
+     r"duplicate image id 1 \(images\[1\]\); ids must be unique"),
+    (_with(annotations__category_id=9),
+     r"annotations\[0\] \(id 1\) has category id 9, which is not in 'categories'"),
+    (_with(annotations__image_id=3),
+     r"annotations\[0\] \(id 1\) refers to image id 3, which is not in 'images'"),
+    (_with(annotations__bbox=[15, 0, 10, 4]),
+     r"annotations\[0\] \(id 1\) has bbox \[15, 0, 10, 4\] outside its 20x10 image 'a.jpg'; "
+     r"fix the annotation or the image size"),
+    (_with(annotations__segmentation=None),
+     r"annotations\[0\] \(id 1\) has no usable 'segmentation'; weakpaste needs instance masks"),
+    (_with(annotations__id=1.5), r"annotations\[0\] has id 1.5; annotation ids must be integers"),
+    (_with(annotations__segmentation={"size": [5, 5], "counts": "abc"}),
+     r"annotations\[0\] \(id 1\) has a malformed segmentation \(RLE size \[5, 5\] differs"),
+])
+def test_reader_validation_messages(tmp_path, doc, message):
+    with pytest.raises(WeakpasteError, match=message):
+        load_coco(_bad(tmp_path, doc))
+
+
+def test_reader_missing_file_and_images(tmp_path):
+    with pytest.raises(WeakpasteError, match=r"nope.json: no such file; pass the path of a COCO"):
+        load_coco(tmp_path / "nope.json")
+    path = _bad(tmp_path, GOOD)
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(WeakpasteError, match=r"1 of 1 image files are missing under .*imgs "
+                                             r"\(first: 'a.jpg'\); pass the folder that holds"):
+        load_coco(path, tmp_path / "imgs")
+    # Labels only: masks not required.
+    data = load_coco(_bad(tmp_path, _with(annotations__segmentation=None)), require_masks=False)
+    assert data.records[0].labels == ("a",) and len(data.records[0].instances) == 0
+
+
+def test_assign_category_ids_keeps_existing():
+    table = assign_category_ids(["dog", "zebra"], keep={"dog": {"id": 18, "supercategory": "x"},
+                                                        "cat": {"id": 17, "supercategory": "x"}})
+    assert table == {"cat": {"id": 17, "supercategory": "x"},
+                     "dog": {"id": 18, "supercategory": "x"},
+                     "zebra": {"id": 19, "supercategory": ""}}
+
+
+def test_rle_helpers_value():
+    m = np.zeros((5, 6), dtype=bool)
+    m[1:3, 2:5] = True
+    rle = mask_ops.encode(m)
+    assert rle["size"] == [5, 6] and isinstance(rle["counts"], str)
+    assert mask_ops.rle_area(rle) == 6
+    np.testing.assert_array_equal(mask_ops.decode(rle), m)
+    np.testing.assert_array_equal(mask_ops.rle_boxes([rle]), [[2, 1, 5, 3]])
+    np.testing.assert_array_equal(mask_ops.mask_box(m), [2, 1, 5, 3])
+    assert mask_ops.decode_many([], 5, 6).shape == (0, 5, 6)
+    with pytest.raises(ValueError, match=r"encode: expected a 2-D mask, got shape \(5,\)"):
+        mask_ops.encode(np.zeros(5, dtype=bool))
+
+
+def test_real_coco_mini_loads():
+    root = needs_shared("coco_mini")
+    data = load_coco(root / "instances.json", root / "images")
+    assert len(data.records) == 196
+    inst = data.records[0].instances
+    assert inst.masks().shape == (len(inst), data.records[0].height, data.records[0].width)
