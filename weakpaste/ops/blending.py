@@ -1,0 +1,156 @@
+"""Blending kernels: composite a pasted segment onto a background.
+
+All modes take and return uint8 RGB images of the same shape and never modify their inputs.
+``"none"`` is a hard copy, ``"gaussian"`` feathers the mask edge, ``"poisson"`` is OpenCV's
+seamless cloning (gradient-domain), which matches the background's colour at the boundary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+BLEND_MODES = ("none", "gaussian", "poisson")
+
+# seamlessClone zeroes the outer pixel row/column of its mask and solves with the border of the
+# mask's bounding box as a fixed boundary, so it is given a region padded by this much.
+_POISSON_PAD = 16
+# Zero frame kept around the mask inside the padded region when the mask is mirrored into it.
+_POISSON_MARGIN = 4
+# Below this many pixels a Poisson solve has nothing meaningful to preserve.
+_POISSON_MIN_PIXELS = 16
+# seamlessClone erodes the mask 3 times with a 3x3 kernel before taking source gradients; a
+# mask with no pixel left after an equivalent 7x7 erosion would be cloned as nothing at all.
+_POISSON_ERODE = np.ones((7, 7), np.uint8)
+
+
+def _check_inputs(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
+    if dst.ndim != 3 or dst.shape[2] != 3 or dst.dtype != np.uint8:
+        raise ValueError(f"blend: dst must be uint8 (h, w, 3), got {dst.dtype} {dst.shape}")
+    if src.shape != dst.shape:
+        raise ValueError(f"blend: src shape {src.shape} does not match dst shape {dst.shape}")
+    if src.dtype != np.uint8:
+        raise ValueError(f"blend: src must be uint8, got {src.dtype}")
+    if mask.shape != dst.shape[:2]:
+        raise ValueError(
+            f"blend: mask shape {mask.shape} does not match dst shape {dst.shape}"
+        )
+    if mask.dtype != np.bool_:
+        raise ValueError(f"blend: mask must be bool, got {mask.dtype}")
+
+
+def _blend_none(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    out = dst.copy()
+    out[mask] = src[mask]
+    return out
+
+
+def _blend_gaussian(
+    dst: np.ndarray, src: np.ndarray, mask: np.ndarray, sigma: float
+) -> np.ndarray:
+    # 3 sigma on each side covers 99.7% of the kernel's weight.
+    ksize = 2 * math.ceil(3.0 * sigma) + 1
+    # Replicate so a mask that reaches the image edge stays opaque there.
+    alpha = cv2.GaussianBlur(
+        mask.astype(np.float32),
+        (ksize, ksize),
+        sigmaX=sigma,
+        sigmaY=sigma,
+        borderType=cv2.BORDER_REPLICATE,
+    )[..., None]
+    out = alpha * src.astype(np.float32) + (1.0 - alpha) * dst.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _blend_poisson(
+    dst: np.ndarray, src: np.ndarray, mask: np.ndarray, sigma: float
+) -> np.ndarray:
+    mask_u8 = mask.astype(np.uint8) * 255
+    if (
+        int(np.count_nonzero(mask)) < _POISSON_MIN_PIXELS
+        or not cv2.erode(mask_u8, _POISSON_ERODE).any()
+    ):
+        return _blend_gaussian(dst, src, mask, sigma)
+
+    # Only the mask's bounding box is changed by seamlessClone, so work on that box plus a
+    # frame of _POISSON_PAD pixels rather than on the whole image.
+    x, y, bw, bh = cv2.boundingRect(mask_u8)
+    h, w = mask.shape
+    p = _POISSON_PAD
+    rx0, ry0 = max(x - p, 0), max(y - p, 0)
+    rx1, ry1 = min(x + bw + p, w), min(y + bh + p, h)
+    # Make up the part of the frame that falls outside the image by mirroring.
+    top, left = p - (y - ry0), p - (x - rx0)
+    bottom, right = p - (ry1 - y - bh), p - (rx1 - x - bw)
+    widths = ((top, bottom), (left, right))
+    dst_r = np.pad(dst[ry0:ry1, rx0:rx1], (*widths, (0, 0)), mode="symmetric")
+    src_r = np.pad(src[ry0:ry1, rx0:rx1], (*widths, (0, 0)), mode="symmetric")
+    # Where the mask reaches the image edge, mirror it too: with a zero frame the solver would
+    # pin the segment's colours at the image edge to the background's, washing the segment
+    # out there. The outer _POISSON_MARGIN pixels stay zero so the mask never touches the edge
+    # of what seamlessClone sees (it zeroes that edge and would shift the clone).
+    mask_r = np.pad(mask_u8[ry0:ry1, rx0:rx1], widths, mode="symmetric")
+    m = _POISSON_MARGIN
+    mask_r[: max(m, 0 if y == 0 else top)] = 0
+    mask_r[mask_r.shape[0] - max(m, 0 if y + bh == h else bottom) :] = 0
+    mask_r[:, : max(m, 0 if x == 0 else left)] = 0
+    mask_r[:, mask_r.shape[1] - max(m, 0 if x + bw == w else right) :] = 0
+
+    # OpenCV puts the mask's bounding-rect origin at (p.x - width // 2, p.y - height // 2);
+    # choosing p this way places the clone exactly where the mask is.
+    mx, my, mw, mh = cv2.boundingRect(mask_r)
+    centre = (mx + mw // 2, my + mh // 2)
+    try:
+        cloned = cv2.seamlessClone(src_r, dst_r, mask_r, centre, cv2.NORMAL_CLONE)
+    except cv2.error:
+        return _blend_gaussian(dst, src, mask, sigma)
+
+    out = dst.copy()
+    out[ry0:ry1, rx0:rx1] = cloned[top : top + (ry1 - ry0), left : left + (rx1 - rx0)]
+    return out
+
+
+def blend(
+    dst: np.ndarray, src: np.ndarray, mask: np.ndarray, mode: str, *, sigma: float = 2.0
+) -> np.ndarray:
+    """Composite ``src`` onto ``dst`` where ``mask`` is set.
+
+    Modes:
+        ``"none"``: copy ``src`` pixels inside the mask; everything else is ``dst``.
+        ``"gaussian"``: alpha is the mask blurred with a Gaussian of ``sigma`` pixels, result
+        ``alpha * src + (1 - alpha) * dst`` rounded; pixels up to ``3 * sigma`` outside the
+        mask are touched.
+        ``"poisson"``: ``cv2.seamlessClone`` with ``NORMAL_CLONE``: keeps ``src``'s gradients
+        inside the mask and shifts its colours to meet ``dst`` at the boundary; only pixels
+        inside the mask's bounding box change. Masks too small for the solver (under 16
+        pixels, or nothing left after OpenCV's internal 3-pixel erosion) and solver failures
+        fall back to ``"gaussian"``.
+
+    Args:
+        dst: uint8 (h, w, 3) background.
+        src: uint8 (h, w, 3) pasted content, aligned with ``dst``.
+        mask: bool (h, w) where ``src`` belongs.
+        mode: One of :data:`BLEND_MODES`.
+        sigma: Gaussian standard deviation in pixels (``"gaussian"``, and ``"poisson"``'s
+            fallback), > 0.
+
+    Returns:
+        A new uint8 (h, w, 3) array.
+
+    Raises:
+        ValueError: unknown ``mode``, non-positive ``sigma``, or mismatched shapes/dtypes.
+    """
+    if mode not in BLEND_MODES:
+        raise ValueError(f"unknown blending mode {mode!r}; choose one of: {', '.join(BLEND_MODES)}")
+    _check_inputs(dst, src, mask)
+    if mode != "none" and not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"blend: sigma must be a positive finite number, got {sigma}")
+    if not mask.any():
+        return dst.copy()
+    if mode == "none":
+        return _blend_none(dst, src, mask)
+    if mode == "gaussian":
+        return _blend_gaussian(dst, src, mask, sigma)
+    return _blend_poisson(dst, src, mask, sigma)
