@@ -1,0 +1,376 @@
+"""The paste stage runner: backgrounds x segment bank -> a COCO data set on disk.
+
+The runner maps a pure per-item function (``paste_item``) over output indices. Item i gets
+its own Generator from ``SeedSequence(seed)``'s i-th child and its background from a seeded
+order fixed before any work starts, so the same seed gives byte-identical images and
+annotations for any number of workers.
+
+Each finished item leaves ``images/<i>.jpg`` and ``.parts/<i>.json`` (its annotations),
+both written atomically; ``annotations.json`` is assembled from the parts at the end. An
+interrupted run therefore loses nothing and ``--resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from weakpaste.bank import BankTable, SegmentBank
+from weakpaste.errors import WeakpasteError
+from weakpaste.io import coco
+from weakpaste.io.images import atomic_write_bytes, encode_image, list_images, read_image
+from weakpaste.manifest import file_sha256, prepare_output_dir, read_manifest, write_manifest
+from weakpaste.ops import blending
+from weakpaste.ops import masks as mask_ops
+from weakpaste.paste import plan as plan_mod
+from weakpaste.paste.render import RenderParams, render
+from weakpaste.structures import ImageRecord, Instances
+
+PARTS = ".parts"
+
+
+@dataclass(frozen=True)
+class PasteConfig:
+    """Everything that decides the paste stage's output (recorded in the manifest).
+
+    Attributes:
+        num_images: output images.
+        seed: the run's seed.
+        objects: n_p per image as (lo, hi), inclusive.
+        selection: ``uniform``, ``balanced`` or ``weights``.
+        class_weights: class -> weight for ``weights``.
+        classes: restrict the bank to these classes (None: all).
+        placement: ``random``, ``space-max`` or ``jitter``.
+        rotation: maximum absolute rotation in degrees.
+        flip_prob: probability of a horizontal flip.
+        random_scale: U(lo, hi) range of ``random`` placement.
+        jitter_scale: U(lo, hi) range of ``jitter`` placement.
+        max_upscale: cap of ``random``'s fit-to-image scale relative to the segment's size.
+        space_max_upscale: cap of ``space-max``'s r_circle / r_enclosing scale.
+        space_min_radius: ``space-max`` stops below this free-circle radius (pixels).
+        blend: blending modes, one chosen at random per object.
+        blur_sigma: gaussian blending sigma.
+        min_visible: drop instances with a smaller visible fraction.
+        min_area: drop instances with fewer visible pixels.
+        image_format: ``jpg`` or ``png``.
+        jpeg_quality: JPEG quality.
+    """
+
+    num_images: int
+    seed: int = 0
+    objects: tuple[int, int] = (4, 4)
+    selection: str = "uniform"
+    class_weights: dict[str, float] | None = None
+    classes: tuple[str, ...] | None = None
+    placement: str = "random"
+    rotation: float = 15.0
+    flip_prob: float = 0.5
+    random_scale: tuple[float, float] = (0.3, 1.0)
+    jitter_scale: tuple[float, float] = (0.1, 2.0)
+    max_upscale: float = 1.0
+    space_max_upscale: float = 3.0
+    space_min_radius: float = 4.0
+    blend: tuple[str, ...] = ("gaussian",)
+    blur_sigma: float = 2.0
+    min_visible: float = 0.25
+    min_area: int = 16
+    image_format: str = "jpg"
+    jpeg_quality: int = 95
+
+    def validate(self) -> None:
+        if self.num_images < 1:
+            raise WeakpasteError(f"--num-images must be at least 1, got {self.num_images}")
+        if self.placement not in plan_mod.PLACEMENTS:
+            raise WeakpasteError(f"unknown placement {self.placement!r}; choose one of: "
+                                 f"{', '.join(plan_mod.PLACEMENTS)}")
+        if self.selection not in plan_mod.SELECTIONS:
+            raise WeakpasteError(f"unknown selection {self.selection!r}; choose one of: "
+                                 f"{', '.join(plan_mod.SELECTIONS)}")
+        if self.selection == "weights" and not self.class_weights:
+            raise WeakpasteError("--selection weights needs --class-weights FILE")
+        bad = [b for b in self.blend if b not in blending.BLEND_MODES]
+        if bad or not self.blend:
+            raise WeakpasteError(f"unknown blending mode {bad[0] if bad else ''!r}; choose from: "
+                                 f"{', '.join(blending.BLEND_MODES)}")
+        if self.image_format not in ("jpg", "png"):
+            raise WeakpasteError(f"unknown image format {self.image_format!r}; choose jpg or png")
+        if not 0 <= self.min_visible <= 1:
+            raise WeakpasteError(f"--min-visible must be in [0, 1], got {self.min_visible}")
+
+    def plan_params(self) -> plan_mod.PlanParams:
+        return plan_mod.PlanParams(
+            placement=self.placement, rotation=self.rotation, flip_prob=self.flip_prob,
+            random_scale=self.random_scale, jitter_scale=self.jitter_scale,
+            max_upscale=self.max_upscale, space_max_upscale=self.space_max_upscale,
+            space_min_radius=self.space_min_radius, blend=self.blend)
+
+    def render_params(self) -> RenderParams:
+        return RenderParams(blur_sigma=self.blur_sigma, min_visible=self.min_visible,
+                            min_area=self.min_area)
+
+
+@dataclass(frozen=True)
+class Background:
+    """A background image: its file and its known instances (None for extra images)."""
+
+    path: str
+    instances: Instances | None = None
+    source: str = "extra"
+
+
+@dataclass(frozen=True)
+class PasteContext:
+    """What every item shares; sent once to each worker process."""
+
+    bank_root: str
+    table: BankTable
+    probabilities: np.ndarray
+    config: PasteConfig
+    out_dir: str
+
+
+@dataclass
+class ItemResult:
+    """Per-item outcome, also stored as the item's part file."""
+
+    index: int
+    file_name: str
+    width: int
+    height: int
+    annotations: list[dict] = field(default_factory=list)  # class, rle, pasted
+    dropped: dict[str, int] = field(default_factory=dict)
+    outside: int = 0
+    skipped: int = 0
+    background: str = ""
+
+
+@functools.lru_cache(maxsize=4)
+def _open_bank(root: str) -> SegmentBank:
+    # One open bank per process and path: file handles stay open across items.
+    return SegmentBank(root)
+
+
+def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
+               background: Background) -> ItemResult:
+    """Make output image ``index``: select, plan, render, write. Pure but for its own files."""
+    cfg = ctx.config
+    rng = np.random.default_rng(seed)
+    image = read_image(background.path)
+    H, W = image.shape[:2]
+    inst = background.instances
+    if inst is not None and (inst.height, inst.width) != (H, W):
+        raise WeakpasteError(f"{background.path}: image is {W}x{H} but its annotations say "
+                             f"{inst.width}x{inst.height}; fix 'width'/'height'")
+    bg_masks = inst.masks() if inst is not None else np.zeros((0, H, W), dtype=bool)
+    bg_classes = inst.classes if inst is not None else ()
+    bank = _open_bank(ctx.bank_root)
+    picks = plan_mod.select_segments(rng, ctx.probabilities, cfg.objects)
+    ids = ctx.table.segment_id[picks]
+    pixels = [bank.read_pixels(int(i)) for i in ids]
+    occupied = bg_masks.any(axis=0) if len(bg_masks) else None
+    plan = plan_mod.plan_image(rng, image_hw=(H, W), segment_ids=ids,
+                               masks=[m for _, m in pixels], occupied=occupied,
+                               params=cfg.plan_params())
+    names = [ctx.table.classes[ctx.table.class_idx[p]] for p in picks]
+    # space-max may stop early: the plan keeps a prefix of the selection.
+    segments = [(pixels[j][0], pixels[j][1], names[j]) for j in range(len(plan.segment_ids))]
+    out = render(image, bg_masks, bg_classes, segments, plan, cfg.render_params())
+    file_name = f"{index:06d}.{cfg.image_format}"
+    out_dir = Path(ctx.out_dir)
+    atomic_write_bytes(out_dir / "images" / file_name,
+                       encode_image(out.image, cfg.image_format, cfg.jpeg_quality))
+    rles = mask_ops.encode_many(out.masks)
+    result = ItemResult(index=index, file_name=file_name, width=W, height=H,
+                        annotations=[{"class": c, "rle": r, "pasted": bool(p)}
+                                     for c, r, p in zip(out.classes, rles, out.pasted,
+                                                        strict=True)],
+                        dropped=dict(out.dropped), outside=out.outside, skipped=plan.skipped,
+                        background=background.path)
+    atomic_write_bytes(out_dir / PARTS / f"{index:06d}.json",
+                       json.dumps(asdict(result), separators=(",", ":")).encode())
+    return result
+
+
+_CTX: PasteContext | None = None
+
+
+def _init_worker(ctx: PasteContext) -> None:
+    global _CTX
+    import cv2
+
+    cv2.setNumThreads(1)  # processes give the parallelism; nested threads only contend
+    _CTX = ctx
+
+
+def _run_task(task: tuple[int, np.random.SeedSequence, Background]) -> ItemResult:
+    assert _CTX is not None
+    return paste_item(_CTX, *task)
+
+
+def map_items(ctx: PasteContext, tasks: list, workers: int) -> Iterator[ItemResult]:
+    """Run ``paste_item`` over tasks in order, in this process or a pool of ``workers``."""
+    if workers <= 1:
+        _init_worker(ctx)
+        for t in tasks:
+            yield _run_task(t)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("spawn" if os.name != "posix" else "fork").Pool(
+            workers, initializer=_init_worker, initargs=(ctx,)) as pool:
+        yield from pool.imap(_run_task, tasks, chunksize=4)
+
+
+def load_backgrounds(coco_json: str | None, images_dir: str | None,
+                     extra_dirs: list[str]) -> tuple[list[Background], dict[str, dict], dict]:
+    """Backgrounds from a COCO data set (instances kept) and/or folders of plain images.
+
+    Returns:
+        (backgrounds, the COCO set's category table, input hashes).
+    """
+    backgrounds: list[Background] = []
+    categories: dict[str, dict] = {}
+    inputs: dict[str, str] = {}
+    if coco_json:
+        if not images_dir:
+            raise WeakpasteError("--backgrounds needs --images DIR, the folder of its images")
+        data = coco.load_coco(coco_json, images_dir)
+        categories = data.categories
+        inputs["backgrounds"] = file_sha256(coco_json)
+        for rec in data.records:
+            backgrounds.append(Background(path=str(Path(images_dir) / rec.file_name),
+                                          instances=rec.instances, source="coco"))
+    for folder in extra_dirs:
+        for p in list_images(folder):
+            backgrounds.append(Background(path=str(p), instances=None, source="extra"))
+    if not backgrounds:
+        raise WeakpasteError("no backgrounds: pass --backgrounds COCO_JSON --images DIR and/or "
+                             "--extra-backgrounds DIR")
+    return backgrounds, categories, inputs
+
+
+def background_order(seed: np.random.SeedSequence, num_backgrounds: int,
+                     num_images: int) -> np.ndarray:
+    """Which background each output uses: seeded shuffles of all backgrounds, repeated."""
+    rng = np.random.default_rng(seed)
+    epochs = -(-num_images // num_backgrounds)
+    return np.concatenate([rng.permutation(num_backgrounds) for _ in range(epochs)])[:num_images]
+
+
+def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
+              backgrounds_json: str | None = None, images_dir: str | None = None,
+              extra_backgrounds: list[str] | None = None, workers: int = 1,
+              overwrite: bool = False, resume: bool = False, progress: bool = True) -> dict:
+    """Run the paste stage.
+
+    Args:
+        config: the stage configuration.
+        bank: segment bank folder.
+        out_dir: output folder (``images/``, ``annotations.json``, ``manifest.json``).
+        backgrounds_json: COCO data set whose images (and instances) are backgrounds.
+        images_dir: its images.
+        extra_backgrounds: folders of extra background images (no instances).
+        workers: processes.
+        overwrite: replace an existing output.
+        resume: continue an interrupted run with the same config.
+        progress: show a progress bar.
+
+    Returns:
+        The final manifest.
+    """
+    from tqdm import tqdm
+
+    config.validate()
+    seg_bank = SegmentBank(bank)
+    table = seg_bank.table(list(config.classes) if config.classes else None)
+    weights = None
+    if config.selection == "weights":
+        unknown = sorted(set(config.class_weights) - set(table.classes))
+        if unknown:
+            raise WeakpasteError(f"class weights name {unknown[0]!r}, which is not in the bank "
+                                 f"{bank}; check the weights file")
+        weights = np.array([float(config.class_weights.get(c, 0.0)) for c in table.classes])
+    try:
+        probs = plan_mod.class_probabilities(table.class_idx, len(table.classes),
+                                             config.selection, weights)
+    except ValueError as err:
+        raise WeakpasteError(f"selection: {err}") from None
+    backgrounds, bg_categories, inputs = load_backgrounds(backgrounds_json, images_dir,
+                                                          extra_backgrounds or [])
+    inputs["bank_index"] = file_sha256(Path(bank) / "index.jsonl")
+    run_config = {**asdict(config), "bank": str(bank), "backgrounds": backgrounds_json,
+                  "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
+    out = Path(out_dir)
+    if resume:
+        old = read_manifest(out)
+        if old is not None and old.get("config") != json.loads(json.dumps(run_config)):
+            raise WeakpasteError(f"{out}: --resume with a different configuration than the "
+                                 "interrupted run; use the same options or --overwrite")
+    out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage="paste")
+    (out / "images").mkdir(exist_ok=True)
+    (out / PARTS).mkdir(exist_ok=True)
+    write_manifest(out, stage="paste", config=run_config, seed=config.seed, inputs=inputs,
+                   status="running")
+
+    root = np.random.SeedSequence(config.seed)
+    bg_seed, items_seed = root.spawn(2)
+    order = background_order(bg_seed, len(backgrounds), config.num_images)
+    item_seeds = items_seed.spawn(config.num_images)
+    done = {int(p.stem) for p in (out / PARTS).glob("*.json")}
+    tasks = [(i, item_seeds[i], backgrounds[order[i]]) for i in range(config.num_images)
+             if i not in done or not (out / "images" / f"{i:06d}.{config.image_format}").exists()]
+    ctx = PasteContext(bank_root=str(bank), table=table, probabilities=probs, config=config,
+                       out_dir=str(out))
+    for _ in tqdm(map_items(ctx, tasks, workers), total=len(tasks), initial=0,
+                  desc="paste", unit="img", disable=not progress):
+        pass
+    return _finalize(out, config, run_config, inputs, table, bg_categories)
+
+
+def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
+              table: BankTable, bg_categories: dict[str, dict]) -> dict:
+    """Assemble ``annotations.json`` from the parts, write the manifest, drop the parts."""
+    categories = coco.assign_category_ids(sorted(table.classes), keep=bg_categories)
+    per_class: Counter = Counter()
+    pasted_per_class: Counter = Counter()
+    dropped: Counter = Counter()
+    outside = skipped = 0
+
+    def records() -> Iterator[ImageRecord]:
+        nonlocal outside, skipped
+        for i in range(config.num_images):
+            part = json.loads((out / PARTS / f"{i:06d}.json").read_text())
+            anns = part["annotations"]
+            for a in anns:
+                per_class[a["class"]] += 1
+                pasted_per_class[a["class"]] += a["pasted"]
+            dropped.update(part["dropped"])
+            outside += part["outside"]
+            skipped += part["skipped"]
+            yield ImageRecord(image_id=i + 1, file_name=part["file_name"], width=part["width"],
+                              height=part["height"],
+                              instances=Instances.from_rles(
+                                  part["height"], part["width"], [a["class"] for a in anns],
+                                  [a["rle"] for a in anns]))
+
+    written = coco.write_coco(out / "annotations.json", records(), categories,
+                              info={"description": "weakpaste paste output",
+                                    "seed": config.seed})
+    manifest = write_manifest(
+        out, stage="paste", config=run_config, seed=config.seed, inputs=inputs,
+        counts={**written,
+                "per_class": dict(sorted(per_class.items())),
+                "pasted_per_class": dict(sorted(pasted_per_class.items())),
+                "dropped_by_occlusion": dict(sorted(dropped.items())),
+                "dropped_total": sum(dropped.values()), "outside_image": outside,
+                "no_room_space_max": skipped})
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+    return manifest
