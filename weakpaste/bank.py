@@ -103,7 +103,7 @@ class SegmentBank:
             raise WeakpasteError(f"{marker}: unsupported bank format {meta.get('format')!r} "
                                  f"v{meta.get('version')}; upgrade weakpaste or rebuild the bank")
         self._locations: dict[int, tuple[int, int, int]] | None = None
-        self._handles: dict[int, object] = {}
+        self._handles: dict[tuple[int, int], int] = {}
 
     def __getstate__(self) -> dict:
         # File handles do not cross process boundaries; each worker opens its own.
@@ -175,12 +175,14 @@ class SegmentBank:
     def read_pixels(self, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixels of one segment: (rgb uint8 (h, w, 3), mask bool (h, w))."""
         shard, offset, length = self._location(segment_id)
-        fh = self._handles.get(shard)
-        if fh is None:
-            fh = self._handles[shard] = open(self.root / "segments" / f"shard-{shard:05d}.bin",
-                                             "rb")
-        fh.seek(offset)
-        data = fh.read(length)
+        # Descriptors are per process (a forked worker must not share its parent's) and read
+        # with pread, which has no shared file position to race on.
+        key = (os.getpid(), shard)
+        fd = self._handles.get(key)
+        if fd is None:
+            fd = self._handles[key] = os.open(
+                self.root / "segments" / f"shard-{shard:05d}.bin", os.O_RDONLY)
+        data = os.pread(fd, length, offset)
         try:
             return _decode_segment(data)
         except ValueError:
@@ -197,8 +199,9 @@ class SegmentBank:
                        segment_id=entry["id"])
 
     def close(self) -> None:
-        for fh in self._handles.values():
-            fh.close()
+        for (pid, _), fd in self._handles.items():
+            if pid == os.getpid():
+                os.close(fd)
         self._handles = {}
 
 

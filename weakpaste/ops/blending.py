@@ -1,8 +1,14 @@
 """Blending kernels: composite a pasted segment onto a background.
 
 All modes take and return uint8 RGB images of the same shape and never modify their inputs.
-``"none"`` is a hard copy, ``"gaussian"`` feathers the mask edge, ``"poisson"`` is OpenCV's
-seamless cloning (gradient-domain), which matches the background's colour at the boundary.
+``"none"`` is a hard copy, ``"gaussian"`` feathers the mask edge, ``"poisson"`` is seamless
+cloning (Pérez et al. 2003, gradient domain), which matches the background's colour at the
+boundary.
+
+Poisson cloning is solved here with a discrete sine transform rather than with
+``cv2.seamlessClone``: OpenCV 5.0's seamlessClone returns different pixels on repeated calls
+with the same input (seen here: two alternating results differing by up to 254), which would
+break the paste stage's same-seed-same-bytes guarantee.
 """
 
 from __future__ import annotations
@@ -14,15 +20,15 @@ import numpy as np
 
 BLEND_MODES = ("none", "gaussian", "poisson")
 
-# seamlessClone zeroes the outer pixel row/column of its mask and solves with the border of the
-# mask's bounding box as a fixed boundary, so it is given a region padded by this much.
+# The solve uses the border of the mask's bounding box as a fixed boundary, so it is given a
+# region padded by this much.
 _POISSON_PAD = 16
 # Zero frame kept around the mask inside the padded region when the mask is mirrored into it.
 _POISSON_MARGIN = 4
 # Below this many pixels a Poisson solve has nothing meaningful to preserve.
 _POISSON_MIN_PIXELS = 16
-# seamlessClone erodes the mask 3 times with a 3x3 kernel before taking source gradients; a
-# mask with no pixel left after an equivalent 7x7 erosion would be cloned as nothing at all.
+# A mask with no pixel left after a 7x7 erosion is a sliver: its colours come almost only
+# from the boundary, so such masks are feathered instead.
 _POISSON_ERODE = np.ones((7, 7), np.uint8)
 
 
@@ -90,7 +96,7 @@ def _blend_poisson(
     # Where the mask reaches the image edge, mirror it too: with a zero frame the solver would
     # pin the segment's colours at the image edge to the background's, washing the segment
     # out there. The outer _POISSON_MARGIN pixels stay zero so the mask never touches the edge
-    # of what seamlessClone sees (it zeroes that edge and would shift the clone).
+    # of the solved region (whose border is the fixed boundary).
     mask_r = np.pad(mask_u8[ry0:ry1, rx0:rx1], widths, mode="symmetric")
     m = _POISSON_MARGIN
     mask_r[: max(m, 0 if y == 0 else top)] = 0
@@ -98,14 +104,7 @@ def _blend_poisson(
     mask_r[:, : max(m, 0 if x == 0 else left)] = 0
     mask_r[:, mask_r.shape[1] - max(m, 0 if x + bw == w else right) :] = 0
 
-    # OpenCV puts the mask's bounding-rect origin at (p.x - width // 2, p.y - height // 2);
-    # choosing p this way places the clone exactly where the mask is.
-    mx, my, mw, mh = cv2.boundingRect(mask_r)
-    centre = (mx + mw // 2, my + mh // 2)
-    try:
-        cloned = cv2.seamlessClone(src_r, dst_r, mask_r, centre, cv2.NORMAL_CLONE)
-    except cv2.error:
-        return _blend_gaussian(dst, src, mask, sigma)
+    cloned = poisson_solve(src_r, dst_r, mask_r > 0)
 
     out = dst.copy()
     out[ry0:ry1, rx0:rx1] = cloned[top : top + (ry1 - ry0), left : left + (rx1 - rx0)]
@@ -154,3 +153,51 @@ def blend(
     if mode == "gaussian":
         return _blend_gaussian(dst, src, mask, sigma)
     return _blend_poisson(dst, src, mask, sigma)
+
+
+def poisson_solve(src: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Seamless cloning of ``src`` into ``dst`` over ``mask`` on a rectangular region.
+
+    The guidance field is ``src``'s gradient on every pixel edge touching the mask and
+    ``dst``'s elsewhere (as OpenCV's NORMAL_CLONE); the region's outer border is the fixed
+    (Dirichlet) boundary, taken from ``dst``. The Poisson equation is solved exactly with a
+    type-I discrete sine transform, so the result is deterministic.
+
+    Args:
+        src: uint8 (h, w, 3) source, aligned with ``dst``.
+        dst: uint8 (h, w, 3) destination.
+        mask: bool (h, w) pixels to clone; should not touch the region's border.
+
+    Returns:
+        uint8 (h, w, 3): ``dst`` with the solved pixels inside ``mask``.
+    """
+    from scipy.fft import dstn, idstn
+
+    h, w = mask.shape
+    if h < 3 or w < 3:
+        return dst.copy()
+    s = src.astype(np.float64)
+    d = dst.astype(np.float64)
+    # Guidance on horizontal and vertical pixel edges.
+    use_x = (mask[:, 1:] | mask[:, :-1])[..., None]
+    use_y = (mask[1:, :] | mask[:-1, :])[..., None]
+    gx = np.where(use_x, s[:, 1:] - s[:, :-1], d[:, 1:] - d[:, :-1])
+    gy = np.where(use_y, s[1:, :] - s[:-1, :], d[1:, :] - d[:-1, :])
+    # Divergence at interior pixels: (g(p, p+1) - g(p-1, p)) summed over both axes.
+    div = (gx[1:-1, 1:] - gx[1:-1, :-1]) + (gy[1:, 1:-1] - gy[:-1, 1:-1])
+    # Move the fixed boundary's contribution to the right-hand side.
+    rhs = div.copy()
+    rhs[0] -= d[0, 1:-1]
+    rhs[-1] -= d[-1, 1:-1]
+    rhs[:, 0] -= d[1:-1, 0]
+    rhs[:, -1] -= d[1:-1, -1]
+    ih, iw = h - 2, w - 2
+    ky = 2.0 * np.cos(np.pi * np.arange(1, ih + 1) / (ih + 1)) - 2.0
+    kx = 2.0 * np.cos(np.pi * np.arange(1, iw + 1) / (iw + 1)) - 2.0
+    eig = (ky[:, None] + kx[None, :])[..., None]
+    solved = idstn(dstn(rhs, type=1, axes=(0, 1), workers=1) / eig, type=1, axes=(0, 1),
+                   workers=1)
+    out = d.copy()
+    inner = mask[1:-1, 1:-1]
+    out[1:-1, 1:-1][inner] = solved[inner]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -1,0 +1,157 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import needs_shared
+from pycocotools.coco import COCO
+
+from weakpaste.bank import run_bank_from_coco
+from weakpaste.errors import WeakpasteError
+from weakpaste.io.coco import load_coco
+from weakpaste.io.images import write_image
+from weakpaste.paste import run as paste_run
+from weakpaste.paste.run import PasteConfig, run_paste
+
+
+@pytest.fixture
+def bank_and_bg(tiny_coco, tmp_path):
+    path, images = tiny_coco
+    run_bank_from_coco(path, images, tmp_path / "bank", min_area=1, progress=False)
+    return str(tmp_path / "bank"), str(path), str(images)
+
+
+def _paste(bank, coco, images, out, **kw):
+    workers = kw.pop("workers", 1)
+    extra = kw.pop("extra", None)
+    resume = kw.pop("resume", False)
+    cfg = PasteConfig(**{"num_images": 6, "seed": 3, "objects": (1, 3), **kw})
+    return run_paste(cfg, bank=bank, out_dir=str(out), backgrounds_json=coco, images_dir=images,
+                     extra_backgrounds=extra, workers=workers, progress=False, resume=resume)
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())} | {
+        "annotations.json": (out / "annotations.json").read_bytes()}
+
+
+@pytest.mark.parametrize("placement", ["random", "space-max", "jitter"])
+def test_same_seed_same_bytes_for_any_worker_count(bank_and_bg, tmp_path, placement):
+    bank, coco, images = bank_and_bg
+    _paste(bank, coco, images, tmp_path / "w1", placement=placement,
+           blend=("none", "gaussian", "poisson"))
+    _paste(bank, coco, images, tmp_path / "w2", placement=placement,
+           blend=("none", "gaussian", "poisson"), workers=2)
+    assert _snapshot(tmp_path / "w1") == _snapshot(tmp_path / "w2")
+    _paste(bank, coco, images, tmp_path / "other", placement=placement, seed=4)
+    assert _snapshot(tmp_path / "w1") != _snapshot(tmp_path / "other")
+
+
+def test_output_is_a_valid_coco_set(bank_and_bg, tmp_path):
+    bank, coco, images = bank_and_bg
+    manifest = _paste(bank, coco, images, tmp_path / "out", image_format="png")
+    out = tmp_path / "out"
+    data = load_coco(out / "annotations.json", out / "images")
+    assert len(data.records) == 6
+    assert set(data.class_names) == {"a", "b"}
+    assert not (out / ".parts").exists()
+    doc = json.loads((out / "annotations.json").read_text())
+    assert [a["id"] for a in doc["annotations"]] == list(range(1, len(doc["annotations"]) + 1))
+    assert all(a["iscrowd"] == 0 for a in doc["annotations"])
+    coco_api = COCO(str(out / "annotations.json"))
+    for ann in doc["annotations"][:10]:
+        m = coco_api.annToMask(ann)
+        assert m.sum() == ann["area"]
+        ys, xs = np.nonzero(m)
+        assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
+                               ys.max() - ys.min() + 1]
+    c = manifest["counts"]
+    assert c["images"] == 6 and c["annotations"] == len(doc["annotations"])
+    assert sum(c["per_class"].values()) == c["annotations"]
+    assert manifest["status"] == "complete" and manifest["seed"] == 3
+    assert set(manifest["inputs"]) == {"backgrounds", "bank_index"}
+    # Background instances are kept as labels: every output has at least one instance.
+    assert all(len(r.instances) > 0 for r in data.records)
+
+
+def test_extra_backgrounds_and_any_size(bank_and_bg, tmp_path):
+    bank, _, _ = bank_and_bg
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    write_image(extra / "wide.png", np.full((30, 170, 3), 90, np.uint8))
+    write_image(extra / "tall.jpg", np.full((150, 41, 3), 160, np.uint8))
+    _paste(bank, None, None, tmp_path / "out", extra=[str(extra)], num_images=4)
+    data = load_coco(tmp_path / "out" / "annotations.json", tmp_path / "out" / "images")
+    assert {(r.width, r.height) for r in data.records} == {(170, 30), (41, 150)}
+
+
+def test_resume_after_interruption(bank_and_bg, tmp_path, monkeypatch):
+    bank, coco, images = bank_and_bg
+    _paste(bank, coco, images, tmp_path / "ref")
+    real = paste_run.paste_item
+    calls = {"n": 0}
+
+    def flaky(ctx, index, seed, background):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(ctx, index, seed, background)
+
+    monkeypatch.setattr(paste_run, "paste_item", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _paste(bank, coco, images, tmp_path / "out")
+    out = tmp_path / "out"
+    assert not (out / "annotations.json").exists()  # never half-written
+    assert len(list((out / ".parts").glob("*.json"))) == 3
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    monkeypatch.setattr(paste_run, "paste_item", real)
+    with pytest.raises(WeakpasteError, match=r"output folder is not empty; pass --overwrite"):
+        _paste(bank, coco, images, out)
+    with pytest.raises(WeakpasteError, match=r"--resume with a different configuration"):
+        _paste(bank, coco, images, out, resume=True, seed=99)
+    _paste(bank, coco, images, out, resume=True)
+    assert _snapshot(out) == _snapshot(tmp_path / "ref")
+
+
+def test_bad_inputs(bank_and_bg, tmp_path):
+    bank, coco, images = bank_and_bg
+    with pytest.raises(WeakpasteError, match=r"class 'zebra' is not in the bank"):
+        _paste(bank, coco, images, tmp_path / "o1", classes=("zebra",))
+    with pytest.raises(WeakpasteError, match=r"unknown blending mode 'blur'; choose from"):
+        _paste(bank, coco, images, tmp_path / "o2", blend=("blur",))
+    with pytest.raises(WeakpasteError, match=r"--selection weights needs --class-weights FILE"):
+        _paste(bank, coco, images, tmp_path / "o3", selection="weights")
+    with pytest.raises(WeakpasteError, match=r"class weights name 'zebra', which is not in the"):
+        _paste(bank, coco, images, tmp_path / "o4", selection="weights",
+               class_weights={"zebra": 1.0})
+    with pytest.raises(WeakpasteError, match=r"no backgrounds: pass --backgrounds COCO_JSON"):
+        _paste(bank, None, None, tmp_path / "o5")
+    with pytest.raises(WeakpasteError, match=r"--backgrounds needs --images DIR"):
+        _paste(bank, coco, None, tmp_path / "o6")
+    # A corrupt background image is named, and what was written before stays.
+    Path(images, "img1.png").write_bytes(b"not a png")
+    with pytest.raises(WeakpasteError, match=r"img1.png: cannot decode image"):
+        _paste(bank, coco, images, tmp_path / "o7", num_images=12)
+    assert not (tmp_path / "o7" / "annotations.json").exists()
+
+
+def test_weighted_selection_only_pastes_weighted_classes(bank_and_bg, tmp_path):
+    bank, _, _ = bank_and_bg
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    write_image(extra / "bg.png", np.full((80, 80, 3), 90, np.uint8))
+    manifest = _paste(bank, None, None, tmp_path / "out", extra=[str(extra)],
+                      selection="weights", class_weights={"a": 0.0, "b": 1.0}, num_images=5)
+    assert set(manifest["counts"]["pasted_per_class"]) == {"b"}
+
+
+def test_real_coco_mini_paste(tmp_path):
+    root = needs_shared("coco_mini")
+    run_bank_from_coco(root / "instances.json", root / "images", tmp_path / "bank",
+                       classes=["dog", "cat", "bus"], progress=False)
+    cfg = PasteConfig(num_images=3, seed=0, objects=(4, 4), placement="space-max")
+    m = run_paste(cfg, bank=str(tmp_path / "bank"), out_dir=str(tmp_path / "out"),
+                  backgrounds_json=str(root / "instances.json"), images_dir=str(root / "images"),
+                  progress=False)
+    assert m["counts"]["images"] == 3
+    assert sum(m["counts"]["pasted_per_class"].values()) > 0
