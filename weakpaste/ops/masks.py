@@ -29,14 +29,32 @@ def encode(mask: np.ndarray) -> Rle:
 
 
 def encode_many(masks: np.ndarray) -> list[Rle]:
-    """Encode a stack of masks (N, H, W) bool in one pycocotools call."""
+    """Encode a stack of masks (N, H, W) bool in one pycocotools call.
+
+    pycocotools wants column-major (H, W, N) data; stacks made by ``decode_many`` or
+    ``stack_masks`` already have that layout, so they are encoded without a copy.
+    """
     if masks.ndim != 3:
         raise ValueError(f"encode_many: expected (N, H, W) masks, got shape {masks.shape}")
     if len(masks) == 0:
         return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8))
+    hwn = masks.transpose(1, 2, 0)
+    hwn = hwn.view(np.uint8) if hwn.dtype == bool else hwn.astype(np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(hwn))
     return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode()}
             for r in rles]
+
+
+def stack_masks(masks: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Stack bool (H, W) masks into (N, H, W) in the column-major layout RLE coding uses.
+
+    The result indexes like any (N, H, W) array; only its memory order differs, which makes
+    ``encode_many`` and ``decode_many`` copy-free.
+    """
+    out = np.empty((height, width, len(masks)), dtype=bool, order="F")
+    for k, m in enumerate(masks):
+        out[:, :, k] = m
+    return out.transpose(2, 0, 1)
 
 
 def _as_bytes(rle: Rle) -> dict:
@@ -51,11 +69,14 @@ def decode(rle: Rle) -> np.ndarray:
 
 
 def decode_many(rles: list[Rle], height: int, width: int) -> np.ndarray:
-    """Decode RLEs into a bool (N, H, W) stack; an empty list gives shape (0, H, W)."""
+    """Decode RLEs into a bool (N, H, W) stack; an empty list gives shape (0, H, W).
+
+    The stack is a view of pycocotools' column-major output (see ``stack_masks``): no copy.
+    """
     if not rles:
         return np.zeros((0, height, width), dtype=bool)
     out = mask_utils.decode([_as_bytes(r) for r in rles])
-    return np.ascontiguousarray(out.transpose(2, 0, 1)).astype(bool)
+    return out.transpose(2, 0, 1).view(bool)
 
 
 def rle_area(rle: Rle) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from weakpaste.ops import blending, geometry
+from weakpaste.ops import masks as mask_ops
 from weakpaste.paste.plan import ImagePlan, placement_matrix
 
 
@@ -81,9 +82,10 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
         raise ValueError(f"render: plan has {len(plan.segment_ids)} segments, got "
                          f"{len(segments)}")
     image = background.copy()
-    masks = [m.copy() for m in bg_masks]
+    # Copies keep the masks' memory order (column-major from RLE decoding: cheap to re-encode).
+    masks = [m.copy(order="K") for m in bg_masks]
     classes = list(bg_classes)
-    entered = [int(m.sum()) for m in masks]
+    entered = [int(np.count_nonzero(m)) for m in masks]
     pasted = [False] * len(masks)
     outside = 0
     # Blending reaches a little beyond the mask (blurred alpha, Poisson's boundary).
@@ -107,20 +109,20 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
                                              sigma=params.blur_sigma)
         for m in masks:
             m[y0:y1, x0:x1] &= ~win_mask
-        full = np.zeros((H, W), dtype=bool)
+        full = np.zeros((H, W), dtype=bool, order="F")
         full[y0:y1, x0:x1] = win_mask
         masks.append(full)
         classes.append(name)
-        entered.append(int(win_mask.sum()))
+        entered.append(int(np.count_nonzero(win_mask)))
         pasted.append(True)
     keep, dropped = [], Counter()
     for k, m in enumerate(masks):
-        area = int(m.sum())
+        area = int(np.count_nonzero(m))
         if area < params.min_area or area < params.min_visible * entered[k]:
             dropped[classes[k]] += 1
         else:
             keep.append(k)
-    kept_masks = np.stack([masks[k] for k in keep]) if keep else np.zeros((0, H, W), bool)
-    return Rendered(image=image, masks=kept_masks, classes=tuple(classes[k] for k in keep),
+    return Rendered(image=image, masks=mask_ops.stack_masks([masks[k] for k in keep], H, W),
+                    classes=tuple(classes[k] for k in keep),
                     pasted=np.array([pasted[k] for k in keep], dtype=bool), dropped=dropped,
                     outside=outside)

@@ -175,7 +175,9 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     picks = plan_mod.select_segments(rng, ctx.probabilities, cfg.objects)
     ids = ctx.table.segment_id[picks]
     pixels = [bank.read_pixels(int(i)) for i in ids]
-    occupied = bg_masks.any(axis=0) if len(bg_masks) else None
+    occupied = None
+    if cfg.placement == "space-max" and len(bg_masks):
+        occupied = bg_masks.any(axis=0)
     plan = plan_mod.plan_image(rng, image_hw=(H, W), segment_ids=ids,
                                masks=[m for _, m in pixels], occupied=occupied,
                                params=cfg.plan_params())
@@ -195,7 +197,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
                         dropped=dict(out.dropped), outside=out.outside, skipped=plan.skipped,
                         background=background.path)
     atomic_write_bytes(out_dir / PARTS / f"{index:06d}.json",
-                       json.dumps(asdict(result), separators=(",", ":")).encode())
+                       json.dumps(vars(result), separators=(",", ":")).encode())
     return result
 
 

@@ -1,0 +1,110 @@
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from weakpaste.cli import main
+
+
+def test_help_is_fast_and_does_not_load_heavy_modules():
+    code = ("import sys, time; t = time.perf_counter(); from weakpaste import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "bad = [m for m in ('torch', 'cv2', 'pycocotools', 'skimage') if m in sys.modules]\n"
+            "assert not bad, bad\nprint(time.perf_counter() - t)")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "COMMAND" in out.stdout
+    assert time.perf_counter() - start < 3.0  # the interpreter itself included
+    assert float(out.stdout.strip().splitlines()[-1]) < 1.0
+
+
+def test_paste_stages_never_import_torch(tiny_coco, tmp_path):
+    path, images = tiny_coco
+    code = (
+        "import sys\nfrom weakpaste.cli import main\n"
+        f"assert main(['bank', 'from-coco', {str(path)!r}, '--images', {str(images)!r}, "
+        f"'--out', {str(tmp_path / 'bank')!r}, '--quiet', '--min-area', '1']) == 0\n"
+        f"assert main(['paste', '--bank', {str(tmp_path / 'bank')!r}, '--out', "
+        f"{str(tmp_path / 'out')!r}, '--backgrounds', {str(path)!r}, '--images', "
+        f"{str(images)!r}, '--num-images', '2', '--quiet']) == 0\n"
+        f"assert main(['stats', {str(tmp_path / 'out' / 'annotations.json')!r}]) == 0\n"
+        f"assert main(['viz', {str(tmp_path / 'out' / 'annotations.json')!r}, '--images', "
+        f"{str(tmp_path / 'out' / 'images')!r}, '--out', {str(tmp_path / 'viz')!r}, "
+        "'--quiet']) == 0\n"
+        "assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert (tmp_path / "viz" / "contact_sheet.png").is_file()
+
+
+def test_cli_end_to_end(tiny_coco, tmp_path, capsys):
+    path, images = tiny_coco
+    bank = str(tmp_path / "bank")
+    assert main(["bank", "from-coco", str(path), "--images", str(images), "--out", bank,
+                 "--quiet", "--min-area", "1"]) == 0
+    assert "wrote 5 segments of 2 classes" in capsys.readouterr().out
+    assert main(["bank", "info", bank]) == 0
+    assert "total        5" in capsys.readouterr().out
+    weights = tmp_path / "w.json"
+    weights.write_text(json.dumps({"a": 1.0, "b": 3.0}))
+    out = tmp_path / "out"
+    argv = ["paste", "--bank", bank, "--out", str(out), "--backgrounds", str(path),
+            "--images", str(images), "--num-images", "4", "--objects", "1-3", "--placement",
+            "space-max", "--blend", "none", "poisson", "--selection", "weights",
+            "--class-weights", str(weights), "--seed", "5", "--quiet"]
+    assert main(argv) == 0
+    assert "wrote 4 images" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["placement"] == "space-max"
+    assert manifest["config"]["class_weights"] == {"a": 1.0, "b": 3.0}
+    assert main(["stats", str(out / "annotations.json"), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["images"] == 4
+    # Same command again: refused, exit 2, one line naming the folder and the fix.
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"weakpaste: error: {out}: output folder is not empty; pass --overwrite to "
+                   "replace it, --resume to continue it, or choose another --out")
+    assert main(argv + ["--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["paste", "--bank", "nowhere", "--out", "o", "--num-images", "1"],
+     "weakpaste: error: nowhere: not a segment bank (no bank.json); build one with "
+     "'weakpaste bank from-coco' or 'weakpaste mine'"),
+    (["stats", "missing.json"],
+     "weakpaste: error: missing.json: no such file; pass the path of a COCO instances JSON"),
+])
+def test_cli_bad_input_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_cli_bad_arguments_exit_nonzero(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["paste", "--bank", "b", "--out", "o", "--num-images", "1", "--objects", "6-2"])
+    assert exc.value.code == 2
+    assert "object count '6-2' must be N or LO-HI" in capsys.readouterr().err
+
+
+def test_cli_class_absent_from_bank(tiny_coco, tmp_path, capsys):
+    path, images = tiny_coco
+    bank = str(tmp_path / "bank")
+    main(["bank", "from-coco", str(path), "--images", str(images), "--out", bank, "--quiet"])
+    capsys.readouterr()
+    assert main(["paste", "--bank", bank, "--out", str(tmp_path / "o"), "--backgrounds",
+                 str(path), "--images", str(images), "--num-images", "1", "--classes",
+                 "zebra"]) == 2
+    assert "class 'zebra' is not in the bank (it has: a, b)" in capsys.readouterr().err
+
+
+def test_demo_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--num-scenes", "8", "--num-images", "4",
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "contact sheet" in text and str(out) in text
+    assert (out / "viz" / "contact_sheet.png").is_file()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
