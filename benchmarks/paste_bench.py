@@ -59,6 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--num-images", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved repetitions; the best rate of each is reported")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -66,14 +68,21 @@ def main() -> None:
         run_bank_from_coco(args.data / "instances.json", args.data / "images", tmp / "bank",
                            progress=False)
         bank_s = time.perf_counter() - t
-        floor = io_floor(args.data, args.num_images, tmp / "floor")
-        one = paste_rate(args.data, tmp / "bank", args.num_images, 1, tmp / "w1")
-        two = paste_rate(args.data, tmp / "bank", args.num_images, 2, tmp / "w2")
-        same = all((tmp / "w1" / "images" / p.name).read_bytes() == p.read_bytes()
-                   for p in (tmp / "w2" / "images").iterdir()) and \
-            (tmp / "w1" / "annotations.json").read_bytes() == \
-            (tmp / "w2" / "annotations.json").read_bytes()
-    result = {"num_images": args.num_images, "bank_build_s": round(bank_s, 2),
+        floors, ones, twos = [], [], []
+        for r in range(args.repeats):  # interleaved, so drifting machine load hits all three
+            floors.append(io_floor(args.data, args.num_images, tmp / f"floor{r}"))
+            ones.append(paste_rate(args.data, tmp / "bank", args.num_images, 1, tmp / f"w1_{r}"))
+            twos.append(paste_rate(args.data, tmp / "bank", args.num_images, 2, tmp / f"w2_{r}"))
+        floor, one, two = max(floors), max(ones), max(twos)
+        same = all((tmp / "w1_0" / "images" / p.name).read_bytes() == p.read_bytes()
+                   for p in (tmp / "w2_0" / "images").iterdir()) and \
+            (tmp / "w1_0" / "annotations.json").read_bytes() == \
+            (tmp / "w2_0" / "annotations.json").read_bytes()
+    result = {"num_images": args.num_images, "repeats": args.repeats,
+              "bank_build_s": round(bank_s, 2),
+              "all_runs_img_s": {"floor": [round(v, 1) for v in floors],
+                                 "1_worker": [round(v, 1) for v in ones],
+                                 "2_workers": [round(v, 1) for v in twos]},
               "io_floor_img_s": round(floor, 1), "paste_1_worker_img_s": round(one, 1),
               "paste_2_workers_img_s": round(two, 1),
               "one_worker_vs_floor": round(one / floor, 3),

@@ -54,7 +54,7 @@ def test_output_is_a_valid_coco_set(bank_and_bg, tmp_path):
     data = load_coco(out / "annotations.json", out / "images")
     assert len(data.records) == 6
     assert set(data.class_names) == {"a", "b"}
-    assert not (out / ".parts").exists()
+    assert not list(out.glob(".parts-*.jsonl"))
     doc = json.loads((out / "annotations.json").read_text())
     assert [a["id"] for a in doc["annotations"]] == list(range(1, len(doc["annotations"]) + 1))
     assert all(a["iscrowd"] == 0 for a in doc["annotations"])
@@ -102,7 +102,10 @@ def test_resume_after_interruption(bank_and_bg, tmp_path, monkeypatch):
         _paste(bank, coco, images, tmp_path / "out")
     out = tmp_path / "out"
     assert not (out / "annotations.json").exists()  # never half-written
-    assert len(list((out / ".parts").glob("*.json"))) == 3
+    (journal,) = out.glob(".parts-*.jsonl")
+    assert len(journal.read_text().splitlines()) == 3
+    with open(journal, "a") as fh:  # a torn last line, as a kill mid-write would leave
+        fh.write('{"index": 3, "file_na')
     assert json.loads((out / "manifest.json").read_text())["status"] == "running"
     monkeypatch.setattr(paste_run, "paste_item", real)
     with pytest.raises(WeakpasteError, match=r"output folder is not empty; pass --overwrite"):

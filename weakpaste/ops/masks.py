@@ -31,8 +31,8 @@ def encode(mask: np.ndarray) -> Rle:
 def encode_many(masks: np.ndarray) -> list[Rle]:
     """Encode a stack of masks (N, H, W) bool in one pycocotools call.
 
-    pycocotools wants column-major (H, W, N) data; stacks made by ``decode_many`` or
-    ``stack_masks`` already have that layout, so they are encoded without a copy.
+    pycocotools wants column-major (H, W, N) data; stacks made by ``decode_many`` or by the
+    paste renderer already have that layout, so they are encoded without a copy.
     """
     if masks.ndim != 3:
         raise ValueError(f"encode_many: expected (N, H, W) masks, got shape {masks.shape}")
@@ -43,18 +43,6 @@ def encode_many(masks: np.ndarray) -> list[Rle]:
     rles = mask_utils.encode(np.asfortranarray(hwn))
     return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode()}
             for r in rles]
-
-
-def stack_masks(masks: list[np.ndarray], height: int, width: int) -> np.ndarray:
-    """Stack bool (H, W) masks into (N, H, W) in the column-major layout RLE coding uses.
-
-    The result indexes like any (N, H, W) array; only its memory order differs, which makes
-    ``encode_many`` and ``decode_many`` copy-free.
-    """
-    out = np.empty((height, width, len(masks)), dtype=bool, order="F")
-    for k, m in enumerate(masks):
-        out[:, :, k] = m
-    return out.transpose(2, 0, 1)
 
 
 def _as_bytes(rle: Rle) -> dict:
@@ -71,7 +59,8 @@ def decode(rle: Rle) -> np.ndarray:
 def decode_many(rles: list[Rle], height: int, width: int) -> np.ndarray:
     """Decode RLEs into a bool (N, H, W) stack; an empty list gives shape (0, H, W).
 
-    The stack is a view of pycocotools' column-major output (see ``stack_masks``): no copy.
+    The stack is a view of pycocotools' column-major (H, W, N) output: no copy. It indexes
+    like any (N, H, W) array; only its memory order differs.
     """
     if not rles:
         return np.zeros((0, height, width), dtype=bool)

@@ -82,11 +82,19 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
         raise ValueError(f"render: plan has {len(plan.segment_ids)} segments, got "
                          f"{len(segments)}")
     image = background.copy()
-    # Copies keep the masks' memory order (column-major from RLE decoding: cheap to re-encode).
-    masks = [m.copy(order="K") for m in bg_masks]
+    M = len(bg_masks)
+    # All instance masks live in one column-major (H, W, M + P) buffer: the layout RLE coding
+    # uses, so the kept masks are encoded without another copy. np.zeros is lazily paged.
+    buf = np.zeros((H, W, M + len(plan.placements)), dtype=bool, order="F")
+    for k in range(M):
+        buf[:, :, k] = bg_masks[k]
     classes = list(bg_classes)
-    entered = [int(np.count_nonzero(m)) for m in masks]
-    pasted = [False] * len(masks)
+    entered = [int(np.count_nonzero(buf[:, :, k])) for k in range(M)]
+    # Boxes (x0, y0, x1, y1) of what each instance had when it entered: occlusion only has
+    # to visit the instances whose box meets the new object's window.
+    boxes = [tuple(int(v) for v in mask_ops.mask_box(buf[:, :, k])) for k in range(M)]
+    touched = [False] * M
+    pasted = [False] * M
     outside = 0
     # Blending reaches a little beyond the mask (blurred alpha, Poisson's boundary).
     margin = int(math.ceil(3 * params.blur_sigma)) + 2
@@ -107,22 +115,26 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
         big_mask[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0] = win_mask
         image[Y0:Y1, X0:X1] = blending.blend(dst, src, big_mask, p.blend,
                                              sigma=params.blur_sigma)
-        for m in masks:
-            m[y0:y1, x0:x1] &= ~win_mask
-        full = np.zeros((H, W), dtype=bool, order="F")
-        full[y0:y1, x0:x1] = win_mask
-        masks.append(full)
+        hidden = ~win_mask
+        for k, (bx0, by0, bx1, by1) in enumerate(boxes):
+            if bx0 < x1 and x0 < bx1 and by0 < y1 and y0 < by1:
+                buf[y0:y1, x0:x1, k] &= hidden
+                touched[k] = True
+        buf[y0:y1, x0:x1, len(classes)] = win_mask
         classes.append(name)
         entered.append(int(np.count_nonzero(win_mask)))
+        boxes.append((x0, y0, x1, y1))
+        touched.append(False)
         pasted.append(True)
     keep, dropped = [], Counter()
-    for k, m in enumerate(masks):
-        area = int(np.count_nonzero(m))
+    for k in range(len(classes)):
+        area = int(np.count_nonzero(buf[:, :, k])) if touched[k] else entered[k]
         if area < params.min_area or area < params.min_visible * entered[k]:
             dropped[classes[k]] += 1
         else:
             keep.append(k)
-    return Rendered(image=image, masks=mask_ops.stack_masks([masks[k] for k in keep], H, W),
+    kept = buf[:, :, :len(classes)] if len(keep) == len(classes) else buf[:, :, keep]
+    return Rendered(image=image, masks=np.asfortranarray(kept).transpose(2, 0, 1),
                     classes=tuple(classes[k] for k in keep),
                     pasted=np.array([pasted[k] for k in keep], dtype=bool), dropped=dropped,
                     outside=outside)

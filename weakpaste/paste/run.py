@@ -5,9 +5,11 @@ its own Generator from ``SeedSequence(seed)``'s i-th child and its background fr
 order fixed before any work starts, so the same seed gives byte-identical images and
 annotations for any number of workers.
 
-Each finished item leaves ``images/<i>.jpg`` and ``.parts/<i>.json`` (its annotations),
-both written atomically; ``annotations.json`` is assembled from the parts at the end. An
-interrupted run therefore loses nothing and ``--resume`` continues it.
+Each finished item leaves ``images/<i>.jpg`` (written atomically) and one line in its worker
+process's journal ``.parts-<pid>.jsonl`` (its annotations, appended and flushed), so the main
+process only counts progress. ``annotations.json`` is assembled from the journals at the end.
+An interrupted run therefore loses nothing and ``--resume`` continues it; a torn last line
+(a process killed mid-write) is ignored and that item is simply made again.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from weakpaste.paste import plan as plan_mod
 from weakpaste.paste.render import RenderParams, render
 from weakpaste.structures import ImageRecord, Instances
 
-PARTS = ".parts"
+PARTS_GLOB = ".parts-*.jsonl"
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,37 @@ def _open_bank(root: str) -> SegmentBank:
     return SegmentBank(root)
 
 
+# This process's journal: (pid, output folder, open file). A forked worker must not reuse
+# its parent's.
+_JOURNAL: tuple[int, Path, object] | None = None
+
+
+def _journal(out_dir: Path):
+    global _JOURNAL
+    if _JOURNAL is None or _JOURNAL[:2] != (os.getpid(), out_dir):
+        _close_journal()
+        path = out_dir / f".parts-{os.getpid()}.jsonl"
+        if path.is_file():  # a resumed run in the same process: cut a torn last line off
+            raw = path.read_bytes()
+            with open(path, "r+b") as fh:
+                fh.truncate(raw.rfind(b"\n") + 1)
+        _JOURNAL = (os.getpid(), out_dir, open(path, "a", encoding="utf-8"))
+    return _JOURNAL[2]
+
+
+def _close_journal() -> None:
+    global _JOURNAL
+    if _JOURNAL is not None and _JOURNAL[0] == os.getpid():
+        _JOURNAL[2].close()
+    _JOURNAL = None
+
+
 def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
-               background: Background) -> ItemResult:
-    """Make output image ``index``: select, plan, render, write. Pure but for its own files."""
+               background: Background) -> int:
+    """Make output image ``index``: select, plan, render, write the image and its journal line.
+
+    Pure but for its own files; returns ``index``.
+    """
     cfg = ctx.config
     rng = np.random.default_rng(seed)
     image = read_image(background.path)
@@ -174,7 +203,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     bank = _open_bank(ctx.bank_root)
     picks = plan_mod.select_segments(rng, ctx.probabilities, cfg.objects)
     ids = ctx.table.segment_id[picks]
-    pixels = [bank.read_pixels(int(i)) for i in ids]
+    pixels = [_read_cached(bank, int(i)) for i in ids]
     occupied = None
     if cfg.placement == "space-max" and len(bg_masks):
         occupied = bg_masks.any(axis=0)
@@ -196,9 +225,41 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
                                                         strict=True)],
                         dropped=dict(out.dropped), outside=out.outside, skipped=plan.skipped,
                         background=background.path)
-    atomic_write_bytes(out_dir / PARTS / f"{index:06d}.json",
-                       json.dumps(vars(result), separators=(",", ":")).encode())
-    return result
+    journal = _journal(out_dir)
+    journal.write(json.dumps(vars(result), separators=(",", ":")) + "\n")
+    journal.flush()
+    return index
+
+
+# Decoded segments of this process, most recently used last: a bank is usually much smaller
+# than the number of objects pasted from it, so segments repeat. Bounded in bytes.
+_SEGMENT_CACHE: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_SEGMENT_CACHE_BYTES = 256 << 20
+_cache_bytes = 0
+
+
+def clear_segment_cache() -> None:
+    """Forget decoded segments (a bank rebuilt at the same path reuses segment ids)."""
+    global _cache_bytes
+    _SEGMENT_CACHE.clear()
+    _cache_bytes = 0
+
+
+def _read_cached(bank: SegmentBank, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
+    global _cache_bytes
+    key = (str(bank.root), segment_id)
+    hit = _SEGMENT_CACHE.get(key)
+    if hit is not None:
+        _SEGMENT_CACHE.move_to_end(key)
+        return hit
+    rgb, mask = bank.read_pixels(segment_id)
+    rgb.flags.writeable = mask.flags.writeable = False  # shared between items
+    _SEGMENT_CACHE[key] = (rgb, mask)
+    _cache_bytes += rgb.nbytes + mask.nbytes
+    while _cache_bytes > _SEGMENT_CACHE_BYTES and len(_SEGMENT_CACHE) > 1:
+        _, (old_rgb, old_mask) = _SEGMENT_CACHE.popitem(last=False)
+        _cache_bytes -= old_rgb.nbytes + old_mask.nbytes
+    return rgb, mask
 
 
 _CTX: PasteContext | None = None
@@ -212,12 +273,12 @@ def _init_worker(ctx: PasteContext) -> None:
     _CTX = ctx
 
 
-def _run_task(task: tuple[int, np.random.SeedSequence, Background]) -> ItemResult:
+def _run_task(task: tuple[int, np.random.SeedSequence, Background]) -> int:
     assert _CTX is not None
     return paste_item(_CTX, *task)
 
 
-def map_items(ctx: PasteContext, tasks: list, workers: int) -> Iterator[ItemResult]:
+def map_items(ctx: PasteContext, tasks: list, workers: int) -> Iterator[int]:
     """Run ``paste_item`` over tasks in order, in this process or a pool of ``workers``."""
     if workers <= 1:
         _init_worker(ctx)
@@ -291,6 +352,7 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
     from tqdm import tqdm
 
     config.validate()
+    clear_segment_cache()  # workers fork from here: they start empty too
     seg_bank = SegmentBank(bank)
     table = seg_bank.table(list(config.classes) if config.classes else None)
     weights = None
@@ -318,7 +380,6 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
                                  "interrupted run; use the same options or --overwrite")
     out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage="paste")
     (out / "images").mkdir(exist_ok=True)
-    (out / PARTS).mkdir(exist_ok=True)
     write_manifest(out, stage="paste", config=run_config, seed=config.seed, inputs=inputs,
                    status="running")
 
@@ -326,20 +387,36 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
     bg_seed, items_seed = root.spawn(2)
     order = background_order(bg_seed, len(backgrounds), config.num_images)
     item_seeds = items_seed.spawn(config.num_images)
-    done = {int(p.stem) for p in (out / PARTS).glob("*.json")}
+    done = set(_read_journals(out))
     tasks = [(i, item_seeds[i], backgrounds[order[i]]) for i in range(config.num_images)
              if i not in done or not (out / "images" / f"{i:06d}.{config.image_format}").exists()]
     ctx = PasteContext(bank_root=str(bank), table=table, probabilities=probs, config=config,
                        out_dir=str(out))
-    for _ in tqdm(map_items(ctx, tasks, workers), total=len(tasks), initial=0,
-                  desc="paste", unit="img", disable=not progress):
-        pass
+    try:
+        for _ in tqdm(map_items(ctx, tasks, workers), total=len(tasks), desc="paste",
+                      unit="img", disable=not progress):
+            pass
+    finally:
+        _close_journal()
     return _finalize(out, config, run_config, inputs, table, bg_categories)
+
+
+def _read_journals(out: Path) -> dict[int, dict]:
+    """Finished items by index, from every journal; torn last lines are ignored."""
+    parts: dict[int, dict] = {}
+    for path in sorted(out.glob(PARTS_GLOB)):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.endswith("\n"):
+                    part = json.loads(line)
+                    parts[part["index"]] = part
+    return parts
 
 
 def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
               table: BankTable, bg_categories: dict[str, dict]) -> dict:
-    """Assemble ``annotations.json`` from the parts, write the manifest, drop the parts."""
+    """Assemble ``annotations.json`` from the journals, write the manifest, drop them."""
+    parts = _read_journals(out)
     categories = coco.assign_category_ids(sorted(table.classes), keep=bg_categories)
     per_class: Counter = Counter()
     pasted_per_class: Counter = Counter()
@@ -349,7 +426,7 @@ def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
     def records() -> Iterator[ImageRecord]:
         nonlocal outside, skipped
         for i in range(config.num_images):
-            part = json.loads((out / PARTS / f"{i:06d}.json").read_text())
+            part = parts[i]
             anns = part["annotations"]
             for a in anns:
                 per_class[a["class"]] += 1
@@ -374,5 +451,6 @@ def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
                 "dropped_by_occlusion": dict(sorted(dropped.items())),
                 "dropped_total": sum(dropped.values()), "outside_image": outside,
                 "no_room_space_max": skipped})
-    shutil.rmtree(out / PARTS, ignore_errors=True)
+    for path in out.glob(PARTS_GLOB):
+        path.unlink()
     return manifest
