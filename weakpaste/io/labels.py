@@ -1,0 +1,119 @@
+"""Image-level labels: which classes each image shows, without masks.
+
+Accepted forms (``weakpaste mine --labels``):
+    * a COCO instances JSON: an image's labels are the categories annotated in it; masks and
+      boxes are ignored (this is how a fully annotated set is turned into a weakly labelled
+      one for benchmarks);
+    * a CSV with a header ``image,labels`` (or ``file_name,labels``): labels separated by
+      ``;`` or ``|``, e.g. ``street/001.jpg,person;dog``;
+    * a JSON object mapping image file name -> list of class names, e.g.
+      ``{"001.jpg": ["person", "dog"]}``;
+    * no file, for a folder with one sub-folder per class (object-centric images): the
+      sub-folder's name is the label.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from weakpaste.errors import WeakpasteError
+from weakpaste.io.images import IMAGE_EXTENSIONS
+from weakpaste.structures import ImageRecord
+
+
+def _records_from_mapping(mapping: dict[str, list[str]], source: Path) -> list[ImageRecord]:
+    records = []
+    for i, (name, labels) in enumerate(mapping.items()):
+        if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+            raise WeakpasteError(f"{source}: labels of {name!r} must be a list of class names")
+        records.append(ImageRecord(image_id=i + 1, file_name=name, width=0, height=0,
+                                   labels=tuple(sorted(set(labels)))))
+    return records
+
+
+def _read_csv(path: Path) -> dict[str, list[str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        key = "image" if "image" in fields else "file_name" if "file_name" in fields else None
+        if key is None or "labels" not in fields:
+            raise WeakpasteError(f"{path}: a labels CSV needs the header 'image,labels' "
+                                 f"(found {','.join(fields) or 'nothing'})")
+        mapping: dict[str, list[str]] = {}
+        for row in reader:
+            text = (row.get("labels") or "").replace("|", ";")
+            mapping.setdefault(row[key], []).extend(
+                t.strip() for t in text.split(";") if t.strip())
+    return mapping
+
+
+def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike
+                ) -> tuple[list[ImageRecord], list[str]]:
+    """Read image-level labels.
+
+    Args:
+        labels: a COCO JSON, a CSV or JSON mapping, or None for one sub-folder per class.
+        images_dir: the folder the image names are relative to.
+
+    Returns:
+        (records with ``labels`` set and ``instances`` None, class names in a stable order:
+        the COCO category order, else sorted).
+
+    Raises:
+        WeakpasteError: unreadable or malformed labels, images that do not exist, no image
+            with a label.
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise WeakpasteError(f"{images_dir}: images folder not found; pass it with --images")
+    if labels is None:
+        records, classes = [], []
+        for sub in sorted(p for p in images_dir.iterdir() if p.is_dir()):
+            files = sorted(f for f in sub.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            if files:
+                classes.append(sub.name)
+            for f in files:
+                records.append(ImageRecord(image_id=len(records) + 1,
+                                           file_name=str(f.relative_to(images_dir)),
+                                           width=0, height=0, labels=(sub.name,)))
+        if not records:
+            raise WeakpasteError(f"{images_dir}: no labels given and no class sub-folders with "
+                                 "images; pass --labels FILE or use one folder per class")
+        return records, classes
+    path = Path(labels)
+    if not path.is_file():
+        raise WeakpasteError(f"{path}: labels file not found; pass a COCO JSON, a CSV "
+                             "(image,labels) or a JSON mapping image -> classes")
+    if path.suffix.lower() == ".csv":
+        mapping = _read_csv(path)
+        records = _records_from_mapping(mapping, path)
+        classes = sorted({c for r in records for c in r.labels})
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise WeakpasteError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
+                                 "repair the labels file") from None
+        if isinstance(data, dict) and "images" in data and "categories" in data:
+            from weakpaste.io.coco import load_coco
+
+            coco = load_coco(path, require_masks=False, check_files=False)
+            records = [r for r in coco.records]
+            classes = list(coco.categories)
+        elif isinstance(data, dict):
+            records = _records_from_mapping(data, path)
+            classes = sorted({c for r in records for c in r.labels})
+        else:
+            raise WeakpasteError(f"{path}: expected a COCO JSON or an object mapping image "
+                                 "file name -> list of class names")
+    missing = [r.file_name for r in records if not (images_dir / r.file_name).is_file()]
+    if missing:
+        raise WeakpasteError(f"{path}: {len(missing)} of {len(records)} labelled images are "
+                             f"missing under {images_dir} (first: {missing[0]!r}); pass the "
+                             "folder that holds them with --images")
+    if not any(r.labels for r in records):
+        raise WeakpasteError(f"{path}: no image carries a label; nothing to mine")
+    return records, classes
