@@ -111,6 +111,38 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mine(args: argparse.Namespace) -> int:
+    if args.method != "fem":
+        raise WeakpasteError(f"--method {args.method} is not available yet; use --method fem")
+    from weakpaste.mine.fem import FemParams, MineConfig, run_mine_fem
+
+    weights = None if args.weights in ("none", "None") else args.weights
+    params = FemParams(cam_threshold=args.cam_threshold, top_n=args.top_n,
+                       candidates=args.candidates, erode=args.erode, max_side=args.max_side,
+                       methods=tuple(args.proposals))
+    config = MineConfig(backbone=args.backbone, weights=weights, classifier=args.classifier,
+                        train_mode=args.train_mode, epochs=args.epochs,
+                        input_size=args.input_size, crop_size=args.crop_size,
+                        device=args.device, em_iters=args.em_iters, keep=args.keep,
+                        min_samples=args.min_samples, score_threshold=args.score_threshold,
+                        seed=args.seed, params=params)
+    manifest = run_mine_fem(args.images, args.labels, args.out, config, workers=args.workers,
+                            overwrite=args.overwrite, resume=args.resume,
+                            progress=not args.quiet, save_baselines=args.save_baselines)
+    c = manifest["counts"]
+    print(f"mined {c['segments']} segments of {len(c['per_class'])} classes from "
+          f"{c['labelled_images']} images into {args.out} "
+          f"(pseudo-labels: {Path(args.out) / 'pseudo_labels.json'})")
+    return 0
+
+
+def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
+    from weakpaste.evaluate import run_evaluate_masks
+
+    print(run_evaluate_masks(args.pred, args.gt, out=args.out, as_json=args.json))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from weakpaste.demo import run_demo
 
@@ -195,6 +227,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     common(p)
     p.set_defaults(func=_cmd_paste)
+
+    p = sub.add_parser("mine", help="mine object masks from image-level labels into a bank")
+    p.add_argument("--method", choices=["fem", "freeseg"], default="fem",
+                   help="fem: EM-Paste's F-EM on scene images with class tags")
+    p.add_argument("--images", required=True, help="folder of the images")
+    p.add_argument("--labels", help="COCO JSON (annotated categories = labels), CSV "
+                   "(image,labels with ';') or JSON {image: [classes]}; omit for one "
+                   "sub-folder per class")
+    p.add_argument("--out", required=True, help="bank folder to create")
+    p.add_argument("--backbone", default="resnet50",
+                   help="any torchvision classification model (default: %(default)s)")
+    p.add_argument("--weights", default="DEFAULT",
+                   help="DEFAULT (torchvision ImageNet download), PATH to a state_dict, or none")
+    p.add_argument("--classifier", help="reuse a classifier saved by an earlier run")
+    p.add_argument("--train-mode", choices=["linear", "finetune"], default="linear",
+                   help="linear probe on a frozen backbone (fast on CPU) or full fine-tune")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--input-size", type=int, default=384, help="classifier input (pixels)")
+    p.add_argument("--crop-size", type=int, default=224, help="segment crop input (pixels)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--em-iters", type=int, default=2, help="EM iterations j (0: step 1 only)")
+    p.add_argument("--keep", type=float, default=0.8, help="M-step inlier fraction k")
+    p.add_argument("--min-samples", type=int, default=5,
+                   help="fewer segments of a class: no covariance, keep step 1")
+    p.add_argument("--score-threshold", type=float, default=0.1,
+                   help="keep segments the classifier scores at least this high")
+    p.add_argument("--cam-threshold", type=float, default=0.5,
+                   help="Grad-CAM binarisation, relative to its maximum")
+    p.add_argument("--top-n", type=int, default=3, help="step 1: nearest proposals scored")
+    p.add_argument("--candidates", type=int, default=12,
+                   help="eligible proposals per (image, class) for the E-step")
+    p.add_argument("--erode", type=int, default=2, help="erosion before scoring a segment")
+    p.add_argument("--max-side", type=int, default=512, help="proposal resolution")
+    p.add_argument("--proposals", nargs="+", default=["felzenszwalb", "slic"],
+                   choices=["felzenszwalb", "slic"], help="proposal methods")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--save-baselines", action="store_true",
+                   help="also write baselines/cam.json and baselines/step1.json")
+    common(p)
+    p.set_defaults(func=_cmd_mine)
+
+    p = sub.add_parser("evaluate-masks",
+                       help="pseudo-label quality of a bank or COCO file against ground truth")
+    p.add_argument("pred", help="a segment bank folder or a COCO JSON of predicted masks")
+    p.add_argument("--gt", required=True, help="ground-truth COCO JSON with instance masks")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_evaluate_masks)
 
     p = sub.add_parser("viz", help="draw masks, boxes and classes; write a contact sheet")
     p.add_argument("coco_json")
