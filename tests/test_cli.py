@@ -108,3 +108,14 @@ def test_demo_runs(tmp_path, capsys):
     assert "contact sheet" in text and str(out) in text
     assert (out / "viz" / "contact_sheet.png").is_file()
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_demo_mine_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--mine", "--out", str(out), "--num-scenes", "6", "--num-images", "2",
+                 "--epochs", "1", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "pseudo-label quality of the mined bank against the hidden ground truth" in text
+    assert "F-EM from image-level labels" in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["mine"] is True and "precision@0.5" in manifest["counts"]

@@ -117,7 +117,7 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     from weakpaste.mine.fem import FemParams, MineConfig, run_mine_fem
 
     weights = None if args.weights in ("none", "None") else args.weights
-    params = FemParams(cam_threshold=args.cam_threshold, top_n=args.top_n,
+    params = FemParams(rank=args.rank, cam_threshold=args.cam_threshold, top_n=args.top_n,
                        candidates=args.candidates, erode=args.erode, max_side=args.max_side,
                        methods=tuple(args.proposals))
     config = MineConfig(backbone=args.backbone, weights=weights, classifier=args.classifier,
@@ -146,8 +146,11 @@ def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from weakpaste.demo import run_demo
 
+    weights = None if args.weights in (None, "none", "None") else args.weights
     run_demo(args.out, num_scenes=args.num_scenes, num_images=args.num_images, seed=args.seed,
-             workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+             workers=args.workers, mine=args.mine, backbone=args.backbone, weights=weights,
+             epochs=args.epochs,
+             overwrite=args.overwrite, progress=not args.quiet)
     return 0
 
 
@@ -171,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=32, help="pasted output images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--mine", action="store_true",
+                   help="mine the bank with F-EM from image-level labels instead of cutting "
+                        "it from the ground truth, and print its quality")
+    p.add_argument("--backbone", default="resnet18", help="classifier backbone for --mine")
+    p.add_argument("--weights", default="none",
+                   help="none (train from scratch), DEFAULT (torchvision ImageNet) or PATH")
+    p.add_argument("--epochs", type=int, default=25, help="classifier training epochs")
     common(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -255,8 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep segments the classifier scores at least this high")
     p.add_argument("--cam-threshold", type=float, default=0.5,
                    help="Grad-CAM binarisation, relative to its maximum")
-    p.add_argument("--top-n", type=int, default=3, help="step 1: nearest proposals scored")
-    p.add_argument("--candidates", type=int, default=12,
+    p.add_argument("--rank", choices=["cam-iou", "distance"], default="cam-iou",
+                   help="rank proposals by IoU with the thresholded Grad-CAM or by mean "
+                        "distance to its centre (the paper's)")
+    p.add_argument("--top-n", type=int, default=3, help="step 1: first proposals scored")
+    p.add_argument("--candidates", type=int, default=16,
                    help="eligible proposals per (image, class) for the E-step")
     p.add_argument("--erode", type=int, default=2, help="erosion before scoring a segment")
     p.add_argument("--max-side", type=int, default=512, help="proposal resolution")

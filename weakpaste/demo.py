@@ -1,7 +1,13 @@
 """``weakpaste demo``: the main job end to end on the embedded synthetic scenes.
 
-For now: synthetic scenes (image-level labels, hidden ground-truth masks) -> a segment bank
-from the ground truth -> pasted COCO data set -> contact sheet + statistics.
+Synthetic scenes (image-level labels, hidden ground-truth masks) -> a segment bank -> pasted
+COCO data set -> contact sheets + statistics.
+
+The bank is cut from the scenes' ground truth by default (seconds). With ``--mine`` F-EM mines
+it from the image-level labels alone and the demo prints its pseudo-label quality against the
+hidden ground truth; the default classifier for that is a small ResNet-18 trained from scratch
+(no download), whose Grad-CAMs localise poorly: ``--backbone resnet50 --weights DEFAULT``
+(ImageNet, downloaded by torchvision) or a local ``--weights PATH`` are the useful settings.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, num_scenes: int, seed
 
 
 def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: int = 32,
-             seed: int = 0, workers: int = 1, overwrite: bool = False,
+             seed: int = 0, workers: int = 1, mine: bool = False, backbone: str = "resnet18",
+             weights: str | None = None, epochs: int = 25, overwrite: bool = False,
              progress: bool = True) -> dict:
     """Run the demo and print where everything is.
 
@@ -49,29 +56,57 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
         The demo's manifest.
     """
     from weakpaste.bank import run_bank_from_coco
+    from weakpaste.evaluate import evaluate_masks, format_table
+    from weakpaste.mine.fem import FemParams, MineConfig, run_mine_fem
     from weakpaste.paste.run import PasteConfig, run_paste
     from weakpaste.stats import run_stats
     from weakpaste.viz import run_viz
 
     out = prepare_output_dir(out_dir, overwrite=overwrite, stage="demo")
-    config = {"num_scenes": num_scenes, "num_images": num_images, "seed": seed}
+    config = {"num_scenes": num_scenes, "num_images": num_images, "seed": seed, "mine": mine,
+              "backbone": backbone, "weights": weights, "epochs": epochs}
     write_manifest(out, stage="demo", config=config, seed=seed, status="running")
     scenes = out / "scenes"
     gt = write_synthetic_dataset(scenes, num_scenes=num_scenes, seed=seed)
-    bank = run_bank_from_coco(gt, scenes / "images", out / "bank", progress=progress)
+    if mine:
+        pretrained = weights not in (None, "none")
+        mine_config = MineConfig(backbone=backbone, weights=weights,
+                                 train_mode="linear" if pretrained else "finetune",
+                                 epochs=epochs, input_size=256 if pretrained else 128,
+                                 crop_size=160 if pretrained else 96, seed=seed,
+                                 params=FemParams(max_side=256))
+        made = run_mine_fem(str(scenes / "images"), str(gt), str(out / "bank"), mine_config,
+                            workers=workers, progress=progress)
+        segments = made["counts"]["segments"]
+        quality = evaluate_masks(str(out / "bank"), str(gt))
+        run_viz(out / "bank" / "pseudo_labels.json", scenes / "images", out / "viz_mined",
+                num_images=min(12, num_scenes), seed=seed, progress=progress)
+    else:
+        made = run_bank_from_coco(gt, scenes / "images", out / "bank", progress=progress)
+        segments = made["counts"]["segments"]
+        quality = None
+    # Mined scenes' own instances are unknown (weak labels): they are plain backgrounds then.
+    background = ({"extra_backgrounds": [str(scenes / "images")]} if mine else
+                  {"backgrounds_json": str(gt), "images_dir": str(scenes / "images")})
     pasted = run_paste(PasteConfig(num_images=num_images, seed=seed, objects=(2, 4)),
-                       bank=str(out / "bank"), out_dir=str(out / "pasted"),
-                       backgrounds_json=str(gt), images_dir=str(scenes / "images"),
-                       workers=workers, progress=progress)
+                       bank=str(out / "bank"), out_dir=str(out / "pasted"), workers=workers,
+                       progress=progress, **background)
     run_viz(out / "pasted" / "annotations.json", out / "pasted" / "images", out / "viz",
             num_images=min(12, num_images), seed=seed, progress=progress)
+    if quality is not None:
+        print("\npseudo-label quality of the mined bank against the hidden ground truth:")
+        print(format_table(quality))
+    print()
     print(run_stats(out / "pasted" / "annotations.json"))
+    source = ("F-EM from image-level labels; mined masks: "
+              f"{out / 'viz_mined' / 'contact_sheet.png'}" if mine else "ground truth")
     print(f"\nsynthetic scenes : {scenes}\n"
-          f"segment bank     : {out / 'bank'} ({bank['counts']['segments']} segments)\n"
+          f"segment bank     : {out / 'bank'} ({segments} segments, {source})\n"
           f"pasted COCO set  : {out / 'pasted' / 'annotations.json'} "
           f"({pasted['counts']['images']} images, {pasted['counts']['annotations']} instances)\n"
           f"contact sheet    : {out / 'viz' / 'contact_sheet.png'}")
-    return write_manifest(out, stage="demo", config=config, seed=seed,
-                          counts={"segments": bank["counts"]["segments"],
-                                  "images": pasted["counts"]["images"],
-                                  "annotations": pasted["counts"]["annotations"]})
+    counts = {"segments": segments, "images": pasted["counts"]["images"],
+              "annotations": pasted["counts"]["annotations"]}
+    if quality is not None:
+        counts.update({k: quality["overall"][k] for k in ("precision@0.5", "mean_best_iou")})
+    return write_manifest(out, stage="demo", config=config, seed=seed, counts=counts)

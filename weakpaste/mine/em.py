@@ -77,7 +77,8 @@ def fit_gaussian(x: np.ndarray) -> Gaussian:
     if s >= 1.0:
         return Gaussian(mean, xc, 1.0, scale, None)
     c = s * scale * n / (1.0 - s)
-    inner = np.linalg.inv(c * np.eye(n) + xc @ xc.T) if s > 0 else None
+    # pinv: duplicated samples make the Gram matrix singular when the shrinkage is tiny.
+    inner = np.linalg.pinv(c * np.eye(n) + xc @ xc.T, hermitian=True) if s > 0 else None
     return Gaussian(mean, xc, s, scale, inner)
 
 

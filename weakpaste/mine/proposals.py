@@ -1,0 +1,1113 @@
+"""Class-agnostic region proposals: the candidate masks that F-EM chooses object masks from.
+
+Pipeline (:func:`generate_proposals`):
+
+1. The image is shrunk so that its longer side is at most ``max_side`` (the *working
+   resolution*); everything below runs there and masks are mapped back to full resolution only
+   when asked for.
+2. Base segmentations over-segment the image: Felzenszwalb-Huttenlocher graph segmentation at
+   scales 50, 100 and 300 and SLIC superpixels (200 segments), at half the working resolution
+   (but at least 256 px on the longer side).
+3. Selective search (Uijlings et al. 2013) groups each base segmentation hierarchically: starting
+   from its regions, the most similar pair of adjacent regions is merged until one region is
+   left. Similarity is a sum of Lab colour-histogram intersection (25 bins per channel), size
+   similarity (small regions merge first) and fill similarity (the pair fills its joint box);
+   five groupings use either all three terms or size + fill alone. Every region of every
+   hierarchy, base regions included, is a candidate.
+4. EM-Paste's filters (appendix §6): candidates under ``min_area`` of the image or whose box
+   spans almost the whole width or height are dropped, near-duplicates (same regions, or IoU
+   above 0.9) too, and at most ``max_candidates`` are kept: the hierarchies take turns, each
+   offering its most *stable* candidates first (those that stood out longest from their
+   surroundings while regions grew).
+
+Measured on coco_mini (one core, 640 px images, defaults): 0.31 s per image, ~296 candidates;
+GT instances of at least 1% of the image with a candidate of IoU >= 0.5: 80.0% on the first 40
+images (mean best IoU 0.63), 79.5% on the first 100 (used for tuning), 69.3% on the other 96.
+
+Candidates are never stored as a mask stack: a :class:`Proposals` keeps the base label maps at
+working resolution and, for each candidate, the label map it comes from and the ids of the base
+regions it unions. Per-candidate statistics (area, box, mean distance to a point, mean of a
+weight map) are computed per base region with ``np.bincount`` and summed over each candidate's
+regions. Masks that are not unions of base regions (SAM's, see :class:`SamProposer`) are stored
+explicitly at working resolution behind the same interface.
+
+Example:
+    >>> import numpy as np
+    >>> from weakpaste.synthetic import make_scene
+    >>> scene = make_scene(np.random.default_rng(0))
+    >>> props = generate_proposals(scene.image)
+    >>> props.masks([0]).shape == (1, *scene.image.shape[:2])
+    True
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage, sparse
+from skimage.segmentation import felzenszwalb, slic
+
+from weakpaste.errors import WeakpasteError
+
+__all__ = [
+    "METHODS",
+    "MIN_IMAGE_SIDE",
+    "Proposals",
+    "SamProposer",
+    "generate_proposals",
+]
+
+METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
+"""Proposal methods :func:`generate_proposals` accepts."""
+
+MIN_IMAGE_SIDE = 16
+"""Smallest accepted image height or width, in pixels."""
+
+DUPLICATE_IOU = 0.9
+"""Two candidates overlapping more than this are near-duplicates: only the first is kept."""
+
+
+@dataclass(frozen=True)
+class _Strategy:
+    """Weights of the similarity terms of one selective-search grouping."""
+
+    colour: float
+    size: float
+    fill: float
+
+
+# Colour + size + fill, and size + fill alone (compact growth along the base regions'
+# boundaries, blind to colour, which varies inside many objects). A gradient-orientation
+# (texture) histogram term was tried too: it lowered coco_mini recall (79.8% -> 77.6% at IoU 0.5
+# on 100 images) and cost ~20 ms, so it is left out.
+_CSF = _Strategy(colour=1.0, size=1.0, fill=1.0)
+_SF = _Strategy(colour=0.0, size=1.0, fill=1.0)
+
+
+@dataclass(frozen=True)
+class _BaseSpec:
+    """One base segmentation and the groupings run on it.
+
+    ``downscale`` > 1 runs the segmentation on the working image shrunk by up to that factor
+    (never below :data:`_SEGMENT_MIN_SIDE` on the longer side) and upsamples the labels:
+    skimage's Felzenszwalb costs ~0.2 s at 512 px on one core here, and on coco_mini the
+    coarser over-segmentations cost no recall once regions are grouped (60 images, no cap:
+    Felzenszwalb at 512 / 256 px 74.2% / 73.2%, SLIC at 512 / 256 px 73.2% / 74.7%).
+    """
+
+    method: str
+    param: float  # felzenszwalb: scale; slic: n_segments
+    downscale: int
+    strategies: tuple[_Strategy, ...]
+
+
+# Chosen by greedy forward selection among 6 base segmentations x 4 strategies on 100 coco_mini
+# images, for recall at 300 candidates (figures in the module docstring).
+_BASE_SPECS: dict[str, tuple[_BaseSpec, ...]] = {
+    "felzenszwalb": (_BaseSpec("felzenszwalb", 100.0, 2, (_SF,)),
+                     _BaseSpec("felzenszwalb", 300.0, 2, (_SF, _CSF)),
+                     _BaseSpec("felzenszwalb", 50.0, 2, (_SF,))),
+    "slic": (_BaseSpec("slic", 200.0, 2, (_CSF,)),),
+}
+_SEGMENT_MIN_SIDE = 256
+_FELZ_SIGMA = 0.8
+# Felzenszwalb's smallest region, as a fraction of the (segmented) image area: ~16 px at 256 px.
+_FELZ_MIN_SIZE = 2.5e-4
+_SLIC_COMPACTNESS = 10.0
+_COLOUR_BINS = 25
+
+
+# --------------------------------------------------------------------------------------------
+# Working-resolution grid
+# --------------------------------------------------------------------------------------------
+
+
+def _nearest_index(n_full: int, n_small: int) -> np.ndarray:
+    """Index, int64 (n_full,), of the working row (or column) each full-resolution one copies."""
+    idx = ((np.arange(n_full) + 0.5) * (n_small / n_full)).astype(np.int64)
+    return np.minimum(idx, n_small - 1)
+
+
+class _Grid:
+    """The nearest-neighbour map between working and full resolution.
+
+    Each working pixel stands for a block of ``row_count[r] x col_count[c]`` full-resolution
+    pixels (a contiguous block, at least one pixel since the working image is never larger), so
+    sums over full-resolution masks are exact sums over working pixels weighted by block size.
+    """
+
+    def __init__(self, image_shape: tuple[int, int], working_shape: tuple[int, int]):
+        (big_h, big_w), (h, w) = image_shape, working_shape
+        if not (1 <= h <= big_h and 1 <= w <= big_w):
+            raise ValueError(f"Proposals: working shape {working_shape} must be positive and "
+                             f"no larger than the image shape {image_shape}")
+        self.rows = _nearest_index(big_h, h)
+        self.cols = _nearest_index(big_w, w)
+        self.row_start = np.searchsorted(self.rows, np.arange(h))
+        self.col_start = np.searchsorted(self.cols, np.arange(w))
+        self.row_count = np.diff(np.append(self.row_start, big_h))
+        self.col_count = np.diff(np.append(self.col_start, big_w))
+        # Pixel centres are at integer coordinates; a block's mean centre is its midpoint.
+        self.centre_y = self.row_start + (self.row_count - 1) / 2.0
+        self.centre_x = self.col_start + (self.col_count - 1) / 2.0
+        self.weight = np.outer(self.row_count, self.col_count).astype(np.float64)
+
+    def upsample(self, small: np.ndarray) -> np.ndarray:
+        """Nearest-neighbour upsampling of a (h, w) map to (H, W)."""
+        return small[self.rows][:, self.cols]
+
+    def block_sum(self, full: np.ndarray) -> np.ndarray:
+        """Sum of a float (H, W) map over each working pixel's block, float64 (h, w)."""
+        out = np.add.reduceat(np.asarray(full, dtype=np.float64), self.row_start, axis=0)
+        return np.add.reduceat(out, self.col_start, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Proposals
+# --------------------------------------------------------------------------------------------
+
+
+class Proposals:
+    """Candidate masks of one image, stored as unions of base regions or as explicit masks.
+
+    Candidate ``i`` is ``candidate(i) == (source, ids)``: with ``source >= 0`` it is the union
+    of the regions ``ids`` of ``label_maps[source]``; with ``source == -1`` it is the explicit
+    mask ``explicit_masks[ids[0]]``. Both live at the working resolution (h, w); full-resolution
+    (H, W) masks are their nearest-neighbour upsampling, and all statistics (areas, boxes,
+    distances, overlaps) are exact for those full-resolution masks, up to the distance of a
+    working pixel being taken at its block's centre.
+
+    Args:
+        image_shape: (H, W) of the full-resolution image.
+        label_maps: int (h, w) base segmentations, region ids 0..R-1 (stored as int32).
+        candidates: (source, ids) per candidate, as described above.
+        explicit_masks: bool (K, h, w) masks referenced by ``source == -1`` candidates, or None.
+        map_names: a name per label map (e.g. ``"slic-200"``), for reports.
+
+    Raises:
+        ValueError: inconsistent shapes, out-of-range ids, empty candidates or masks.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        label_maps: Sequence[np.ndarray],
+        candidates: Sequence[tuple[int, np.ndarray | Sequence[int]]],
+        *,
+        explicit_masks: np.ndarray | None = None,
+        map_names: Sequence[str] | None = None,
+    ):
+        maps = tuple(np.ascontiguousarray(m, dtype=np.int32) for m in label_maps)
+        shapes = {m.shape for m in maps}
+        if explicit_masks is not None:
+            explicit_masks = np.ascontiguousarray(explicit_masks, dtype=bool)
+            if explicit_masks.ndim != 3:
+                raise ValueError(f"Proposals: explicit masks must be (K, h, w), got "
+                                 f"{explicit_masks.shape}")
+            shapes.add(explicit_masks.shape[1:])
+        if len(shapes) != 1:
+            raise ValueError(f"Proposals: label maps and masks must share one (h, w) shape, got "
+                             f"{sorted(shapes)}")
+        working_shape = shapes.pop()
+        if len(maps) == 0 and explicit_masks is None:
+            raise ValueError("Proposals: need at least one label map or explicit masks")
+        self._grid = _Grid((int(image_shape[0]), int(image_shape[1])),
+                           (int(working_shape[0]), int(working_shape[1])))
+        self._image_shape = (int(image_shape[0]), int(image_shape[1]))
+        self._working_shape = (int(working_shape[0]), int(working_shape[1]))
+        self._maps = maps
+        self._n_regions = tuple(int(m.max()) + 1 if m.size else 0 for m in maps)
+        if any(int(m.min()) < 0 for m in maps):
+            raise ValueError("Proposals: label maps must hold region ids >= 0")
+        self._explicit = explicit_masks
+        n_explicit = 0 if explicit_masks is None else len(explicit_masks)
+        if explicit_masks is not None and not explicit_masks.any(axis=(1, 2)).all():
+            raise ValueError("Proposals: explicit masks must not be empty")
+        self.map_names = tuple(map_names) if map_names is not None else tuple(
+            f"map{i}" for i in range(len(maps)))
+        if len(self.map_names) != len(maps):
+            raise ValueError(f"Proposals: {len(maps)} label maps but {len(self.map_names)} names")
+
+        sources = np.empty(len(candidates), dtype=np.int64)
+        ids_list: list[np.ndarray] = []
+        for i, (source, ids) in enumerate(candidates):
+            arr = np.unique(np.asarray(ids, dtype=np.int64)).astype(np.int32)
+            limit = n_explicit if source == -1 else (
+                self._n_regions[source] if 0 <= source < len(maps) else -1)
+            if limit < 0:
+                raise ValueError(f"Proposals: candidate {i} has source {source}; expected -1 or "
+                                 f"a label map index < {len(maps)}")
+            if arr.size == 0 or arr[0] < 0 or arr[-1] >= limit or (source == -1 and arr.size > 1):
+                what = "one mask index" if source == -1 else "region ids"
+                raise ValueError(f"Proposals: candidate {i} (source {source}) has invalid ids "
+                                 f"{arr[:8].tolist()}; expected {what} below {limit}")
+            sources[i] = source
+            ids_list.append(arr)
+        self._sources = sources
+        self._ids = ids_list
+        self._cache: dict[str, object] = {}
+
+    @classmethod
+    def _from_parts(cls, image_shape: tuple[int, int], working_shape: tuple[int, int],
+                    label_maps: tuple[np.ndarray, ...], sources: np.ndarray,
+                    ids: list[np.ndarray], explicit_masks: np.ndarray | None,
+                    map_names: tuple[str, ...], grid: _Grid | None = None) -> Proposals:
+        """Build without validation from parts this module made (sorted unique int32 ids)."""
+        self = cls.__new__(cls)
+        self._image_shape = image_shape
+        self._working_shape = working_shape
+        self._grid = grid if grid is not None else _Grid(image_shape, working_shape)
+        self._maps = label_maps
+        self._n_regions = tuple(int(m.max()) + 1 for m in label_maps)
+        self._explicit = explicit_masks
+        self.map_names = map_names
+        self._sources = sources
+        self._ids = ids
+        self._cache = {}
+        return self
+
+    # -- construction helpers ----------------------------------------------------------------
+
+    @classmethod
+    def from_masks(cls, masks: np.ndarray, image_shape: tuple[int, int] | None = None
+                   ) -> Proposals:
+        """Proposals whose candidates are explicit masks, in the given order.
+
+        Args:
+            masks: bool (K, h, w) masks at working resolution, none empty.
+            image_shape: (H, W) of the full-resolution image, at least (h, w); defaults to
+                (h, w).
+
+        Returns:
+            Proposals with K candidates, candidate ``i`` being ``masks[i]``.
+        """
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 3:
+            raise ValueError(f"Proposals.from_masks: expected (K, h, w) masks, got {masks.shape}")
+        shape = masks.shape[1:] if image_shape is None else image_shape
+        return cls(shape, [], [(-1, [k]) for k in range(len(masks))], explicit_masks=masks)
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> Proposals:
+        """The candidates ``indices``, in that order, sharing this object's label maps.
+
+        Explicit masks no candidate refers to any more are dropped.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        sources = self._sources[idx]
+        ids = [self._ids[i] for i in idx]
+        masks = self._explicit
+        if masks is not None:
+            is_explicit = sources == -1
+            used = np.unique([int(ids[k][0]) for k in np.flatnonzero(is_explicit)]).astype(int)
+            remap = np.full(len(masks), -1, dtype=np.int32)
+            remap[used] = np.arange(used.size, dtype=np.int32)
+            masks = masks[used]
+            ids = [remap[v] if e else v for v, e in zip(ids, is_explicit.tolist(), strict=True)]
+            if self._maps and used.size == 0:
+                masks = None
+        return Proposals._from_parts(self._image_shape, self._working_shape, self._maps,
+                                     sources, ids, masks, self.map_names, self._grid)
+
+    @staticmethod
+    def concatenate(parts: Sequence[Proposals]) -> Proposals:
+        """Candidates of several Proposals of the same image, in order, as one object."""
+        if not parts:
+            raise ValueError("Proposals.concatenate: nothing to concatenate")
+        image_shape, working_shape = parts[0].image_shape, parts[0].working_shape
+        maps: list[np.ndarray] = []
+        names: list[str] = []
+        masks: list[np.ndarray] = []
+        cands: list[tuple[int, np.ndarray | list[int]]] = []
+        n_masks = 0
+        for p in parts:
+            if p.image_shape != image_shape or p.working_shape != working_shape:
+                raise ValueError("Proposals.concatenate: parts differ in image or working shape")
+            for s, ids in zip(p._sources, p._ids, strict=True):
+                cands.append((int(s) + len(maps), ids) if s >= 0 else (-1, [int(ids[0]) + n_masks]))
+            if p._explicit is not None:
+                masks.append(p._explicit)
+                n_masks += len(p._explicit)
+            maps.extend(p._maps)
+            names.extend(p.map_names)
+        stack = np.concatenate(masks) if masks else (
+            None if maps else np.zeros((0, *working_shape), dtype=bool))
+        return Proposals(image_shape, maps, cands, explicit_masks=stack, map_names=names)
+
+    # -- basic accessors ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return (f"Proposals({len(self)} candidates, image {self._image_shape}, working "
+                f"{self._working_shape}, maps {list(self.map_names)}, explicit "
+                f"{0 if self._explicit is None else len(self._explicit)})")
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the full-resolution image."""
+        return self._image_shape
+
+    @property
+    def working_shape(self) -> tuple[int, int]:
+        """(h, w) of the label maps and explicit masks."""
+        return self._working_shape
+
+    @property
+    def label_maps(self) -> tuple[np.ndarray, ...]:
+        """The base segmentations, int32 (h, w) each."""
+        return self._maps
+
+    @property
+    def explicit_masks(self) -> np.ndarray | None:
+        """bool (K, h, w) explicit masks, or None."""
+        return self._explicit
+
+    def candidate(self, i: int) -> tuple[int, np.ndarray]:
+        """``(source, ids)`` of candidate ``i``: label map index and int32 sorted region ids,
+        or ``(-1, [k])`` for explicit mask ``k``."""
+        return int(self._sources[i]), self._ids[i]
+
+    # -- per-candidate statistics ------------------------------------------------------------
+
+    def _groups(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per source: (candidate indices, flat ids, reduceat starts), explicit source last."""
+        groups = self._cache.get("groups")
+        if groups is None:
+            groups = []
+            for source in [*range(len(self._maps)), -1]:
+                sel = np.flatnonzero(self._sources == source)
+                if sel.size == 0:
+                    continue
+                lengths = np.array([self._ids[i].size for i in sel])
+                flat = np.concatenate([self._ids[i] for i in sel]).astype(np.int64)
+                starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+                groups.append((sel, flat, starts))
+            self._cache["groups"] = groups
+        return groups  # type: ignore[return-value]
+
+    def _source_of(self, sel: np.ndarray) -> int:
+        return int(self._sources[sel[0]])
+
+    def _explicit_pixels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat pixel indices of all explicit masks concatenated, and each mask's start."""
+        cached = self._cache.get("explicit_pixels")
+        if cached is None:
+            flat = self._explicit.reshape(len(self._explicit), -1)
+            pix = [np.flatnonzero(m) for m in flat]
+            starts = np.concatenate(([0], np.cumsum([p.size for p in pix])[:-1]))
+            cached = (np.concatenate(pix), starts.astype(np.int64))
+            self._cache["explicit_pixels"] = cached
+        return cached  # type: ignore[return-value]
+
+    def _sum(self, values: np.ndarray) -> np.ndarray:
+        """Sum of a float64 (h, w) per-working-pixel map over each candidate, float64 (M,)."""
+        out = np.zeros(len(self), dtype=np.float64)
+        flat_values = values.reshape(-1)
+        for sel, flat, starts in self._groups():
+            source = self._source_of(sel)
+            if source >= 0:
+                per_region = np.bincount(self._maps[source].reshape(-1), weights=flat_values,
+                                         minlength=self._n_regions[source])
+            else:
+                pix, pstarts = self._explicit_pixels()
+                per_region = np.add.reduceat(flat_values[pix], pstarts)
+            out[sel] = np.add.reduceat(per_region[flat], starts)
+        return out
+
+    def _pixel_areas(self) -> np.ndarray:
+        areas = self._cache.get("areas")
+        if areas is None:
+            areas = self._sum(self._grid.weight)
+            self._cache["areas"] = areas
+        return areas  # type: ignore[return-value]
+
+    def areas(self) -> np.ndarray:
+        """Area of each candidate's full-resolution mask as a fraction of the image.
+
+        Returns:
+            float64 (M,) in (0, 1].
+        """
+        return self._pixel_areas() / float(self._image_shape[0] * self._image_shape[1])
+
+    def boxes(self) -> np.ndarray:
+        """Tight boxes of the full-resolution masks.
+
+        Returns:
+            float64 (M, 4) ``xyxy`` in full-resolution pixels, x1/y1 exclusive (the same as
+            :func:`weakpaste.ops.masks.masks_boxes` of :meth:`masks`).
+        """
+        cached = self._cache.get("boxes")
+        if cached is not None:
+            return cached.copy()  # type: ignore[union-attr]
+        h, w = self._working_shape
+        ext = np.zeros((len(self), 4), dtype=np.int64)  # working rmin, rmax, cmin, cmax
+        for sel, flat, starts in self._groups():
+            source = self._source_of(sel)
+            if source >= 0:
+                reg = _region_extents(self._maps[source], self._n_regions[source])
+            else:
+                masks = self._explicit
+                rows, cols = masks.any(axis=2), masks.any(axis=1)
+                reg = np.stack([rows.argmax(1), h - 1 - rows[:, ::-1].argmax(1),
+                                cols.argmax(1), w - 1 - cols[:, ::-1].argmax(1)], axis=1)
+            ext[sel, 0] = np.minimum.reduceat(reg[flat, 0], starts)
+            ext[sel, 1] = np.maximum.reduceat(reg[flat, 1], starts)
+            ext[sel, 2] = np.minimum.reduceat(reg[flat, 2], starts)
+            ext[sel, 3] = np.maximum.reduceat(reg[flat, 3], starts)
+        boxes = _extents_to_boxes(ext, self._grid)
+        self._cache["boxes"] = boxes
+        return boxes.copy()
+
+    def mean_distance(self, anchor_xy: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Mean Euclidean distance of each candidate's pixels to a point.
+
+        Args:
+            anchor_xy: (x, y) in full-resolution pixel coordinates (pixel centres are integers).
+
+        Returns:
+            float64 (M,) in full-resolution pixels. Exact when the working resolution is the
+            full one; otherwise each working pixel counts at its block's centre.
+        """
+        ax, ay = (float(v) for v in np.asarray(anchor_xy, dtype=np.float64).reshape(2))
+        g = self._grid
+        dist = np.hypot((g.centre_x - ax)[None, :], (g.centre_y - ay)[:, None])
+        return self._sum(dist * g.weight) / self._pixel_areas()
+
+    def overlap(self, weight_map: np.ndarray) -> np.ndarray:
+        """Mean of a weight map inside each candidate (e.g. the mean CAM value).
+
+        Args:
+            weight_map: float (H, W) at full resolution or (h, w) at working resolution (a
+                working pixel then weighs as much as the full-resolution pixels it stands for).
+
+        Returns:
+            float64 (M,): sum of the map over the full-resolution mask / the mask's area.
+
+        Raises:
+            ValueError: the map's shape is neither (H, W) nor (h, w).
+        """
+        wm = np.asarray(weight_map, dtype=np.float64)
+        if wm.shape == self._image_shape:
+            per_pixel = self._grid.block_sum(wm)
+        elif wm.shape == self._working_shape:
+            per_pixel = wm * self._grid.weight
+        else:
+            raise ValueError(f"Proposals.overlap: weight map shape {wm.shape} is neither the "
+                             f"image shape {self._image_shape} nor the working shape "
+                             f"{self._working_shape}")
+        return self._sum(per_pixel) / self._pixel_areas()
+
+    # -- masks -------------------------------------------------------------------------------
+
+    def _full_labels(self, source: int) -> np.ndarray:
+        key = f"full{source}"
+        full = self._cache.get(key)
+        if full is None:
+            full = self._grid.upsample(self._maps[source])
+            self._cache[key] = full
+        return full  # type: ignore[return-value]
+
+    def mask(self, i: int) -> np.ndarray:
+        """Candidate ``i`` at full resolution, bool (H, W)."""
+        source, ids = self.candidate(int(i))
+        if source == -1:
+            return self._grid.upsample(self._explicit[ids[0]])
+        lut = np.zeros(self._n_regions[source], dtype=bool)
+        lut[ids] = True
+        return lut[self._full_labels(source)]
+
+    def masks(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Candidates ``indices`` (all when None) at full resolution, bool (K, H, W)."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        out = np.empty((idx.size, *self._image_shape), dtype=bool)
+        for k, i in enumerate(idx.reshape(-1)):
+            out[k] = self.mask(int(i))
+        return out
+
+    # -- pairwise overlaps -------------------------------------------------------------------
+
+    def _indicators(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per label map: (candidate indices, float64 (M_l, R_l) region indicator)."""
+        out = {}
+        for sel, flat, starts in self._groups():
+            source = self._source_of(sel)
+            if source < 0:
+                continue
+            ind = np.zeros((sel.size, self._n_regions[source]))
+            rows = np.repeat(np.arange(sel.size), np.diff(np.append(starts, flat.size)))
+            ind[rows, flat] = 1.0
+            out[source] = (sel, ind)
+        return out
+
+    def intersections(self) -> np.ndarray:
+        """Pairwise intersection areas of the full-resolution masks, in pixels.
+
+        Computed from region-area overlaps (the overlay of two label maps), never pixel by
+        pixel per candidate pair.
+
+        Returns:
+            float64 (M, M), symmetric, diagonal = the areas.
+        """
+        g = self._grid
+        out = np.zeros((len(self), len(self)))
+        ind = self._indicators()
+        weight = g.weight.reshape(-1)
+        for a, (sel_a, ind_a) in ind.items():
+            for b, (sel_b, ind_b) in ind.items():
+                if b < a:
+                    continue
+                if a == b:
+                    region_area = np.bincount(self._maps[a].reshape(-1), weights=weight,
+                                              minlength=self._n_regions[a])
+                    inter = (ind_a * region_area) @ ind_a.T
+                else:
+                    ra, rb = self._n_regions[a], self._n_regions[b]
+                    joint = self._maps[a].reshape(-1).astype(np.int64) * rb + self._maps[b].ravel()
+                    overlay = np.bincount(joint, weights=weight, minlength=ra * rb)
+                    inter = ind_a @ overlay.reshape(ra, rb) @ ind_b.T
+                out[np.ix_(sel_a, sel_b)] = inter
+                out[np.ix_(sel_b, sel_a)] = inter.T
+        if self._explicit is not None and np.any(self._sources == -1):
+            sel_e = np.flatnonzero(self._sources == -1)
+            k_of = np.array([self._ids[i][0] for i in sel_e])
+            n_pix = weight.size
+            pix, pstarts = self._explicit_pixels()
+            counts = np.diff(np.append(pstarts, pix.size))
+            member = sparse.csr_matrix(
+                (np.ones(pix.size), (np.repeat(np.arange(len(self._explicit)), counts), pix)),
+                shape=(len(self._explicit), n_pix))
+            weighted = member.multiply(weight[None, :]).tocsr()
+            ee = (weighted @ member.T).toarray()
+            out[np.ix_(sel_e, sel_e)] = ee[np.ix_(k_of, k_of)]
+            for b, (sel_b, ind_b) in ind.items():
+                onehot = sparse.csr_matrix(
+                    (np.ones(n_pix), (np.arange(n_pix), self._maps[b].reshape(-1))),
+                    shape=(n_pix, self._n_regions[b]))
+                per_region = (weighted @ onehot).toarray()[k_of]
+                inter = per_region @ ind_b.T
+                out[np.ix_(sel_e, sel_b)] = inter
+                out[np.ix_(sel_b, sel_e)] = inter.T
+        return out
+
+    def ious(self) -> np.ndarray:
+        """Pairwise IoU of the full-resolution masks, float64 (M, M), diagonal 1."""
+        inter = self.intersections()
+        area = self._pixel_areas()
+        return inter / (area[:, None] + area[None, :] - inter)
+
+
+def _extents_to_boxes(ext: np.ndarray, grid: _Grid) -> np.ndarray:
+    """Full-resolution ``xyxy`` boxes (x1/y1 exclusive), float64 (M, 4), of working-resolution
+    extents int (M, 4) rmin, rmax, cmin, cmax."""
+    return np.stack([grid.col_start[ext[:, 2]], grid.row_start[ext[:, 0]],
+                     grid.col_start[ext[:, 3]] + grid.col_count[ext[:, 3]],
+                     grid.row_start[ext[:, 1]] + grid.row_count[ext[:, 1]]],
+                    axis=1).astype(np.float64)
+
+
+def _region_extents(labels: np.ndarray, n_regions: int) -> np.ndarray:
+    """Working-resolution extents of each region, int64 (R, 4): rmin, rmax, cmin, cmax.
+
+    A region id absent from the map gets an empty extent that no min/max can pick.
+    """
+    ext = np.empty((n_regions, 4), dtype=np.int64)
+    ext[:, [0, 2]] = np.iinfo(np.int32).max
+    ext[:, [1, 3]] = -1
+    for r, sl in enumerate(ndimage.find_objects(labels + 1, max_label=n_regions)):
+        if sl is not None:
+            ext[r] = (sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1)
+    return ext
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------------
+
+
+def _as_rgb(image: np.ndarray, who: str) -> np.ndarray:
+    """uint8 (H, W, 3) RGB from uint8/float grayscale, RGB or RGBA (alpha dropped)."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
+        raise ValueError(f"{who}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape "
+                         f"{img.shape}")
+    if img.dtype == np.bool_:
+        img = img.astype(np.uint8) * 255
+    elif np.issubdtype(img.dtype, np.floating):
+        # Float images follow skimage's convention: values in [0, 1].
+        img = np.clip(np.rint(np.nan_to_num(img) * 255.0), 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ValueError(f"{who}: expected a uint8 or float image, got {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{who}: image is {h}x{w} pixels; proposals need at least "
+                         f"{MIN_IMAGE_SIDE} pixels on each side")
+    return np.ascontiguousarray(img)
+
+
+def _working_image(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """The image shrunk (never enlarged) so that its longer side is at most ``max_side``."""
+    h, w = rgb.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return rgb
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+# --------------------------------------------------------------------------------------------
+# Base segmentations
+# --------------------------------------------------------------------------------------------
+
+
+def _compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Relabel to consecutive ids 0..R-1 (in order of the old ids), int32."""
+    labels = labels.astype(np.int64, copy=False)
+    present = np.bincount(labels.reshape(-1)) > 0
+    lut = (np.cumsum(present) - 1).astype(np.int32)
+    return lut[labels]
+
+
+def _segment(spec: _BaseSpec, rgb: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """One base segmentation of the working image, int32 (h, w) consecutive region ids."""
+    h, w = rgb.shape[:2]
+    factor = min(float(spec.downscale), max(h, w) / _SEGMENT_MIN_SIDE)
+    if factor > 1.0:
+        size = (max(1, round(w / factor)), max(1, round(h / factor)))
+        small_rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        small_lab = cv2.resize(lab, size, interpolation=cv2.INTER_AREA)
+    else:
+        small_rgb, small_lab = rgb, lab
+    sh, sw = small_rgb.shape[:2]
+    if spec.method == "felzenszwalb":
+        min_size = max(4, round(_FELZ_MIN_SIZE * sh * sw))
+        labels = felzenszwalb(small_rgb, scale=spec.param, sigma=_FELZ_SIGMA, min_size=min_size,
+                              channel_axis=-1)
+    elif spec.method == "slic":
+        labels = slic(small_lab, n_segments=int(spec.param), compactness=_SLIC_COMPACTNESS,
+                      start_label=0, convert2lab=False, channel_axis=-1)
+    else:  # pragma: no cover - specs are internal
+        raise AssertionError(spec.method)
+    if (sh, sw) != (h, w):
+        labels = labels[_nearest_index(h, sh)][:, _nearest_index(w, sw)]
+    return _compact_labels(labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Selective-search grouping
+# --------------------------------------------------------------------------------------------
+
+
+def _colour_codes(lab_u8: np.ndarray) -> np.ndarray:
+    """Histogram bin of each pixel in each Lab channel, int64 (3, h*w), bins 0..24."""
+    return (lab_u8.reshape(-1, 3).T.astype(np.int64) * _COLOUR_BINS) // 256
+
+
+def _colour_histograms(labels_flat: np.ndarray, n: int, codes: np.ndarray) -> np.ndarray:
+    """L1-normalised per-region Lab histograms, float64 (n, 3 * 25)."""
+    hist = np.concatenate(
+        [np.bincount(labels_flat * _COLOUR_BINS + c, minlength=n * _COLOUR_BINS)
+         .reshape(n, _COLOUR_BINS) for c in codes], axis=1).astype(np.float64)
+    hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+    return hist
+
+
+def _adjacent_pairs(labels: np.ndarray, n: int) -> np.ndarray:
+    """Distinct 4-adjacent region pairs (a < b), int64 (P, 2)."""
+    pairs = []
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        diff = a != b
+        lo = np.minimum(a[diff], b[diff]).astype(np.int64)
+        hi = np.maximum(a[diff], b[diff]).astype(np.int64)
+        pairs.append(lo * n + hi)
+    codes = np.concatenate(pairs)
+    # n*n bins stay small (a few hundred regions) and bincount beats sorting for np.unique.
+    codes = np.flatnonzero(np.bincount(codes, minlength=n * n)) if n <= 4096 else np.unique(codes)
+    return np.stack([codes // n, codes % n], axis=1)
+
+
+@dataclass(frozen=True)
+class _Hierarchy:
+    """Every node of one selective-search grouping of a label map with R regions.
+
+    Rows 0..R-1 are the base regions, row R+t the region made by merge t (T = 2R-1 rows when
+    the regions form one connected graph).
+
+    Attributes:
+        member: bool (T, R) which base regions each node unions.
+        extent: int64 (T, 4) working-resolution rmin, rmax, cmin, cmax.
+        stability: float64 (T,) similarity of the merge that made the node (the maximum
+            possible for base regions) minus that of the merge that absorbed it (0 for the
+            root): how long the node stood out from its surroundings while regions grew.
+    """
+
+    member: np.ndarray
+    extent: np.ndarray
+    stability: np.ndarray
+
+
+def _hierarchies(labels: np.ndarray, codes: np.ndarray, strategies: Sequence[_Strategy]
+                 ) -> list[_Hierarchy]:
+    """Selective-search grouping of one base segmentation, once per strategy.
+
+    Args:
+        labels: int32 (h, w) consecutive region ids 0..R-1.
+        codes: int64 (3, h*w) colour bins of the working image's pixels.
+        strategies: similarity weights, one grouping each.
+
+    Returns:
+        One :class:`_Hierarchy` per strategy.
+    """
+    n = int(labels.max()) + 1
+    flat = labels.reshape(-1).astype(np.int64)
+    colour = _colour_histograms(flat, n, codes)
+    size = np.bincount(flat, minlength=n).astype(np.float64)
+    ext = _region_extents(labels, n)
+    pairs = _adjacent_pairs(labels, n) if n > 1 else np.zeros((0, 2), dtype=np.int64)
+    return [_group(colour, size, ext, pairs, float(labels.size), s) for s in strategies]
+
+
+def _similarity(strat: _Strategy, colour: np.ndarray, size: np.ndarray, ext: np.ndarray,
+                a: np.ndarray | int, b: np.ndarray, im_size: float) -> np.ndarray:
+    """Similarity of regions ``a`` and ``b`` (broadcast), float64; each term is in [0, 1]."""
+    sim = np.zeros(b.size)
+    if strat.colour:
+        sim += strat.colour * np.minimum(colour[a], colour[b]).sum(axis=1)
+    joint = size[a] + size[b]
+    if strat.size:
+        # Favours merging small regions first, so that regions of all sizes grow evenly.
+        sim += strat.size * (1.0 - joint / im_size)
+    if strat.fill:
+        # Favours pairs that fill their joint box: merges that close holes and gaps.
+        box_h = np.maximum(ext[a, 1], ext[b, 1]) - np.minimum(ext[a, 0], ext[b, 0]) + 1
+        box_w = np.maximum(ext[a, 3], ext[b, 3]) - np.minimum(ext[a, 2], ext[b, 2]) + 1
+        sim += strat.fill * (1.0 - (box_h * box_w - joint) / im_size)
+    return sim
+
+
+def _group(colour0: np.ndarray, size0: np.ndarray, ext0: np.ndarray, pairs: np.ndarray,
+           im_size: float, strat: _Strategy) -> _Hierarchy:
+    """Greedy hierarchical grouping of R regions; see :func:`_hierarchies`.
+
+    Region state lives in arrays of 2R-1 rows (merged nodes appended), pair similarities in a
+    heap with lazy deletion; no pixel is touched after the initial histograms.
+    """
+    n = size0.size
+    total = 2 * n - 1
+    colour = np.zeros((total, colour0.shape[1]))
+    colour[:n] = colour0
+    size = np.zeros(total)
+    size[:n] = size0
+    ext = np.zeros((total, 4), dtype=np.int64)
+    ext[:n] = ext0
+    member = np.zeros((total, n), dtype=bool)
+    member[np.arange(n), np.arange(n)] = True
+    top = strat.colour + strat.size + strat.fill
+    created = np.full(total, top)
+    absorbed = np.zeros(total)
+    alive = np.zeros(total, dtype=bool)
+    alive[:n] = True
+    neighbours: list[set[int]] = [set() for _ in range(total)]
+    for a, b in pairs.tolist():
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+
+    heap: list[tuple[float, int, int]] = []
+    if len(pairs):
+        sim = _similarity(strat, colour, size, ext, pairs[:, 0], pairs[:, 1], im_size)
+        heap = list(zip((-sim).tolist(), pairs[:, 0].tolist(), pairs[:, 1].tolist(),
+                        strict=True))
+        heapq.heapify(heap)
+    k = n
+    while heap:
+        neg_sim, i, j = heapq.heappop(heap)
+        if not (alive[i] and alive[j]):
+            continue  # a stale pair: one side was merged already
+        created[k] = absorbed[i] = absorbed[j] = -neg_sim
+        si, sj = size[i], size[j]
+        size[k] = si + sj
+        colour[k] = (si * colour[i] + sj * colour[j]) / size[k]
+        ext[k] = (min(ext[i, 0], ext[j, 0]), max(ext[i, 1], ext[j, 1]),
+                  min(ext[i, 2], ext[j, 2]), max(ext[i, 3], ext[j, 3]))
+        np.logical_or(member[i], member[j], out=member[k])
+        alive[i] = alive[j] = False
+        alive[k] = True
+        nbrs = (neighbours[i] | neighbours[j]) - {i, j}
+        for m in nbrs:
+            neighbours[m].discard(i)
+            neighbours[m].discard(j)
+            neighbours[m].add(k)
+        neighbours[k] = nbrs
+        neighbours[i] = neighbours[j] = set()
+        if nbrs:
+            others = np.fromiter(sorted(nbrs), dtype=np.int64, count=len(nbrs))
+            sims = _similarity(strat, colour, size, ext, k, others, im_size)
+            for s, m in zip((-sims).tolist(), others.tolist(), strict=True):
+                heapq.heappush(heap, (s, m, k))
+        k += 1
+    # Regions that do not form one connected graph stop short of a single root.
+    return _Hierarchy(member[:k], ext[:k], created[:k] - absorbed[:k])
+
+
+# --------------------------------------------------------------------------------------------
+# Filters and the public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _size_ok(areas: np.ndarray, boxes: np.ndarray, image_shape: tuple[int, int], *,
+             min_area: float, max_span: float) -> np.ndarray:
+    """bool (M,): area (fraction) at least ``min_area`` and box under ``max_span`` both ways."""
+    big_h, big_w = image_shape
+    return ((areas >= min_area)
+            & (boxes[:, 2] - boxes[:, 0] < max_span * big_w)
+            & (boxes[:, 3] - boxes[:, 1] < max_span * big_h))
+
+
+def _dedup_cap(props: Proposals, groups: Sequence[np.ndarray], max_candidates: int
+               ) -> Proposals:
+    """Drop near-duplicates and cap the number of candidates.
+
+    Args:
+        props: the candidates.
+        groups: disjoint int64 arrays of candidate indices, each in its own priority
+            order (e.g. one per hierarchy). The final order interleaves them round-robin, so
+            that the cap keeps a share of every group; of two near-duplicates the earlier in
+            that order is kept.
+        max_candidates: most candidates kept.
+
+    Returns:
+        The surviving candidates, in interleaved priority order.
+    """
+    order: list[int] = []
+    longest = max((g.size for g in groups), default=0)
+    for rank in range(longest):
+        order.extend(int(g[rank]) for g in groups if rank < g.size)
+    # Identical region sets first (cheap), then IoU on what is left.
+    seen: set[tuple[int, bytes]] = set()
+    unique = []
+    for i in order:
+        source, ids = props.candidate(i)
+        key = (source, ids.tobytes())
+        if key not in seen:
+            seen.add(key)
+            unique.append(i)
+    props = props.select(unique)
+    if len(props) == 0:
+        return props
+    iou = props.ious()
+    suppressed = np.zeros(len(props), dtype=bool)
+    keep = []
+    for i in range(len(props)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if len(keep) == max_candidates:
+            break
+        suppressed |= iou[i] > DUPLICATE_IOU
+    return props.select(keep)
+
+
+def _filter(props: Proposals, groups: Sequence[np.ndarray], *, min_area: float,
+            max_span: float, max_candidates: int) -> Proposals:
+    """EM-Paste's filters on existing proposals: size and span, then duplicates and the cap."""
+    ok = _size_ok(props.areas(), props.boxes(), props.image_shape, min_area=min_area,
+                  max_span=max_span)
+    return _dedup_cap(props, [g[ok[g]] for g in groups], max_candidates)
+
+
+def _check_options(max_side: int, min_area: float, max_span: float, max_candidates: int,
+                   who: str) -> None:
+    if not (isinstance(max_side, int | np.integer) and max_side >= MIN_IMAGE_SIDE):
+        raise ValueError(f"{who}: max_side must be an integer >= {MIN_IMAGE_SIDE}, "
+                         f"got {max_side!r}")
+    if not 0.0 <= min_area < 1.0:
+        raise ValueError(f"{who}: min_area must be in [0, 1), got {min_area!r}")
+    if not max_span > 0.0:
+        raise ValueError(f"{who}: max_span must be > 0 (above 1 disables the filter), "
+                         f"got {max_span!r}")
+    if not (isinstance(max_candidates, int | np.integer) and max_candidates >= 1):
+        raise ValueError(f"{who}: max_candidates must be an integer >= 1, "
+                         f"got {max_candidates!r}")
+
+
+def generate_proposals(
+    image: np.ndarray,
+    *,
+    max_side: int = 512,
+    min_area: float = 0.01,
+    max_span: float = 0.95,
+    max_candidates: int = 300,
+    methods: Sequence[str] = ("felzenszwalb", "slic"),
+    sam: SamProposer | None = None,
+) -> Proposals:
+    """Class-agnostic object candidates of an image, by selective search over base segmentations.
+
+    Deterministic: the same image and options give the same candidates in the same order.
+
+    Args:
+        image: uint8 (or float in [0, 1]) (H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA;
+            each side at least :data:`MIN_IMAGE_SIDE`.
+        max_side: longer side of the working resolution; smaller images are used as they are.
+        min_area: candidates under this fraction of the image area are dropped.
+        max_span: candidates whose box spans at least this fraction of the image width or of
+            its height are dropped (background and whole-image regions); above 1 disables it.
+        max_candidates: at most this many candidates are returned; the cap interleaves the
+            hierarchies round-robin, each from its most stable node down.
+        methods: any of :data:`METHODS`. ``"felzenszwalb"`` adds Felzenszwalb segmentations at
+            scales 100, 300 and 50 (four groupings), ``"slic"`` SLIC with 200 segments (one
+            grouping); ``"sam"`` adds the masks of ``sam``, interleaved with the others.
+        sam: the SAM model to use when ``methods`` has ``"sam"``.
+
+    Returns:
+        The candidates, in priority order (earlier ones won over their near-duplicates).
+
+    Raises:
+        ValueError: an unknown method, a bad option, or an image too small or of a bad shape.
+    """
+    methods = tuple(dict.fromkeys((methods,) if isinstance(methods, str) else methods))
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown proposal method {m!r}; choose from: {', '.join(METHODS)}")
+    if not methods:
+        raise ValueError(f"generate_proposals: methods is empty; choose from: "
+                         f"{', '.join(METHODS)}")
+    if "sam" in methods and sam is None:
+        raise ValueError("generate_proposals: method 'sam' needs a model: pass "
+                         "sam=SamProposer(checkpoint)")
+    _check_options(max_side, min_area, max_span, max_candidates, "generate_proposals")
+    rgb = _as_rgb(image, "generate_proposals")
+    work = _working_image(rgb, int(max_side))
+    image_shape, working_shape = rgb.shape[:2], work.shape[:2]
+    grid = _Grid(image_shape, working_shape)
+    parts: list[Proposals] = []
+    specs = [s for m in methods if m != "sam" for s in _BASE_SPECS[m]]
+    if specs:
+        # SLIC wants Lab in its usual ranges (L 0-100, a/b about +-100): float input gives those.
+        lab = cv2.cvtColor(work.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        codes = _colour_codes(cv2.cvtColor(work, cv2.COLOR_RGB2Lab))
+        maps, names, sources, ids, groups = [], [], [], [], []
+        for spec in specs:
+            labels = _segment(spec, work, lab)
+            region_area = np.bincount(labels.reshape(-1), weights=grid.weight.reshape(-1))
+            for tree in _hierarchies(labels, codes, spec.strategies):
+                # Size filters before any per-candidate object exists: most nodes fail them.
+                areas = tree.member @ region_area / float(image_shape[0] * image_shape[1])
+                ok = np.flatnonzero(_size_ok(areas, _extents_to_boxes(tree.extent, grid),
+                                             image_shape, min_area=min_area,
+                                             max_span=max_span))
+                # Most stable first: on coco_mini this beat largest-first (the selective-search
+                # order) by 1-10 points of recall at 300 candidates, more with more hierarchies.
+                nodes = ok[np.argsort(-tree.stability[ok], kind="stable")]
+                groups.append(np.arange(len(ids), len(ids) + nodes.size))
+                ids.extend(np.flatnonzero(tree.member[k]).astype(np.int32) for k in nodes)
+                sources.extend([len(maps)] * nodes.size)
+            maps.append(labels)
+            names.append(f"{spec.method}-{spec.param:g}")
+        props = Proposals._from_parts(image_shape, working_shape, tuple(maps),
+                                      np.asarray(sources, dtype=np.int64), ids, None,
+                                      tuple(names), grid)
+        parts.append(_dedup_cap(props, groups, max_candidates))
+    if "sam" in methods:
+        parts.append(sam.propose(rgb, max_side=max_side))  # type: ignore[union-attr]
+    if len(parts) == 1:
+        return parts[0]
+    merged = Proposals.concatenate(parts)
+    # One more pass so that SAM masks duplicating a grouped region are dropped, and the cap
+    # splits between the two kinds.
+    n_first = len(parts[0])
+    return _filter(merged, [np.arange(n_first), np.arange(n_first, len(merged))],
+                   min_area=min_area, max_span=max_span, max_candidates=max_candidates)
+
+
+# --------------------------------------------------------------------------------------------
+# SAM
+# --------------------------------------------------------------------------------------------
+
+
+class SamProposer:
+    """Segment Anything's automatic masks as proposals (Kirillov et al. 2023).
+
+    Needs the optional ``segment-anything`` package and a checkpoint file. The model runs on
+    the working-resolution image, so its masks are stored as explicit working-resolution masks.
+
+    Args:
+        checkpoint: path of the SAM weights (e.g. ``sam_vit_b_01ec64.pth``).
+        model_type: key of ``segment_anything.sam_model_registry``: ``"vit_b"``, ``"vit_l"``
+            or ``"vit_h"``.
+        device: torch device the model runs on.
+        min_area: as in :func:`generate_proposals`.
+        max_span: as in :func:`generate_proposals`.
+        max_candidates: as in :func:`generate_proposals`.
+        **generator_options: passed to ``SamAutomaticMaskGenerator`` (e.g.
+            ``points_per_side=16``).
+
+    Raises:
+        WeakpasteError: the package is not installed, the checkpoint file is missing, or the
+            model type is unknown.
+    """
+
+    def __init__(self, checkpoint: str, model_type: str = "vit_b", *, device: str = "cpu",
+                 min_area: float = 0.01, max_span: float = 0.95, max_candidates: int = 300,
+                 **generator_options: object):
+        try:
+            sam_pkg = importlib.import_module("segment_anything")
+        except ImportError:
+            raise WeakpasteError("SAM proposals need the 'segment-anything' package: "
+                                 "pip install segment-anything") from None
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise WeakpasteError(f"{path}: SAM checkpoint not found; download the {model_type} "
+                                 "weights from the segment-anything repository and pass their "
+                                 "path")
+        registry = sam_pkg.sam_model_registry
+        if model_type not in registry:
+            raise WeakpasteError(f"unknown SAM model type {model_type!r}; choose from: "
+                                 f"{', '.join(sorted(registry))}")
+        _check_options(MIN_IMAGE_SIDE, min_area, max_span, max_candidates, "SamProposer")
+        model = registry[model_type](checkpoint=str(path))
+        if hasattr(model, "to"):
+            model.to(device)
+        self._generator = sam_pkg.SamAutomaticMaskGenerator(model, **generator_options)
+        self.min_area, self.max_span, self.max_candidates = min_area, max_span, max_candidates
+
+    def propose(self, image: np.ndarray, *, max_side: int = 512) -> Proposals:
+        """SAM's masks of an image as filtered proposals (explicit masks).
+
+        Args:
+            image: as in :func:`generate_proposals`.
+            max_side: longer side of the working resolution the model sees.
+
+        Returns:
+            Proposals in explicit-mask mode, highest predicted IoU first, filtered like
+            :func:`generate_proposals`' candidates.
+        """
+        _check_options(max_side, self.min_area, self.max_span, self.max_candidates,
+                       "SamProposer")
+        rgb = _as_rgb(image, "SamProposer")
+        work = _working_image(rgb, int(max_side))
+        records = self._generator.generate(work)
+        masks = [np.asarray(r["segmentation"], dtype=bool) for r in records]
+        scores = [float(r.get("predicted_iou", 0.0)) for r in records]
+        keep = [i for i, m in enumerate(masks) if m.shape == work.shape[:2] and m.any()]
+        if not keep:
+            return Proposals.from_masks(np.zeros((0, *work.shape[:2]), dtype=bool),
+                                        rgb.shape[:2])
+        # Stable sort: equal scores keep SAM's own order, so the result is deterministic.
+        keep.sort(key=lambda i: -scores[i])
+        props = Proposals.from_masks(np.stack([masks[i] for i in keep]), rgb.shape[:2])
+        return _filter(props, [np.arange(len(props))], min_area=self.min_area,
+                       max_span=self.max_span, max_candidates=self.max_candidates)
+
+    __call__ = propose
