@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--em-iters", type=int, default=2)
     parser.add_argument("--keep", type=float, default=0.8)
     parser.add_argument("--candidates", type=int, default=12)
+    parser.add_argument("--rank", default="cam-iou", choices=["cam-iou", "cam-gain", "distance"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/weakpaste_mine_bench"))
     args = parser.parse_args()
 
@@ -46,7 +47,7 @@ def main() -> None:
         shutil.rmtree(args.out)
     config = MineConfig(backbone=args.backbone, weights=args.weights, epochs=args.epochs,
                         em_iters=args.em_iters, keep=args.keep,
-                        params=FemParams(candidates=args.candidates))
+                        params=FemParams(candidates=args.candidates, rank=args.rank))
     start = time.perf_counter()
     manifest = run_mine_fem(str(args.data / "images"), str(gt), str(args.out), config,
                             workers=args.workers, progress=False, save_baselines=True)
@@ -64,6 +65,7 @@ def main() -> None:
     summary = {
         "images": n, "labelled_pairs": manifest["counts"]["labelled_pairs"],
         "segments": manifest["counts"]["segments"], "backbone": args.backbone,
+        "rank": args.rank,
         "workers": args.workers,
         "per_image_stage_img_s": round(n / t["per_image_wall"], 2),
         "timings_s": t, "total_s": round(total, 1),

@@ -12,6 +12,7 @@ from weakpaste.mine.fem import (
     FemParams,
     MineConfig,
     cam_anchor,
+    cam_gain,
     cam_iou,
     run_mine_fem,
     step1_choice,
@@ -29,6 +30,22 @@ def test_cam_anchor_values():
     (x, y), g = cam_anchor(cam, 0.5)
     assert (x, y) == (11.5, 2.5) and g.sum() == 8 and g.dtype == bool
     assert cam_anchor(np.zeros((4, 4), np.float32), 0.5) is None
+
+
+def test_cam_gain_values_and_preference():
+    cam = np.zeros((20, 20), np.float32)
+    cam[0:10, 0:10] = 1.0          # a coarse activated blob
+    cam[4:6, 4:6] = 1.0
+    masks = np.zeros((3, 20, 20), bool)
+    masks[0, 2:8, 2:8] = True      # the object inside the blob: 36 px at 1.0
+    masks[1, 0:20, 0:12] = True    # a big region covering the blob and background
+    masks[2, 15:20, 15:20] = True  # background only
+    props = Proposals.from_masks(masks)
+    gain = cam_gain(props, cam, 0.5)
+    assert gain.shape == (3,)
+    np.testing.assert_allclose(gain, [36 * 0.5, 100 * 0.5 - 140 * 0.5, -25 * 0.5])
+    assert int(np.argmax(gain)) == 0
+    assert int(np.argmax(cam_iou(props, cam >= 0.5))) == 1  # IoU prefers the big region
 
 
 def test_step1_choice_takes_best_of_first_n():

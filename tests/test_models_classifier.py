@@ -211,8 +211,16 @@ def test_linear_probe_learns(scenes):
     assert probs[labels].mean() > probs[~labels].mean() + 0.3
 
 
-def test_finetune_learns_with_frozen_batchnorm(scenes):
-    clf = Classifier.build("resnet18", weights=None, classes=CLASSES, input_size=32,
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_finetune_batchnorm_frozen_only_for_pretrained_trunks(scenes, tmp_path, pretrained):
+    weights = None
+    if pretrained:
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            model = torchvision.models.resnet18()
+        weights = tmp_path / "resnet18.pth"
+        torch.save(model.state_dict(), weights)
+    clf = Classifier.build("resnet18", weights=weights, classes=CLASSES, input_size=32,
                            crop_size=32)
     stats = {k: v.clone() for k, v in clf._net.state_dict().items() if "running" in k}
     conv = clf._net.trunk.conv1.weight.detach().clone()
@@ -221,10 +229,13 @@ def test_finetune_learns_with_frozen_batchnorm(scenes):
     assert result["mode"] == "finetune" and len(result["loss"]) == 6
     assert result["loss"][-1] < result["loss"][0]
     after = clf._net.state_dict()
-    for key, value in stats.items():
-        torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+    unchanged = [torch.equal(after[key], value) for key, value in stats.items()]
+    # Pretrained: ImageNet statistics kept; random init: statistics learned from the data.
+    assert all(unchanged) if pretrained else not any(unchanged)
     assert not torch.equal(clf._net.trunk.conv1.weight, conv)
     assert not any(m.training for m in clf._net.modules())
+    clf.save(tmp_path / "clf.pt")
+    assert Classifier.load(tmp_path / "clf.pt")._net.freeze_bn is pretrained
 
 
 class _IntIndexOnly:

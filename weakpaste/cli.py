@@ -148,8 +148,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     weights = None if args.weights in (None, "none", "None") else args.weights
     run_demo(args.out, num_scenes=args.num_scenes, num_images=args.num_images, seed=args.seed,
-             workers=args.workers, mine=args.mine, backbone=args.backbone, weights=weights,
-             epochs=args.epochs,
+             workers=args.workers, mine=not args.from_gt, backbone=args.backbone,
+             weights=weights, epochs=args.epochs,
              overwrite=args.overwrite, progress=not args.quiet)
     return 0
 
@@ -174,12 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=32, help="pasted output images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--mine", action="store_true",
-                   help="mine the bank with F-EM from image-level labels instead of cutting "
-                        "it from the ground truth, and print its quality")
-    p.add_argument("--backbone", default="resnet18", help="classifier backbone for --mine")
-    p.add_argument("--weights", default="none",
-                   help="none (train from scratch), DEFAULT (torchvision ImageNet) or PATH")
+    p.add_argument("--from-gt", action="store_true",
+                   help="cut the bank from the scenes' ground truth instead of mining it with "
+                        "F-EM from their image-level labels")
+    p.add_argument("--backbone", default="resnet18", help="F-EM classifier backbone")
+    p.add_argument("--weights", default="DEFAULT",
+                   help="DEFAULT (torchvision ImageNet; from scratch when offline), PATH to a "
+                        "local state_dict, or none")
     p.add_argument("--epochs", type=int, default=25, help="classifier training epochs")
     common(p)
     p.set_defaults(func=_cmd_demo)
@@ -265,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep segments the classifier scores at least this high")
     p.add_argument("--cam-threshold", type=float, default=0.5,
                    help="Grad-CAM binarisation, relative to its maximum")
-    p.add_argument("--rank", choices=["cam-iou", "distance"], default="cam-iou",
-                   help="rank proposals by IoU with the thresholded Grad-CAM or by mean "
-                        "distance to its centre (the paper's)")
+    p.add_argument("--rank", choices=["cam-iou", "cam-gain", "distance"], default="cam-iou",
+                   help="rank proposals by IoU with the thresholded Grad-CAM, by their total "
+                        "Grad-CAM excess over the threshold, or by mean distance to its "
+                        "centre (the paper's)")
     p.add_argument("--top-n", type=int, default=3, help="step 1: first proposals scored")
     p.add_argument("--candidates", type=int, default=16,
                    help="eligible proposals per (image, class) for the E-step")

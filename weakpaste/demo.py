@@ -3,11 +3,12 @@
 Synthetic scenes (image-level labels, hidden ground-truth masks) -> a segment bank -> pasted
 COCO data set -> contact sheets + statistics.
 
-The bank is cut from the scenes' ground truth by default (seconds). With ``--mine`` F-EM mines
-it from the image-level labels alone and the demo prints its pseudo-label quality against the
-hidden ground truth; the default classifier for that is a small ResNet-18 trained from scratch
-(no download), whose Grad-CAMs localise poorly: ``--backbone resnet50 --weights DEFAULT``
-(ImageNet, downloaded by torchvision) or a local ``--weights PATH`` are the useful settings.
+F-EM mines the bank from the image-level labels alone and the demo prints its pseudo-label
+quality against the hidden ground truth. The classifier is a ResNet-18 with torchvision's
+ImageNet weights (downloaded once by torchvision); without internet the demo says so and
+trains it from scratch, whose Grad-CAMs localise poorly on 48 scenes (a local ``--weights
+PATH`` is the offline remedy). ``--from-gt`` cuts the bank from the ground truth instead
+(the Simple Copy-Paste case, seconds).
 """
 
 from __future__ import annotations
@@ -46,11 +47,34 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, num_scenes: int, seed
     return path
 
 
+def resolve_demo_weights(backbone: str, weights: str | None) -> str | None:
+    """``weights``, or None (train from scratch) when DEFAULT cannot be had (offline).
+
+    torchvision caches the download, so the classifier built later reuses it.
+    """
+    if weights is None or str(weights).upper() != "DEFAULT":
+        return weights
+    from weakpaste.errors import WeakpasteError
+    from weakpaste.models.classifier import Classifier
+
+    try:
+        Classifier.build(backbone, "DEFAULT", ("probe",), input_size=64, crop_size=64)
+    except WeakpasteError as err:
+        print(f"weakpaste demo: {err}\nweakpaste demo: training the classifier from scratch "
+              "instead; expect poor masks (pass --weights PATH to a local state_dict)")
+        return None
+    return weights
+
+
 def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: int = 32,
-             seed: int = 0, workers: int = 1, mine: bool = False, backbone: str = "resnet18",
-             weights: str | None = None, epochs: int = 25, overwrite: bool = False,
+             seed: int = 0, workers: int = 1, mine: bool = True, backbone: str = "resnet18",
+             weights: str | None = "DEFAULT", epochs: int = 25, overwrite: bool = False,
              progress: bool = True) -> dict:
     """Run the demo and print where everything is.
+
+    Args:
+        mine: mine the bank with F-EM (else cut it from the ground truth).
+        backbone, weights, epochs: the F-EM classifier (weights: "DEFAULT", a path or None).
 
     Returns:
         The demo's manifest.
@@ -69,6 +93,8 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
     scenes = out / "scenes"
     gt = write_synthetic_dataset(scenes, num_scenes=num_scenes, seed=seed)
     if mine:
+        weights = resolve_demo_weights(backbone, weights)
+        config["weights_used"] = weights
         pretrained = weights not in (None, "none")
         mine_config = MineConfig(backbone=backbone, weights=weights,
                                  train_mode="linear" if pretrained else "finetune",

@@ -132,6 +132,27 @@ def cam_iou(props, g: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + float(g.sum()) - inter, 1e-9)
 
 
+def cam_gain(props, cam: np.ndarray, threshold: float) -> np.ndarray:
+    """Total Grad-CAM excess over the threshold inside every proposal.
+
+    sum over the proposal's pixels of (cam - threshold): a pixel above the binarisation
+    threshold adds evidence, one below it costs. The proposal maximising it is the one that
+    best covers the activated region without spilling out of it, whatever their sizes; IoU
+    with the binarised map instead rewards proposals as large as a (coarse, usually
+    oversized) Grad-CAM blob.
+
+    Args:
+        props: ``Proposals`` of an (H, W) image.
+        cam: float (H, W) Grad-CAM in [0, 1].
+        threshold: the binarisation threshold of ``cam_anchor``.
+
+    Returns:
+        float64 (M,) gains in pixels (higher is better).
+    """
+    h, w = cam.shape
+    return (props.overlap(cam) - threshold) * props.areas() * (h * w)
+
+
 def step1_choice(scores: np.ndarray, top_n: int) -> int:
     """Index of the best-scored of the first ``top_n`` candidates (sorted nearest first)."""
     return int(np.argmax(scores[:top_n]))
@@ -178,6 +199,8 @@ def mine_image(classifier, image: np.ndarray, labels: list[str], file_name: str,
         dist = props.mean_distance(anchor)
         if params.rank == "distance":
             key = dist
+        elif params.rank == "cam-gain":
+            key = -cam_gain(props, cam, params.cam_threshold)
         else:
             key = -cam_iou(props, g)
         order = np.argsort(key, kind="stable")[: max(params.candidates, params.top_n)]

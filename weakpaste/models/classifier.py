@@ -118,18 +118,26 @@ def set_num_threads(num_threads: int) -> None:
 
 
 class _Net(nn.Module):
-    """Trunk + pooled linear head; BatchNorm layers never leave eval mode."""
+    """Trunk + pooled linear head.
 
-    def __init__(self, trunk: nn.Module, head: nn.Linear) -> None:
+    With ``freeze_bn`` (pretrained trunks) BatchNorm layers never leave eval mode: their
+    ImageNet statistics are worth more than those of a few small batches. A randomly
+    initialised trunk has no statistics to keep (mean 0, variance 1 would leave every layer
+    unnormalised), so its BatchNorm layers train.
+    """
+
+    def __init__(self, trunk: nn.Module, head: nn.Linear, freeze_bn: bool = True) -> None:
         super().__init__()
         self.trunk = trunk
         self.head = head
+        self.freeze_bn = freeze_bn
 
     def train(self, mode: bool = True) -> _Net:
         super().train(mode)
-        for module in self.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        if self.freeze_bn:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -547,8 +555,10 @@ class Classifier:
                 raise ValueError(f"{name} must be an integer >= {_MIN_SIZE}, got {value}")
         family = _family(backbone)
         model = _torchvision_model(backbone, weights)
-        return cls._assemble(backbone, family, model, classes, device, int(input_size),
-                             int(crop_size))
+        clf = cls._assemble(backbone, family, model, classes, device, int(input_size),
+                            int(crop_size))
+        clf._net.freeze_bn = not _is_none(weights)
+        return clf
 
     @classmethod
     def _assemble(cls, backbone: str, family: str, model: nn.Module, classes: tuple[str, ...],
@@ -760,7 +770,8 @@ class Classifier:
         "finetune": trunk and head are trained from their current weights with SGD (momentum
         0.9, lr default 1e-2, cosine decay), random resized crops (60-100% of the area) and
         horizontal flips; only one batch of images is resized and held as tensors at a time.
-        BatchNorm statistics stay frozen in both modes. The same seed gives the same result.
+        BatchNorm statistics stay frozen in both modes for a pretrained trunk and train for a
+        randomly initialised one (see ``_Net``). The same seed gives the same result.
 
         Args:
             images: N uint8 (H, W, 3) RGB images of any sizes.
@@ -874,10 +885,12 @@ class Classifier:
             for _ in tqdm(range(epochs), desc="finetune", unit="epoch", disable=not progress):
                 order = rng.permutation(n)
                 total = 0.0
-                for s in range(0, n, batch_size):
-                    sel = order[s:s + batch_size]
+                # Near-equal batches: a trailing batch of one image would give training
+                # BatchNorm (random-init trunks) a single value per channel.
+                for sel in np.array_split(order, math.ceil(n / batch_size)):
                     batch = np.stack([_random_resized_crop(images[int(i)], self._input_size,
                                                            rng) for i in sel])
+                    net.train(len(sel) > 1 or net.freeze_bn)
                     logits, _ = net(self._to_tensor(batch, channels_last=False))
                     loss = F.binary_cross_entropy_with_logits(logits, ys_t[sel])
                     opt.zero_grad(set_to_none=True)
@@ -907,6 +920,7 @@ class Classifier:
             "input_size": self._input_size,
             "crop_size": self._crop_size,
             "mode": self._mode,
+            "freeze_bn": self._net.freeze_bn,
             "state_dict": {k: v.detach().cpu() for k, v in self._net.state_dict().items()},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -955,6 +969,7 @@ class Classifier:
             clf = cls._assemble(backbone, family, model, classes, "cpu", input_size, crop_size,
                                 mode)
             clf._net.load_state_dict(state, strict=True)
+            clf._net.freeze_bn = bool(obj.get("freeze_bn", True))
         except (KeyError, TypeError, ValueError, RuntimeError, WeakpasteError) as err:
             raise WeakpasteError(f"{path}: corrupt classifier file ({_reason(err)}); "
                                  f"{fix}") from None
