@@ -1,0 +1,124 @@
+"""``weakpaste train``, ``eval`` and ``longtail`` through ``weakpaste.cli.main``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from train_helpers import one_torch_thread, write_tiny_coco
+
+from weakpaste.cli import main
+
+TINY = ["--backbone", "mobilenet_v3", "--weights", "none", "--image-size", "64",
+        "--batch-size", "2", "--warmup", "0", "--steps", "none", "--roi-batch", "32",
+        "--rpn-proposals", "64", "--jitter", "1,1", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+def test_train_then_eval_a_checkpoint_and_its_predictions(tmp_path, capsys):
+    swapped = {"b": {"id": 1, "supercategory": ""}, "a": {"id": 2, "supercategory": ""}}
+    pasted, pasted_images = write_tiny_coco(tmp_path / "pasted", categories=("a", "b", "c"))
+    pseudo, pseudo_images = write_tiny_coco(tmp_path / "pseudo", categories=swapped, seed=1)
+    val, val_images = write_tiny_coco(
+        tmp_path / "val", seed=2, categories={**swapped, "z": {"id": 5, "supercategory": ""}})
+    out = tmp_path / "run"
+    argv = ["train", "--train", f"{pasted}:{pasted_images}", "--stage2",
+            f"{pseudo}:{pseudo_images}", "--val", f"{val}:{val_images}", "--out", str(out),
+            "--iterations", "2", "--stage2-iterations", "1", *TINY]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert (f"2 classes have other category ids in {pseudo} than in {pasted}; mapped by name: "
+            "'b' (1 vs 2), 'a' (2 vs 1)") in captured.err
+    assert ("1 class(es) have no instance in the training data; the model keeps an output for "
+            "them but cannot learn them: 'c'") in captured.err
+    assert f"1 class(es) of {val} are not among the model's classes" in captured.err
+    assert captured.out.startswith("trained 3 iterations (stage 1: 2 images, stage 2: 2 images) "
+                                   f"on 3 classes; model: {out / 'checkpoints' / 'last.pt'}")
+    assert "segm" in captured.out and "APr" in captured.out
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # --log-every 20: a stage's end flushes its window, so each stage logs its own line.
+    assert [(r["iteration"], r["stage"]) for r in log] == [(2, 1), (3, 2)]
+    trained = json.loads((out / "eval" / "metrics.json").read_text())
+    assert trained["segm"]["per_class"]["a"]["train_images"] == 2  # stage-2 (original) data
+
+    # The same model again through eval --checkpoint, then its predictions file.
+    assert main(["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--data",
+                 f"{val}:{val_images}", "--out", str(tmp_path / "ev"), "--threads", "1",
+                 "--quiet", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics["segm"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc",
+                                    "APf", "per_class"}
+    assert metrics["segm"]["AP"] == trained["segm"]["AP"]
+    assert set(metrics["segm"]["per_class"]) == {"b", "a", "z"}
+    assert metrics["segm"]["per_class"]["z"]["AP"] is None  # no ground truth
+    # Without --out the evaluation goes beside the run.
+    assert main(["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--data",
+                 f"{val}:{val_images}", "--threads", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert (out / "eval-instances" / "metrics.json").is_file()
+    assert main(["eval", "--predictions", str(tmp_path / "ev" / "predictions.json"), "--data",
+                 str(val), "--out", str(tmp_path / "ev2"), "--train", str(pseudo)]) == 0
+    again = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    for iou in ("segm", "bbox"):
+        assert again[iou]["AP"] == metrics[iou]["AP"]
+        assert again[iou]["APr"] == metrics[iou]["APr"]
+
+
+def test_eval_of_ground_truth_predictions_is_one(tmp_path, capsys):
+    path, _ = write_tiny_coco(tmp_path)
+    doc = json.loads(path.read_text())
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps([dict(a, score=1.0) for a in doc["annotations"]]))
+    assert main(["eval", "--predictions", str(pred), "--data", str(path), "--out",
+                 str(tmp_path / "ev")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[:4] == ["segm", "100.0", "100.0", "100.0"]
+    assert table[2].split()[:4] == ["bbox", "100.0", "100.0", "100.0"]
+    assert main(["eval", "--predictions", str(pred), "--data", str(path), "--out",
+                 str(tmp_path / "ev")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"weakpaste: error: {tmp_path / 'ev'}: output folder is not empty; pass --overwrite to "
+        "replace it or choose another --out")
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
+    path, images = write_tiny_coco(tmp_path)
+    bad = tmp_path / "last.pt"
+    bad.write_text("not a checkpoint")
+    assert main(["eval", "--checkpoint", str(bad), "--data", f"{path}:{images}", "--out",
+                 str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"weakpaste: error: {bad}: not a readable checkpoint (")
+    assert err.endswith("pass a checkpoint written by 'weakpaste train' "
+                        "(e.g. OUT/checkpoints/last.pt)")
+    assert "\n" not in err
+
+
+def test_train_needs_the_images_folder(tmp_path, capsys):
+    path, _ = write_tiny_coco(tmp_path)
+    assert main(["train", "--train", str(path), "--out", str(tmp_path / "run"), *TINY]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"weakpaste: error: {path}: --train needs COCO_JSON:IMAGES_DIR, the annotation file and "
+        "its images folder (e.g. --train train.json:images/)")
+
+
+def test_longtail_command(tmp_path, capsys):
+    layouts = [(("a", (2, 2, 20, 20)),)] * 6 + [(("b", (30, 30, 50, 50)),)] * 3
+    path, _ = write_tiny_coco(tmp_path, layouts=layouts)
+    out = tmp_path / "lt.json"
+    argv = ["longtail", str(path), "--out", str(out), "--shape", "6", "--max", "4", "--min", "1",
+            "--seed", "2"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["class", "reference", "available", "selected"]
+    assert lines[1].split() == ["a", "4", "6", "4"]
+    assert lines[2].split() == ["b", "1", "3", "1"]
+    assert lines[3] == f"wrote 5 images, 5 annotations of 2 classes to {out}"
+    assert main(argv) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
