@@ -63,6 +63,10 @@ class PasteConfig:
         min_area: drop instances with fewer visible pixels.
         image_format: ``jpg`` or ``png``.
         jpeg_quality: JPEG quality.
+        extra_ratio: fraction of output images whose background comes from the extra folders
+            (e.g. generated context backgrounds); the rest come from the COCO backgrounds, each
+            pool cycled in its own seeded shuffles, so the smaller one is repeated (EM-Paste
+            §4.1 duplicates the originals to balance them). None: one pool of all backgrounds.
     """
 
     num_images: int
@@ -85,6 +89,7 @@ class PasteConfig:
     min_area: int = 16
     image_format: str = "jpg"
     jpeg_quality: int = 95
+    extra_ratio: float | None = None
 
     def validate(self) -> None:
         if self.num_images < 1:
@@ -105,6 +110,8 @@ class PasteConfig:
             raise WeakpasteError(f"unknown image format {self.image_format!r}; choose jpg or png")
         if not 0 <= self.min_visible <= 1:
             raise WeakpasteError(f"--min-visible must be in [0, 1], got {self.min_visible}")
+        if self.extra_ratio is not None and not 0 <= self.extra_ratio <= 1:
+            raise WeakpasteError(f"--extra-ratio must be in [0, 1], got {self.extra_ratio}")
 
     def plan_params(self) -> plan_mod.PlanParams:
         return plan_mod.PlanParams(
@@ -312,7 +319,11 @@ def load_backgrounds(coco_json: str | None, images_dir: str | None,
             backgrounds.append(Background(path=str(Path(images_dir) / rec.file_name),
                                           instances=rec.instances, source="coco"))
     for folder in extra_dirs:
-        for p in list_images(folder):
+        # A 'weakpaste backgrounds' output: its manifest lists the kept images.
+        from weakpaste.backgrounds.run import background_files
+
+        listed = background_files(folder)
+        for p in listed if listed is not None else list_images(folder):
             backgrounds.append(Background(path=str(p), instances=None, source="extra"))
     if not backgrounds:
         raise WeakpasteError("no backgrounds: pass --backgrounds COCO_JSON --images DIR and/or "
@@ -326,6 +337,44 @@ def background_order(seed: np.random.SeedSequence, num_backgrounds: int,
     rng = np.random.default_rng(seed)
     epochs = -(-num_images // num_backgrounds)
     return np.concatenate([rng.permutation(num_backgrounds) for _ in range(epochs)])[:num_images]
+
+
+def mixed_background_order(seed: np.random.SeedSequence, is_extra: np.ndarray,
+                           num_images: int, extra_ratio: float) -> np.ndarray:
+    """Background of each output when a fixed fraction must come from the extra pool.
+
+    Args:
+        seed: the background-order seed.
+        is_extra: bool (B,) whether each background is from the extra folders.
+        num_images: outputs N.
+        extra_ratio: round(ratio * N) outputs get an extra background, at seeded positions;
+            each pool is visited in its own seeded shuffles, repeated as needed.
+
+    Returns:
+        int (N,) background index per output.
+
+    Raises:
+        WeakpasteError: the ratio asks for a pool that is empty.
+    """
+    extra_idx = np.flatnonzero(is_extra)
+    orig_idx = np.flatnonzero(~is_extra)
+    n_extra = int(round(extra_ratio * num_images))
+    if n_extra and not len(extra_idx):
+        raise WeakpasteError(f"--extra-ratio {extra_ratio} needs --extra-backgrounds images")
+    if n_extra < num_images and not len(orig_idx):
+        raise WeakpasteError(f"--extra-ratio {extra_ratio} needs --backgrounds COCO_JSON "
+                             "images too (or use --extra-ratio 1)")
+    where_seed, orig_seed, extra_seed = seed.spawn(3)
+    positions = np.random.default_rng(where_seed).permutation(num_images)[:n_extra]
+    take_extra = np.zeros(num_images, dtype=bool)
+    take_extra[positions] = True
+    order = np.empty(num_images, dtype=np.int64)
+    if n_extra:
+        order[take_extra] = extra_idx[background_order(extra_seed, len(extra_idx), n_extra)]
+    if n_extra < num_images:
+        order[~take_extra] = orig_idx[background_order(orig_seed, len(orig_idx),
+                                                       num_images - n_extra)]
+    return order
 
 
 def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
@@ -385,7 +434,12 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
 
     root = np.random.SeedSequence(config.seed)
     bg_seed, items_seed = root.spawn(2)
-    order = background_order(bg_seed, len(backgrounds), config.num_images)
+    if config.extra_ratio is None:
+        order = background_order(bg_seed, len(backgrounds), config.num_images)
+    else:
+        order = mixed_background_order(
+            bg_seed, np.array([b.source == "extra" for b in backgrounds], dtype=bool),
+            config.num_images, config.extra_ratio)
     item_seeds = items_seed.spawn(config.num_images)
     done = set(_read_journals(out))
     tasks = [(i, item_seeds[i], backgrounds[order[i]]) for i in range(config.num_images)

@@ -1,0 +1,356 @@
+"""The backgrounds stage runner: images -> captions -> rewritten captions -> generated,
+CLIP-selected context backgrounds (EM-Paste §3.2, §4.1, appendix §7).
+
+Output folder::
+
+    OUT/captions.jsonl    one line per caption: index, image, caption_id, caption, rewritten,
+                          replacements (original word, class, supercategory, replacement)
+    OUT/images/*.jpg      kept backgrounds, ``<caption index>_<image index>.jpg``
+    OUT/generated.jsonl   one line per finished caption: CLIP scores and decisions
+    OUT/manifest.json     config, counts and ``images`` (the kept files, relative to OUT),
+                          which ``weakpaste paste --extra-backgrounds OUT`` reads
+
+Seeds: ``SeedSequence(seed)`` spawns one child for rewriting, one for captioning and one for
+generation; each of those spawns one child per caption (per image for captioning), so a
+caption's rewrite and its images depend only on the seed and its position. Resumable: model
+captions are journaled per image (``.captions-raw.jsonl``), generated images per caption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from weakpaste.backgrounds import DEFAULT_CAPTIONER, DEFAULT_CLIP, DEFAULT_GENERATOR
+from weakpaste.backgrounds.rewrite import CaptionRewriter, load_distractors, rewrite_captions
+from weakpaste.errors import WeakpasteError
+from weakpaste.io.coco_captions import Caption, load_coco_captions
+from weakpaste.io.images import atomic_write_bytes, list_images
+from weakpaste.manifest import file_sha256, prepare_output_dir, read_manifest, write_manifest
+
+STAGE = "backgrounds"
+CAPTIONS_JSONL = "captions.jsonl"
+GENERATED_JSONL = "generated.jsonl"
+RAW_CAPTIONS = ".captions-raw.jsonl"
+
+
+@dataclass(frozen=True)
+class BackgroundsConfig:
+    """Everything that decides the backgrounds stage's output (recorded in the manifest).
+
+    Attributes:
+        seed: the run's seed.
+        captions_per_image: captions per image: at most this many from a captions file
+            (None: all), or this many from the captioning model (None: 1).
+        max_images: use a seeded random subset of this many source images (EM-Paste §4.1
+            augments a random 10% of COCO; None: all), kept in their file order.
+        captioner: captioning model id or folder (used without a captions file).
+        caption_batch_size: images per captioning batch.
+        max_caption_tokens: caption length cap of the captioning model.
+        classes: target classes whose words are rewritten and whose CLIP prompts reject
+            images (None: all COCO + VOC classes).
+        distractors: JSON file of extra distractor words per supercategory.
+        rewrite_only: stop after writing ``captions.jsonl``.
+        generator: text-to-image model id or folder.
+        images_per_caption: images generated per caption (paper: 10).
+        keep: best images kept per caption by CLIP caption similarity (paper: 5).
+        batch_size: images per text-to-image call.
+        steps: denoising steps.
+        guidance_scale: classifier-free guidance.
+        height: generated height in pixels (None: the model's default).
+        width: generated width in pixels (None: the model's default).
+        clip: CLIP model id or folder.
+        reject_threshold: reject an image whose cosine similarity to any "a photo of a
+            {class}" prompt is above this.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        jpeg_quality: JPEG quality of the written backgrounds.
+    """
+
+    seed: int = 0
+    captions_per_image: int | None = None
+    max_images: int | None = None
+    captioner: str = DEFAULT_CAPTIONER
+    caption_batch_size: int = 8
+    max_caption_tokens: int = 30
+    classes: tuple[str, ...] | None = None
+    distractors: str | None = None
+    rewrite_only: bool = False
+    generator: str = DEFAULT_GENERATOR
+    images_per_caption: int = 10
+    keep: int = 5
+    batch_size: int = 4
+    steps: int = 30
+    guidance_scale: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    clip: str = DEFAULT_CLIP
+    reject_threshold: float = 0.28
+    device: str = "auto"
+    jpeg_quality: int = 95
+
+    def validate(self) -> None:
+        for name in ("images_per_caption", "keep", "batch_size", "steps", "caption_batch_size",
+                     "max_caption_tokens"):
+            if getattr(self, name) < 1:
+                raise WeakpasteError(f"--{name.replace('_', '-')} must be at least 1, got "
+                                     f"{getattr(self, name)}")
+        if self.max_images is not None and self.max_images < 1:
+            raise WeakpasteError(f"--max-images must be at least 1, got {self.max_images}")
+        if self.captions_per_image is not None and self.captions_per_image < 1:
+            raise WeakpasteError(f"--captions-per-image must be at least 1, got "
+                                 f"{self.captions_per_image}")
+        if self.keep > self.images_per_caption:
+            raise WeakpasteError(f"--keep {self.keep} is more than --images-per-caption "
+                                 f"{self.images_per_caption}")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Complete lines of a journal (a torn last line of a killed run is ignored)."""
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.endswith("\n"):
+                out.append(json.loads(line))
+    return out
+
+
+def _append(path: Path, doc: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        fh.flush()
+
+
+class _Models:
+    """The stage's models, each loaded on first use and kept until dropped.
+
+    A fresh run loads every model it will need before it creates the output folder, so a
+    missing model fails fast and leaves nothing behind; a resumed run loads only what the
+    unfinished part needs.
+    """
+
+    def __init__(self, config: BackgroundsConfig):
+        self.config = config
+        self._captioner = self._t2i = self._clip = None
+
+    def captioner(self):
+        if self._captioner is None:
+            from weakpaste.backgrounds.captions import Captioner
+
+            c = self.config
+            self._captioner = Captioner(c.captioner, device=c.device,
+                                        max_new_tokens=c.max_caption_tokens,
+                                        num_captions=c.captions_per_image or 1)
+        return self._captioner
+
+    def drop_captioner(self) -> None:
+        self._captioner = None  # frees its memory before the generator runs
+
+    def t2i(self):
+        if self._t2i is None:
+            from weakpaste.backgrounds.generate import TextToImage
+
+            c = self.config
+            self._t2i = TextToImage(c.generator, device=c.device, steps=c.steps,
+                                    guidance_scale=c.guidance_scale, height=c.height,
+                                    width=c.width)
+        return self._t2i
+
+    def clip(self):
+        if self._clip is None:
+            from weakpaste.backgrounds import vocabulary
+            from weakpaste.backgrounds.select import ClipSelector
+
+            c = self.config
+            self._clip = ClipSelector(c.clip, classes=c.classes or vocabulary.COCO_CLASSES,
+                                      device=c.device)
+        return self._clip
+
+
+def sample_images(names: list[str], n: int | None,
+                  seed: np.random.SeedSequence) -> list[str]:
+    """A seeded random subset of ``n`` distinct names in their original order (None: all)."""
+    unique = list(dict.fromkeys(names))
+    if n is None or n >= len(unique):
+        return unique
+    pick = np.sort(np.random.default_rng(seed).choice(len(unique), size=n, replace=False))
+    return [unique[i] for i in pick]
+
+
+def _model_captions(config: BackgroundsConfig, images_dir: str, out: Path,
+                    seed: np.random.SeedSequence, subset_seed: np.random.SeedSequence,
+                    progress: bool, models: _Models) -> list[Caption]:
+    """Caption every image of ``images_dir`` with the model, journaled per image."""
+    from tqdm import tqdm
+
+    paths = list_images(images_dir)
+    rel = [p.relative_to(images_dir).as_posix() for p in paths]
+    keep = set(sample_images(rel, config.max_images, subset_seed))
+    paths = [p for p, r in zip(paths, rel, strict=True) if r in keep]
+    rel = [r for r in rel if r in keep]
+    journal = out / RAW_CAPTIONS
+    done = {d["image"]: d["captions"] for d in _read_jsonl(journal)}
+    todo = [i for i, r in enumerate(rel) if r not in done]
+    if todo:
+        from weakpaste.backgrounds.captions import caption_folder
+        from weakpaste.backgrounds.generate import image_seeds
+
+        seeds = image_seeds(seed, len(paths))  # by position in the folder, not in the batch
+        captioner = models.captioner()
+        bar = tqdm(total=len(todo), desc="caption", unit="img", disable=not progress)
+        for k, caps in caption_folder(captioner, [paths[i] for i in todo],
+                                      [seeds[i] for i in todo], config.caption_batch_size):
+            done[rel[todo[k]]] = caps
+            _append(journal, {"image": rel[todo[k]], "captions": caps})
+            bar.update()
+        bar.close()
+    return [Caption(r, c) for r in rel for c in done[r] if c]
+
+
+def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: str, *,
+                    captions: str | None = None, overwrite: bool = False,
+                    resume: bool = False, progress: bool = True) -> dict:
+    """Run the backgrounds stage.
+
+    Args:
+        config: the stage configuration.
+        images_dir: the source images (captioned by the model when ``captions`` is None).
+        out_dir: output folder.
+        captions: COCO captions file to use instead of the captioning model.
+        overwrite: replace an existing output.
+        resume: continue an interrupted run with the same config.
+        progress: show progress bars.
+
+    Returns:
+        The final manifest.
+    """
+    config.validate()
+    if captions is None and not images_dir:
+        raise WeakpasteError("pass --images DIR (captioned by the model) or --captions FILE")
+    if images_dir and not Path(images_dir).is_dir():
+        raise WeakpasteError(f"{images_dir}: not a folder; pass --images, the folder of the "
+                             "source images")
+    extra = load_distractors(config.distractors) if config.distractors else None
+    rewriter = CaptionRewriter(extra, config.classes)
+    inputs: dict[str, str] = {}
+    if captions is not None:
+        file_captions = load_coco_captions(captions, config.captions_per_image)
+        inputs["captions"] = file_sha256(captions)
+    if config.distractors:
+        inputs["distractors"] = file_sha256(config.distractors)
+    run_config = {**asdict(config), "images": images_dir, "captions": captions}
+    out = Path(out_dir)
+    if resume:
+        old = read_manifest(out)
+        # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
+        if old is not None and {**old.get("config", {}), "rewrite_only": None} != \
+                json.loads(json.dumps({**run_config, "rewrite_only": None})):
+            raise WeakpasteError(f"{out}: --resume with a different configuration than the "
+                                 "interrupted run; use the same options or --overwrite")
+    models = _Models(config)
+    if not resume:  # fail on a missing model before making the output folder
+        if captions is None:
+            models.captioner()
+        if not config.rewrite_only:
+            models.t2i()
+            models.clip()
+    out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage=STAGE)
+    (out / "images").mkdir(exist_ok=True)
+    write_manifest(out, stage=STAGE, config=run_config, seed=config.seed, inputs=inputs,
+                   status="running")
+
+    rewrite_seed, caption_seed, generate_seed, subset_seed = \
+        np.random.SeedSequence(config.seed).spawn(4)
+    if captions is not None:
+        keep = set(sample_images([c.image for c in file_captions], config.max_images,
+                                 subset_seed))
+        caps = [c for c in file_captions if c.image in keep]
+    else:
+        caps = _model_captions(config, images_dir, out, caption_seed, subset_seed, progress,
+                               models)
+        models.drop_captioner()
+    rewritten = rewrite_captions([c.caption for c in caps], rewriter, rewrite_seed)
+    lines = [{"index": i, "image": c.image, "caption_id": c.caption_id, "caption": c.caption,
+              "rewritten": new, "replacements": reps}
+             for i, (c, (new, reps)) in enumerate(zip(caps, rewritten, strict=True))]
+    atomic_write_bytes(out / CAPTIONS_JSONL, "".join(
+        json.dumps(d, ensure_ascii=False) + "\n" for d in lines).encode("utf-8"))
+    per_super = Counter(r["supercategory"] for d in lines for r in d["replacements"])
+    counts = {"captions": len(lines),
+              "captions_rewritten": sum(1 for d in lines if d["replacements"]),
+              "replacements": sum(per_super.values()),
+              "replacements_per_supercategory": dict(sorted(per_super.items()))}
+    vocab = {"dropped_distractors": rewriter.dropped_distractors,
+             "distractors": rewriter.distractors}
+    if not config.rewrite_only:
+        _generate(config, lines, out, generate_seed, progress, models)
+        results = sorted(_read_jsonl(out / GENERATED_JSONL), key=lambda d: d["index"])
+        kept = [f for d in results for f in d["kept_files"]]
+        counts.update(generated=sum(len(d["caption_scores"]) for d in results),
+                      rejected_by_class=sum(sum(d["rejected"]) for d in results),
+                      unsafe=sum(sum(d.get("unsafe", [])) for d in results),
+                      backgrounds=len(kept))
+    else:
+        kept = []
+        counts["backgrounds"] = 0
+    return write_manifest(out, stage=STAGE, config=run_config, seed=config.seed, inputs=inputs,
+                          counts=counts, extra={"vocabulary": vocab, "images": kept})
+
+
+def _generate(config: BackgroundsConfig, lines: list[dict], out: Path,
+              seed: np.random.SeedSequence, progress: bool, models: _Models) -> None:
+    """Generate, score and select the images of every caption not yet journaled."""
+    from tqdm import tqdm
+
+    from weakpaste.backgrounds.generate import image_seeds
+    from weakpaste.io.images import encode_image
+
+    journal = out / GENERATED_JSONL
+    done = {d["index"] for d in _read_jsonl(journal)}
+    if journal.is_file():  # cut a torn last line off before appending
+        raw = journal.read_bytes()
+        with open(journal, "r+b") as fh:
+            fh.truncate(raw.rfind(b"\n") + 1)
+    todo = [d for d in lines if d["index"] not in done]
+    if not todo:
+        return
+    seeds = seed.spawn(len(lines))
+    t2i, clip = models.t2i(), models.clip()
+    for d in tqdm(todo, desc="generate", unit="caption", disable=not progress):
+        i = d["index"]
+        images, flagged = t2i.generate(
+            d["rewritten"], image_seeds(seeds[i], config.images_per_caption), config.batch_size)
+        sel = clip.select(images, d["rewritten"], config.keep, config.reject_threshold,
+                          blocked=flagged)
+        files = []
+        for j in np.flatnonzero(sel.kept):
+            name = f"images/{i:06d}_{j:02d}.jpg"
+            atomic_write_bytes(out / name, encode_image(images[j], "jpg", config.jpeg_quality))
+            files.append(name)
+        _append(journal, {"index": i, "image": d["image"], "rewritten": d["rewritten"],
+                          "caption_scores": [round(float(s), 5) for s in sel.caption_scores],
+                          "class_scores": [round(float(s), 5) for s in sel.class_scores],
+                          "classes": list(sel.classes), "kept": sel.kept.tolist(),
+                          "rejected": sel.rejected.tolist(), "unsafe": flagged,
+                          "kept_files": files})
+
+
+def background_files(folder: str | os.PathLike) -> list[Path] | None:
+    """The kept images a backgrounds output lists in its manifest (None: not such an output).
+
+    Raises:
+        WeakpasteError: the backgrounds run did not finish.
+    """
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("stage") != STAGE:
+        return None
+    if manifest.get("status") != "complete":
+        raise WeakpasteError(f"{folder}: the backgrounds run did not finish; rerun it with "
+                             "--resume first")
+    return [Path(folder) / f for f in manifest.get("images", [])]
