@@ -140,5 +140,5 @@ def test_cli_mine(scenes, tmp_path, capsys):
     assert main(argv) == 2
     assert "output folder is not empty" in capsys.readouterr().err
     assert main(["mine", "--method", "freeseg", "--images", str(root), "--out",
-                 str(tmp_path / "x")]) == 2
-    assert "--method freeseg is not available yet" in capsys.readouterr().err
+                 str(tmp_path / "x"), "--saliency", str(tmp_path / "missing.onnx")]) == 2
+    assert "saliency model not found" in capsys.readouterr().err

@@ -671,6 +671,26 @@ class Classifier:
         """
         return self._infer(self._image_batches(images, _check_batch_size(batch_size)))[1]
 
+    def feature_maps(self, images: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        """The trunk's last feature map of whole images (dense features, e.g. for
+        co-segmentation); images are squashed to ``input_size`` as in :meth:`features`.
+
+        Args:
+            images: N uint8 (H, W, 3) RGB images of any sizes.
+            batch_size: images per forward pass.
+
+        Returns:
+            float32 (N, D, h, w); the pooled features are their spatial means.
+        """
+        maps = []
+        self._net.eval()
+        with torch.inference_mode():
+            for batch in self._image_batches(images, _check_batch_size(batch_size)):
+                maps.append(self._net.trunk(self._to_tensor(batch)).float().cpu().numpy())
+        if not maps:
+            return np.zeros((0, self._feature_dim, 0, 0), np.float32)
+        return np.ascontiguousarray(np.concatenate(maps), dtype=np.float32)
+
     def segment_batch(self, rgb: np.ndarray, masks: np.ndarray | Sequence[np.ndarray], *,
                       erode: int = 2) -> np.ndarray:
         """The crops :meth:`score_segments` feeds the network (see :func:`segment_crops`).
