@@ -254,3 +254,17 @@ def test_200_scenes_are_fast() -> None:
     elapsed = time.perf_counter() - start
     assert len(scenes) == 200
     assert elapsed < 5.0, f"200 scenes took {elapsed:.2f} s"
+
+
+def test_make_background_is_object_free_and_seeded():
+    from weakpaste.synthetic import make_background
+
+    a = make_background(np.random.default_rng(3), height=40, width=50)
+    b = make_background(np.random.default_rng(3), height=40, width=50)
+    assert a.shape == (40, 50, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    # Backgrounds are greyish: no pixel reaches the saturation of a painted object.
+    hsv = cv2.cvtColor(a, cv2.COLOR_RGB2HSV)
+    assert hsv[..., 1].max() < 120
+    with pytest.raises(ValueError, match="height must be >= 32, got 8"):
+        make_background(np.random.default_rng(0), height=8, width=50)

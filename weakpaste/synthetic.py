@@ -41,6 +41,7 @@ __all__ = [
     "MIN_VISIBLE_FRACTION",
     "Scene",
     "iter_scenes",
+    "make_background",
     "make_object_centric",
     "make_scene",
     "min_visible_area",
@@ -374,6 +375,28 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: tupl
     coarse = rng.standard_normal((cells[0], cells[1], channels), dtype=np.float32)
     out = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     return out.reshape(height, width, channels)
+
+
+def make_background(rng: np.random.Generator, *, height: int = 192, width: int = 256
+                    ) -> np.ndarray:
+    """An object-free scene: the background, illumination and noise of :func:`make_scene`.
+
+    The synthetic counterpart of EM-Paste's generated context backgrounds: pasting onto it
+    never hides an unlabelled object in the "background".
+
+    Args:
+        rng: the only source of randomness.
+        height: image height H, at least 32.
+        width: image width W, at least 32.
+
+    Returns:
+        uint8 (H, W, 3) RGB image.
+
+    Raises:
+        ValueError: on an image side under 32.
+    """
+    _check_scene_args(height, width, 1, 1, CLASSES)
+    return _finish(rng, _background(rng, height, width))
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

@@ -7,6 +7,9 @@ instances, category ids are arbitrary integers (classes are names inside weakpas
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -350,5 +353,125 @@ def write_coco(path: str | os.PathLike, records: Iterable[ImageRecord],
     return {"images": len(images), "annotations": len(annotations)}
 
 
+def _read_document(path: Path) -> dict:
+    """The raw JSON of a COCO file that ``load_coco`` has already validated."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _quiet_coco(doc: dict):
+    """A ``pycocotools.coco.COCO`` indexing ``doc``, without pycocotools' prints."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        api = COCO()
+        api.dataset = doc
+        api.createIndex()
+    return api
+
+
+def evaluation_ground_truth(path: str | os.PathLike):
+    """A ``pycocotools.coco.COCO`` of a validated instances file, ready for ``COCOeval``.
+
+    COCOeval reads ``area``, ``iscrowd`` and ``bbox`` of every annotation, which COCO files made
+    by other tools may leave out: missing ones are filled from the segmentation (``iscrowd`` 0).
+    Crowd regions stay in, so that COCOeval ignores detections on them as COCO intends.
+
+    Args:
+        path: a COCO instances JSON that ``load_coco(path, require_masks=True)`` accepted.
+
+    Returns:
+        The pycocotools ``COCO`` object (its ``dataset`` holds the completed document).
+    """
+    doc = _read_document(Path(path))
+    images = {img["id"]: img for img in doc["images"]}
+    anns = []
+    for ann in doc.get("annotations", []):
+        ann = dict(ann)
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann or "bbox" not in ann:
+            img = images[ann["image_id"]]
+            rle = _segmentation_to_rle(ann.get("segmentation"), img["height"], img["width"])
+            if rle is not None:
+                ann.setdefault("area", float(mask_utils.area(_bytes_rle(rle))))
+                ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))])
+            else:
+                ann.setdefault("bbox", [0.0, 0.0, 0.0, 0.0])
+                ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+        anns.append(ann)
+    doc = {"info": doc.get("info") or {}, "images": doc["images"], "annotations": anns,
+           "categories": doc["categories"]}
+    return _quiet_coco(doc)
+
+
+def evaluation_detections(gt, results: Sequence[dict], iou_type: str):
+    """Detections in COCO results format as a ``COCO`` object to pair with ``gt`` in COCOeval.
+
+    Two pycocotools quirks handled here: ``loadRes`` fails on an empty list, and when a result
+    carries a ``bbox`` it replaces its ``segmentation`` by the box polygon, so for ``segm`` the
+    boxes are dropped first (area and box then come from the mask).
+
+    Args:
+        gt: the ground truth from ``evaluation_ground_truth``.
+        results: dicts with ``image_id``, ``category_id``, ``score`` and ``bbox`` (xywh) and/or
+            ``segmentation`` (RLE or polygons); every ``image_id`` must be one of ``gt``'s.
+        iou_type: "bbox" or "segm"; entries without the matching field are left out.
+
+    Returns:
+        A pycocotools ``COCO`` of the detections.
+
+    Raises:
+        ValueError: a segmentation is unusable or its RLE size differs from its image's.
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    if iou_type == "segm":
+        picked = [{k: v for k, v in r.items() if k != "bbox"} for r in results
+                  if r.get("segmentation")]
+    else:
+        picked = [dict(r) for r in results if r.get("bbox")]
+    if not picked:
+        return _quiet_coco({"images": copy.deepcopy(gt.dataset["images"]), "annotations": [],
+                            "categories": copy.deepcopy(gt.dataset["categories"])})
+    if iou_type == "segm":
+        # Polygons and uncompressed RLE become compressed RLE: loadRes only reads the latter.
+        for r in picked:
+            img = gt.imgs[r["image_id"]]
+            rle = _segmentation_to_rle(r["segmentation"], img["height"], img["width"])
+            if rle is None:
+                raise ValueError(f"result for image {r['image_id']} has an unusable "
+                                 "segmentation")
+            r["segmentation"] = _bytes_rle(rle)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return gt.loadRes(picked)
+
+
+def write_coco_subset(src: str | os.PathLike, dst: str | os.PathLike, image_ids: Iterable[int],
+                      *, info: Mapping | None = None) -> dict:
+    """Atomically write the images ``image_ids`` of a COCO file with their annotations.
+
+    Every entry is copied as it is (ids, polygons, extra fields), so the subset is
+    interchangeable with the original; all categories are kept, even those left without
+    annotations, so that category ids stay valid.
+
+    Args:
+        src: the COCO JSON (already validated by ``load_coco``).
+        dst: the output file.
+        image_ids: ids of the images to keep.
+        info: keys merged into the file's ``info`` block.
+
+    Returns:
+        Counts: {"images": int, "annotations": int}.
+    """
+    doc = _read_document(Path(src))
+    keep = set(image_ids)
+    out = dict(doc)
+    out["images"] = [img for img in doc["images"] if img["id"] in keep]
+    out["annotations"] = [a for a in doc.get("annotations", []) if a["image_id"] in keep]
+    out["info"] = {**(doc.get("info") or {}), **dict(info or {})}
+    atomic_write_bytes(dst, json.dumps(out, separators=(",", ":")).encode())
+    return {"images": len(out["images"]), "annotations": len(out["annotations"])}
+
+
 __all__ = ["CocoDataset", "load_coco", "write_coco", "assign_category_ids", "image_entry",
-           "annotation_entries", "annotations_from_rles", "coco_categories"]
+           "annotation_entries", "annotations_from_rles", "coco_categories",
+           "evaluation_ground_truth", "evaluation_detections", "write_coco_subset"]
