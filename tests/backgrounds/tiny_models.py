@@ -11,6 +11,8 @@ import json
 import string
 from pathlib import Path
 
+import torch
+
 CAPTION_WORDS = ("a", "dog", "man", "on", "the", "beach", "two", "people", "near", "table",
                  "grass", "with", "red", "car", "street")
 
@@ -43,7 +45,10 @@ def build_clip(folder: Path) -> Path:
                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
                        "projection_dim": 8},
         projection_dim=8)
-    CLIPModel(config).save_pretrained(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # fixed weights: test outcomes must not depend on the run
+        model = CLIPModel(config)
+    model.save_pretrained(folder)
     tok.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32},
                        crop_size={"height": 32, "width": 32}).save_pretrained(folder)
@@ -75,7 +80,11 @@ def build_blip(folder: Path) -> Path:
         vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
         projection_dim=8)
-    BlipForConditionalGeneration(config).save_pretrained(folder)
+    with torch.random.fork_rng():
+        # Fixed weights: an unlucky random captioner emits end-of-sequence first (no caption).
+        torch.manual_seed(0)
+        model = BlipForConditionalGeneration(config)
+    model.save_pretrained(folder)
     tok.save_pretrained(folder)
     BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
