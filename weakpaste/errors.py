@@ -3,3 +3,18 @@
 
 class WeakpasteError(Exception):
     """A user-facing error. ``str(err)`` is a single line suitable for the terminal."""
+
+
+def reason(err: BaseException, max_len: int = 120) -> str:
+    """One short line describing ``err``, for the parenthesis of a WeakpasteError.
+
+    Library messages can run to paragraphs (torch's ``weights_only`` explanation): only the
+    first line is kept and, when that is longer than ``max_len``, its first sentence.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    line = lines[0]
+    if len(line) > max_len and ". " in line:
+        line = line.split(". ", 1)[0]
+    return line

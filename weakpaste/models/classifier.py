@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from weakpaste.errors import WeakpasteError
+from weakpaste.errors import reason as _reason
 
 __all__ = [
     "GREY",
@@ -189,12 +190,6 @@ def _trunk(family: str, model: nn.Module) -> nn.Sequential:
     else:  # pragma: no cover - _FAMILIES and this function are kept in step
         raise AssertionError(family)
     return nn.Sequential(OrderedDict(parts))
-
-
-def _reason(err: BaseException) -> str:
-    """One line describing ``err``, for the parenthesis of a WeakpasteError."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def _is_none(weights: str | os.PathLike | None) -> bool:

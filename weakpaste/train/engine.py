@@ -31,6 +31,7 @@ from torch import nn
 
 from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
+from weakpaste.errors import reason as _reason
 from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
 from weakpaste.train import data as tdata
 
@@ -176,11 +177,6 @@ def _is_none(weights: str | os.PathLike | None) -> bool:
 
 def _is_default(weights: str | os.PathLike | None) -> bool:
     return isinstance(weights, str) and weights.upper() == "DEFAULT"
-
-
-def _reason(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def default_trainable_layers(backbone: str, pretrained: bool) -> int:
