@@ -24,8 +24,6 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import pickle
 import time
 from collections import Counter, defaultdict
@@ -36,6 +34,7 @@ import numpy as np
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes, read_image
+from weakpaste.mine.runner import LazyImages, cache_key, jsonable, map_tasks
 from weakpaste.ops import masks as mask_ops
 
 
@@ -246,26 +245,6 @@ class MineConfig:
     params: FemParams = FemParams()
 
 
-class _LazyImages:
-    """A sequence of RGB images read on access (training never holds them all)."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return _LazyImages(self.paths[i])
-        if isinstance(i, list | tuple | np.ndarray):
-            return _LazyImages([self.paths[j] for j in i])
-        return read_image(self.paths[i])
-
-    def __iter__(self):
-        return (read_image(p) for p in self.paths)
-
-
 _WORKER: dict = {}
 
 
@@ -285,15 +264,6 @@ def _mine_task(task: tuple[str, str, list[str], str, FemParams]) -> tuple[str, d
     result = mine_image(_WORKER["classifier"], image, labels, file_name, params)
     atomic_write_bytes(cache_file, pickle.dumps(result, protocol=5))
     return file_name, result.seconds
-
-
-def _cache_key(classifier_path: Path, params: FemParams) -> str:
-    h = hashlib.sha256()
-    with open(classifier_path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    h.update(json.dumps(asdict(params), sort_keys=True).encode())
-    return h.hexdigest()[:16]
 
 
 def run_mine_fem(images_dir: str, labels: str | None, out_dir: str, config: MineConfig, *,
@@ -362,14 +332,14 @@ def run_mine_fem(images_dir: str, labels: str | None, out_dir: str, config: Mine
             for i, r in enumerate(records):
                 for c in r.labels:
                     y[i, index[c]] = 1.0
-            train_info = clf.train(_LazyImages([images_dir / r.file_name for r in records]), y,
+            train_info = clf.train(LazyImages([images_dir / r.file_name for r in records]), y,
                                    mode=config.train_mode, epochs=config.epochs,
                                    seed=config.seed, progress=progress)
             clf.save(clf_path)
     timings["classifier"] = time.perf_counter() - t
 
     # 2-5. per-image work, cached
-    cache = out / ".cache" / _cache_key(clf_path, config.params)
+    cache = out / ".cache" / cache_key(clf_path, config.params)
     cache.mkdir(parents=True, exist_ok=True)
     todo = [r for r in records if r.labels]
     cache_file = {r.file_name: cache / (hashlib.sha1(r.file_name.encode()).hexdigest() + ".pkl")
@@ -378,7 +348,7 @@ def run_mine_fem(images_dir: str, labels: str | None, out_dir: str, config: Mine
               str(cache_file[r.file_name]), config.params)
              for r in todo if not cache_file[r.file_name].is_file()]
     t = time.perf_counter()
-    it = _map(tasks, workers, str(clf_path), config.device)
+    it = map_tasks(_mine_task, tasks, workers, _worker_init, (str(clf_path), config.device))
     for _, secs in tqdm(it, total=len(tasks), desc="mine", unit="img", disable=not progress):
         for k, v in secs.items():
             timings[k] += v
@@ -469,25 +439,5 @@ def run_mine_fem(images_dir: str, labels: str | None, out_dir: str, config: Mine
               "skipped": dict(skipped)}
     return write_manifest(out, stage="mine", config=run_config, seed=config.seed,
                           inputs=inputs, counts=counts,
-                          extra={"em": em_info, "classifier_training": _jsonable(train_info),
+                          extra={"em": em_info, "classifier_training": jsonable(train_info),
                                  "timings_s": {k: round(v, 3) for k, v in timings.items()}})
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist")
-                                 else str(o)))
-
-
-def _map(tasks: list, workers: int, classifier_path: str, device: str):
-    """Run ``_mine_task`` over tasks here or in a pool (each worker loads the classifier)."""
-    if workers <= 1:
-        _worker_init(classifier_path, device, None)
-        for task in tasks:
-            yield _mine_task(task)
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(workers, initializer=_worker_init,
-                  initargs=(classifier_path, device, 1)) as pool:
-        yield from pool.imap_unordered(_mine_task, tasks)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import time
@@ -55,6 +54,7 @@ import numpy as np
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes, read_image
+from weakpaste.mine.runner import LazyImages, cache_key, jsonable, map_tasks
 from weakpaste.ops import masks as mask_ops
 
 MINER = "freeseg"
@@ -575,26 +575,6 @@ def mine_image(classifier, saliency_backend, image: np.ndarray, label: str, file
     return res
 
 
-class _LazyImages:
-    """A sequence of RGB images read on access (training never holds them all)."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return _LazyImages(self.paths[i])
-        if isinstance(i, list | tuple | np.ndarray):
-            return _LazyImages([self.paths[j] for j in i])
-        return read_image(self.paths[i])
-
-    def __iter__(self):
-        return (read_image(p) for p in self.paths)
-
-
 _WORKER: dict = {}
 
 
@@ -615,40 +595,14 @@ def _worker_init(classifier_path: str, device: str, params: FreeSegParams,
 
 
 def _mine_task(task: tuple[str, str, str, str, FreeSegParams]) -> tuple[str, dict, bool]:
-    from weakpaste.mine.saliency import image_sha256
+    from weakpaste.manifest import file_sha256
 
     path, file_name, label, cache_file, params = task
     image = read_image(path)
     res = mine_image(_WORKER["classifier"], _WORKER["saliency"], image, label, file_name,
-                     params, digest=image_sha256(path), cache=_WORKER["cache"])
+                     params, digest=file_sha256(path), cache=_WORKER["cache"])
     atomic_write_bytes(cache_file, pickle.dumps(res, protocol=5))
     return file_name, res.seconds, res.saliency_cached
-
-
-def _map(tasks: list, workers: int, classifier_path: str, device: str,
-         params: FreeSegParams, cache_root: str):
-    """Run ``_mine_task`` over tasks here or in a pool (each worker loads its models)."""
-    if workers <= 1:
-        _worker_init(classifier_path, device, params, cache_root, None)
-        for task in tasks:
-            yield _mine_task(task)
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(workers, initializer=_worker_init,
-                  initargs=(classifier_path, device, params, cache_root, 1)) as pool:
-        yield from pool.imap_unordered(_mine_task, tasks)
-
-
-def _cache_key(classifier_path: Path, params: FreeSegParams, saliency_key: str) -> str:
-    h = hashlib.sha256()
-    with open(classifier_path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    h.update(json.dumps(asdict(params), sort_keys=True).encode())
-    h.update(saliency_key.encode())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -803,7 +757,7 @@ def run_mine_freeseg(images_dir: str, labels: str | None, out_dir: str, config: 
             y = np.zeros((len(todo), len(used_classes)), dtype=np.float32)
             for i, r in enumerate(todo):
                 y[i, index[r.labels[0]]] = 1.0
-            train_info = clf.train(_LazyImages([images_dir / r.file_name for r in todo]), y,
+            train_info = clf.train(LazyImages([images_dir / r.file_name for r in todo]), y,
                                    mode=config.train_mode, epochs=config.epochs,
                                    seed=config.seed, progress=progress)
             clf.save(clf_path)
@@ -813,7 +767,7 @@ def run_mine_freeseg(images_dir: str, labels: str | None, out_dir: str, config: 
     # 2. per-image saliency, dense features and LORE, cached
     cache_root = Path(config.saliency_cache) if config.saliency_cache \
         else out / ".cache" / "saliency"
-    cache = out / ".cache" / _cache_key(clf_path, p, backend.key)
+    cache = out / ".cache" / cache_key(clf_path, p, (backend.key,))
     cache.mkdir(parents=True, exist_ok=True)
     cache_file = {r.file_name: cache / (hashlib.sha1(r.file_name.encode()).hexdigest() + ".pkl")
                   for r in todo}
@@ -823,7 +777,8 @@ def run_mine_freeseg(images_dir: str, labels: str | None, out_dir: str, config: 
     del backend  # each worker opens its own session
     t = time.perf_counter()
     saliency_hits = 0
-    it = _map(tasks, workers, str(clf_path), config.device, p, str(cache_root))
+    it = map_tasks(_mine_task, tasks, workers, _worker_init,
+                   (str(clf_path), config.device, p, str(cache_root)))
     for _, secs, hit in tqdm(it, total=len(tasks), desc="freeseg", unit="img",
                              disable=not progress):
         saliency_hits += int(hit)
@@ -938,10 +893,5 @@ def run_mine_freeseg(images_dir: str, labels: str | None, out_dir: str, config: 
         extra={"coseg": {"fallback_classes": fallback_classes,
                          "fallback_reason": "fewer than min_coseg_images images: saliency "
                                             "alone", "images_per_class": per_class_images},
-               "classifier_training": _jsonable(train_info),
+               "classifier_training": jsonable(train_info),
                "timings_s": {k: round(v, 3) for k, v in timings.items()}})
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist")
-                                 else str(o)))

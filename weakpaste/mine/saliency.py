@@ -23,7 +23,6 @@ shared between runs, output folders and benchmarks and never serves a stale map.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes
+from weakpaste.manifest import file_sha256
 
 CONVENTIONS: dict[str, dict] = {
     # IS-Net (DIS): normalize(img / 255, mean 0.5, std 1).
@@ -186,11 +186,7 @@ class OnnxSaliency:
     @property
     def sha256(self) -> str:
         if self._sha is None:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
-            self._sha = h.hexdigest()
+            self._sha = file_sha256(self.path)
         return self._sha
 
     @property
@@ -227,15 +223,6 @@ def make_saliency(spec: str, *, convention: str = "isnet", size: int | None = No
     if spec == "spectral":
         return SpectralResidual()
     return OnnxSaliency(spec, convention=convention, size=size, threads=threads)
-
-
-def image_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of an image file's bytes (the cache identifies images by content)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class SaliencyCache:
