@@ -341,7 +341,7 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
     from tqdm import tqdm
 
     from weakpaste.io.coco import load_coco
-    from weakpaste.io.images import read_image
+    from weakpaste.io.images import read_image_of_size
     from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
 
     data = load_coco(coco_json, images_dir)
@@ -364,11 +364,8 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
             keep = [i for i, c in enumerate(inst.classes) if not classes or c in classes]
             if not keep:
                 continue
-            rgb = read_image(data.images_dir / rec.file_name)
-            if rgb.shape[:2] != (rec.height, rec.width):
-                raise WeakpasteError(f"{data.images_dir / rec.file_name}: image is "
-                                     f"{rgb.shape[1]}x{rgb.shape[0]} but {coco_json} says "
-                                     f"{rec.width}x{rec.height}; fix 'width'/'height'")
+            rgb = read_image_of_size(data.images_dir / rec.file_name, rec.width, rec.height,
+                                     str(coco_json))
             masks = inst.masks()[keep]
             segs, n_small = segments_from_image(rgb, masks, tuple(inst.classes[i] for i in keep),
                                                 source_image=rec.file_name, min_area=min_area)

@@ -311,7 +311,7 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
     from tqdm import tqdm
 
     from weakpaste.io.coco import load_coco
-    from weakpaste.io.images import read_image, write_image
+    from weakpaste.io.images import read_image_of_size, write_image
     from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
 
     if num_images < 1:
@@ -337,11 +337,7 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
     for idx in tqdm(picked, desc="viz", unit="img", disable=not progress):
         rec = data.records[idx]
         path = Path(images_dir) / rec.file_name
-        rgb = read_image(path)
-        if rgb.shape[:2] != (rec.height, rec.width):
-            raise WeakpasteError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]} but "
-                                 f"{coco_json} says {rec.width}x{rec.height}; fix "
-                                 "'width'/'height' or the image")
+        rgb = read_image_of_size(path, rec.width, rec.height, str(coco_json))
         inst = rec.instances
         if inst is None or len(inst) == 0:
             drawn, k = rgb, 0

@@ -158,7 +158,7 @@ def test_dataset_refuses_an_image_of_another_size(tmp_path):
     with pytest.raises(WeakpasteError) as err:
         D.InstanceDataset(D.training_items([ds])[0], {"a": 1, "b": 2})[0]
     assert str(err.value) == (f"{images / 'img0.png'}: image is 12x10 but its COCO entry says "
-                              "64x64; fix width/height in the annotation file")
+                              "64x64; fix 'width'/'height' or the image")
 
 
 def test_worker_error_line_recovers_the_one_line_message():

@@ -81,6 +81,28 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
+def read_image_of_size(path: str | os.PathLike, width: int, height: int, source: str
+                       ) -> np.ndarray:
+    """``read_image`` that checks the size an annotation file gives the image.
+
+    Args:
+        path: the image file.
+        width, height: the size ``source`` records for it.
+        source: who records it, for the message (an annotation file's path, "its COCO entry").
+
+    Returns:
+        uint8 (height, width, 3) RGB.
+
+    Raises:
+        WeakpasteError: unreadable image, or another size than recorded.
+    """
+    rgb = read_image(path)
+    if rgb.shape[:2] != (height, width):
+        raise WeakpasteError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]} but {source} says "
+                             f"{width}x{height}; fix 'width'/'height' or the image")
+    return rgb
+
+
 def write_image(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> None:
     """Atomically write RGB uint8 (H, W, 3) to ``path``; the format follows the extension."""
     fmt = Path(path).suffix.lower().lstrip(".")

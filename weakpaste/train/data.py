@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import CocoDataset, load_coco
-from weakpaste.io.images import read_image
+from weakpaste.io.images import read_image_of_size
 from weakpaste.structures import ImageRecord
 
 # LSJ pads with the ImageNet mean colour: after the model's normalisation it is zero input.
@@ -389,11 +389,7 @@ class InstanceDataset(torch.utils.data.Dataset):
         """The un-augmented uint8 image (3, H, W) and its target (boxes from the file)."""
         folder, rec = self.items[index]
         path = Path(folder or ".") / rec.file_name
-        rgb = read_image(path)
-        if rgb.shape[:2] != (rec.height, rec.width):
-            raise WeakpasteError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]} but its COCO "
-                                 f"entry says {rec.width}x{rec.height}; fix width/height in "
-                                 "the annotation file")
+        rgb = read_image_of_size(path, rec.width, rec.height, "its COCO entry")
         inst = rec.instances
         keep = [] if inst is None else [k for k, c in enumerate(inst.classes)
                                          if c in self.labels]
