@@ -1,0 +1,292 @@
+"""Options defined once: a config field carries its default, help, flag, choices and range.
+
+Every stage's settings are a frozen dataclass deriving from ``Config``. A field declared with
+``option(...)`` holds everything the command line needs (help text, flag, metavar, choices, a
+valid range, a parser for structured values), so ``add_options`` builds a command's arguments
+from the dataclass and ``from_args`` builds the dataclass back from parsed arguments. The
+Python API and the CLI therefore share one default and one validation: a ``Config`` validates
+itself once, at construction (``__post_init__``), and its errors name the parameter both ways,
+e.g. ``blur_sigma (--blur-sigma) must be >= 0, got -1.0``.
+
+Nested configs (a field whose type is a ``Config``) contribute their own options to the same
+command, so shared parts (the mining classifier) are declared once and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+from weakpaste.errors import WeakpasteError
+
+_KEY = "weakpaste"
+
+
+@dataclass(frozen=True)
+class Opt:
+    """The command-line side of a config field (see ``option``)."""
+
+    help: str
+    flag: str | None = None
+    metavar: str | None = None
+    choices: tuple | None = None
+    range: tuple[float | None, float | None] | None = None
+    parse: Callable[[str], Any] | None = None
+    nargs: str | None = None
+    cli: bool = True
+
+
+def option(default: Any = MISSING, *, help: str, flag: str | None = None,
+           metavar: str | None = None, choices: Sequence | None = None,
+           range: tuple[float | None, float | None] | None = None,
+           parse: Callable[[str], Any] | None = None, nargs: str | None = None,
+           cli: bool = True, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field with its command-line description.
+
+    Args:
+        default: the default (the same for the CLI and the Python API).
+        help: one-line help; "(default: X)" is appended on the command line.
+        flag: the flag (default ``--`` + the field name with dashes).
+        metavar: the value's name in ``--help``.
+        choices: the allowed values.
+        range: inclusive (lo, hi) bounds of a number, or of every number of a tuple; None
+            for an open side.
+        parse: str -> value for structured values (a range "1-6", a pair "0.3,1.0", a JSON
+            file); its ``ValueError``/``ArgumentTypeError`` becomes a one-line usage error.
+        nargs: argparse nargs (tuple[str, ...] fields get "+" by default).
+        cli: False for a setting that only the Python API sets.
+        factory: a default factory (nested configs, mutable defaults).
+
+    Returns:
+        A ``dataclasses.field``.
+    """
+    meta = {_KEY: Opt(help=help, flag=flag, metavar=metavar,
+                      choices=tuple(choices) if choices is not None else None, range=range,
+                      parse=parse, nargs=nargs, cli=cli)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line flag of a config field."""
+    opt = f.metadata.get(_KEY)
+    return (opt.flag if opt is not None and opt.flag else None) or "--" + f.name.replace("_", "-")
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def range_text(lo: float | None, hi: float | None) -> str:
+    """``>= 0``, ``<= 1`` or ``in [0, 1]``."""
+    if lo is not None and hi is not None:
+        return f"in [{_fmt(lo)}, {_fmt(hi)}]"
+    return f">= {_fmt(lo)}" if lo is not None else f"<= {_fmt(hi)}"
+
+
+def _numbers(value: Any) -> list:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
+    return []
+
+
+def check_value(name: str, flag: str, opt: Opt, value: Any) -> None:
+    """Raise a WeakpasteError naming ``name (flag)`` if ``value`` breaks ``opt``'s rules."""
+    if value is None:
+        return
+    if opt.choices is not None:
+        values = value if isinstance(value, tuple | list) else (value,)
+        for v in values:
+            if v not in opt.choices:
+                raise WeakpasteError(f"{name} ({flag}) must be one of "
+                                     f"{', '.join(map(str, opt.choices))}; got {v!r}")
+    if opt.range is not None:
+        lo, hi = opt.range
+        for v in _numbers(value):
+            if math.isnan(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise WeakpasteError(f"{name} ({flag}) must be {range_text(lo, hi)}, got {v}")
+
+
+class Config:
+    """Base of the frozen stage configs: validated once, at construction.
+
+    Subclasses are ``@dataclass(frozen=True)`` and may override ``check`` for rules that
+    involve several fields (call ``super().check()`` first).
+    """
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Check every field's choices and range (raises WeakpasteError)."""
+        for f in dataclasses.fields(self):
+            opt = f.metadata.get(_KEY)
+            if opt is not None:
+                check_value(f.name, flag_of(f), opt, getattr(self, f.name))
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-able settings for the manifest (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    import sys
+
+    module = sys.modules.get(cls.__module__)
+    return typing.get_type_hints(cls, vars(module) if module else None)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Config) and dataclasses.is_dataclass(tp)
+
+
+def _checked(convert: Callable[[str], Any], name: str, opt: Opt, flag: str):
+    """An argparse ``type`` that converts and checks the range at parse time."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except (ValueError, TypeError) as err:
+            raise argparse.ArgumentTypeError(str(err) or f"invalid value {text!r}") from None
+        if opt.range is not None and not isinstance(value, tuple | list):
+            try:
+                check_value(name, flag, Opt(help="", range=opt.range), value)
+            except WeakpasteError:
+                raise argparse.ArgumentTypeError(
+                    f"must be {range_text(*opt.range)}, got {text}") from None
+        return value
+
+    parse.__name__ = convert.__name__ if hasattr(convert, "__name__") else "value"
+    return parse
+
+
+def _kwargs(f: dataclasses.Field, tp: Any, opt: Opt) -> dict:
+    flag = flag_of(f)
+    default = f.default if f.default is not MISSING else None
+    kw: dict[str, Any] = {"dest": f.name, "default": default, "help": opt.help}
+    base = _unwrap_optional(tp)
+    if base is bool:
+        if default:
+            raise TypeError(f"{f.name}: a boolean option must default to False")
+        kw["action"] = "store_true"
+        return kw
+    if opt.metavar:
+        kw["metavar"] = opt.metavar
+    if opt.choices is not None and opt.parse is None:
+        kw["choices"] = list(opt.choices)
+    convert = opt.parse
+    if convert is None:
+        if typing.get_origin(base) is tuple and opt.nargs is None:
+            kw["nargs"] = "+"
+            elem = typing.get_args(base)[0]
+            convert = elem if elem in (int, float, str) else str
+        elif base in (int, float, str):
+            convert = base
+        else:
+            raise TypeError(f"{f.name}: option type {base!r} needs parse=")
+    if opt.nargs is not None:
+        kw["nargs"] = opt.nargs
+    if convert is not str or opt.range is not None:
+        kw["type"] = _checked(convert, f.name, opt, flag)
+    if default not in (None, False, (), MISSING):
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) and \
+            opt.parse is not None else default
+        shown = " ".join(map(str, shown)) if isinstance(shown, tuple) else shown
+        kw["help"] = f"{opt.help} (default: {shown})".replace("%", "%%")
+    else:
+        kw["help"] = opt.help.replace("%", "%%")
+    return kw
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
+                exclude: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> None:
+    """Add an argument for every CLI field of config class ``cls`` (nested configs too).
+
+    Args:
+        parser: the (sub)parser or argument group.
+        cls: a ``Config`` dataclass.
+        exclude: field names to leave out (set by the command itself).
+        defaults: command-specific defaults overriding the dataclass's (e.g. the demo's
+            smaller classifier); ``from_args`` then passes them on explicitly.
+    """
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        tp = hints[f.name]
+        if _is_config(tp):
+            add_options(parser, tp, exclude=exclude, defaults=defaults)
+            continue
+        opt = f.metadata.get(_KEY)
+        if opt is None or not opt.cli:
+            continue
+        kw = _kwargs(f, tp, opt)
+        if defaults and f.name in defaults:
+            kw["default"] = defaults[f.name]
+            kw["help"] = kw["help"].split(" (default:")[0] + f" (default: {defaults[f.name]})"
+        parser.add_argument(flag_of(f), **kw)
+
+
+def from_args(cls: type, args: argparse.Namespace, **overrides: Any):
+    """Build config ``cls`` from parsed arguments (fields not on the command line keep their
+    dataclass defaults; ``overrides`` win)."""
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if f.name in overrides:
+            kwargs[f.name] = overrides[f.name]
+        elif _is_config(tp):
+            kwargs[f.name] = from_args(tp, args, **overrides)
+        elif hasattr(args, f.name):
+            value = getattr(args, f.name)
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
+
+
+def cli_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """Every (field, resolved default) on the command line, nested configs included."""
+    hints = _hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_config(tp):
+            out.extend(cli_fields(tp))
+            continue
+        opt = f.metadata.get(_KEY)
+        if opt is not None and opt.cli:
+            default = f.default if f.default is not MISSING else (
+                f.default_factory() if f.default_factory is not MISSING else None)
+            out.append((f, default))
+    return out
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``weakpaste paste: error: argument --x: ...`` and exit 2
+    (argparse's default prints the whole usage first)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
