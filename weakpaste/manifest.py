@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,29 @@ def read_manifest(out_dir: str | os.PathLike) -> dict | None:
         return None
 
 
+def check_not_an_input(out_dir: str | os.PathLike,
+                       inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an output folder that is, contains, or lies inside one of the inputs.
+
+    ``--overwrite`` deletes the output folder and a run writes into it, so either would
+    destroy an input (``paste --bank B --out B --overwrite`` deleted the bank).
+
+    Raises:
+        WeakpasteError: naming the output, the input and the fix.
+    """
+    out = Path(out_dir).resolve()
+    for item in inputs:
+        if item is None or str(item) == "":
+            continue
+        path = Path(item).resolve()
+        if out == path or out in path.parents or path in out.parents:
+            raise WeakpasteError(f"{out_dir}: the output folder overlaps the input {item}; "
+                                 "choose an --out outside every input")
+
+
 def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
-                       resume: bool = False, stage: str) -> Path:
+                       resume: bool = False, stage: str,
+                       inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """Create ``out_dir`` or check that it may be used.
 
     Args:
@@ -57,12 +79,15 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
         overwrite: delete an existing weakpaste output of any stage first.
         resume: keep an existing output of the same ``stage`` to continue it.
         stage: the stage about to write.
+        inputs: the run's input files and folders; ``out_dir`` may not be, contain or lie
+            inside any of them (``check_not_an_input``).
 
     Raises:
         WeakpasteError: the folder is not empty and neither flag allows it, or ``overwrite``
             was asked for a folder weakpaste did not make.
     """
     out = Path(out_dir)
+    check_not_an_input(out, inputs)
     if out.exists() and not out.is_dir():
         raise WeakpasteError(f"{out}: exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
