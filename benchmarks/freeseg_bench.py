@@ -29,8 +29,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from weakpaste.evaluate import evaluate_masks
 from weakpaste.mine.freeseg import FreeSegConfig, FreeSegParams, _class_stage, run_mine_freeseg
+from weakpaste.mine.quality import evaluate_masks
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STAGES = ("saliency", "features", "lore", "coseg", "refine", "rank")

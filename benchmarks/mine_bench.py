@@ -20,8 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
-from weakpaste.evaluate import evaluate_masks, format_table
 from weakpaste.mine.fem import FemParams, MineConfig, run_mine_fem
+from weakpaste.mine.quality import evaluate_masks, format_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

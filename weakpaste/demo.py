@@ -104,8 +104,8 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
         The demo's manifest.
     """
     from weakpaste.bank import run_bank_from_coco
-    from weakpaste.evaluate import evaluate_masks, format_table
     from weakpaste.mine.fem import FemParams, MineConfig, run_mine_fem
+    from weakpaste.mine.quality import evaluate_masks, format_table
     from weakpaste.paste.run import PasteConfig, run_paste
     from weakpaste.stats import run_stats
     from weakpaste.viz import run_viz
