@@ -1,6 +1,6 @@
 """FreeSeg segment quality and speed on coco_mini_objects (object-centric crops, GT masks hidden).
 
-For each saliency backend, runs ``weakpaste mine --method freeseg`` on the folder-per-class
+For each saliency backend, runs ``weakpaste mine freeseg`` on the folder-per-class
 images and scores, with the metrics of ``weakpaste evaluate-masks``:
     raw      the raw co-segmentation map >= 0.5 (one mask per image);
     refined  after FreeSeg's refinement (Gaussian, Li threshold, opening, largest component);
@@ -29,7 +29,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from weakpaste.mine.freeseg import FreeSegConfig, FreeSegParams, _class_stage, run_mine_freeseg
+from weakpaste.mine.config import ClassifierSpec, FreeSegConfig, FreeSegParams
+from weakpaste.mine.freeseg import _class_stage, run_mine_freeseg
 from weakpaste.mine.quality import evaluate_masks
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -41,7 +42,7 @@ def coseg_weight_variant(out: Path, config: FreeSegConfig, weight: float) -> dic
     """Re-run the per-class stage of a finished run with another ``coseg_weight`` (the cached
     per-image saliency, features and LORE boxes are reused) -> stage -> predictions."""
     config = dataclasses.replace(config, coseg_weight=weight)
-    pkl_dir = next(d for d in (out / ".cache").iterdir() if d.name != "saliency")
+    pkl_dir = next(d for d in (out / ".cache").iterdir() if d.is_dir() and d.name != "saliency")
     by_class = defaultdict(list)
     for f in sorted(pkl_dir.glob("*.pkl")):
         res = pickle.loads(f.read_bytes())
@@ -102,9 +103,9 @@ def main() -> None:
         resume = args.reuse and (out / "manifest.json").is_file()
         if out.exists() and not resume:
             shutil.rmtree(out)
-        config = FreeSegConfig(backbone=args.backbone, weights=args.weights,
-                               classifier=classifier, epochs=args.epochs, seed=args.seed,
-                               saliency_cache=str(args.cache),
+        model = ClassifierSpec(backbone=args.backbone, weights=args.weights,
+                               classifier=classifier, epochs=args.epochs)
+        config = FreeSegConfig(model=model, seed=args.seed, saliency_cache=str(args.cache),
                                params=FreeSegParams(saliency=spec))
         start = time.perf_counter()
         manifest = run_mine_freeseg(str(args.data / "images"), None, str(out), config,

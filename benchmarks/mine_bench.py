@@ -20,7 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
-from weakpaste.mine.fem import FemParams, MineConfig, run_mine_fem
+from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams
+from weakpaste.mine.fem import run_mine_fem
 from weakpaste.mine.quality import evaluate_masks, format_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -45,9 +46,10 @@ def main() -> None:
     gt = args.data / "instances.json"
     if args.out.exists():
         shutil.rmtree(args.out)
-    config = MineConfig(backbone=args.backbone, weights=args.weights, epochs=args.epochs,
-                        em_iters=args.em_iters, keep=args.keep,
-                        params=FemParams(candidates=args.candidates, rank=args.rank))
+    config = FemConfig(model=ClassifierSpec(backbone=args.backbone, weights=args.weights,
+                                            epochs=args.epochs),
+                       em_iters=args.em_iters, keep=args.keep,
+                       params=FemParams(candidates=args.candidates, rank=args.rank))
     start = time.perf_counter()
     manifest = run_mine_fem(str(args.data / "images"), str(gt), str(args.out), config,
                             workers=args.workers, progress=False, save_baselines=True)

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -8,9 +9,9 @@ from weakpaste.cli import main
 from weakpaste.demo import write_synthetic_dataset
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import load_coco
+from weakpaste.io.images import write_image
+from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams
 from weakpaste.mine.fem import (
-    FemParams,
-    MineConfig,
     cam_anchor,
     cam_gain,
     cam_iou,
@@ -19,8 +20,9 @@ from weakpaste.mine.fem import (
 )
 from weakpaste.mine.proposals import Proposals
 
-TINY = dict(backbone="resnet18", weights="none", epochs=3, input_size=64, crop_size=48,
-            min_samples=3, score_threshold=0.0)
+MODEL = ClassifierSpec(backbone="resnet18", weights="none", epochs=3, input_size=64,
+                       crop_size=48)
+TINY = dict(model=MODEL, min_samples=3, score_threshold=0.0)
 
 
 def test_cam_anchor_values():
@@ -75,7 +77,7 @@ def scenes(tmp_path_factory):
 def test_run_mine_fem_end_to_end(scenes, tmp_path):
     root, gt = scenes
     out = tmp_path / "bank"
-    config = MineConfig(**TINY, params=FemParams(candidates=4, max_side=128))
+    config = FemConfig(**TINY, params=FemParams(candidates=4, max_side=128))
     m = run_mine_fem(str(root / "images"), str(gt), str(out), config, progress=False,
                      save_baselines=True)
     c = m["counts"]
@@ -106,7 +108,7 @@ def test_run_mine_fem_end_to_end(scenes, tmp_path):
 def test_em_iters_zero_equals_step1(scenes, tmp_path):
     root, gt = scenes
     out = tmp_path / "b"
-    config = MineConfig(**{**TINY, "em_iters": 0}, params=FemParams(candidates=4, max_side=128))
+    config = FemConfig(**{**TINY, "em_iters": 0}, params=FemParams(candidates=4, max_side=128))
     run_mine_fem(str(root / "images"), str(gt), str(out), config, progress=False,
                  save_baselines=True)
     final = json.loads((out / "pseudo_labels.json").read_text())["annotations"]
@@ -117,11 +119,11 @@ def test_em_iters_zero_equals_step1(scenes, tmp_path):
 def test_unknown_class_for_a_reused_classifier(scenes, tmp_path):
     root, gt = scenes
     out = tmp_path / "b"
-    config = MineConfig(**TINY, params=FemParams(candidates=4, max_side=128))
+    config = FemConfig(**TINY, params=FemParams(candidates=4, max_side=128))
     run_mine_fem(str(root / "images"), str(gt), str(out), config, progress=False)
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"scene_00000.png": ["unicorn"]}))
-    reuse = MineConfig(**{**TINY, "classifier": str(out / "classifier.pt")})
+    reuse = FemConfig(**{**TINY, "model": MODEL.replace(classifier=str(out / "classifier.pt"))})
     with pytest.raises(WeakpasteError, match=r"class 'unicorn' is not among the classes of the "
                                              r"classifier .*classifier.pt; retrain it"):
         run_mine_fem(str(root / "images"), str(labels), str(tmp_path / "c"), reuse,
@@ -142,3 +144,183 @@ def test_cli_mine(scenes, tmp_path, capsys):
     assert main(["mine", "--method", "freeseg", "--images", str(root), "--out",
                  str(tmp_path / "x"), "--saliency", str(tmp_path / "missing.onnx")]) == 2
     assert "saliency model not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the CLI on a finished run
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+CLI_TINY = ["--backbone", "resnet18", "--weights", "none", "--epochs", "2", "--input-size", "64",
+            "--crop-size", "48", "--candidates", "4", "--max-side", "128", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(scenes, tmp_path_factory):
+    """``mine fem`` over the scenes plus a 1x1 image, with a JSON labels file:
+    (images, labels, out, stderr)."""
+    import contextlib
+    import io
+    import shutil
+
+    root, gt = scenes
+    work = tmp_path_factory.mktemp("cli_run")
+    images = work / "images"
+    shutil.copytree(root / "images", images)
+    write_image(images / "tiny.png", np.full((1, 1, 3), 200, np.uint8))
+    doc = load_coco(gt, images)
+    labels = {r.file_name: sorted({c for c in r.instances.classes}) for r in doc.records}
+    labels["tiny.png"] = ["disc"]
+    (work / "labels.json").write_text(json.dumps(labels))
+    out = work / "bank"
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(["mine", "fem", "--images", str(images), "--labels",
+                     str(work / "labels.json"), "--out", str(out), *CLI_TINY])
+    assert code == 0, stderr.getvalue()
+    return images, work / "labels.json", out, stderr.getvalue()
+
+
+def test_cli_mine_fem_skips_a_1x1_image(cli_run):
+    images, labels, out, stderr = cli_run
+    c = json.loads((out / "manifest.json").read_text())["counts"]
+    assert c["labelled_images"] == 9 and c["skipped"]["smaller than 16 px"] == 1
+    assert "smaller than 16 px" in stderr
+    sources = {e["source_image"] for e in SegmentBank(out).iter_index()}
+    assert sources and "tiny.png" not in sources
+    assert len(SegmentBank(out)) == c["segments"]
+
+
+def _drop_half_the_cache(out):
+    """Make a finished run look interrupted half-way (as Ctrl-C after some images)."""
+    cached = sorted((out / ".cache").glob("*/*.pkl"))
+    for f in cached[::2]:
+        f.unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    return len(cached[::2])
+
+
+def test_resume_rebuilds_the_bank(cli_run, tmp_path, capsys):
+    """Resuming a finished or partly finished run rewrites the bank: no segment twice."""
+    import shutil
+
+    images, labels, done, _ = cli_run
+    out = tmp_path / "bank"
+    shutil.copytree(done, out)
+    n = json.loads((out / "manifest.json").read_text())["counts"]["segments"]
+    index = (out / "index.jsonl").read_bytes()
+    assert n > 0 and len(SegmentBank(out)) == n
+    argv = ["mine", "fem", "--images", str(images), "--labels", str(labels), "--out", str(out),
+            "--resume", *CLI_TINY]
+    assert main(argv) == 0
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["mined_this_run"] == 0 and counts["segments"] == n
+    assert len(SegmentBank(out)) == n and (out / "index.jsonl").read_bytes() == index
+    dropped = _drop_half_the_cache(out)
+    assert main(argv) == 0
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["mined_this_run"] == dropped == 5
+    assert len(SegmentBank(out)) == n and (out / "index.jsonl").read_bytes() == index
+    assert len(json.loads((out / "pseudo_labels.json").read_text())["annotations"]) == n
+
+
+def _refused(argv, out, capsys) -> str:
+    before = _snapshot(out)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert _snapshot(out) == before  # untouched
+    return err[0]
+
+
+def test_resume_refuses_changed_options(cli_run, capsys):
+    images, labels, out, _ = cli_run
+    base = ["mine", "fem", "--images", str(images), "--labels", str(labels), "--out", str(out),
+            "--resume", *CLI_TINY]
+    fix = "; rerun with that run's options and inputs, or pass --overwrite instead of --resume"
+    assert _refused([*base, "--epochs", "3"], out, capsys) == (
+        f"weakpaste: error: {out}: cannot resume: epochs (--epochs) was 2, now 3{fix}")
+    assert _refused([*base, "--cam-threshold", "0.3"], out, capsys) == (
+        f"weakpaste: error: {out}: cannot resume: cam_threshold (--cam-threshold) was 0.5, "
+        f"now 0.3{fix}")
+
+
+def test_resume_refuses_another_method(cli_run, capsys):
+    images, labels, out, _ = cli_run
+    err = _refused(["mine", "--method", "freeseg", "--images", str(images), "--labels",
+                    str(labels), "--out", str(out), "--resume", "--quiet"], out, capsys)
+    assert err.startswith(f"weakpaste: error: {out}: cannot resume: it was mined with "
+                          "'mine fem', this is 'mine freeseg'; rerun")
+
+
+def test_resume_refuses_changed_inputs(cli_run, tmp_path, capsys):
+    import shutil
+
+    images, labels, out, _ = cli_run
+    moved = tmp_path / "images"
+    shutil.copytree(images, moved)
+    argv = ["mine", "fem", "--labels", str(labels), "--out", str(out), "--resume", *CLI_TINY]
+    # Compared by content: a copy with one image changed.
+    write_image(moved / "scene_00002.png", np.zeros((96, 128, 3), np.uint8))
+    assert _refused([*argv, "--images", str(moved)], out, capsys) == (
+        f"weakpaste: error: {out}: cannot resume: the images changed since that run "
+        "(scene_00002.png differs); rerun with that run's options and inputs, or pass "
+        "--overwrite instead of --resume")
+    edited = tmp_path / "labels.json"
+    doc = json.loads(labels.read_text())
+    edited.write_text(json.dumps({**doc, "tiny.png": ["ring"]}))
+    err = _refused(["mine", "fem", "--images", str(images), "--labels", str(edited), "--out",
+                    str(out), "--resume", *CLI_TINY], out, capsys)
+    assert "cannot resume: the labels file changed since that run" in err
+
+
+def test_out_overlapping_an_input_is_refused(cli_run, capsys):
+    images, labels, out, _ = cli_run
+    err = _refused(["mine", "fem", "--images", str(images), "--labels", str(labels), "--out",
+                    str(images / "bank"), *CLI_TINY], images, capsys)
+    assert err == (f"weakpaste: error: {images / 'bank'}: the output folder overlaps the input "
+                   f"{images}; choose an --out outside every input")
+    err = _refused(["mine", "fem", "--images", str(images), "--labels", str(labels),
+                    "--classifier", str(out / "classifier.pt"), "--out", str(out),
+                    "--overwrite", *CLI_TINY], out, capsys)
+    assert "the output folder overlaps the input" in err
+
+
+def test_cli_mine_fem_with_sam_proposals(scenes, tmp_path, monkeypatch):
+    """``--proposals sam`` reaches SamProposer (a stand-in model: the real package and its
+    checkpoints are not installed here), alone or with slic."""
+    from test_mine_proposals import fake_segment_anything
+
+    root, gt = scenes
+    calls = []
+
+    def records(image):
+        calls.append(image.shape)
+        box = np.zeros(image.shape[:2], bool)
+        box[20:60, 30:90] = True
+        return [{"segmentation": box, "predicted_iou": 0.9}]
+
+    fake_segment_anything(monkeypatch, records)
+    checkpoint = tmp_path / "sam_vit_b.pth"
+    checkpoint.write_bytes(b"weights")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"scene_00000.png": ["disc"], "scene_00001.png": ["ring"]}))
+    base = ["mine", "fem", "--images", str(root / "images"), "--labels", str(labels),
+            "--sam-checkpoint", str(checkpoint), *CLI_TINY]
+    assert main([*base, "--out", str(tmp_path / "a"), "--proposals", "sam"]) == 0
+    assert calls == [(96, 128, 3)] * 2
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["inputs"]["sam_checkpoint"] == hashlib.sha256(b"weights").hexdigest()
+    doc = load_coco(tmp_path / "a" / "pseudo_labels.json", root / "images")
+    masks = [m for r in doc.records for m in r.instances.masks()]
+    # Every mined mask is the stand-in's (a random classifier may leave a Grad-CAM empty).
+    assert masks and all(m.sum() == 40 * 60 and m[20:60, 30:90].all() for m in masks)
+    assert main([*base, "--out", str(tmp_path / "b"), "--proposals", "slic", "sam",
+                 "--classifier", str(tmp_path / "a" / "classifier.pt")]) == 0
+    assert len(calls) == 4
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["config"]["params"][
+        "methods"] == ["slic", "sam"]

@@ -12,9 +12,8 @@ from weakpaste.bank import SegmentBank
 from weakpaste.cli import main
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import read_image
+from weakpaste.mine.config import ClassifierSpec, FreeSegConfig, FreeSegParams
 from weakpaste.mine.freeseg import (
-    FreeSegConfig,
-    FreeSegParams,
     box_mask,
     coseg_maps,
     drop_rate,
@@ -455,9 +454,9 @@ def test_cli_freeseg_end_to_end(mined):
 
 def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
     out, _, _, cache = mined
-    config = FreeSegConfig(backbone="resnet18", weights=None, input_size=64, crop_size=48,
-                           classifier=str(out / "classifier.pt"), min_score=0.6, min_drop=0.3,
-                           saliency_cache=str(cache))
+    model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,
+                           classifier=str(out / "classifier.pt"))
+    config = FreeSegConfig(model=model, min_score=0.6, min_drop=0.3, saliency_cache=str(cache))
     again = run_mine_freeseg(str(objects), None, str(tmp_path / "b"), config, progress=False,
                              save_baselines=True, workers=2)
     assert again["counts"]["saliency_from_cache"] == 12
@@ -485,8 +484,13 @@ def test_cli_freeseg_bad_input(objects, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "expected one float32 image input of shape [1, 3, H, W]" in err
     assert "found 'x' [1, 4, 32, 32]" in err and not (tmp_path / "o1").exists()
-    assert _mine(objects, tmp_path / "o2", "--min-drop-rate", "1.5") == 2
-    assert "min_drop must be in [0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse checks the range
+        _mine(objects, tmp_path / "o2", "--min-drop-rate", "1.5")
+    assert exc.value.code == 2 and not (tmp_path / "o2").exists()
+    assert "argument --min-drop-rate: must be in [0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(WeakpasteError, match=r"^min_drop \(--min-drop-rate\) must be in "
+                                             r"\[0, 1\], got 1.5$"):
+        FreeSegConfig(min_drop=1.5)
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"disc/disc0.png": ["disc", "square"]}))
     assert main(["mine", "--method", "freeseg", "--images", str(objects), "--labels",
@@ -500,8 +504,10 @@ def test_labels_file_maps_images_to_classes(objects, tmp_path):
         f"{k}/{k}{i}.png,{'round' if k == 'disc' else 'box'}\n"
         for k, n in (("disc", 4), ("square", 3)) for i in range(n)))
     m = run_mine_freeseg(str(objects), str(labels), str(tmp_path / "bank"),
-                         FreeSegConfig(backbone="resnet18", weights=None, epochs=2,
-                                       input_size=64, crop_size=48, min_score=0, min_drop=0),
+                         FreeSegConfig(model=ClassifierSpec(backbone="resnet18", weights=None,
+                                                            epochs=2, input_size=64,
+                                                            crop_size=48),
+                                       min_score=0, min_drop=0),
                          progress=False)
     assert m["counts"]["object_centric_images"] == 7
     assert m["coseg"]["images_per_class"] == {"box": 3, "round": 4}

@@ -54,6 +54,7 @@ from scipy import ndimage, sparse
 from skimage.segmentation import felzenszwalb, slic
 
 from weakpaste.errors import WeakpasteError
+from weakpaste.mine.config import METHODS, MIN_IMAGE_SIDE
 
 __all__ = [
     "METHODS",
@@ -62,12 +63,6 @@ __all__ = [
     "SamProposer",
     "generate_proposals",
 ]
-
-METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
-"""Proposal methods :func:`generate_proposals` accepts."""
-
-MIN_IMAGE_SIDE = 16
-"""Smallest accepted image height or width, in pixels."""
 
 DUPLICATE_IOU = 0.9
 """Two candidates overlapping more than this are near-duplicates: only the first is kept."""
