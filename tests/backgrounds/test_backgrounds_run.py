@@ -118,8 +118,9 @@ def test_bad_options():
     from weakpaste.backgrounds.run import BackgroundsConfig
 
     with pytest.raises(WeakpasteError) as err:
-        BackgroundsConfig(keep=6, images_per_caption=5).validate()
-    assert str(err.value) == "--keep 6 is more than --images-per-caption 5"
+        BackgroundsConfig(keep=6, images_per_caption=5)
+    assert str(err.value) == ("keep (--keep) 6 is more than images_per_caption "
+                              "(--images-per-caption) 5")
 
 
 @pytest.fixture(scope="module")
