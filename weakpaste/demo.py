@@ -107,7 +107,7 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
     from weakpaste.evaluate import evaluate_masks, format_table
     from weakpaste.mine.fem import FemParams, MineConfig, run_mine_fem
     from weakpaste.paste.run import PasteConfig, run_paste
-    from weakpaste.stats import run_stats
+    from weakpaste.stats import format_stats, run_stats
     from weakpaste.viz import VizConfig, run_viz
 
     if train and not mine:
@@ -159,7 +159,7 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
         print("\npseudo-label quality of the mined bank against the hidden ground truth:")
         print(format_table(quality))
     print()
-    print(run_stats(out / "pasted" / "annotations.json"))
+    print(format_stats(run_stats(out / "pasted" / "annotations.json")))
     source = ("F-EM from image-level labels; mined masks: "
               f"{out / 'viz_mined' / 'contact_sheet.png'}" if mine else "ground truth")
     print(f"\nsynthetic scenes : {scenes}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from weakpaste.cli.common import command, common, workers
@@ -56,9 +57,11 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from weakpaste.stats import run_stats
+    from weakpaste.stats import format_stats, run_stats
 
-    print(run_stats(args.coco_json, images_dir=args.images, as_json=args.json))
+    stats = run_stats(args.coco_json, images_dir=args.images)
+    print(json.dumps(stats, indent=2) if args.json else f"{args.coco_json}\n\n"
+          f"{format_stats(stats)}")
     return 0
 
 
