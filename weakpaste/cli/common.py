@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
-from pathlib import Path
-
-from weakpaste.errors import WeakpasteError
 
 Builder = Callable[[argparse.ArgumentParser], None]
 
@@ -56,30 +52,6 @@ def float_pair(text: str) -> tuple[float, float]:
     if hi < lo or lo <= 0:
         raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
     return lo, hi
-
-
-def count_range(text: str) -> tuple[int, int]:
-    from weakpaste.paste.plan import parse_count_range
-
-    try:
-        return parse_count_range(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def read_weights(path: str) -> dict[str, float]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise WeakpasteError(f"{path}: class weights file not found") from None
-    except json.JSONDecodeError as err:
-        raise WeakpasteError(f"{path}: not valid JSON ({err.msg}); write an object like "
-                             '{"dog": 2.0, "cat": 1.0}') from None
-    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
-        raise WeakpasteError(f"{path}: class weights must be a JSON object of class name -> "
-                             'number, e.g. {"dog": 2.0, "cat": 1.0}')
-    return {str(k): float(v) for k, v in data.items()}
-
 
 
 def fractions(text: str) -> tuple[float, ...]:

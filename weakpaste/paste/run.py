@@ -28,6 +28,7 @@ from weakpaste.bank import BankTable, SegmentBank
 from weakpaste.errors import WeakpasteError
 from weakpaste.io import coco
 from weakpaste.io.images import atomic_write_bytes, encode_image, list_images, read_image
+from weakpaste.io.jsonfile import read_json
 from weakpaste.manifest import file_sha256, prepare_output_dir, read_manifest, write_manifest
 from weakpaste.ops import masks as mask_ops
 from weakpaste.options import option
@@ -40,13 +41,7 @@ PARTS_GLOB = ".parts-*.jsonl"
 
 def read_class_weights(path: str) -> dict[str, float]:
     """``--class-weights FILE``: a JSON object of class name -> weight."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise WeakpasteError(f"{path}: class weights file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise WeakpasteError(f"{path}: not valid JSON ({getattr(err, 'msg', err)}); write an "
-                             'object like {"dog": 2.0, "cat": 1.0}') from None
+    data = read_json(path, what="class weights file", example='{"dog": 2.0, "cat": 1.0}')
     if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
         raise WeakpasteError(f"{path}: class weights must be a JSON object of class name -> "
                              'number, e.g. {"dog": 2.0, "cat": 1.0}')
