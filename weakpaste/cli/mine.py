@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from weakpaste.cli.common import common
+from weakpaste.cli.common import command, common, workers
 from weakpaste.options import add_options, from_args
 
 METHODS = ("fem", "freeseg")
@@ -104,49 +104,58 @@ def _add_run_options(p: argparse.ArgumentParser, labels: str, baselines: str) ->
     p.add_argument("--images", required=True, help="folder of the images")
     p.add_argument("--labels", help=labels)
     p.add_argument("--out", required=True, help="bank folder to create")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes for the per-image stage (default: 1)")
+    workers(p)
     p.add_argument("--resume", action="store_true",
                    help="continue a run in --out made with the same options and inputs")
     p.add_argument("--save-baselines", action="store_true", help=baselines)
     common(p)
 
 
-def _add_method(methods: argparse._SubParsersAction, name: str, config: type, func, *,
-                help: str, labels: str, baselines: str) -> None:
-    from weakpaste.mine.config import ClassifierSpec
+def _build_method(config_name: str, func, labels: str, baselines: str):
+    """The builder of one method's arguments: run options, the classifier, the method's own."""
 
-    p = methods.add_parser(name, help=help, description=help)
-    _add_run_options(p, labels, baselines)
-    add_options(p.add_argument_group("classifier"), ClassifierSpec)
-    add_options(p.add_argument_group(name), config, exclude=("model",))
-    p.set_defaults(func=func)
+    def build(p: argparse.ArgumentParser) -> None:
+        from weakpaste.mine import config
+
+        _add_run_options(p, labels, baselines)
+        add_options(p.add_argument_group("classifier"), config.ClassifierSpec)
+        add_options(p.add_argument_group(p.prog.split()[-1]), getattr(config, config_name),
+                    exclude=("model",))
+        p.set_defaults(func=func)
+
+    return build
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the top-level parser."""
-    from weakpaste.mine.config import FemConfig, FreeSegConfig
-
-    p = sub.add_parser("mine", help="mine object masks from image-level labels into a bank",
-                       description="mine object masks from image-level labels into a segment "
-                                   "bank ('mine --method X' is the older spelling of 'mine X')")
+def _build_mine(p: argparse.ArgumentParser) -> None:
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
-    _add_method(methods, "fem", FemConfig, _cmd_mine_fem,
-                help="EM-Paste's F-EM on scene images with class tags",
-                labels="COCO JSON (annotated categories = labels), CSV (image,labels with ';') "
-                       "or JSON {image: [classes]}; omit for one sub-folder per class",
-                baselines="also write baselines/cam.json and baselines/step1.json")
-    _add_method(methods, "freeseg", FreeSegConfig, _cmd_mine_freeseg,
-                help="FreeSeg co-segmentation + ranking on object-centric images (one class "
-                     "each)",
-                labels="labels file mapping each image to one class (as for fem); omit for "
-                       "one sub-folder per class",
-                baselines="also write baselines/raw.json, refined.json and random.json")
+    command(methods, "fem", "EM-Paste's F-EM on scene images with class tags",
+            _build_method("FemConfig", _cmd_mine_fem,
+                          labels="COCO JSON (annotated categories = labels), CSV (image,labels "
+                                 "with ';') or JSON {image: [classes]}; omit for one sub-folder "
+                                 "per class",
+                          baselines="also write baselines/cam.json and baselines/step1.json"))
+    command(methods, "freeseg", "FreeSeg co-segmentation + ranking on object-centric images "
+                                "(one class each)",
+            _build_method("FreeSegConfig", _cmd_mine_freeseg,
+                          labels="labels file mapping each image to one class (as for fem); "
+                                 "omit for one sub-folder per class",
+                          baselines="also write baselines/raw.json, refined.json and "
+                                    "random.json"))
 
-    p = sub.add_parser("evaluate-masks",
-                       help="pseudo-label quality of a bank or COCO file against ground truth")
+
+def _build_evaluate_masks(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", help="a segment bank folder or a COCO JSON of predicted masks")
     p.add_argument("--gt", required=True, help="ground-truth COCO JSON with instance masks")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_evaluate_masks)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's commands to the top-level parser."""
+    # 'mine --method X' (the older spelling of 'mine X') is rewritten by rewrite_alias.
+    command(sub, "mine", "mine object masks from image-level labels into a segment bank",
+            _build_mine)
+    command(sub, "evaluate-masks",
+            "pseudo-label quality of a bank or COCO file against ground truth",
+            _build_evaluate_masks)
