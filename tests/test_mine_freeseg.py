@@ -13,13 +13,11 @@ from weakpaste.cli import main
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import read_image
 from weakpaste.mine.config import ClassifierSpec, FreeSegConfig, FreeSegParams
+from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
 from weakpaste.mine.freeseg import (
     box_mask,
-    coseg_maps,
     drop_rate,
     freeseg_score,
-    fuse_maps,
-    grid_prior,
     keep_segment,
     largest_component,
     lore_box,
