@@ -33,15 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from weakpaste.mine.config import MIN_IMAGE_SIDE, FemConfig, FemParams
-from weakpaste.mine.pipeline import (
-    ImagePicks,
-    Item,
-    Miner,
-    Pick,
-    Plan,
-    Selection,
-    run_mine,
-)
+from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
 from weakpaste.ops import masks as mask_ops
 
 __all__ = ["FemConfig", "FemMiner", "FemParams", "mine_image", "run_mine_fem"]

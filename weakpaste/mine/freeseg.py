@@ -56,15 +56,7 @@ import numpy as np
 from weakpaste.errors import WeakpasteError
 from weakpaste.mine.config import FreeSegConfig, FreeSegParams
 from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
-from weakpaste.mine.pipeline import (
-    ImagePicks,
-    Item,
-    Miner,
-    Pick,
-    Plan,
-    Selection,
-    run_mine,
-)
+from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
 from weakpaste.ops import masks as mask_ops
 
 MINER = "freeseg"

@@ -189,39 +189,38 @@ class Miner:
 # Shared helpers
 
 
-class LazyImages:
-    """A sequence of RGB images read on access (training never holds them all)."""
+def _unpickle(path: Path):
+    return pickle.loads(Path(path).read_bytes())
 
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
+
+class LazyFiles(Sequence):
+    """A sequence of files' contents, each loaded on access and never kept.
+
+    Used for the classifier's training images (``read_image``: training never holds them all)
+    and for the per-image results (``LazyFiles.results``: a selection holds what it needs).
+    Indexing with a slice, list or array gives a ``LazyFiles`` of those files.
+    """
+
+    def __init__(self, paths: list[Path], load: Callable = read_image):
+        self.paths, self.load = paths, load
+
+    @classmethod
+    def results(cls, files: list[Path]) -> LazyFiles:
+        """The per-image results, unpickled from their cache files."""
+        return cls(files, _unpickle)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return LazyImages(self.paths[i])
+            return LazyFiles(self.paths[i], self.load)
         if isinstance(i, list | tuple | np.ndarray):
-            return LazyImages([self.paths[j] for j in i])
-        return read_image(self.paths[i])
+            return LazyFiles([self.paths[j] for j in i], self.load)
+        return self.load(self.paths[i])
 
     def __iter__(self):
-        return (read_image(p) for p in self.paths)
-
-
-class CachedResults(Sequence):
-    """The per-image results, unpickled from their cache files on access."""
-
-    def __init__(self, files: list[Path]):
-        self.files = files
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return pickle.loads(self.files[i].read_bytes())
+        return (self.load(p) for p in self.paths)
 
 
 def cache_key(classifier_path: Path, params, extra: Iterable[str] = ()) -> str:
@@ -392,7 +391,7 @@ def get_classifier(spec: ClassifierSpec, plan: Plan, images_dir: Path, out: Path
     for i, r in enumerate(plan.train):
         for c in r.labels:
             y[i, index[c]] = 1.0
-    info = clf.train(LazyImages([images_dir / r.file_name for r in plan.train]), y,
+    info = clf.train(LazyFiles([images_dir / r.file_name for r in plan.train]), y,
                      mode=spec.train_mode, epochs=spec.epochs, seed=seed, progress=progress)
     clf.save(path)
     return path, info
@@ -449,7 +448,7 @@ def map_tasks(task: Callable, tasks: list, workers: int, init: Callable, init_ar
 
 def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path,
                 models: dict, *, workers: int, progress: bool,
-                timings: dict[str, float]) -> tuple[CachedResults, int]:
+                timings: dict[str, float]) -> tuple[LazyFiles, int]:
     """Run the miner's per-image function on every image not cached yet.
 
     Returns:
@@ -468,7 +467,7 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
         for k, v in secs.items():
             timings[k] += v
     timings["per_image_wall"] = time.perf_counter() - t
-    return CachedResults(files), len(tasks)
+    return LazyFiles.results(files), len(tasks)
 
 
 # --------------------------------------------------------------------------------------------
