@@ -234,6 +234,13 @@ class FemMiner(Miner):
     title = "F-EM"
     config: FemConfig
 
+    def plan(self, records: list, classes: list[str], source: str) -> Plan:
+        """Every labelled image (all classes; the classifier trains on every image)."""
+        plan = super().plan(records, classes, source)
+        plan.counts = {"labelled_images": len(plan.records),
+                       "labelled_pairs": sum(len(r.labels) for r in plan.records)}
+        return plan
+
     def inputs(self) -> dict[str, str]:
         p = self.config.params
         return {"sam_checkpoint": p.sam_checkpoint} if p.sam_checkpoint else {}
@@ -283,12 +290,6 @@ class FemMiner(Miner):
         return Selection(images, variants=("step1", "cam"),
                          counts={"below_score_threshold": dict(sorted(below.items()))},
                          skipped=skipped, extra={"em": em_info}, seconds=seconds)
-
-    def plan(self, records: list, classes: list[str], source: str) -> Plan:
-        plan = super().plan(records, classes, source)
-        plan.counts = {"labelled_images": len(plan.records),
-                       "labelled_pairs": sum(len(r.labels) for r in plan.records)}
-        return plan
 
 
 def run_mine_fem(images_dir: str, labels: str | None, out_dir: str, config: FemConfig, *,

@@ -179,9 +179,11 @@ class Miner:
         return {}
 
     def mine_image(self, models: dict, image: np.ndarray, item: Item):
+        """The pure per-image function (uint8 (H, W, 3) ``image``): a picklable result."""
         raise NotImplementedError
 
     def select(self, results: Sequence, plan: Plan) -> Selection:
+        """The pure selection over every image's result (in ``plan.items`` order)."""
         raise NotImplementedError
 
 
@@ -536,10 +538,20 @@ def write_outputs(out: Path, miner: Miner, plan: Plan, sel: Selection, *,
 # The run
 
 
+@dataclass
+class _Prepared:
+    out: Path
+    plan: Plan
+    models: dict        # the miner's opened models
+    config: dict        # the manifest's config
+    inputs: dict        # input name -> SHA-256
+    cache_extra: tuple  # what else names the per-image cache: the models' settings and files
+
+
 def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *,
-             overwrite: bool, resume: bool) -> tuple[Path, Plan, dict, dict, dict]:
+             overwrite: bool, resume: bool) -> _Prepared:
     """Everything before the first write: labels, plan, models check, hashes, output folder,
-    resume check. Returns (out, plan, models, manifest config, input hashes)."""
+    resume check."""
     from weakpaste.io.labels import load_labels
     from weakpaste.manifest import prepare_output_dir, read_manifest
 
@@ -550,7 +562,8 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
     hashes = image_hashes(images_dir, records)
     plan.items = [Item(r.file_name, str(images_dir / r.file_name), tuple(r.labels),
                        hashes[r.file_name]) for r in plan.records]
-    config = run_config(miner, images_dir, labels, miner.describe(models))
+    described = miner.describe(models)
+    config = run_config(miner, images_dir, labels, described)
     inputs = _input_hashes(miner, labels, hashes)
     out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="mine",
                              inputs=[images_dir, labels, miner.config.model.classifier,
@@ -560,7 +573,8 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
         check_resumable(out, old, config, inputs, option_flags(miner.config), hashes)
     (out / ".cache").mkdir(exist_ok=True)
     atomic_write_bytes(out / ".cache" / "images.json", json.dumps(hashes).encode())
-    return out, plan, models, config, inputs
+    extra = (*described.values(), *(inputs[k] for k in miner.inputs() if k in inputs))
+    return _Prepared(out, plan, models, config, inputs, extra)
 
 
 def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
@@ -587,22 +601,20 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
     timings: dict[str, float] = defaultdict(float)
     images_dir = Path(images_dir)
     cfg = miner.config
-    out, plan, models, config, inputs = _prepare(miner, images_dir, labels, out_dir,
-                                                 overwrite=overwrite, resume=resume)
+    run = _prepare(miner, images_dir, labels, out_dir, overwrite=overwrite, resume=resume)
+    out, plan = run.out, run.plan
     from weakpaste.manifest import write_manifest
 
-    write_manifest(out, stage="mine", config=config, seed=cfg.seed, inputs=inputs,
+    write_manifest(out, stage="mine", config=run.config, seed=cfg.seed, inputs=run.inputs,
                    status="running")
     t = time.perf_counter()
     clf_path, train_info = get_classifier(cfg.model, plan, images_dir, out, seed=cfg.seed,
                                           resume=resume, progress=progress,
                                           source=str(labels or images_dir))
     timings["classifier"] = time.perf_counter() - t
-    extra_key = (*miner.describe(models).values(),
-                 *(inputs[k] for k in miner.inputs() if k in inputs))
-    cache = out / ".cache" / cache_key(clf_path, cfg.params, extra_key)
-    results, mined = mine_images(miner, plan, cache, clf_path, out, models, workers=workers,
-                                 progress=progress, timings=timings)
+    cache = out / ".cache" / cache_key(clf_path, cfg.params, run.cache_extra)
+    results, mined = mine_images(miner, plan, cache, clf_path, out, run.models,
+                                 workers=workers, progress=progress, timings=timings)
     sel = miner.select(results, plan)
     timings.update(sel.seconds)
     t = time.perf_counter()
@@ -612,7 +624,7 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
     skipped.update(sel.skipped)
     counts = {**plan.counts, "mined_this_run": mined, **sel.counts, "segments": sum(kept.values()),
               "per_class": dict(sorted(kept.items())), "skipped": dict(skipped)}
-    return write_manifest(out, stage="mine", config=config, seed=cfg.seed, inputs=inputs,
-                          counts=counts,
+    return write_manifest(out, stage="mine", config=run.config, seed=cfg.seed,
+                          inputs=run.inputs, counts=counts,
                           extra={**sel.extra, "classifier_training": jsonable(train_info),
                                  "timings_s": {k: round(v, 3) for k, v in timings.items()}})
