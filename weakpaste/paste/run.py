@@ -163,7 +163,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     if inst is not None and (inst.height, inst.width) != (H, W):
         raise WeakpasteError(f"{background.path}: image is {W}x{H} but its annotations say "
                              f"{inst.width}x{inst.height}; fix 'width'/'height'")
-    bg_masks = inst.masks() if inst is not None else np.zeros((0, H, W), dtype=bool)
+    bg_masks = mask_ops.RleStack(inst.rles if inst is not None else (), H, W)
     bg_classes = inst.classes if inst is not None else ()
     bank = _open_bank(ctx.bank_root)
     picks = plan_mod.select_segments(rng, ctx.probabilities, cfg.objects)
@@ -171,7 +171,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     pixels = [_read_cached(bank, int(i)) for i in ids]
     occupied = None
     if cfg.placement == "space-max" and len(bg_masks):
-        occupied = bg_masks.any(axis=0)
+        occupied = bg_masks.any()
     plan = plan_mod.plan_image(rng, image_hw=(H, W), segment_ids=ids,
                                masks=[m for _, m in pixels], occupied=occupied,
                                params=cfg)
@@ -183,7 +183,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     out_dir = Path(ctx.out_dir)
     atomic_write_bytes(out_dir / "images" / file_name,
                        encode_image(out.image, cfg.image_format, cfg.jpeg_quality))
-    rles = mask_ops.encode_many(out.masks)
+    rles = out.rles()
     result = ItemResult(index=index, file_name=file_name, width=W, height=H,
                         annotations=[{"class": c, "rle": r, "pasted": bool(p)}
                                      for c, r, p in zip(out.classes, rles, out.pasted,
