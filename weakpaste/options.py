@@ -290,3 +290,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def parse_float_pair(text: str) -> tuple[float, float]:
+    """``"0.3,1.0"`` -> (0.3, 1.0), a ``parse=`` for scale ranges.
+
+    Raises:
+        ValueError: not two numbers, or not 0 < LO <= HI (the message shows the form).
+    """
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"expected LO,HI (e.g. 0.3,1.0), got {text!r}") from None
+    if hi < lo or lo <= 0:
+        raise ValueError(f"expected 0 < LO <= HI, got {text!r}")
+    return lo, hi

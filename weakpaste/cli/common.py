@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from weakpaste.errors import WeakpasteError
+from weakpaste.options import parse_float_pair
 
 
 def common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -18,13 +19,11 @@ def common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 
 def float_pair(text: str) -> tuple[float, float]:
+    """argparse ``type`` of ``weakpaste.options.parse_float_pair``."""
     try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.3,1.0), got {text!r}") from None
-    if hi < lo or lo <= 0:
-        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
-    return lo, hi
+        return parse_float_pair(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def count_range(text: str) -> tuple[int, int]:
@@ -49,16 +48,6 @@ def read_weights(path: str) -> dict[str, float]:
                              'number, e.g. {"dog": 2.0, "cat": 1.0}')
     return {str(k): float(v) for k, v in data.items()}
 
-
-
-def fractions(text: str) -> tuple[float, ...]:
-    if text.strip().lower() in ("", "none"):
-        return ()
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected fractions like 0.667,0.889 (or none), got "
-                                         f"{text!r}") from None
 
 
 def torch_threads(threads: int | None) -> None:
