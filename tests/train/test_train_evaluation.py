@@ -120,3 +120,16 @@ def test_lvis_frequencies_are_read_from_categories(tmp_path):
     metrics = V.evaluate_results(path, _gt_as_results(path), frequency=V.lvis_frequencies(path))
     assert (metrics["segm"]["APr"], metrics["segm"]["APc"], metrics["segm"]["APf"]) == \
         (1.0, None, 1.0)
+
+
+def test_run_eval_refuses_an_output_around_an_input(tmp_path):
+    path, _ = write_tiny_coco(tmp_path / "data")
+    pred = tmp_path / "preds" / "pred.json"
+    pred.parent.mkdir()
+    pred.write_text(json.dumps(_gt_as_results(path)))
+    for out, given in ((tmp_path / "data", path), (tmp_path / "preds", pred)):
+        with pytest.raises(WeakpasteError) as err:
+            V.run_eval(EvalConfig(), str(path), out, predictions=pred, overwrite=True)
+        assert str(err.value) == (f"{out}: the output folder overlaps the input {given}; "
+                                  "choose an --out outside every input")
+    assert path.is_file() and pred.is_file()

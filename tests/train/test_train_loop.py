@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from train_helpers import one_torch_thread, tiny_train_config, write_tiny_coco
+from train_helpers import LAYOUTS, one_torch_thread, tiny_train_config, write_tiny_coco
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.train import loop as E
@@ -80,3 +80,31 @@ def test_training_data_without_instances_is_refused(tmp_path):
     assert str(err.value) == (f"{path}: no instance to learn from in the stage 1 data; check "
                               "that its annotations carry segmentations")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_output_inside_an_input_is_refused(tmp_path):
+    path, images = write_tiny_coco(tmp_path)
+    weights = tmp_path / "weights" / "w.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"x")
+    for out, given in ((images / "run", images), (weights.parent, weights)):
+        with pytest.raises(WeakpasteError) as err:
+            E.run_train(tiny_train_config(weights=str(weights)), [f"{path}:{images}"], out,
+                        progress=False)
+        assert str(err.value) == (f"{out}: the output folder overlaps the input {given}; "
+                                  "choose an --out outside every input")
+    assert sorted(p.name for p in weights.parent.iterdir()) == ["w.pt"]
+    assert not (images / "run").exists()
+
+
+def test_notes_are_passed_on_and_kept(tmp_path):
+    layouts = ((), *LAYOUTS)
+    path, images = write_tiny_coco(tmp_path, layouts=layouts, categories=("a", "b", "c"))
+    seen = []
+    manifest = E.run_train(tiny_train_config(iterations=1), [f"{path}:{images}"],
+                           tmp_path / "run", progress=False, on_note=seen.append)
+    assert seen == manifest["notes"] == [
+        "stage 1: 1 image(s) without annotations left out (pass --keep-empty to train on them "
+        "as background)",
+        "1 class(es) have no instance in the training data; the model keeps an output for them "
+        "but cannot learn them: 'c'"]
