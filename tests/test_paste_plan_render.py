@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from weakpaste.errors import WeakpasteError
 from weakpaste.ops import geometry
 from weakpaste.paste.plan import (
     ImagePlan,
@@ -107,9 +108,9 @@ def test_jitter_scale_range_and_unknown_placement():
                          occupied=None, params=PlanParams(placement="jitter"))
               .placements[0].scale for _ in range(200)]
     assert 0.1 <= min(scales) < 0.3 and 1.8 < max(scales) <= 2.0
-    with pytest.raises(ValueError, match=r"unknown placement 'grid'; choose one of: random, "):
-        plan_image(rng, image_hw=(50, 50), segment_ids=np.array([1]), masks=[mask],
-                   occupied=None, params=PlanParams(placement="grid"))
+    with pytest.raises(WeakpasteError, match=r"^placement \(--placement\) must be one of "
+                                             r"random, space-max, jitter; got 'grid'$"):
+        PlanParams(placement="grid")
 
 
 def test_plan_is_deterministic():

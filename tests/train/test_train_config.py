@@ -22,7 +22,7 @@ from weakpaste.train.config import (
     ({"steps": (0.5, 1.0)}, "steps (--steps) must be in (0, 1), got 1.0"),
     ({"lr": 0.0}, "lr (--lr) must be > 0, got 0.0"),
     ({"lr": -0.1}, "lr (--lr) must be > 0, got -0.1"),
-    ({"momentum": 1.0}, "momentum (--momentum) must be < 1, got 1.0"),
+    ({"momentum": 1.0}, "momentum (--momentum) must be in [0, 1), got 1.0"),
     ({"iterations": 0}, "iterations (--iterations) must be >= 1, got 0"),
     ({"warmup_iters": -1}, "warmup_iters (--warmup) must be >= 0, got -1"),
     ({"color_prob": 1.5}, "color_prob (--color-prob) must be in [0, 1], got 1.5"),

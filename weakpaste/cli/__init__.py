@@ -13,11 +13,13 @@ import sys
 
 from weakpaste import __version__
 from weakpaste.cli import backgrounds, data, demo, mine, train
+from weakpaste.cli.common import build_commands
 from weakpaste.errors import WeakpasteError
 from weakpaste.options import ArgumentParser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (given ``argv``) one whose only built command is argv's."""
     parser = ArgumentParser(
         prog="weakpaste",
         description="Instance-segmentation training data without mask annotations: mine masks "
@@ -27,13 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (demo, data, backgrounds, mine, train):
         module.register(sub)
+    build_commands(parser, argv)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args.func(args) or 0)
     except WeakpasteError as err:
         print(f"weakpaste: error: {err}", file=sys.stderr)

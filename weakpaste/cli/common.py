@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+from collections.abc import Callable
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.options import parse_float_pair
+Builder = Callable[[argparse.ArgumentParser], None]
+
+
+def command(sub: argparse._SubParsersAction, name: str, help: str, build: Builder,
+            **kwargs) -> argparse.ArgumentParser:
+    """Add command ``name`` whose arguments ``build`` adds only when the command is used.
+
+    Building a command's arguments imports its config dataclasses (and so OpenCV or torch);
+    ``weakpaste --help`` and the other commands must not pay for that.
+    """
+    parser = sub.add_parser(name, help=help, description=help, **kwargs)
+    parser._weakpaste_build = build  # type: ignore[attr-defined]
+    return parser
+
+
+def build_commands(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Build the arguments of the commands named in ``argv`` (all of them when None)."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return
+    words = None if argv is None else [w for w in argv if not w.startswith("-")]
+    for name, child in sub.choices.items():
+        if words is not None and (not words or words[0] != name):
+            continue
+        build = getattr(child, "_weakpaste_build", None)
+        if build is not None:
+            del child._weakpaste_build  # type: ignore[attr-defined]
+            build(child)
+        build_commands(child, None if words is None else words[1:])
 
 
 def common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -16,38 +42,6 @@ def common(p: argparse.ArgumentParser, out: bool = True) -> None:
         p.add_argument("--overwrite", action="store_true",
                        help="replace an existing weakpaste output in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def float_pair(text: str) -> tuple[float, float]:
-    """argparse ``type`` of ``weakpaste.options.parse_float_pair``."""
-    try:
-        return parse_float_pair(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def count_range(text: str) -> tuple[int, int]:
-    from weakpaste.paste.plan import parse_count_range
-
-    try:
-        return parse_count_range(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def read_weights(path: str) -> dict[str, float]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise WeakpasteError(f"{path}: class weights file not found") from None
-    except json.JSONDecodeError as err:
-        raise WeakpasteError(f"{path}: not valid JSON ({err.msg}); write an object like "
-                             '{"dog": 2.0, "cat": 1.0}') from None
-    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
-        raise WeakpasteError(f"{path}: class weights must be a JSON object of class name -> "
-                             'number, e.g. {"dog": 2.0, "cat": 1.0}')
-    return {str(k): float(v) for k, v in data.items()}
-
 
 
 def torch_threads(threads: int | None) -> None:
@@ -65,3 +59,22 @@ def torch_threads(threads: int | None) -> None:
 
         torch.set_num_threads(threads)
 
+
+
+def count(text: str) -> int:
+    """argparse ``type`` of a count >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def workers(p: argparse.ArgumentParser, default: int = 1) -> None:
+    """``--workers N``: processes of the per-item stage (the output does not depend on it)."""
+    p.add_argument("--workers", type=count, default=default,
+                   help=f"processes; the output is the same for any number (default: {default})")
+
+
+def threads(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch CPU threads (see ``torch_threads``)."""
+    p.add_argument("--threads", type=count, help="torch CPU threads (default: torch's choice)")

@@ -11,25 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from weakpaste.cli.common import common, torch_threads
+from weakpaste.cli.common import command, common, threads, torch_threads
 from weakpaste.options import add_options, from_args
 
 
 def _note(message: str) -> None:
     """A one-line remark about the input, on stderr (stdout stays for results)."""
     print(f"weakpaste: note: {message}", file=sys.stderr)
-
-
-def _thread_count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=_thread_count,
-                   help="torch CPU threads (default: torch's choice)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -95,7 +83,7 @@ def _build_train(p: argparse.ArgumentParser) -> None:
                       help="evaluate the final model on this set (OUT/eval/metrics.json)")
     data.add_argument("--out", required=True, help="output folder")
     add_options(p.add_argument_group("training"), TrainConfig)
-    _threads(p)
+    threads(p)
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt")
     common(p)
@@ -115,7 +103,7 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
                    help="training set whose images per class define rare (1-10), common "
                         "(11-100) and frequent (>100) classes (default: the checkpoint's)")
     add_options(p, EvalConfig)
-    _threads(p)
+    threads(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     common(p)
     p.set_defaults(func=_cmd_eval)
@@ -132,12 +120,9 @@ def _build_longtail(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the top-level parser."""
-    _build_train(sub.add_parser(
-        "train", help="train Mask R-CNN on COCO data sets and evaluate it"))
-    _build_eval(sub.add_parser(
-        "eval", help="COCO AP (bbox, segm, per class, rare/common/frequent) of a checkpoint or "
-                     "a results file"))
-    _build_longtail(sub.add_parser(
-        "longtail", help="long-tailed subset of a COCO file (Pareto class sizes, EM-Paste "
-                         "appendix 11)"))
+    """Add this module's commands to the top-level parser (arguments built when used)."""
+    command(sub, "train", "train Mask R-CNN on COCO data sets and evaluate it", _build_train)
+    command(sub, "eval", "COCO AP (bbox, segm, per class, rare/common/frequent) of a checkpoint "
+                         "or a results file", _build_eval)
+    command(sub, "longtail", "long-tailed subset of a COCO file (Pareto class sizes, EM-Paste "
+                             "appendix 11)", _build_longtail)

@@ -18,22 +18,19 @@ import numpy as np
 
 from weakpaste.ops import blending, geometry
 from weakpaste.ops import masks as mask_ops
+from weakpaste.options import Config, option
 from weakpaste.paste.plan import ImagePlan, placement_matrix
 
 
 @dataclass(frozen=True)
-class RenderParams:
-    """Plain parameters of rendering.
+class RenderParams(Config):
+    """Parameters of rendering; the paste stage's ``PasteConfig`` inherits them."""
 
-    Attributes:
-        blur_sigma: sigma of the gaussian alpha blur (pixels).
-        min_visible: drop instances with less than this fraction of their area visible.
-        min_area: drop instances with fewer visible pixels.
-    """
-
-    blur_sigma: float = 2.0
-    min_visible: float = 0.25
-    min_area: int = 16
+    blur_sigma: float = option(2.0, range=(0, None),
+                               help="sigma of the gaussian alpha blur (pixels)")
+    min_visible: float = option(0.25, range=(0, 1),
+                                help="drop instances with a smaller visible fraction")
+    min_area: int = option(16, range=(0, None), help="drop smaller instances (pixels)")
 
 
 @dataclass

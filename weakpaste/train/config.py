@@ -7,9 +7,10 @@
 * ``EvalConfig``, ``LongtailConfig``: the settings of ``weakpaste eval`` and ``longtail``.
 
 The command line builds its arguments from these classes (``weakpaste.options.add_options``),
-so a default, a valid range and a help text exist once. Option ranges are inclusive; a bound
-that must be excluded (a learning rate > 0) is carried by the field's ``parse=`` (``_open``),
-which refuses it at parse time and which ``check`` reads back for the Python API.
+so a default, a valid range and a help text exist once. Option ranges may exclude their lower
+bound (``open_low``: a learning rate > 0); an upper bound to exclude (momentum < 1) is carried
+by the field's ``parse=`` (``_below``), which refuses it at parse time and which ``check``
+reads back for the Python API.
 """
 
 from __future__ import annotations
@@ -21,35 +22,30 @@ from typing import Any
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.models.weights import parse_weights
-from weakpaste.options import Config, Opt, flag_of, option, parse_float_pair
+from weakpaste.options import Config, Opt, flag_of, option
+from weakpaste.paste.plan import parse_float_pair
 
 BACKBONES: tuple[str, ...] = ("resnet50", "mobilenet_v3")
 # Backbone stages torchvision can train: ResNet-50 has 5, MobileNetV3-Large 6.
 _MAX_LAYERS = {"resnet50": 5, "mobilenet_v3": 6}
 
 
-def _open_text(lo: float | None, hi: float | None) -> str:
-    """``> 0``, ``< 1`` or ``in (0, 1)``."""
-    if lo is not None and hi is not None:
-        return f"in ({lo:g}, {hi:g})"
-    return f"> {lo:g}" if lo is not None else f"< {hi:g}"
+def _outside_below(value: float, hi: float) -> bool:
+    return not value < hi  # NaN too
 
 
-def _outside_open(value: float, lo: float | None, hi: float | None) -> bool:
-    return (lo is not None and not value > lo) or (hi is not None and not value < hi)
-
-
-def _open(kind: Callable[[str], Any], lo: float | None = None, hi: float | None = None):
-    """A ``parse=`` for numbers with exclusive bounds; ``check`` reads them from ``.open``."""
+def _below(kind: Callable[[str], Any], hi: float):
+    """A ``parse=`` for numbers that must stay below ``hi`` (option ranges include their upper
+    bound); ``_Checked.check`` reads ``hi`` back from ``.below`` for the Python API."""
 
     def parse(text: str) -> Any:
         value = kind(text)
-        if _outside_open(value, lo, hi):
-            raise ValueError(f"must be {_open_text(lo, hi)}, got {text}")
+        if _outside_below(value, hi):
+            raise ValueError(f"must be < {hi:g}, got {text}")
         return value
 
     parse.__name__ = getattr(kind, "__name__", "value")
-    parse.open = (lo, hi)  # type: ignore[attr-defined]
+    parse.below = hi  # type: ignore[attr-defined]
     return parse
 
 
@@ -65,29 +61,32 @@ def parse_fractions(text: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"expected fractions like 0.667,0.889 (or none), got {text!r}") from None
-    if any(_outside_open(v, 0, 1) for v in values):
+    if any(not 0 < v < 1 for v in values):
         raise ValueError(f"fractions must be in (0, 1), got {text}")
     return values
 
 
-parse_fractions.open = (0, 1)  # type: ignore[attr-defined]
+parse_fractions.below = 1  # type: ignore[attr-defined]
 
 
 class _Checked(Config):
-    """``Config`` that also checks the exclusive bounds carried by ``_open`` parsers."""
+    """``Config`` that also checks the open upper bounds carried by ``_below`` parsers."""
 
     def check(self) -> None:
-        # Exclusive bounds first: "lr must be > 0" also for a negative lr.
+        # Fields with an open upper bound first, with their whole range in the message.
         for f in dataclasses.fields(self):
             opt = next((m for m in f.metadata.values() if isinstance(m, Opt)), None)
-            bounds = getattr(opt.parse, "open", None) if opt is not None else None
+            hi = getattr(opt.parse, "below", None) if opt is not None else None
             value = getattr(self, f.name)
-            if bounds is None or value is None:
+            if hi is None or value is None:
                 continue
+            lo = opt.range[0] if opt.range else None
             for v in value if isinstance(value, tuple | list) else (value,):
-                if _outside_open(v, *bounds):
-                    raise WeakpasteError(f"{f.name} ({flag_of(f)}) must be "
-                                         f"{_open_text(*bounds)}, got {v}")
+                if _outside_below(v, hi) or (lo is not None and (
+                        not v > lo if opt.open_low else not v >= lo)):
+                    bounds = (f"< {hi:g}" if lo is None else
+                              f"in {'(' if opt.open_low else '['}{lo:g}, {hi:g})")
+                    raise WeakpasteError(f"{f.name} ({flag_of(f)}) must be {bounds}, got {v}")
         super().check()
 
     def _fail(self, name: str, message: str) -> None:
@@ -184,7 +183,7 @@ class TrainConfig(_Checked):
              "Mask R-CNN or backbone state_dict) or none")
     image_size: int = option(800, **_MODEL["image_size"])
     jitter: tuple[float, float] = option(
-        (0.1, 2.0), parse=parse_float_pair, metavar="LO,HI", range=(0, None),
+        (0.1, 2.0), parse=parse_float_pair, metavar="LO,HI", range=(0, None), open_low=True,
         help="large-scale jittering scale range (1,1: resize and pad only)")
     brightness: float = option(0.4, range=(0, None), help="ColorJitter brightness")
     contrast: float = option(0.4, range=(0, None), help="ColorJitter contrast")
@@ -195,18 +194,17 @@ class TrainConfig(_Checked):
     iterations: int = option(90000, range=(1, None), help="stage-1 iterations")
     stage2_iterations: int | None = option(None, range=(0, None), metavar="N",
                                            help="stage-2 iterations (default: --iterations)")
-    lr: float = option(0.01, parse=_open(float, lo=0), range=(0, None),
-                       help="SGD base learning rate")
-    momentum: float = option(0.9, parse=_open(float, hi=1), range=(0, 1), help="SGD momentum")
+    lr: float = option(0.01, range=(0, None), open_low=True, help="SGD base learning rate")
+    momentum: float = option(0.9, parse=_below(float, 1), range=(0, 1), help="SGD momentum")
     weight_decay: float = option(1e-4, range=(0, None), help="SGD weight decay")
     warmup_iters: int = option(1000, flag="--warmup", range=(0, None),
                                help="linear warm-up iterations")
-    warmup_factor: float = option(0.001, parse=_open(float, lo=0), range=(0, 1),
+    warmup_factor: float = option(0.001, range=(0, 1), open_low=True,
                                   help="learning-rate factor at the first iteration")
     steps: tuple[float, ...] = option(
-        (0.667, 0.889), parse=parse_fractions, metavar="F,F", range=(0, 1),
+        (0.667, 0.889), parse=parse_fractions, metavar="F,F", range=(0, 1), open_low=True,
         help="decay the rate by --gamma at these fractions of a stage (or none)")
-    gamma: float = option(0.1, parse=_open(float, lo=0), range=(0, 1),
+    gamma: float = option(0.1, range=(0, 1), open_low=True,
                           help="learning-rate decay factor at each step")
     clip_grad: float = option(0.0, range=(0, None),
                               help="clip the gradient norm to this (0: no clipping)")
@@ -252,7 +250,7 @@ class EvalConfig(_Checked):
 class LongtailConfig(_Checked):
     """Options of ``weakpaste longtail``: the Pareto reference of EM-Paste appendix §11."""
 
-    shape: float = option(6.0, parse=_open(float, lo=0), range=(0, None),
+    shape: float = option(6.0, range=(0, None), open_low=True,
                           help="Pareto shape b (decay rate)")
     max_count: int = option(800, flag="--max", range=(1, None),
                             help="instances of the largest class")
