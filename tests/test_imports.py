@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -98,39 +100,38 @@ def test_weakpaste_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_a_cyclic_pair_through_a_lazy_import_is_found(tmp_path):
-    _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "from pkg import b\n\nX = 1\n",
-        "pkg/b.py": "def f():\n    from .a import X\n    return X\n",
-    })
+_LAZY_PAIR = {
+    "pkg/__init__.py": "",
+    "pkg/a.py": "from pkg import b\n\nX = 1\n",
+    "pkg/b.py": "def f():\n    from .a import X\n    return X\n",
+}
+# A stage that imports a helper of the CLI package, whose __init__ imports every command.
+_THROUGH_INIT = {
+    "pkg/__init__.py": "",
+    "pkg/cli/__init__.py": "from pkg.cli import run\n",
+    "pkg/cli/run.py": "def main():\n    import pkg.stage\n",
+    "pkg/cli/common.py": "",
+    "pkg/stage.py": "from pkg.cli.common import *\n",
+}
+# The same package, but the stage does not import the CLI: siblings are no cycle.
+_SIBLINGS = {
+    "pkg/__init__.py": "",
+    "pkg/cli/__init__.py": "from pkg.cli import common, run\n",
+    "pkg/cli/run.py": "from pkg.cli.common import helper\nfrom ..core import x\n",
+    "pkg/cli/common.py": "def helper():\n    pass\n",
+    "pkg/core.py": "import os\n\nx = 1\n",
+}
+
+
+@pytest.mark.parametrize(("files", "edges", "cycle"), [
+    (_LAZY_PAIR, {"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}}, ["pkg.a", "pkg.b", "pkg.a"]),
+    (_THROUGH_INIT, {"pkg.stage": {"pkg.cli", "pkg.cli.common"}, "pkg.cli.run": {"pkg.stage"}},
+     ["pkg.cli", "pkg.cli.run", "pkg.stage", "pkg.cli"]),
+    (_SIBLINGS, {"pkg.cli.run": {"pkg.cli.common", "pkg.core"}, "pkg": set()}, None),
+])
+def test_hand_made_packages(tmp_path, files, edges, cycle):
+    _write(tmp_path, files)
     graph = import_graph(tmp_path, "pkg")
-    assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}}
-    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
-
-
-def test_a_cycle_through_a_package_init_is_found(tmp_path):
-    _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/cli/__init__.py": "from pkg.cli import run\n",
-        "pkg/cli/run.py": "def main():\n    import pkg.stage\n",
-        "pkg/cli/common.py": "",
-        "pkg/stage.py": "from pkg.cli.common import *\n",
-    })
-    graph = import_graph(tmp_path, "pkg")
-    assert graph["pkg.stage"] == {"pkg.cli", "pkg.cli.common"}
-    assert graph["pkg.cli.run"] == {"pkg.stage"}  # pkg itself is always running
-    assert find_cycle(graph) == ["pkg.cli", "pkg.cli.run", "pkg.stage", "pkg.cli"]
-
-
-def test_siblings_under_a_package_that_imports_them_are_no_cycle(tmp_path):
-    _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/cli/__init__.py": "from pkg.cli import common, run\n",
-        "pkg/cli/run.py": "from pkg.cli.common import helper\nfrom ..core import x\n",
-        "pkg/cli/common.py": "def helper():\n    pass\n",
-        "pkg/core.py": "import os\n\nx = 1\n",
-    })
-    graph = import_graph(tmp_path, "pkg")
-    assert graph["pkg.cli.run"] == {"pkg.cli.common", "pkg.core"}
-    assert find_cycle(graph) is None
+    for module, imported in edges.items():
+        assert graph[module] == imported, module
+    assert find_cycle(graph) == cycle

@@ -177,11 +177,12 @@ def test_out_of_range_numbers_are_refused_at_parse_time(command, extra, message,
                                                f"'weakpaste {command} --help')")
 
 
-def test_rules_across_options_are_one_line(capsys):
-    assert main(["longtail", *_REQUIRED["longtail"], "--min", "5", "--max", "2"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "weakpaste: error: min_count (--min) must be <= max_count (--max), got --min 5 --max 2")
-    assert main(["train", *_REQUIRED["train"], "--backbone", "resnet50", "--trainable-layers",
-                 "6"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "weakpaste: error: trainable_layers (--trainable-layers) must be <= 5 for resnet50, got 6")
+@pytest.mark.parametrize(("command", "extra", "message"), [
+    ("longtail", ["--min", "5", "--max", "2"],
+     "min_count (--min) must be <= max_count (--max), got --min 5 --max 2"),
+    ("train", ["--backbone", "resnet50", "--trainable-layers", "6"],
+     "trainable_layers (--trainable-layers) must be <= 5 for resnet50, got 6"),
+])
+def test_rules_across_options_are_one_line(command, extra, message, capsys):
+    assert main([command, *_REQUIRED[command], *extra]) == 2
+    assert capsys.readouterr().err.strip() == f"weakpaste: error: {message}"

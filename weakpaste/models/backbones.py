@@ -117,6 +117,32 @@ def read_state_dict(path, *, unpack: Mapping[str, str] | None = None
     return dict(obj)
 
 
+def read_weakpaste_file(path, fmt: str, *, what: str, foreign: str, fix: str,
+                        missing_fix: str | None = None) -> dict:
+    """A file that weakpaste wrote with ``torch.save`` (a classifier, a checkpoint).
+
+    Args:
+        path: the file.
+        fmt: the ``format`` field it must carry.
+        what: its name in messages ("checkpoint").
+        foreign: what to say of a readable file of another format.
+        fix: the fix named by the messages.
+        missing_fix: the fix for a missing file (default ``fix``).
+
+    Raises:
+        WeakpasteError: missing, unreadable (truncated, corrupt) or foreign file.
+    """
+    if not path.is_file():
+        raise WeakpasteError(f"{path}: {what} not found; {missing_fix or fix}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeakpasteError(f"{path}: not a readable {what} ({_reason(err)}); {fix}") from None
+    if not isinstance(obj, Mapping) or obj.get("format") != fmt:
+        raise WeakpasteError(f"{path}: {foreign}; {fix}")
+    return dict(obj)
+
+
 def _check_state_dict(path, backbone: str, state: Mapping[str, torch.Tensor],
                       expected: Mapping[str, torch.Tensor]) -> None:
     missing = [k for k in expected if k not in state]
@@ -290,4 +316,5 @@ def to_tensor(batch: np.ndarray, device: torch.device, *,
 
 
 __all__ = ["EXAMPLES", "INIT_SEED", "PooledNet", "backbone_family", "default_weights_error",
-           "pooled_net", "read_state_dict", "seeded", "to_tensor", "torchvision_model", "trunk"]
+           "pooled_net", "read_state_dict", "read_weakpaste_file", "seeded", "to_tensor",
+           "torchvision_model", "trunk"]

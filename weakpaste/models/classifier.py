@@ -35,7 +35,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ from weakpaste.models.backbones import (
     PooledNet,
     backbone_family,
     pooled_net,
+    read_weakpaste_file,
     seeded,
     to_tensor,
     torchvision_model,
@@ -334,25 +335,16 @@ class Classifier:
         """Train on image-level labels with multi-label binary cross-entropy.
 
         "linear" fits a linear probe on the frozen trunk's pooled features, "finetune" trains
-        trunk and head with augmentation (see ``weakpaste.models.training``). The same seed
-        gives the same result.
+        trunk and head with augmentation; the same seed gives the same result. The arguments,
+        the result and the errors are those of ``weakpaste.models.training.train_net``.
 
         Args:
             images: N uint8 (H, W, 3) RGB images of any sizes.
             labels: bool or float (N, K), 1 where the class is present.
-            mode: "linear" or "finetune".
-            epochs: passes over the data, at least 1.
-            lr: learning rate, or None for the mode's default.
-            batch_size: images per optimisation step (and per feature pass).
-            seed: seed of the shuffling, the augmentation and any dropout.
-            progress: show tqdm progress bars.
+            mode, epochs, lr, batch_size, seed, progress: see ``train_net``.
 
         Returns:
-            {"mode": str, "loss": per-epoch mean training loss (list of float), "epochs": int,
-            "lr": float, "seconds": float}.
-
-        Raises:
-            ValueError: unknown mode, labels of the wrong shape, invalid numbers.
+            {"mode", "loss" (per-epoch mean), "epochs", "lr", "seconds"}.
         """
         result = train_net(self._net, images, labels, input_size=self._input_size,
                            device=self._device, mode=mode, epochs=epochs, lr=lr,
@@ -401,17 +393,10 @@ class Classifier:
         """
         path = Path(path)
         fix = "train and save the classifier again"
-        if not path.is_file():
-            raise WeakpasteError(f"{path}: classifier file not found; check the path or train "
-                                 f"and save a classifier first")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise WeakpasteError(f"{path}: not a readable classifier file ({_reason(err)}); "
-                                 f"{fix}") from None
-        if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
-            raise WeakpasteError(f"{path}: not a weakpaste classifier file (plain weights go to "
-                                 f"--weights); {fix}")
+        obj = read_weakpaste_file(
+            path, FORMAT, what="classifier file", fix=fix,
+            foreign="not a weakpaste classifier file (plain weights go to --weights)",
+            missing_fix="check the path or train and save a classifier first")
         if obj.get("version") != FORMAT_VERSION:
             raise WeakpasteError(f"{path}: unsupported classifier format version "
                                  f"{obj.get('version')!r}; {fix} with this weakpaste")

@@ -27,7 +27,12 @@ from torch import nn
 from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.errors import reason as _reason
-from weakpaste.models.backbones import default_weights_error, read_state_dict, seeded
+from weakpaste.models.backbones import (
+    default_weights_error,
+    read_state_dict,
+    read_weakpaste_file,
+    seeded,
+)
 from weakpaste.models.weights import WeightsArg, is_none, resolve_weights
 from weakpaste.train.config import BACKBONES, ModelConfig, TrainConfig, check_device
 
@@ -215,22 +220,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         WeakpasteError: missing, unreadable (truncated, corrupt) or foreign file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeakpasteError(f"{path}: checkpoint not found; {CHECKPOINT_FIX}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeakpasteError(f"{path}: not a readable checkpoint ({_reason(err)}); "
-                             f"{CHECKPOINT_FIX}") from None
-    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
-        raise WeakpasteError(f"{path}: not a weakpaste Mask R-CNN checkpoint; {CHECKPOINT_FIX}")
+    obj = read_weakpaste_file(path, FORMAT, what="checkpoint", fix=CHECKPOINT_FIX,
+                              foreign="not a weakpaste Mask R-CNN checkpoint")
     if obj.get("format_version") != FORMAT_VERSION:
         raise WeakpasteError(f"{path}: checkpoint format version {obj.get('format_version')} "
                              f"is not supported by weakpaste {__version__}; {CHECKPOINT_FIX}")
     for key in ("model", "model_config", "iteration"):
         if key not in obj:
             raise WeakpasteError(f"{path}: corrupt checkpoint (no {key!r}); {CHECKPOINT_FIX}")
-    return dict(obj)
+    return obj
 
 
 def model_from_checkpoint(ckpt: Mapping, path: str | os.PathLike = "checkpoint"
