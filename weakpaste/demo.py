@@ -194,9 +194,11 @@ def train_demo_model(out: Path, *, seed: int, iterations: int = DEMO_TRAIN_ITERA
         The evaluation metrics (``OUT/train/eval/metrics.json``).
     """
     import json
+    import sys
 
-    from weakpaste.train.engine import TrainConfig, run_train
+    from weakpaste.train.config import TrainConfig
     from weakpaste.train.evaluation import format_metrics
+    from weakpaste.train.loop import run_train
 
     val = write_synthetic_dataset(out / "val_scenes", num_scenes=24, seed=seed + 1)
     stage1 = max(1, iterations * 3 // 5)
@@ -204,10 +206,11 @@ def train_demo_model(out: Path, *, seed: int, iterations: int = DEMO_TRAIN_ITERA
                          iterations=stage1, stage2_iterations=iterations - stage1, lr=0.02,
                          warmup_iters=min(50, stage1 // 3), roi_batch=64, rpn_proposals=300,
                          checkpoint_every=max(1, iterations), log_every=10, seed=seed)
-    run_train([f"{out / 'pasted' / 'annotations.json'}:{out / 'pasted' / 'images'}"],
-              out / "train", config, val=f"{val}:{val.parent / 'images'}",
+    run_train(config, [f"{out / 'pasted' / 'annotations.json'}:{out / 'pasted' / 'images'}"],
+              out / "train", val=f"{val}:{val.parent / 'images'}",
               stage2=[f"{out / 'bank' / 'pseudo_labels.json'}:{out / 'scenes' / 'images'}"],
-              progress=progress)
+              progress=progress,
+              on_note=lambda message: print(f"weakpaste: note: {message}", file=sys.stderr))
     metrics = json.loads((out / "train" / "eval" / "metrics.json").read_text())
     print(f"\nMask R-CNN trained on the pasted set, then on the mined pseudo-labels "
           f"({iterations} iterations; {out / 'train'}), on {val.parent} (held-out scenes):")

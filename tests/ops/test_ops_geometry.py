@@ -369,3 +369,20 @@ def test_warp_mask_matches_warp_segment():
     assert warp_mask(mask, far, (30, 40)) is None
     with pytest.raises(ValueError, match=r"warp_mask: matrix must be a finite \(2, 3\) array"):
         warp_mask(mask, np.zeros((3, 3)), (30, 40))
+
+
+def test_max_inscribed_circle_does_not_depend_on_the_memory_address():
+    # OpenCV's precise distance transform varies in the last float bit with the input's
+    # address; the result must not (same plan, same bytes in any worker process).
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        free = rng.random((47, 63)) > 0.03
+        results = set()
+        for offset in range(16):
+            buf = np.zeros(free.size + 64, dtype=bool)
+            view = buf[offset:offset + free.size].reshape(free.shape)
+            view[:] = free
+            results.add(max_inscribed_circle(view))
+        assert len(results) == 1
+        cx, cy, r = results.pop()
+        assert float(r + 0.5) ** 2 == pytest.approx(round((r + 0.5) ** 2), abs=1e-9)

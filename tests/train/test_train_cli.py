@@ -122,3 +122,67 @@ def test_longtail_command(tmp_path, capsys):
     assert main(argv) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert main(argv + ["--overwrite"]) == 0
+
+
+_REQUIRED = {"train": ["--train", "x.json:images", "--out", "o"],
+             "eval": ["--checkpoint", "c.pt", "--data", "d.json"],
+             "longtail": ["in.json", "--out", "o.json"]}
+
+
+@pytest.mark.parametrize(("command", "cls"), [("train", "TrainConfig"), ("eval", "EvalConfig"),
+                                              ("longtail", "LongtailConfig")])
+def test_cli_defaults_are_the_dataclass_defaults(command, cls):
+    from weakpaste.cli import build_parser
+    from weakpaste.options import cli_fields, from_args
+    from weakpaste.train import config
+
+    cls = getattr(config, cls)
+    args = build_parser().parse_args([command, *_REQUIRED[command]])
+    fields = cli_fields(cls)
+    assert len(fields) >= 2
+    for f, default in fields:
+        assert getattr(args, f.name) == default, f.name
+    assert from_args(cls, args) == cls()
+
+
+def test_weights_none_is_parsed_once():
+    from weakpaste.cli import build_parser
+    from weakpaste.options import from_args
+    from weakpaste.train.config import TrainConfig
+
+    for text, value in (("none", None), ("None", None), ("DEFAULT", "DEFAULT"), ("w.pt", "w.pt")):
+        args = build_parser().parse_args(["train", *_REQUIRED["train"], "--weights", text])
+        assert from_args(TrainConfig, args).weights == value
+
+
+@pytest.mark.parametrize(("command", "extra", "message"), [
+    ("train", ["--lr", "-1"], "argument --lr: must be > 0, got -1"),
+    ("train", ["--lr", "0"], "argument --lr: must be > 0, got 0"),
+    ("train", ["--iterations", "0"], "argument --iterations: must be >= 1, got 0"),
+    ("train", ["--momentum", "1"], "argument --momentum: must be < 1, got 1"),
+    ("train", ["--color-prob", "2"], "argument --color-prob: must be in [0, 1], got 2"),
+    ("train", ["--steps", "0.5,2"], "argument --steps: fractions must be in (0, 1), got 0.5,2"),
+    ("train", ["--jitter", "2,1"], "argument --jitter: expected 0 < LO <= HI, got '2,1'"),
+    ("train", ["--trainable-layers", "7"], "argument --trainable-layers: must be in [0, 6], got 7"),
+    ("train", ["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    ("eval", ["--mask-threshold", "1.5"], "argument --mask-threshold: must be in [0, 1], got 1.5"),
+    ("longtail", ["--shape", "0"], "argument --shape: must be > 0, got 0"),
+    ("longtail", ["--max", "0"], "argument --max: must be >= 1, got 0"),
+])
+def test_out_of_range_numbers_are_refused_at_parse_time(command, extra, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, *_REQUIRED[command], *extra])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"weakpaste {command}: error: {message} (see "
+                                               f"'weakpaste {command} --help')")
+
+
+@pytest.mark.parametrize(("command", "extra", "message"), [
+    ("longtail", ["--min", "5", "--max", "2"],
+     "min_count (--min) must be <= max_count (--max), got --min 5 --max 2"),
+    ("train", ["--backbone", "resnet50", "--trainable-layers", "6"],
+     "trainable_layers (--trainable-layers) must be <= 5 for resnet50, got 6"),
+])
+def test_rules_across_options_are_one_line(command, extra, message, capsys):
+    assert main([command, *_REQUIRED[command], *extra]) == 2
+    assert capsys.readouterr().err.strip() == f"weakpaste: error: {message}"

@@ -12,6 +12,7 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import load_coco
 from weakpaste.ops.masks import encode
 from weakpaste.train import evaluation as V
+from weakpaste.train.config import EvalConfig
 
 
 def _gt_as_results(path) -> list[dict]:
@@ -90,8 +91,8 @@ def test_run_eval_on_a_results_file_writes_metrics_json(tmp_path):
     path, images = write_tiny_coco(tmp_path)
     pred = tmp_path / "pred.json"
     pred.write_text(json.dumps(_gt_as_results(path)))
-    metrics = V.run_eval(f"{path}", tmp_path / "out", predictions=pred, train=str(path),
-                         progress=False)
+    metrics = V.run_eval(EvalConfig(), f"{path}", tmp_path / "out", predictions=pred,
+                         train=str(path), progress=False)
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(written) == {"segm", "bbox", "info"}
     assert set(written["segm"]) == set(V.METRIC_KEYS) | {"per_class"}
@@ -106,7 +107,7 @@ def test_run_eval_on_a_results_file_writes_metrics_json(tmp_path):
 
 def test_run_eval_needs_one_source(tmp_path):
     with pytest.raises(WeakpasteError, match="pass either --checkpoint CKPT or --predictions"):
-        V.run_eval("x.json", tmp_path / "o")
+        V.run_eval(EvalConfig(), "x.json", tmp_path / "o")
 
 
 def test_lvis_frequencies_are_read_from_categories(tmp_path):
@@ -119,3 +120,16 @@ def test_lvis_frequencies_are_read_from_categories(tmp_path):
     metrics = V.evaluate_results(path, _gt_as_results(path), frequency=V.lvis_frequencies(path))
     assert (metrics["segm"]["APr"], metrics["segm"]["APc"], metrics["segm"]["APf"]) == \
         (1.0, None, 1.0)
+
+
+def test_run_eval_refuses_an_output_around_an_input(tmp_path):
+    path, _ = write_tiny_coco(tmp_path / "data")
+    pred = tmp_path / "preds" / "pred.json"
+    pred.parent.mkdir()
+    pred.write_text(json.dumps(_gt_as_results(path)))
+    for out, given in ((tmp_path / "data", path), (tmp_path / "preds", pred)):
+        with pytest.raises(WeakpasteError) as err:
+            V.run_eval(EvalConfig(), str(path), out, predictions=pred, overwrite=True)
+        assert str(err.value) == (f"{out}: the output folder overlaps the input {given}; "
+                                  "choose an --out outside every input")
+    assert path.is_file() and pred.is_file()

@@ -11,6 +11,7 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import load_coco, write_coco
 from weakpaste.structures import ImageRecord, Instances
 from weakpaste.train import longtail as L
+from weakpaste.train.config import LongtailConfig
 
 
 def test_pareto_reference_values():
@@ -31,22 +32,24 @@ def test_select_longtail_fits_the_reference_when_classes_do_not_share_images():
     table.update({i: ["b"] for i in range(51, 81)})
     table.update({i: ["c"] for i in range(81, 91)})
     table[91] = []
-    ids, report = L.select_longtail(table, shape=6, max_count=30, min_count=1, seed=0)
+    config = LongtailConfig(shape=6, max_count=30, min_count=1, seed=0)
+    ids, report = L.select_longtail(table, config)
     ref = L.pareto_reference(3, 6, 30, 1).tolist()
     assert report["order"] == ["a", "b", "c"]
     assert report["reference"] == dict(zip("abc", ref, strict=True))
     assert report["selected"] == dict(zip("abc", ref, strict=True))
     assert report["available"] == {"a": 50, "b": 30, "c": 10}
     assert len(ids) == sum(ref) and 91 not in ids
-    again, _ = L.select_longtail(table, shape=6, max_count=30, min_count=1, seed=0)
-    other, _ = L.select_longtail(table, shape=6, max_count=30, min_count=1, seed=1)
+    again, _ = L.select_longtail(table, LongtailConfig(shape=6, max_count=30, min_count=1, seed=0))
+    other, _ = L.select_longtail(table, LongtailConfig(shape=6, max_count=30, min_count=1, seed=1))
     assert again == ids and other != ids
 
 
 def test_select_longtail_takes_a_short_class_whole_and_sorts_by_instances():
     # 'b' has the most instances (3 per image) though it is in fewer images than 'a'.
     table = {1: ["a"], 2: ["a"], 3: ["a"], 4: ["b", "b", "b"], 5: ["b", "b", "b"]}
-    ids, report = L.select_longtail(table, shape=6, max_count=10, min_count=1, seed=0)
+    config = LongtailConfig(shape=6, max_count=10, min_count=1, seed=0)
+    ids, report = L.select_longtail(table, config)
     assert report["order"] == ["b", "a"]
     assert report["selected"] == {"b": 6, "a": 1}  # b's reference 10 > 6 available
     assert {4, 5} <= set(ids) and len(ids) == 3
@@ -70,7 +73,7 @@ def test_run_longtail_writes_a_subset_with_provenance(tmp_path):
     layouts = [["a"]] * 12 + [["b"]] * 5 + [[]]
     src = _write(tmp_path, layouts)
     out = tmp_path / "lt.json"
-    report = L.run_longtail(src, out, shape=6, max_count=8, min_count=1, seed=3)
+    report = L.run_longtail(LongtailConfig(shape=6, max_count=8, min_count=1, seed=3), src, out)
     doc = json.loads(out.read_text())
     assert report["counts"]["per_class"] == {"a": {"reference": 8, "available": 12, "selected": 8},
                                              "b": {"reference": 1, "available": 5,
@@ -84,7 +87,7 @@ def test_run_longtail_writes_a_subset_with_provenance(tmp_path):
     assert doc["info"]["weakpaste"]["config"]["shape"] == 6
     assert len(load_coco(out, require_masks=True, check_files=False).records) == 9
     again = tmp_path / "again.json"
-    L.run_longtail(src, again, shape=6, max_count=8, min_count=1, seed=3)
+    L.run_longtail(LongtailConfig(shape=6, max_count=8, min_count=1, seed=3), src, again)
     assert again.read_bytes() == out.read_bytes()
 
 
@@ -92,11 +95,13 @@ def test_run_longtail_bad_input(tmp_path):
     src = _write(tmp_path, [["a"]])
     (tmp_path / "taken.json").write_text("{}")
     with pytest.raises(WeakpasteError) as err:
-        L.run_longtail(src, tmp_path / "taken.json")
+        L.run_longtail(LongtailConfig(), src, tmp_path / "taken.json")
     assert str(err.value) == (f"{tmp_path / 'taken.json'}: already exists; pass --overwrite to "
                               "replace it or choose another --out")
-    with pytest.raises(WeakpasteError, match=r"need 1 <= --min <= --max, got --min 5 --max 2"):
-        L.run_longtail(src, tmp_path / "x.json", max_count=2, min_count=5)
+    with pytest.raises(WeakpasteError) as err:
+        LongtailConfig(max_count=2, min_count=5)
+    assert str(err.value) == ("min_count (--min) must be <= max_count (--max), got --min 5 "
+                              "--max 2")
     empty = _write(tmp_path, [[], []])
     with pytest.raises(WeakpasteError, match="no annotated instance to sample from"):
-        L.run_longtail(empty, tmp_path / "y.json")
+        L.run_longtail(LongtailConfig(), empty, tmp_path / "y.json")

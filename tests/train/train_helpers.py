@@ -65,7 +65,7 @@ def one_torch_thread() -> Iterator[None]:
 def tiny_train_config(**overrides):
     """A TrainConfig that trains the light model on 64-pixel images in well under a second
     per iteration, without augmentation unless asked."""
-    from weakpaste.train.engine import TrainConfig
+    from weakpaste.train.config import TrainConfig
 
     base = dict(backbone="mobilenet_v3", weights=None, image_size=64, jitter=(1.0, 1.0),
                 color_prob=0.0, flip_prob=0.0, batch_size=2, iterations=2, lr=0.01,

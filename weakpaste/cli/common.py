@@ -44,26 +44,6 @@ def common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def float_pair(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.3,1.0), got {text!r}") from None
-    if hi < lo or lo <= 0:
-        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
-    return lo, hi
-
-
-def fractions(text: str) -> tuple[float, ...]:
-    if text.strip().lower() in ("", "none"):
-        return ()
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected fractions like 0.667,0.889 (or none), got "
-                                         f"{text!r}") from None
-
-
 def torch_threads(threads: int | None) -> None:
     """Set up torch for a training or evaluation command (call before importing torch).
 
@@ -81,14 +61,20 @@ def torch_threads(threads: int | None) -> None:
 
 
 
+def count(text: str) -> int:
+    """argparse ``type`` of a count >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def workers(p: argparse.ArgumentParser, default: int = 1) -> None:
     """``--workers N``: processes of the per-item stage (the output does not depend on it)."""
-
-    def count(text: str) -> int:
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-        return value
-
     p.add_argument("--workers", type=count, default=default,
                    help=f"processes; the output is the same for any number (default: {default})")
+
+
+def threads(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch CPU threads (see ``torch_threads``)."""
+    p.add_argument("--threads", type=count, help="torch CPU threads (default: torch's choice)")

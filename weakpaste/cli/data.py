@@ -12,12 +12,13 @@ from weakpaste.options import add_options, from_args
 
 def _cmd_paste(args: argparse.Namespace) -> int:
     from weakpaste.paste.run import PasteConfig, run_paste
+    from weakpaste.runners import ExecutorConfig
 
     manifest = run_paste(from_args(PasteConfig, args), bank=args.bank, out_dir=args.out,
                          backgrounds_json=args.backgrounds, images_dir=args.images,
                          extra_backgrounds=args.extra_backgrounds, workers=args.workers,
                          overwrite=args.overwrite, resume=args.resume,
-                         progress=not args.quiet)
+                         progress=not args.quiet, executor=from_args(ExecutorConfig, args))
     c = manifest["counts"]
     print(f"wrote {c['images']} images, {c['annotations']} instances "
           f"({c['dropped_total']} dropped by occlusion) to {args.out}")
@@ -84,6 +85,7 @@ def _build_bank(p: argparse.ArgumentParser) -> None:
 
 def _build_paste(p: argparse.ArgumentParser) -> None:
     from weakpaste.paste.run import PasteConfig
+    from weakpaste.runners import ExecutorConfig
 
     p.add_argument("--bank", required=True, help="segment bank folder")
     p.add_argument("--out", required=True, help="output folder")
@@ -94,6 +96,7 @@ def _build_paste(p: argparse.ArgumentParser) -> None:
                    help="folders of extra background images without annotations")
     add_options(p, PasteConfig)
     workers(p)
+    add_options(p, ExecutorConfig)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     common(p)
     p.set_defaults(func=_cmd_paste)

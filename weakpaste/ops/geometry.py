@@ -49,11 +49,16 @@ def max_inscribed_circle(free: np.ndarray) -> tuple[float, float, float]:
     # The 1-pixel False frame makes the image edge an obstacle like any occupied pixel.
     padded = np.pad(free, 1).astype(np.uint8)
     dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    idx = int(np.argmax(dist))
+    # The exact distance between pixel centres is the root of an integer. OpenCV's float32
+    # result carries last-bit noise that depends on the input's memory address (so on the
+    # heap layout of the process: a Ray worker and a forked one disagreed); snapping to the
+    # integer squared distance makes the argmax and the radius exact and reproducible.
+    squared = np.rint(np.square(dist, dtype=np.float64)).astype(np.int64)
+    idx = int(np.argmax(squared))
     row, col = divmod(idx, dist.shape[1])
     # dist is measured between pixel centres; the nearest occupied pixel's edge is half a
     # pixel closer than its centre.
-    r = max(float(dist[row, col]) - 0.5, 0.0)
+    r = max(math.sqrt(float(squared[row, col])) - 0.5, 0.0)
     return float(col - 1), float(row - 1), r
 
 
@@ -82,6 +87,22 @@ def min_enclosing_circle(mask: np.ndarray) -> tuple[float, float, float]:
     points = np.concatenate(contours, axis=0)
     (cx, cy), r = cv2.minEnclosingCircle(points)
     return float(cx), float(cy), max(float(r), 0.5)
+
+
+# Tiny matrix products are written out: numpy hands ``@`` to BLAS, whose kernels (and so the
+# last bit of a sum) depend on OPENBLAS_NUM_THREADS and the CPU type, which made the same paste
+# plan render differently in a Ray worker (OpenBLAS pinned to 1 thread) than in a local one.
+def _affine_apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """float64 (N, 2): points ``xy`` (N, 2) mapped by a (2, 3) or (3, 3) affine matrix."""
+    m = matrix.astype(np.float64)
+    x, y = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
+    return np.stack([m[0, 0] * x + m[0, 1] * y + m[0, 2],
+                     m[1, 0] * x + m[1, 1] * y + m[1, 2]], axis=1)
+
+
+def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 (3, 3) product ``a @ b`` of two 3x3 matrices, without BLAS."""
+    return (a[:, :, None] * b[None, :, :]).sum(axis=1)
 
 
 def segment_affine(
@@ -126,12 +147,12 @@ def segment_affine(
         mirror[0, 2] = w - 1.0
     # The pivot is given on the un-mirrored crop; follow it through the mirror so the same
     # physical point of the segment lands on center_dst either way.
-    px, py = (mirror @ np.array([center_src[0], center_src[1], 1.0]))[:2]
+    px, py = _affine_apply(mirror, np.array([[center_src[0], center_src[1]]]))[0]
     rotate = np.eye(3)
     rotate[:2] = cv2.getRotationMatrix2D((float(px), float(py)), float(angle_deg), float(scale))
     rotate[0, 2] += center_dst[0] - px
     rotate[1, 2] += center_dst[1] - py
-    return (rotate @ mirror)[:2].astype(np.float64)
+    return _compose(rotate, mirror)[:2]
 
 
 def warp_segment(
@@ -204,7 +225,7 @@ def _warp_mask(
     corners = np.array(
         [[-0.5, -0.5, 1.0], [w - 0.5, -0.5, 1.0], [-0.5, h - 0.5, 1.0], [w - 0.5, h - 0.5, 1.0]]
     )
-    xy = corners @ matrix.T
+    xy = _affine_apply(matrix, corners[:, :2])
     # Keep the dest pixels whose centres fall inside the outline.
     x0 = max(math.ceil(xy[:, 0].min() - _WINDOW_EPS), 0)
     y0 = max(math.ceil(xy[:, 1].min() - _WINDOW_EPS), 0)

@@ -34,6 +34,7 @@ from weakpaste.ops import masks as mask_ops
 from weakpaste.options import option
 from weakpaste.paste import plan as plan_mod
 from weakpaste.paste.render import RenderParams, render
+from weakpaste.runners import ExecutorConfig, host_tag, map_items
 from weakpaste.structures import ImageRecord, Instances
 
 PARTS_GLOB = ".parts-*.jsonl"
@@ -133,7 +134,7 @@ def _journal(out_dir: Path):
     global _JOURNAL
     if _JOURNAL is None or _JOURNAL[:2] != (os.getpid(), out_dir):
         _close_journal()
-        path = out_dir / f".parts-{os.getpid()}.jsonl"
+        path = out_dir / f".parts-{host_tag()}.jsonl"
         if path.is_file():  # a resumed run in the same process: cut a torn last line off
             raw = path.read_bytes()
             with open(path, "r+b") as fh:
@@ -163,7 +164,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     if inst is not None and (inst.height, inst.width) != (H, W):
         raise WeakpasteError(f"{background.path}: image is {W}x{H} but its annotations say "
                              f"{inst.width}x{inst.height}; fix 'width'/'height'")
-    bg_masks = inst.masks() if inst is not None else np.zeros((0, H, W), dtype=bool)
+    bg_masks = mask_ops.RleStack(inst.rles if inst is not None else (), H, W)
     bg_classes = inst.classes if inst is not None else ()
     bank = _open_bank(ctx.bank_root)
     picks = plan_mod.select_segments(rng, ctx.probabilities, cfg.objects)
@@ -171,7 +172,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     pixels = [_read_cached(bank, int(i)) for i in ids]
     occupied = None
     if cfg.placement == "space-max" and len(bg_masks):
-        occupied = bg_masks.any(axis=0)
+        occupied = bg_masks.any()
     plan = plan_mod.plan_image(rng, image_hw=(H, W), segment_ids=ids,
                                masks=[m for _, m in pixels], occupied=occupied,
                                params=cfg)
@@ -183,7 +184,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     out_dir = Path(ctx.out_dir)
     atomic_write_bytes(out_dir / "images" / file_name,
                        encode_image(out.image, cfg.image_format, cfg.jpeg_quality))
-    rles = mask_ops.encode_many(out.masks)
+    rles = out.rles()
     result = ItemResult(index=index, file_name=file_name, width=W, height=H,
                         annotations=[{"class": c, "rle": r, "pasted": bool(p)}
                                      for c, r, p in zip(out.classes, rles, out.pasted,
@@ -239,22 +240,9 @@ def _init_worker(ctx: PasteContext) -> None:
 
 
 def _run_task(task: tuple[int, np.random.SeedSequence, Background]) -> int:
-    assert _CTX is not None
+    if _CTX is None:  # pragma: no cover - the executor always runs _init_worker first
+        raise RuntimeError("paste worker used before _init_worker")
     return paste_item(_CTX, *task)
-
-
-def map_items(ctx: PasteContext, tasks: list, workers: int) -> Iterator[int]:
-    """Run ``paste_item`` over tasks in order, in this process or a pool of ``workers``."""
-    if workers <= 1:
-        _init_worker(ctx)
-        for t in tasks:
-            yield _run_task(t)
-        return
-    import multiprocessing as mp
-
-    with mp.get_context("spawn" if os.name != "posix" else "fork").Pool(
-            workers, initializer=_init_worker, initargs=(ctx,)) as pool:
-        yield from pool.imap(_run_task, tasks, chunksize=4)
 
 
 def load_backgrounds(coco_json: str | None, images_dir: str | None,
@@ -338,7 +326,8 @@ def mixed_background_order(seed: np.random.SeedSequence, is_extra: np.ndarray,
 def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
               backgrounds_json: str | None = None, images_dir: str | None = None,
               extra_backgrounds: list[str] | None = None, workers: int = 1,
-              overwrite: bool = False, resume: bool = False, progress: bool = True) -> dict:
+              overwrite: bool = False, resume: bool = False, progress: bool = True,
+              executor: ExecutorConfig | None = None) -> dict:
     """Run the paste stage.
 
     Args:
@@ -348,10 +337,12 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
         backgrounds_json: COCO data set whose images (and instances) are backgrounds.
         images_dir: its images.
         extra_backgrounds: folders of extra background images (no instances).
-        workers: processes.
+        workers: processes (or Ray actors).
         overwrite: replace an existing output.
         resume: continue an interrupted run with the same config.
         progress: show a progress bar.
+        executor: where the items run (``ExecutorConfig``: local pool or Ray; never changes
+            the output).
 
     Returns:
         The final manifest.
@@ -404,8 +395,10 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
     ctx = PasteContext(bank_root=str(bank), table=table, probabilities=probs, config=config,
                        out_dir=str(out))
     try:
-        for _ in tqdm(map_items(ctx, tasks, workers), total=len(tasks), desc="paste",
-                      unit="img", disable=not progress):
+        readable = [bank, out, images_dir, *(extra_backgrounds or [])]
+        items = map_items(_run_task, tasks, workers=workers, init=_init_worker, initargs=(ctx,),
+                          executor=executor, check=[p for p in readable if p])
+        for _ in tqdm(items, total=len(tasks), desc="paste", unit="img", disable=not progress):
             pass
     finally:
         _close_journal()

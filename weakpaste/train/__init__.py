@@ -2,11 +2,13 @@
 
 * ``weakpaste.train.data``: COCO sets as torch data, class mapping by name, augmentation
   (large-scale jittering, brightness/contrast), repeat-factor sampling.
-* ``weakpaste.train.engine``: the model (ResNet-50 / MobileNetV3 FPN), weights, the SGD
-  schedule, checkpoints, resume and the two-stage loop (``run_train``).
+* ``weakpaste.train.config``: the options of ``train``, ``eval`` and ``longtail`` (no torch).
+* ``weakpaste.train.model``: the model (ResNet-50 / MobileNetV3 FPN), its weights,
+  checkpoints and the device.
+* ``weakpaste.train.loop``: the SGD schedule, resume and the two-stage loop (``run_train``).
 * ``weakpaste.train.evaluation``: COCOeval bbox/segm, per-class and rare/common/frequent AP
-  (``run_eval``).
+  (``run_eval``); it depends on ``model`` only, ``loop`` depends on it.
 * ``weakpaste.train.longtail``: Pareto long-tailed subsets (``run_longtail``; no torch).
 
-Nothing is imported here, so that ``longtail`` stays free of torch.
+Nothing is imported here, so that ``config`` and ``longtail`` stay free of torch.
 """

@@ -37,10 +37,17 @@ from weakpaste.io.coco import (
     evaluation_ground_truth,
 )
 from weakpaste.io.images import atomic_write_bytes, read_image
-from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
+from weakpaste.manifest import (
+    check_not_an_input,
+    file_sha256,
+    prepare_output_dir,
+    write_manifest,
+)
 from weakpaste.ops.masks import encode_many
 from weakpaste.structures import ImageRecord
 from weakpaste.train import data as tdata
+from weakpaste.train.config import EvalConfig
+from weakpaste.train.model import load_checkpoint, model_from_checkpoint, resolve_device
 
 IOU_TYPES: tuple[str, ...] = ("segm", "bbox")
 METRIC_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
@@ -287,9 +294,9 @@ def _write_eval(out: Path, metrics: dict, results: list[dict] | None, *, config:
 
 def evaluate_model(model: torch.nn.Module, data: str | tdata.DataSpec, out_dir: str | os.PathLike,
                    *, class_names: Sequence[str], train_image_counts: Mapping[str, int] | None,
-                   device: torch.device | str = "cpu", source: str = "",
-                   overwrite: bool = True, progress: bool = True,
-                   notes: Sequence[str] = ()) -> dict:
+                   config: EvalConfig | None = None, source: str = "",
+                   inputs: Sequence[str | os.PathLike] = (), overwrite: bool = True,
+                   progress: bool = True) -> dict:
     """Predict on ``data`` with ``model`` and write ``OUT/metrics.json`` + ``predictions.json``.
 
     Args:
@@ -299,47 +306,59 @@ def evaluate_model(model: torch.nn.Module, data: str | tdata.DataSpec, out_dir: 
             ``overwrite``).
         class_names: the model's classes.
         train_image_counts: training images per class (frequency buckets); None: unknown.
-        device: where the model runs.
+        config: device and mask threshold (default ``EvalConfig()``).
         source: what the model is (for the manifest).
+        inputs: the model's files besides ``data`` (``out_dir`` may not overlap them).
         overwrite: replace an existing output.
         progress: tqdm progress bar.
-        notes: remarks to keep in the manifest.
 
     Returns:
         The metrics (see the module docstring), plus an ``info`` block.
     """
+    config = config or EvalConfig()
+    device = resolve_device(config.device)
     spec = tdata.parse_data_spec(data, option="--data")
     gt = tdata.load_spec(spec)
-    mapping, map_notes = tdata.map_eval_categories(class_names, gt)
+    mapping, notes = tdata.map_eval_categories(class_names, gt)
     categories = {i + 1: mapping[n] for i, n in enumerate(class_names) if n in mapping}
-    out = _prepare_eval_dir(out_dir, overwrite)
+    out = _prepare_eval_dir(out_dir, overwrite, [spec.json, spec.images, *inputs])
     items = [(gt.images_dir, rec) for rec in gt.records]
-    results = predict(model, items, categories, device=device, progress=progress)
-    freq = frequencies(train_image_counts)
-    if freq is None:
-        freq = lvis_frequencies(spec.json)
-    metrics = evaluate_results(spec.json, results, frequency=freq, train_images=train_image_counts)
-    all_notes = list(notes) + map_notes
-    metrics["info"] = {"images": len(items), "detections": len(results), "source": source,
-                       "frequency_source": ("training data" if train_image_counts is not None
-                                            else "LVIS categories" if freq else None),
-                       "notes": all_notes}
+    results = predict(model.to(device), items, categories, device=device,
+                      mask_threshold=config.mask_threshold, progress=progress)
+    metrics = _metrics(spec.json, results, train_image_counts, source, len(items), notes)
     _write_eval(out, metrics, results, config={"data": str(spec), "source": source},
                 inputs={str(spec.json): file_sha256(spec.json)},
                 counts={"images": len(items), "detections": len(results),
                         **{f"{iou}_{k}": metrics[iou][k] for iou in IOU_TYPES
                            for k in ("AP", "AP50", "AP75")}},
-                notes=all_notes)
+                notes=notes)
     return metrics
 
 
-def _prepare_eval_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+def _metrics(gt_json: Path, results: list[dict], counts: Mapping[str, int] | None, source: str,
+             images: int, notes: list[str]) -> dict:
+    """``evaluate_results`` with the frequency buckets of ``counts`` (else an LVIS file's) and
+    the ``info`` block."""
+    freq = frequencies(counts)
+    if freq is None:
+        freq = lvis_frequencies(gt_json)
+    metrics = evaluate_results(gt_json, results, frequency=freq, train_images=counts)
+    metrics["info"] = {"images": images, "detections": len(results), "source": source,
+                       "frequency_source": ("training data" if counts is not None
+                                            else "LVIS categories" if freq else None),
+                       "notes": notes}
+    return metrics
+
+
+def _prepare_eval_dir(out_dir: str | os.PathLike, overwrite: bool,
+                      inputs: Sequence[str | os.PathLike | None]) -> Path:
     out = Path(out_dir)
+    check_not_an_input(out, inputs)
     # An evaluation has nothing to resume: say so rather than the generic --resume hint.
     if not overwrite and out.is_dir() and any(out.iterdir()):
         raise WeakpasteError(f"{out}: output folder is not empty; pass --overwrite to replace "
                              "it or choose another --out")
-    return prepare_output_dir(out, overwrite=overwrite, stage="eval")
+    return prepare_output_dir(out, overwrite=overwrite, stage="eval", inputs=inputs)
 
 
 def _default_out(anchor: Path, data_json: Path) -> Path:
@@ -349,14 +368,24 @@ def _default_out(anchor: Path, data_json: Path) -> Path:
     return parent / f"eval-{data_json.stem}"
 
 
-def run_eval(data: str | tdata.DataSpec, out_dir: str | os.PathLike | None = None, *,
+def _train_counts(tspec: tdata.DataSpec | None) -> dict[str, int] | None:
+    """Training images per class of the ``--train`` file, or None."""
+    if tspec is None:
+        return None
+    tset = tdata.load_spec(tspec, check_files=False)
+    return tdata.class_image_counts(tset.records, list(tset.categories))
+
+
+def run_eval(config: EvalConfig, data: str | tdata.DataSpec,
+             out_dir: str | os.PathLike | None = None, *,
              checkpoint: str | os.PathLike | None = None,
              predictions: str | os.PathLike | None = None,
-             train: str | tdata.DataSpec | None = None, device: str = "cpu",
-             overwrite: bool = False, progress: bool = True) -> dict:
+             train: str | tdata.DataSpec | None = None, overwrite: bool = False,
+             progress: bool = True) -> dict:
     """``weakpaste eval``: evaluate a checkpoint, or a COCO results file, on a COCO set.
 
     Args:
+        config: device and mask threshold.
         data: ``COCO_JSON:IMAGES_DIR`` (the images are needed with ``checkpoint`` only).
         out_dir: output folder; default ``eval-<data stem>`` beside the checkpoint's run
             folder (or the predictions file).
@@ -364,54 +393,38 @@ def run_eval(data: str | tdata.DataSpec, out_dir: str | os.PathLike | None = Non
         predictions: a COCO results JSON (exclusive with ``checkpoint``).
         train: a COCO JSON whose per-class image counts define rare/common/frequent; default:
             the counts stored in the checkpoint, else an LVIS file's category frequencies.
-        device: cpu or cuda.
         overwrite: replace an existing output.
         progress: tqdm progress bar.
 
     Returns:
-        The metrics written to ``OUT/metrics.json``.
+        The metrics written to ``OUT/metrics.json``; ``info.notes`` holds remarks about the
+        input.
 
     Raises:
         WeakpasteError: bad input (see the messages).
     """
-    from weakpaste.train.engine import load_checkpoint, model_from_checkpoint, note, resolve_device
-
     if (checkpoint is None) == (predictions is None):
         raise WeakpasteError("pass either --checkpoint CKPT or --predictions PRED_JSON")
     spec = tdata.parse_data_spec(data, option="--data", images_required=checkpoint is not None)
-    counts = None
-    if train is not None:
-        tspec = tdata.parse_data_spec(train, option="--train", images_required=False)
-        tset = tdata.load_spec(tspec, check_files=False)
-        counts = tdata.class_image_counts(tset.records, list(tset.categories))
+    tspec = (tdata.parse_data_spec(train, option="--train", images_required=False)
+             if train is not None else None)
+    counts = _train_counts(tspec)
     anchor = Path(checkpoint if checkpoint is not None else predictions)
     out_dir = Path(out_dir) if out_dir is not None else _default_out(anchor, spec.json)
+    extra_inputs = [anchor, tspec.json if tspec is not None else None]
     if checkpoint is not None:
-        dev = resolve_device(device)
+        resolve_device(config.device)  # before reading a large checkpoint
         ckpt = load_checkpoint(checkpoint)
         model, mconfig = model_from_checkpoint(ckpt, checkpoint)
         if counts is None and ckpt.get("train_image_counts") is not None:
             counts = {str(k): int(v) for k, v in ckpt["train_image_counts"].items()}
-        metrics = evaluate_model(model.to(dev), spec, out_dir, class_names=mconfig.class_names,
-                                 train_image_counts=counts, device=dev, source=str(checkpoint),
-                                 overwrite=overwrite, progress=progress)
-        for message in metrics["info"]["notes"]:
-            note(message)
-        return metrics
+        return evaluate_model(model, spec, out_dir, class_names=mconfig.class_names,
+                              train_image_counts=counts, config=config, source=str(checkpoint),
+                              inputs=extra_inputs, overwrite=overwrite, progress=progress)
     gt = tdata.load_spec(spec, check_files=False)
     results, notes = read_predictions(predictions, gt)
-    for message in notes:
-        note(message)
-    out = _prepare_eval_dir(out_dir, overwrite)
-    freq = frequencies(counts)
-    if freq is None:
-        freq = lvis_frequencies(spec.json)
-    metrics = evaluate_results(spec.json, results, frequency=freq, train_images=counts)
-    metrics["info"] = {"images": len(gt.records), "detections": len(results),
-                       "source": str(predictions),
-                       "frequency_source": ("training data" if counts is not None
-                                            else "LVIS categories" if freq else None),
-                       "notes": notes}
+    out = _prepare_eval_dir(out_dir, overwrite, [spec.json, spec.images, *extra_inputs])
+    metrics = _metrics(spec.json, results, counts, str(predictions), len(gt.records), notes)
     _write_eval(out, metrics, None, config={"data": str(spec), "source": str(predictions)},
                 inputs={str(spec.json): file_sha256(spec.json),
                         str(predictions): file_sha256(predictions)},

@@ -40,6 +40,7 @@ from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import load_coco, write_coco_subset
 from weakpaste.manifest import file_sha256
+from weakpaste.train.config import LongtailConfig
 
 PARETO_TAIL = 0.99
 
@@ -68,28 +69,28 @@ def pareto_reference(num_classes: int, shape: float, max_count: int, min_count: 
     return ref.astype(np.int64)
 
 
-def select_longtail(image_classes: Mapping[int, Sequence[str]], *, shape: float = 6.0,
-                    max_count: int = 800, min_count: int = 1, seed: int = 0
+def select_longtail(image_classes: Mapping[int, Sequence[str]], config: LongtailConfig
                     ) -> tuple[list[int], dict]:
     """Choose the images of a long-tailed subset.
 
     Args:
         image_classes: image id -> class name of each of its instances.
-        shape, max_count, min_count: the Pareto reference (see ``pareto_reference``).
-        seed: the only source of randomness (``np.random.default_rng(seed)``).
+        config: the Pareto reference (``shape``, ``max_count``, ``min_count``; see
+            ``pareto_reference``) and ``seed``, the only source of randomness
+            (``np.random.default_rng(seed)``).
 
     Returns:
         (sorted selected image ids, report with ``order`` (classes by available instances),
         ``reference``, ``available`` and ``selected`` instance counts per class).
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(config.seed)
     per_image = {i: Counter(c) for i, c in image_classes.items() if c}
     available = Counter()
     for cnt in per_image.values():
         available.update(cnt)
     # Descending available instances; ties broken by name so the order is reproducible.
     order = sorted(available, key=lambda c: (-available[c], c))
-    reference = pareto_reference(len(order), shape, max_count, min_count)
+    reference = pareto_reference(len(order), config.shape, config.max_count, config.min_count)
     with_class = {c: [] for c in order}
     for img in sorted(per_image):
         for c in per_image[img]:
@@ -122,9 +123,8 @@ def select_longtail(image_classes: Mapping[int, Sequence[str]], *, shape: float 
     return sorted(selected), report
 
 
-def run_longtail(coco_json: str | os.PathLike, out_json: str | os.PathLike, *,
-                 shape: float = 6.0, max_count: int = 800, min_count: int = 1, seed: int = 0,
-                 overwrite: bool = False) -> dict:
+def run_longtail(config: LongtailConfig, coco_json: str | os.PathLike,
+                 out_json: str | os.PathLike, *, overwrite: bool = False) -> dict:
     """``weakpaste longtail``: write a long-tailed subset of a COCO file.
 
     The output keeps the input's entries unchanged (ids, polygons or RLE, extra fields) for the
@@ -132,20 +132,21 @@ def run_longtail(coco_json: str | os.PathLike, out_json: str | os.PathLike, *,
     configuration, seed, version, input SHA-256 and counts (the output is one file, so the
     provenance that other stages keep in ``manifest.json`` travels inside it).
 
+    Args:
+        config: the Pareto reference (shape, max and min counts) and the seed.
+        coco_json: the input COCO file.
+        out_json: the subset to write.
+        overwrite: replace an existing ``out_json``.
+
     Returns:
         The provenance block, with ``counts`` (images, annotations, per-class reference,
         available and selected instances) and ``notes``.
 
     Raises:
-        WeakpasteError: bad parameters, unreadable input, no instances, or an existing output
-            without ``overwrite``.
+        WeakpasteError: unreadable input, no instances, or an existing output without
+            ``overwrite``.
     """
     src, dst = Path(coco_json), Path(out_json)
-    if shape <= 0:
-        raise WeakpasteError(f"--shape must be positive, got {shape}")
-    if not 1 <= min_count <= max_count:
-        raise WeakpasteError(f"need 1 <= --min <= --max, got --min {min_count} --max "
-                             f"{max_count}")
     if dst.exists() and not overwrite:
         raise WeakpasteError(f"{dst}: already exists; pass --overwrite to replace it or choose "
                              "another --out")
@@ -154,8 +155,7 @@ def run_longtail(coco_json: str | os.PathLike, out_json: str | os.PathLike, *,
     data = load_coco(src, require_masks=False, check_files=False)
     image_classes = {r.image_id: (r.instances.classes if r.instances is not None else ())
                      for r in data.records}
-    ids, report = select_longtail(image_classes, shape=shape, max_count=max_count,
-                                  min_count=min_count, seed=seed)
+    ids, report = select_longtail(image_classes, config)
     if not report["order"]:
         raise WeakpasteError(f"{src}: no annotated instance to sample from; a long-tailed subset "
                              "needs a COCO file with annotations")
@@ -172,10 +172,11 @@ def run_longtail(coco_json: str | os.PathLike, out_json: str | os.PathLike, *,
         notes.append(f"{len(short)} class(es) have fewer instances than their reference count "
                      "and are taken whole: " + ", ".join(repr(n) for n in short[:8])
                      + (" …" if len(short) > 8 else ""))
-    config = {"shape": shape, "max": max_count, "min": min_count, "tail": PARETO_TAIL,
-              "rule": "EM-Paste appendix 11 (Pareto reference, classes by available instances)"}
-    provenance = {"stage": "longtail", "weakpaste_version": __version__, "seed": seed,
-                  "config": config, "inputs": {str(src): file_sha256(src)},
+    settings = {"shape": config.shape, "max": config.max_count, "min": config.min_count,
+                "tail": PARETO_TAIL,
+                "rule": "EM-Paste appendix 11 (Pareto reference, classes by available instances)"}
+    provenance = {"stage": "longtail", "weakpaste_version": __version__, "seed": config.seed,
+                  "config": settings, "inputs": {str(src): file_sha256(src)},
                   "counts": {"images": len(ids), "classes": len(report["order"]),
                              "per_class": {c: {"reference": report["reference"][c],
                                                "available": report["available"][c],

@@ -1,0 +1,180 @@
+"""Executors: local pool and Ray give the same results and the same paste bytes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from weakpaste.bank import BankConfig, run_bank_from_coco
+from weakpaste.errors import WeakpasteError
+from weakpaste.paste.run import PasteConfig, run_paste
+from weakpaste.runners import ExecutorConfig, map_items
+
+_STATE: dict = {}
+
+
+def _init(offset: int) -> None:
+    _STATE["offset"] = offset
+
+
+def _add(x: int) -> tuple[int, int]:
+    return x + _STATE["offset"], os.getpid()
+
+
+def test_local_map_keeps_order_and_runs_init_in_every_worker():
+    one = list(map_items(_add, list(range(20)), workers=1, init=_init, initargs=(100,)))
+    two = list(map_items(_add, list(range(20)), workers=2, init=_init, initargs=(100,)))
+    assert [v for v, _ in one] == [v for v, _ in two] == list(range(100, 120))
+    assert {pid for _, pid in one} == {os.getpid()}
+    assert os.getpid() not in {pid for _, pid in two}
+
+
+def test_ray_missing_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(WeakpasteError) as err:
+        list(map_items(_add, [1], executor=ExecutorConfig(executor="ray")))
+    assert str(err.value) == ("--executor ray needs Ray: pip install 'weakpaste[ray]' (or pip "
+                              "install ray)")
+
+
+def test_executor_options_are_validated():
+    with pytest.raises(WeakpasteError, match=r"^executor \(--executor\) must be one of local, "
+                                             r"ray; got 'dask'$"):
+        ExecutorConfig(executor="dask")
+
+
+# --- Ray: a local cluster of 2 CPUs started once for this module -------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is a test dependency: pip install -e '.[test]'")
+    # Ray's workers import the tests' own item functions from tests/, like a user's module.
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+RAY = ExecutorConfig(executor="ray")
+
+
+@pytest.fixture
+def paste_inputs(tiny_coco, tmp_path):
+    path, images = tiny_coco
+    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
+    return {"bank": str(tmp_path / "bank"), "backgrounds_json": str(path),
+            "images_dir": str(images)}
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())} | {
+        "annotations.json": (out / "annotations.json").read_bytes()}
+
+
+def test_ray_map_keeps_order(ray_cluster):
+    got = list(map_items(_add, list(range(11)), workers=2, init=_init, initargs=(5,),
+                         executor=RAY))
+    assert [v for v, _ in got] == list(range(5, 16))
+    assert os.getpid() not in {pid for _, pid in got}
+
+
+def test_ray_paste_is_byte_identical_to_the_local_pool(ray_cluster, paste_inputs, tmp_path):
+    cfg = PasteConfig(num_images=10, seed=5, objects=(1, 3), placement="space-max",
+                      blend=("gaussian", "poisson"))
+    run_paste(cfg, out_dir=str(tmp_path / "local"), workers=2, progress=False, **paste_inputs)
+    for n in (1, 2):
+        run_paste(cfg, out_dir=str(tmp_path / f"ray{n}"), workers=n, progress=False,
+                  executor=RAY, **paste_inputs)
+        assert _snapshot(tmp_path / f"ray{n}") == _snapshot(tmp_path / "local")
+
+
+def test_ray_worker_that_cannot_see_an_input_is_one_line(ray_cluster, paste_inputs, tmp_path):
+    import ray
+
+    from weakpaste.runners import start_actors
+
+    actors = start_actors(1, None, (), RAY)
+    missing = str(tmp_path / "not-mounted")
+    assert ray.get(actors[0].unreadable.remote([missing]))[0].endswith(":" + missing)
+    for a in actors:
+        ray.kill(a)
+    with pytest.raises(WeakpasteError, match=r"a Ray worker cannot read .*: put the inputs and "
+                                             r"--out on a file system that every node mounts"):
+        list(map_items(_add, [1], init=_init, initargs=(0,), executor=RAY, check=[missing]))
+
+
+def _ray_worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ray::_Worker" in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_killed_ray_worker_is_retried_and_the_output_is_identical(ray_cluster, paste_inputs,
+                                                                   tmp_path):
+    cfg = PasteConfig(num_images=150, seed=2, objects=(2, 4))
+    run_paste(cfg, out_dir=str(tmp_path / "local"), progress=False, **paste_inputs)
+    out = tmp_path / "ray"
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_paste(cfg, out_dir=str(out), workers=2, progress=False,
+                      executor=ExecutorConfig(executor="ray", chunk=1), **paste_inputs)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    killed = None
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        images = out / "images"
+        pids = _ray_worker_pids()
+        if images.is_dir() and len(list(images.iterdir())) >= 3 and pids:
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    thread.join(timeout=300)
+    assert not errors, errors
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert _snapshot(out) == _snapshot(tmp_path / "local")
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, paste_inputs, tmp_path):
+    args = ["paste", "--bank", paste_inputs["bank"], "--backgrounds",
+            paste_inputs["backgrounds_json"], "--images", paste_inputs["images_dir"],
+            "--num-images", "60", "--objects", "1-3", "--seed", "9", "--quiet"]
+    from weakpaste.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    out = tmp_path / "ray"
+    ray_args = [*args, "--out", str(out), "--executor", "ray", "--ray-address", ray_cluster,
+                "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "weakpaste.cli", *ray_args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "images").is_dir() and len(list((out / "images").iterdir())) >= 5:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (out / "annotations.json").exists()
+    assert main([*ray_args, "--resume"]) == 0
+    assert _snapshot(out) == _snapshot(tmp_path / "local")

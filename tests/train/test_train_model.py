@@ -1,0 +1,148 @@
+"""weakpaste.train.model: construction, initial weights, checkpoints and the device."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+from train_helpers import one_torch_thread, tiny_train_config
+
+from weakpaste.errors import WeakpasteError
+from weakpaste.train import model as E
+from weakpaste.train.config import ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+def _config(backbone: str = "mobilenet_v3", frozen: bool = False) -> ModelConfig:
+    return ModelConfig(backbone=backbone, class_names=("a", "b"), image_size=64,
+                         frozen_bn=frozen, trainable_layers=3, roi_batch=32, rpn_proposals=64)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3", "resnet50"])
+def test_build_model_predicts_masks_of_the_image_size(backbone):
+    model, notes = E.build_model(_config(backbone), weights=None, seed=1)
+    assert notes == []
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    model.eval()
+    with torch.inference_mode():
+        out = model([torch.rand(3, 48, 64)])[0]
+    n = len(out["scores"])
+    assert out["boxes"].shape == (n, 4) and out["labels"].shape == (n,)
+    assert out["masks"].shape == (n, 1, 48, 64)
+    again, _ = E.build_model(_config(backbone), weights=None, seed=1)
+    key = "roi_heads.box_predictor.cls_score.weight"
+    assert torch.equal(model.state_dict()[key], again.state_dict()[key])
+
+
+def test_default_weights_offline_is_one_clear_line(monkeypatch):
+    import torchvision.models._api as api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeakpasteError) as err:
+        E.build_model(_config(frozen=True), weights="DEFAULT")
+    assert str(err.value) == (
+        "could not load torchvision's DEFAULT weights for mobilenet_v3_large (<urlopen error "
+        "[Errno -3] Temporary failure in name resolution>); on a machine without internet pass "
+        "--weights PATH to a local state_dict or --weights none")
+
+
+def test_weights_from_a_torchvision_backbone_state_dict(tmp_path):
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        classifier = torchvision.models.mobilenet_v3_large(weights=None)
+    path = tmp_path / "mbv3.pth"
+    torch.save(classifier.state_dict(), path)
+    model, notes = E.build_model(_config(frozen=True), weights=str(path))
+    assert notes == [f"backbone initialised from {path} (262 tensors)"]
+    torch.testing.assert_close(model.backbone.body.state_dict()["1.block.0.0.weight"],
+                               classifier.state_dict()["features.1.block.0.0.weight"])
+
+
+def test_weights_from_a_detector_with_other_classes(tmp_path):
+    other = ModelConfig(backbone="mobilenet_v3", class_names=("x", "y", "z"), image_size=64,
+                          frozen_bn=True, roi_batch=32, rpn_proposals=64)
+    source, _ = E.build_model(other, seed=4)
+    path = tmp_path / "det.pth"
+    torch.save(source.state_dict(), path)
+    model, notes = E.build_model(_config(frozen=True), weights=str(path))
+    # cls_score, bbox_pred and mask_fcn_logits (weight and bias) depend on the classes.
+    assert notes == [f"loaded 290 of 296 tensors from {path}; 6 with another shape "
+                     "(class-specific heads) keep their initial values"]
+    key = "rpn.head.conv.0.0.weight"
+    assert torch.equal(model.state_dict()[key], source.state_dict()[key])
+
+
+def test_unusable_weights_files(tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(WeakpasteError, match=r"garbage.pth: not a readable weights file \("):
+        E.build_model(_config(), weights=str(garbage))
+    import torchvision
+
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), wrong)
+    with pytest.raises(WeakpasteError) as err:
+        E.build_model(_config(), weights=str(wrong))
+    assert str(err.value).startswith(f"{wrong}: neither a Mask R-CNN state_dict nor one of "
+                                     "torchvision's mobilenet_v3_large (")
+
+
+def test_unreadable_checkpoint(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04truncated")
+    fix = "pass a checkpoint written by 'weakpaste train' (e.g. OUT/checkpoints/last.pt)"
+    with pytest.raises(WeakpasteError) as err:
+        E.load_checkpoint(bad)
+    assert str(err.value).startswith(f"{bad}: not a readable checkpoint (")
+    assert str(err.value).endswith(fix)
+    torch.save({"model": {}}, bad)
+    with pytest.raises(WeakpasteError) as err:
+        E.load_checkpoint(bad)
+    assert str(err.value) == f"{bad}: not a weakpaste Mask R-CNN checkpoint; {fix}"
+    with pytest.raises(WeakpasteError) as err:
+        E.load_checkpoint(tmp_path / "none.pt")
+    assert str(err.value) == f"{tmp_path / 'none.pt'}: checkpoint not found; {fix}"
+
+
+def test_weights_from_a_weakpaste_checkpoint(tmp_path):
+    source, _ = E.build_model(_config(), seed=5)
+    path = tmp_path / "last.pt"
+    E.save_checkpoint(path, {"format": E.FORMAT, "format_version": E.FORMAT_VERSION,
+                             "model": source.state_dict(), "model_config": _config().to_dict(),
+                             "iteration": 1})
+    model, notes = E.build_model(_config(), weights=path)
+    assert notes == [f"loaded 342 of 342 tensors from {path}"]
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
+
+
+def test_model_config_for_a_run():
+    pretrained = E.model_config_for(tiny_train_config(weights="DEFAULT"), ("a",))
+    assert (pretrained.frozen_bn, pretrained.trainable_layers) == (True, 3)
+    scratch = E.model_config_for(tiny_train_config(trainable_layers=None), ("a", "b"))
+    assert (scratch.frozen_bn, scratch.trainable_layers, scratch.num_classes) == (False, 6, 3)
+    assert E.model_config_for(tiny_train_config(trainable_layers=2), ("a",)).trainable_layers == 2
+
+
+def test_resolve_device():
+    assert E.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(WeakpasteError) as err:
+        E.resolve_device("tpu")
+    assert str(err.value) == "device (--device) must be cpu, cuda or cuda:N, got 'tpu'"
+    if not torch.cuda.is_available():
+        with pytest.raises(WeakpasteError) as err:
+            E.resolve_device("cuda")
+        assert str(err.value) == ("--device cuda: no CUDA device is available to torch here; "
+                                  "use --device cpu")

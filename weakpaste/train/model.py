@@ -1,0 +1,264 @@
+"""Mask R-CNN: construction, initial weights, checkpoints and the device.
+
+* ``build_model``: torchvision's Mask R-CNN on a ResNet-50 FPN (``resnet50``, the papers'
+  R-50) or a MobileNetV3-Large FPN (``mobilenet_v3``, light) backbone. Weights (resolved by
+  ``weakpaste.models.weights.resolve_weights``, as for the mining classifier): ``DEFAULT``
+  (torchvision's ImageNet backbone weights: the weakly-supervised setting of EM-Paste §4.1; a
+  detector pre-trained on COCO masks would leak mask supervision), a local file (a weakpaste
+  checkpoint, a Mask R-CNN state_dict, or a torchvision classification state_dict of the
+  backbone, read by ``weakpaste.models.backbones.read_state_dict``), or none (random
+  initialisation under the run's seed).
+* ``save_checkpoint`` / ``link_or_copy`` write atomically; ``load_checkpoint`` and
+  ``model_from_checkpoint`` read them back.
+* ``resolve_device``: the torch device of ``--device``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from weakpaste import __version__
+from weakpaste.errors import WeakpasteError
+from weakpaste.errors import reason as _reason
+from weakpaste.models.backbones import (
+    default_weights_error,
+    read_state_dict,
+    read_weakpaste_file,
+    seeded,
+)
+from weakpaste.models.weights import WeightsArg, is_none, resolve_weights
+from weakpaste.train.config import BACKBONES, ModelConfig, TrainConfig, check_device
+
+FORMAT = "weakpaste-maskrcnn"
+FORMAT_VERSION = 1
+CHECKPOINT_FIX = ("pass a checkpoint written by 'weakpaste train' "
+                  "(e.g. OUT/checkpoints/last.pt)")
+# torchvision's anchor sizes for 800-pixel inputs; scaled with --image-size.
+_BASE_ANCHORS = (32, 64, 128, 256, 512)
+_TORCHVISION_NAMES = {"resnet50": "resnet50", "mobilenet_v3": "mobilenet_v3_large"}
+
+
+def default_trainable_layers(backbone: str, pretrained: bool) -> int:
+    """torchvision's choice: 3 stages with pre-trained weights, all of them without."""
+    if pretrained:
+        return 3
+    return 5 if backbone == "resnet50" else 6
+
+
+def model_config_for(config: TrainConfig, class_names: tuple[str, ...]) -> ModelConfig:
+    """The architecture a training run builds: ``config``'s options for these classes."""
+    pretrained = not is_none(config.weights)
+    return ModelConfig(
+        backbone=config.backbone, class_names=class_names, image_size=config.image_size,
+        frozen_bn=pretrained,
+        trainable_layers=(config.trainable_layers if config.trainable_layers is not None
+                          else default_trainable_layers(config.backbone, pretrained)),
+        roi_batch=config.roi_batch, rpn_proposals=config.rpn_proposals,
+        detections_per_image=config.detections_per_image)
+
+
+def _anchor_sizes(image_size: int) -> tuple[int, ...]:
+    # Anchors follow the input size so that they cover the same fraction of the image as
+    # torchvision's defaults do at 800 pixels.
+    scale = image_size / 800.0
+    return tuple(max(4, int(round(s * scale))) for s in _BASE_ANCHORS)
+
+
+def _imagenet_weights(backbone: str):
+    from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
+
+    if backbone == "resnet50":
+        return ResNet50_Weights.DEFAULT
+    return MobileNet_V3_Large_Weights.DEFAULT
+
+
+def _backbone(config: ModelConfig, imagenet) -> tuple[nn.Module, Any, list[str]]:
+    """(FPN backbone, anchor generator, RoI feature levels) of ``config``."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    norm = FrozenBatchNorm2d if config.frozen_bn else nn.BatchNorm2d
+    sizes = _anchor_sizes(config.image_size)
+    if config.backbone == "resnet50":
+        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=imagenet,
+                                       norm_layer=norm, trainable_layers=config.trainable_layers)
+        return (backbone, AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * 5),
+                ["0", "1", "2", "3"])
+    backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=imagenet,
+                                  fpn=True, norm_layer=norm,
+                                  trainable_layers=config.trainable_layers)
+    return backbone, AnchorGenerator((sizes,) * 3, ((0.5, 1.0, 2.0),) * 3), ["0", "1"]
+
+
+def build_model(config: ModelConfig, *, weights: WeightsArg = None,
+                seed: int = 0) -> tuple[nn.Module, list[str]]:
+    """Build a Mask R-CNN.
+
+    Args:
+        config: architecture (see ``ModelConfig``).
+        weights: "DEFAULT" (torchvision's ImageNet backbone weights, downloaded by
+            torchvision into its cache), a path (see ``load_weights_file``) or None / "none".
+        seed: seeds the random initialisation (inside a forked torch RNG, so nothing else is
+            affected).
+
+    Returns:
+        (the model on the CPU in train mode, notes about what was loaded).
+
+    Raises:
+        WeakpasteError: DEFAULT weights cannot be fetched, or the file does not fit.
+    """
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.ops import MultiScaleRoIAlign
+
+    source = resolve_weights(weights)
+    imagenet = _imagenet_weights(config.backbone) if source.kind == "default" else None
+    with seeded(seed):
+        try:
+            backbone, anchors, levels = _backbone(config, imagenet)
+        except Exception as err:
+            if imagenet is None:
+                raise
+            raise default_weights_error(_TORCHVISION_NAMES[config.backbone], err) from None
+        half = max(1, config.rpn_proposals // 2)
+        model = MaskRCNN(
+            backbone, num_classes=config.num_classes, min_size=config.image_size,
+            max_size=config.image_size, rpn_anchor_generator=anchors,
+            box_roi_pool=MultiScaleRoIAlign(levels, 7, 2),
+            mask_roi_pool=MultiScaleRoIAlign(levels, 14, 2),
+            rpn_pre_nms_top_n_train=config.rpn_proposals,
+            rpn_post_nms_top_n_train=config.rpn_proposals,
+            rpn_pre_nms_top_n_test=half, rpn_post_nms_top_n_test=half,
+            box_batch_size_per_image=config.roi_batch,
+            box_detections_per_img=config.detections_per_image)
+    notes = []
+    if imagenet is not None:
+        notes.append(f"backbone initialised with torchvision's {imagenet} weights")
+    elif source.kind == "file":
+        notes.append(load_weights_file(model, source.path, config.backbone))
+    return model, notes
+
+
+def load_weights_file(model: nn.Module, path: Path, backbone: str) -> str:
+    """Initialise ``model`` from a local file; returns a note saying what was loaded.
+
+    Accepted: a weakpaste checkpoint, a Mask R-CNN state_dict (class-specific head tensors
+    whose shape differs, e.g. another number of classes, keep their initial values), or a
+    torchvision classification state_dict of the backbone (``torchvision.models.resnet50``
+    or ``mobilenet_v3_large``; its classifier is ignored).
+
+    Raises:
+        WeakpasteError: missing or unreadable file, or neither kind of state_dict.
+    """
+    state = read_state_dict(path, unpack={FORMAT: "model"})
+    own = model.state_dict()
+    same = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if len(same) >= len(own) // 2:
+        model.load_state_dict(same, strict=False)
+        other = sum(1 for k, v in state.items()
+                    if k in own and tuple(own[k].shape) != tuple(v.shape))
+        return (f"loaded {len(same)} of {len(own)} tensors from {path}"
+                + (f"; {other} with another shape (class-specific heads) keep their initial "
+                   "values" if other else ""))
+    body = model.backbone.body
+    prefix = "features." if backbone == "mobilenet_v3" else ""
+    mapped = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    want = body.state_dict()
+    bad = [k for k, v in want.items()
+           if k not in mapped or tuple(mapped[k].shape) != tuple(v.shape)]
+    if bad:
+        raise WeakpasteError(
+            f"{path}: neither a Mask R-CNN state_dict nor one of torchvision's "
+            f"{_TORCHVISION_NAMES[backbone]} ({len(bad)} of {len(want)} backbone tensors missing "
+            f"or of another shape, e.g. {prefix + bad[0]!r}); pass a matching --backbone, a "
+            "weakpaste checkpoint, DEFAULT or none")
+    body.load_state_dict({k: mapped[k] for k in want}, strict=True)
+    return f"backbone initialised from {path} ({len(want)} tensors)"
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: Path, payload: Mapping) -> None:
+    """``torch.save`` atomically: readers see the old file or the complete new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(dict(payload), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` atomically (a hard link, else a copy)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by ``weakpaste train``.
+
+    Raises:
+        WeakpasteError: missing, unreadable (truncated, corrupt) or foreign file.
+    """
+    path = Path(path)
+    obj = read_weakpaste_file(path, FORMAT, what="checkpoint", fix=CHECKPOINT_FIX,
+                              foreign="not a weakpaste Mask R-CNN checkpoint")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise WeakpasteError(f"{path}: checkpoint format version {obj.get('format_version')} "
+                             f"is not supported by weakpaste {__version__}; {CHECKPOINT_FIX}")
+    for key in ("model", "model_config", "iteration"):
+        if key not in obj:
+            raise WeakpasteError(f"{path}: corrupt checkpoint (no {key!r}); {CHECKPOINT_FIX}")
+    return obj
+
+
+def model_from_checkpoint(ckpt: Mapping, path: str | os.PathLike = "checkpoint"
+                          ) -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the trained model of a checkpoint (CPU, eval mode)."""
+    try:
+        config = ModelConfig.from_dict(ckpt["model_config"])
+        model, _ = build_model(config, weights=None)
+        model.load_state_dict(ckpt["model"], strict=True)
+    except WeakpasteError:
+        raise
+    except Exception as err:
+        raise WeakpasteError(f"{path}: corrupt checkpoint ({_reason(err)}); pass a checkpoint "
+                             "written by 'weakpaste train'") from None
+    return model.eval(), config
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device of ``--device`` (cpu, cuda or cuda:N).
+
+    Raises:
+        WeakpasteError: another name, or CUDA asked for where torch has none.
+    """
+    check_device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WeakpasteError(f"--device {device}: no CUDA device is available to torch here; "
+                             "use --device cpu")
+    return torch.device(device)
+
+
+__all__ = ["BACKBONES", "CHECKPOINT_FIX", "FORMAT", "FORMAT_VERSION", "build_model",
+           "default_trainable_layers", "link_or_copy", "load_checkpoint", "load_weights_file",
+           "model_config_for", "model_from_checkpoint", "resolve_device", "save_checkpoint"]
