@@ -108,7 +108,7 @@ def main() -> None:
         config = FreeSegConfig(model=model, seed=args.seed, saliency_cache=str(args.cache),
                                params=FreeSegParams(saliency=spec))
         start = time.perf_counter()
-        manifest = run_mine_freeseg(str(args.data / "images"), None, str(out), config,
+        manifest = run_mine_freeseg(config, str(args.data / "images"), None, str(out),
                                     workers=args.workers, progress=False, save_baselines=True,
                                     resume=resume)
         total = time.perf_counter() - start

@@ -51,7 +51,7 @@ def main() -> None:
                        em_iters=args.em_iters, keep=args.keep,
                        params=FemParams(candidates=args.candidates, rank=args.rank))
     start = time.perf_counter()
-    manifest = run_mine_fem(str(args.data / "images"), str(gt), str(args.out), config,
+    manifest = run_mine_fem(config, str(args.data / "images"), str(gt), str(args.out),
                             workers=args.workers, progress=False, save_baselines=True)
     total = time.perf_counter() - start
     t = manifest["timings_s"]

@@ -78,7 +78,7 @@ def test_run_mine_fem_end_to_end(scenes, tmp_path):
     root, gt = scenes
     out = tmp_path / "bank"
     config = FemConfig(**TINY, params=FemParams(candidates=4, max_side=128))
-    m = run_mine_fem(str(root / "images"), str(gt), str(out), config, progress=False,
+    m = run_mine_fem(config, str(root / "images"), str(gt), str(out), progress=False,
                      save_baselines=True)
     c = m["counts"]
     assert c["labelled_images"] == 8 and c["mined_this_run"] == 8
@@ -99,7 +99,7 @@ def test_run_mine_fem_end_to_end(scenes, tmp_path):
     # The metric runs on both outputs.
     assert main(["evaluate-masks", str(out), "--gt", str(gt)]) == 0
     # Resume: nothing is recomputed; reusing the classifier keeps the result identical.
-    m2 = run_mine_fem(str(root / "images"), str(gt), str(out), config, progress=False,
+    m2 = run_mine_fem(config, str(root / "images"), str(gt), str(out), progress=False,
                       resume=True)
     assert m2["counts"]["mined_this_run"] == 0
     assert m2["counts"]["segments"] == c["segments"]
@@ -109,7 +109,7 @@ def test_em_iters_zero_equals_step1(scenes, tmp_path):
     root, gt = scenes
     out = tmp_path / "b"
     config = FemConfig(**{**TINY, "em_iters": 0}, params=FemParams(candidates=4, max_side=128))
-    run_mine_fem(str(root / "images"), str(gt), str(out), config, progress=False,
+    run_mine_fem(config, str(root / "images"), str(gt), str(out), progress=False,
                  save_baselines=True)
     final = json.loads((out / "pseudo_labels.json").read_text())["annotations"]
     step1 = json.loads((out / "baselines" / "step1.json").read_text())["annotations"]
@@ -120,13 +120,13 @@ def test_unknown_class_for_a_reused_classifier(scenes, tmp_path):
     root, gt = scenes
     out = tmp_path / "b"
     config = FemConfig(**TINY, params=FemParams(candidates=4, max_side=128))
-    run_mine_fem(str(root / "images"), str(gt), str(out), config, progress=False)
+    run_mine_fem(config, str(root / "images"), str(gt), str(out), progress=False)
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"scene_00000.png": ["unicorn"]}))
     reuse = FemConfig(**{**TINY, "model": MODEL.replace(classifier=str(out / "classifier.pt"))})
     with pytest.raises(WeakpasteError, match=r"class 'unicorn' is not among the classes of the "
                                              r"classifier .*classifier.pt; retrain it"):
-        run_mine_fem(str(root / "images"), str(labels), str(tmp_path / "c"), reuse,
+        run_mine_fem(reuse, str(root / "images"), str(labels), str(tmp_path / "c"),
                      progress=False)
 
 

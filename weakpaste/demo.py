@@ -133,7 +133,7 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
                                epochs=epochs, input_size=256 if pretrained else 128,
                                crop_size=160 if pretrained else 96)
         mine_config = FemConfig(model=model, seed=seed, params=FemParams(max_side=256))
-        made = run_mine_fem(str(scenes / "images"), str(gt), str(out / "bank"), mine_config,
+        made = run_mine_fem(mine_config, str(scenes / "images"), str(gt), str(out / "bank"),
                             workers=workers, progress=progress)
         segments = made["counts"]["segments"]
         quality = evaluate_masks(str(out / "bank"), str(gt))

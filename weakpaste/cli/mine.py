@@ -48,8 +48,11 @@ def rewrite_alias(argv: list[str]) -> list[str]:
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
+    from weakpaste.runners import ExecutorConfig
+
     return {"workers": args.workers, "overwrite": args.overwrite, "resume": args.resume,
-            "progress": not args.quiet, "save_baselines": args.save_baselines}
+            "progress": not args.quiet, "save_baselines": args.save_baselines,
+            "executor": from_args(ExecutorConfig, args)}
 
 
 def _print_skipped(skipped: dict, what: str) -> None:
@@ -63,7 +66,7 @@ def _cmd_mine_fem(args: argparse.Namespace) -> int:
     from weakpaste.mine.fem import run_mine_fem
 
     config = from_args(FemConfig, args)
-    manifest = run_mine_fem(args.images, args.labels, args.out, config, **_run_kwargs(args))
+    manifest = run_mine_fem(config, args.images, args.labels, args.out, **_run_kwargs(args))
     c = manifest["counts"]
     _print_skipped(c["skipped"], " (image, class) pairs")
     print(f"mined {c['segments']} segments of {len(c['per_class'])} classes from "
@@ -77,7 +80,7 @@ def _cmd_mine_freeseg(args: argparse.Namespace) -> int:
     from weakpaste.mine.freeseg import run_mine_freeseg
 
     config = from_args(FreeSegConfig, args)
-    manifest = run_mine_freeseg(args.images, args.labels, args.out, config,
+    manifest = run_mine_freeseg(config, args.images, args.labels, args.out,
                                 **_run_kwargs(args))
     c = manifest["counts"]
     fallback = manifest["coseg"]["fallback_classes"]
@@ -101,10 +104,13 @@ def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
 
 def _add_run_options(p: argparse.ArgumentParser, labels: str, baselines: str) -> None:
     """Inputs, output and how to run: what is not a setting of the method."""
+    from weakpaste.runners import ExecutorConfig
+
     p.add_argument("--images", required=True, help="folder of the images")
     p.add_argument("--labels", help=labels)
     p.add_argument("--out", required=True, help="bank folder to create")
     workers(p)
+    add_options(p, ExecutorConfig)
     p.add_argument("--resume", action="store_true",
                    help="continue a run in --out made with the same options and inputs")
     p.add_argument("--save-baselines", action="store_true", help=baselines)

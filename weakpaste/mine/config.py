@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from weakpaste.errors import WeakpasteError
+from weakpaste.models.weights import parse_weights
 from weakpaste.options import Config, option
 
 METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
@@ -18,10 +19,6 @@ METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
 
 MIN_IMAGE_SIDE = 16
 """Smallest image height or width proposals accept, in pixels."""
-
-
-def _weights(text: str) -> str | None:
-    return None if text.lower() == "none" else text
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class ClassifierSpec(Config):
 
     backbone: str = option("resnet50", help="any torchvision classification model")
     weights: str | None = option(
-        "DEFAULT", parse=_weights, metavar="DEFAULT|PATH|none",
+        "DEFAULT", parse=parse_weights, metavar="DEFAULT|PATH|none",
         help="DEFAULT (torchvision ImageNet download), PATH to a state_dict, or none")
     classifier: str | None = option(None, metavar="PATH",
                                     help="reuse a classifier saved by an earlier run")

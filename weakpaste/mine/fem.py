@@ -29,12 +29,16 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from weakpaste.mine.config import MIN_IMAGE_SIDE, FemConfig, FemParams
 from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
 from weakpaste.ops import masks as mask_ops
+
+if TYPE_CHECKING:
+    from weakpaste.runners import ExecutorConfig
 
 __all__ = ["FemConfig", "FemMiner", "FemParams", "mine_image", "run_mine_fem"]
 
@@ -292,16 +296,17 @@ class FemMiner(Miner):
                          skipped=skipped, extra={"em": em_info}, seconds=seconds)
 
 
-def run_mine_fem(images_dir: str, labels: str | None, out_dir: str, config: FemConfig, *,
+def run_mine_fem(config: FemConfig, images_dir: str, labels: str | None, out_dir: str, *,
                  workers: int = 1, overwrite: bool = False, resume: bool = False,
-                 progress: bool = True, save_baselines: bool = False) -> dict:
+                 progress: bool = True, save_baselines: bool = False,
+                 executor: ExecutorConfig | None = None) -> dict:
     """``weakpaste mine fem``: a segment bank + ``pseudo_labels.json``.
 
     Args:
+        config: classifier and F-EM settings.
         images_dir: folder of the images.
         labels: image-level labels (see ``weakpaste.io.labels``).
         out_dir: the bank folder to create.
-        config: classifier and F-EM settings.
         workers: processes for the per-image stage.
         overwrite: replace an existing output.
         resume: continue a run made with the same options and inputs (per-image results are
@@ -309,10 +314,11 @@ def run_mine_fem(images_dir: str, labels: str | None, out_dir: str, config: FemC
         progress: progress bars.
         save_baselines: also write ``baselines/cam.json`` (Grad-CAM > t as the mask) and
             ``baselines/step1.json`` (step 1 only) for benchmarks.
+        executor: where the per-image work runs (``weakpaste.runners``).
 
     Returns:
         The manifest.
     """
     return run_mine(FemMiner(config), images_dir, labels, out_dir, workers=workers,
                     overwrite=overwrite, resume=resume, progress=progress,
-                    save_baselines=save_baselines)
+                    save_baselines=save_baselines, executor=executor)

@@ -49,6 +49,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -58,6 +59,9 @@ from weakpaste.mine.config import FreeSegConfig, FreeSegParams
 from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
 from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
 from weakpaste.ops import masks as mask_ops
+
+if TYPE_CHECKING:
+    from weakpaste.runners import ExecutorConfig
 
 MINER = "freeseg"
 
@@ -512,17 +516,18 @@ def _picks(o: _Outcome | None, label: str, random: bool) -> dict[str, list[Pick]
     return picks
 
 
-def run_mine_freeseg(images_dir: str, labels: str | None, out_dir: str, config: FreeSegConfig,
-                     *, workers: int = 1, overwrite: bool = False, resume: bool = False,
-                     progress: bool = True, save_baselines: bool = False) -> dict:
+def run_mine_freeseg(config: FreeSegConfig, images_dir: str, labels: str | None, out_dir: str, *,
+                     workers: int = 1, overwrite: bool = False, resume: bool = False,
+                     progress: bool = True, save_baselines: bool = False,
+                     executor: ExecutorConfig | None = None) -> dict:
     """``weakpaste mine freeseg``: a segment bank + ``pseudo_labels.json``.
 
     Args:
+        config: classifier, co-segmentation, refinement and ranking settings.
         images_dir: folder of the object-centric images (one sub-folder per class when
             ``labels`` is None).
         labels: image-level labels, one class per image (see ``weakpaste.io.labels``).
         out_dir: the bank folder to create.
-        config: classifier, co-segmentation, refinement and ranking settings.
         workers: processes for the per-image stage.
         overwrite: replace an existing output.
         resume: continue a run made with the same options and inputs (per-image results are
@@ -531,6 +536,7 @@ def run_mine_freeseg(images_dir: str, labels: str | None, out_dir: str, config: 
         save_baselines: also write ``baselines/raw.json`` (raw map >= ``raw_threshold``),
             ``baselines/refined.json`` (every refined segment) and ``baselines/random.json``
             (as many refined segments as were kept, chosen at random with ``seed``).
+        executor: where the per-image work runs (``weakpaste.runners``).
 
     Returns:
         The manifest (``counts``: images, segments, skipped reasons; ``coseg``: the classes
@@ -538,4 +544,4 @@ def run_mine_freeseg(images_dir: str, labels: str | None, out_dir: str, config: 
     """
     return run_mine(FreeSegMiner(config), images_dir, labels, out_dir, workers=workers,
                     overwrite=overwrite, resume=resume, progress=progress,
-                    save_baselines=save_baselines)
+                    save_baselines=save_baselines, executor=executor)

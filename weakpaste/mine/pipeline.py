@@ -44,15 +44,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,6 +59,9 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes, read_image
 from weakpaste.mine.config import ClassifierSpec
 from weakpaste.options import Config, cli_fields, flag_of
+
+if TYPE_CHECKING:
+    from weakpaste.runners import ExecutorConfig
 
 # --------------------------------------------------------------------------------------------
 # What a miner sees and returns
@@ -426,45 +428,38 @@ def _mine_task(task: tuple[Item, str]) -> dict[str, float]:
     return result.seconds
 
 
-def map_tasks(task: Callable, tasks: list, workers: int, init: Callable, init_args: tuple,
-              models: dict) -> Iterator:
-    """Run ``task`` over ``tasks`` in this process or in a pool of ``workers`` processes.
-
-    ``init(*init_args, threads, models)`` loads a worker's models: here with ``threads=None``
-    (torch keeps its thread count) reusing the already opened ``models``, or in every pool
-    worker with ``threads=1`` (the workers are the parallelism). Results of a pool come in
-    completion order.
-    """
-    if workers <= 1:
-        init(*init_args, None, models)
-        for item in tasks:
-            yield task(item)
-        return
-    import multiprocessing as mp
-
-    models.clear()  # each worker opens its own (e.g. an ONNX session)
-    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(workers, initializer=init, initargs=(*init_args, 1)) as pool:
-        yield from pool.imap_unordered(task, tasks)
-
-
 def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path,
-                models: dict, *, workers: int, progress: bool,
-                timings: dict[str, float]) -> tuple[LazyFiles, int]:
+                models: dict, *, workers: int, progress: bool, timings: dict[str, float],
+                executor: ExecutorConfig | None = None, check: Sequence = ()
+                ) -> tuple[LazyFiles, int]:
     """Run the miner's per-image function on every image not cached yet.
+
+    In this process the models opened up front are reused (``threads=None``: torch keeps its
+    thread count); in a process pool or on Ray actors every worker opens its own, with one
+    thread each (the workers are the parallelism).
+
+    Args:
+        check: the paths every Ray worker must read (the inputs; the cache is in ``out``).
 
     Returns:
         (the results of every image, lazily read from ``cache``; images mined now).
     """
     from tqdm import tqdm
 
+    from weakpaste.runners import ExecutorConfig, map_items
+
+    executor = executor or ExecutorConfig()
     cache.mkdir(parents=True, exist_ok=True)
     files = [cache / (hashlib.sha1(it.file_name.encode()).hexdigest() + ".pkl")
              for it in plan.items]
     tasks = [(it, str(f)) for it, f in zip(plan.items, files, strict=True) if not f.is_file()]
+    here = workers <= 1 and executor.executor == "local"
+    initargs = (miner, str(clf_path), str(out), *((None, models) if here else (1, None)))
+    if not here:
+        models.clear()  # each worker opens its own (an ONNX session does not survive a fork)
     t = time.perf_counter()
-    it = map_tasks(_mine_task, tasks, workers, _worker_init, (miner, str(clf_path), str(out)),
-                   models)
+    it = map_items(_mine_task, tasks, workers=workers, init=_worker_init, initargs=initargs,
+                   executor=executor, check=[str(p) for p in (*check, clf_path, out)])
     for secs in tqdm(it, total=len(tasks), desc=miner.name, unit="img", disable=not progress):
         for k, v in secs.items():
             timings[k] += v
@@ -579,7 +574,8 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
 
 def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
              workers: int = 1, overwrite: bool = False, resume: bool = False,
-             progress: bool = True, save_baselines: bool = False) -> dict:
+             progress: bool = True, save_baselines: bool = False,
+             executor: ExecutorConfig | None = None) -> dict:
     """Mine a segment bank + ``pseudo_labels.json`` with ``miner`` (see the module docstring).
 
     Args:
@@ -594,6 +590,8 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
             (per-image results are cached; the bank is rewritten).
         progress: progress bars.
         save_baselines: also write ``baselines/<variant>.json`` for the miner's baselines.
+        executor: where the per-image work runs (``weakpaste.runners``: a local process pool
+            or Ray actors; never changes the outputs).
 
     Returns:
         The manifest.
@@ -614,7 +612,9 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
     timings["classifier"] = time.perf_counter() - t
     cache = out / ".cache" / cache_key(clf_path, cfg.params, run.cache_extra)
     results, mined = mine_images(miner, plan, cache, clf_path, out, run.models,
-                                 workers=workers, progress=progress, timings=timings)
+                                 workers=workers, progress=progress, timings=timings,
+                                 executor=executor,
+                                 check=[images_dir, *miner.inputs().values()])
     sel = miner.select(results, plan)
     timings.update(sel.seconds)
     t = time.perf_counter()
