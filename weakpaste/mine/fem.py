@@ -307,14 +307,10 @@ def run_mine_fem(config: FemConfig, images_dir: str, labels: str | None, out_dir
         images_dir: folder of the images.
         labels: image-level labels (see ``weakpaste.io.labels``).
         out_dir: the bank folder to create.
-        workers: processes for the per-image stage.
-        overwrite: replace an existing output.
-        resume: continue a run made with the same options and inputs (per-image results are
-            cached; the bank is rebuilt).
-        progress: progress bars.
         save_baselines: also write ``baselines/cam.json`` (Grad-CAM > t as the mask) and
             ``baselines/step1.json`` (step 1 only) for benchmarks.
-        executor: where the per-image work runs (``weakpaste.runners``).
+        workers, overwrite, resume, progress, executor: as for
+            ``weakpaste.mine.pipeline.run_mine``.
 
     Returns:
         The manifest.

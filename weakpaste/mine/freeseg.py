@@ -528,15 +528,11 @@ def run_mine_freeseg(config: FreeSegConfig, images_dir: str, labels: str | None,
             ``labels`` is None).
         labels: image-level labels, one class per image (see ``weakpaste.io.labels``).
         out_dir: the bank folder to create.
-        workers: processes for the per-image stage.
-        overwrite: replace an existing output.
-        resume: continue a run made with the same options and inputs (per-image results are
-            cached; the bank is rebuilt).
-        progress: progress bars.
         save_baselines: also write ``baselines/raw.json`` (raw map >= ``raw_threshold``),
             ``baselines/refined.json`` (every refined segment) and ``baselines/random.json``
             (as many refined segments as were kept, chosen at random with ``seed``).
-        executor: where the per-image work runs (``weakpaste.runners``).
+        workers, overwrite, resume, progress, executor: as for
+            ``weakpaste.mine.pipeline.run_mine``.
 
     Returns:
         The manifest (``counts``: images, segments, skipped reasons; ``coseg``: the classes
