@@ -10,11 +10,15 @@ Accepted forms (``weakpaste mine --labels``):
       ``{"001.jpg": ["person", "dog"]}``;
     * no file, for a folder with one sub-folder per class (object-centric images): the
       sub-folder's name is the label.
+
+Files are UTF-8; a byte-order mark (Excel's "CSV UTF-8") is accepted. Other encodings are
+refused with one line rather than guessed: a file name decoded wrongly would not be found.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -34,9 +38,26 @@ def _records_from_mapping(mapping: dict[str, list[str]], source: Path) -> list[I
     return records
 
 
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8, with or without a byte-order mark.
+
+    Raises:
+        WeakpasteError: the file is not UTF-8 (e.g. Latin-1 from an old spreadsheet).
+    """
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise WeakpasteError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                             f"offset {err.start}); save it as UTF-8 (Excel: 'CSV UTF-8')"
+                             ) from None
+    except OSError as err:
+        raise WeakpasteError(f"{path}: cannot read the labels file ({err.strerror}); check "
+                             "its permissions") from None
+
+
 def _read_csv(path: Path) -> dict[str, list[str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    try:
         fields = reader.fieldnames or []
         key = "image" if "image" in fields else "file_name" if "file_name" in fields else None
         if key is None or "labels" not in fields:
@@ -47,6 +68,9 @@ def _read_csv(path: Path) -> dict[str, list[str]]:
             text = (row.get("labels") or "").replace("|", ";")
             mapping.setdefault(row[key], []).extend(
                 t.strip() for t in text.split(";") if t.strip())
+    except csv.Error as err:
+        raise WeakpasteError(f"{path}: not a readable CSV (line {reader.line_num + 1}: {err}); "
+                             "repair the labels file") from None
     return mapping
 
 
@@ -93,7 +117,7 @@ def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike
         classes = sorted({c for r in records for c in r.labels})
     else:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_read_text(path))
         except json.JSONDecodeError as err:
             raise WeakpasteError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
                                  "repair the labels file") from None
