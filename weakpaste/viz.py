@@ -324,7 +324,8 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
         raise WeakpasteError(f"{coco_json}: no images to draw; its 'images' list is empty")
     picked = _pick(len(data.records), num_images, seed)
 
-    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="viz")
+    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="viz",
+                             inputs=[coco_json, images_dir])
     config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
               "num_images": num_images, "seed": seed, "columns": columns}
     inputs = {"coco_json": file_sha256(coco_json)}

@@ -31,7 +31,7 @@ def _cmd_paste(args: argparse.Namespace) -> int:
                          backgrounds_json=args.backgrounds, images_dir=args.images,
                          extra_backgrounds=args.extra_backgrounds, workers=args.workers,
                          overwrite=args.overwrite, resume=args.resume,
-                         progress=not args.quiet)
+                         progress=not args.quiet, class_weights_file=args.class_weights)
     c = manifest["counts"]
     print(f"wrote {c['images']} images, {c['annotations']} instances "
           f"({c['dropped_total']} dropped by occlusion) to {args.out}")
