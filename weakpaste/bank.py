@@ -279,8 +279,7 @@ class SegmentBank:
 
     def _location(self, segment_id: int) -> tuple[int, int, int]:
         if self._locations is None:
-            self._locations = {e["id"]: (e["shard"], e["offset"], e["length"])
-                               for e in self.iter_index()}
+            self._scan()  # also checks the shards once, before the first read
         try:
             return self._locations[segment_id]
         except KeyError:
