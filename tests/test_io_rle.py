@@ -63,6 +63,7 @@ def test_first_bad_string_is_named():
         1, "compressed RLE counts hold non-ASCII characters")
     assert first_bad_compressed(["", good], [(4, 4)] * 2) == (
         0, "RLE runs add up to 0 pixels, not 4x4 = 16")
+    assert first_bad_compressed([""], [(4, 4)]) == (0, "RLE runs add up to 0 pixels, not 4x4 = 16")
     assert first_bad_compressed([good], [(4, 5)]) == (
         0, "RLE runs add up to 16 pixels, not 4x5 = 20")
 

@@ -24,34 +24,35 @@ _MAX_DIGITS = 7
 
 
 def _as_codes(counts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """The counts strings as one int16 array of 6-bit codes, their lengths, and the index
-    of the first string that is not ASCII (None when all are)."""
+    """The counts strings as one uint8 array of codes (character - 48: valid ones are 0..63,
+    anything else wraps above), their lengths, and the index of the first string that is
+    not ASCII (None when all are)."""
     raw = []
     for j, s in enumerate(counts):
         b = s if isinstance(s, bytes) else s.encode("utf-8")
         if not b.isascii():
-            return np.zeros(0, np.int16), np.zeros(0, np.int64), j
+            return np.zeros(0, np.uint8), np.zeros(0, np.int64), j
         raw.append(b)
     lengths = np.fromiter((len(b) for b in raw), dtype=np.int64, count=len(raw))
-    codes = np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.int16) - 48
+    codes = np.frombuffer(b"".join(raw), dtype=np.uint8) - np.uint8(48)
     return codes, lengths, None
 
 
-def _runs(codes: np.ndarray, string_of_number: np.ndarray,
-          first_number: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _runs(codes: np.ndarray, ends: np.ndarray, string_of_number: np.ndarray,
+          first_number: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Decode well-formed codes into run lengths.
 
     Args:
-        codes: int16 (C,) 6-bit codes of all strings, concatenated.
-        string_of_number: int64 (R,) which string each encoded number belongs to.
-        first_number: int64 (S,) index of each string's first number (R when it has none).
+        codes: uint8 (C,) codes 0..63 of all strings, concatenated.
+        ends: int64 (R,) index of each number's last code.
+        string_of_number: int64 (R,) which string each number belongs to.
+        first_number: int64 (S,) index of each string's first number.
 
     Returns:
-        (runs int64 (R,), number ends int64 (R,), digits per number int64 (R,)).
+        (runs int64 (R,), digits per number int64 (R,)).
     """
-    ends = np.flatnonzero((codes & 0x20) == 0)
     if not ends.size:
-        return ends.copy(), ends, ends.copy()
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts = np.r_[0, ends[:-1] + 1]
     digits = ends - starts + 1
     # Digit by digit: most numbers have one or two, so this touches few codes. Numbers
@@ -63,7 +64,7 @@ def _runs(codes: np.ndarray, string_of_number: np.ndarray,
         if not longer.size:
             break
         runs[longer] |= (codes[starts[longer] + d] & 0x1F).astype(np.int64) << (5 * d)
-    negative = (codes[ends] & 0x10) != 0
+    negative = np.flatnonzero(codes[ends] & 0x10)
     runs[negative] -= np.int64(1) << (5 * np.minimum(digits[negative], _MAX_DIGITS))
     # Runs from the fourth on are deltas to the run two before: cumulative sums over each
     # string's odd positions (from 1) and even positions (from 2).
@@ -78,7 +79,7 @@ def _runs(codes: np.ndarray, string_of_number: np.ndarray,
             first = np.flatnonzero(np.r_[True, strings[1:] != strings[:-1]])
             before = total[first] - values[first]
             runs[chained] = total - np.repeat(before, np.diff(np.r_[first, chained.size]))
-    return runs, ends, digits
+    return runs, digits
 
 
 def first_bad_compressed(counts: Sequence[str | bytes],
@@ -98,20 +99,20 @@ def first_bad_compressed(counts: Sequence[str | bytes],
     codes, lengths, not_ascii = _as_codes(counts)
     if not_ascii is not None:
         return not_ascii, "compressed RLE counts hold non-ASCII characters"
-    string_of_code = np.repeat(np.arange(len(lengths)), lengths)
-    bad = np.flatnonzero((codes < 0) | (codes > 63))
-    if bad.size:
-        return int(string_of_code[bad[0]]), "compressed RLE counts hold characters outside " \
-                                            "pycocotools' alphabet '0'..'o'"
-    nonempty = np.flatnonzero(lengths > 0)
-    unfinished = nonempty[(codes[np.cumsum(lengths)[nonempty] - 1] & 0x20) != 0]
+    string_end = np.cumsum(lengths)
+    outside = codes > 63
+    if outside.any():
+        j = int(np.searchsorted(string_end, np.argmax(outside), side="right"))
+        return j, "compressed RLE counts hold characters outside pycocotools' alphabet '0'..'o'"
+    terminal = (codes & 0x20) == 0
+    nonempty = np.flatnonzero(lengths)
+    unfinished = nonempty[~terminal[string_end[nonempty] - 1]]
     if unfinished.size:
         return int(unfinished[0]), "compressed RLE counts end in the middle of a number"
-    ends = np.flatnonzero((codes & 0x20) == 0)
-    string_of_number = string_of_code[ends]
+    ends = np.flatnonzero(terminal)
+    string_of_number = np.searchsorted(string_end, ends, side="right")
     numbers = np.bincount(string_of_number, minlength=len(lengths))
-    first_number = np.cumsum(numbers) - numbers
-    runs, ends, digits = _runs(codes, string_of_number, first_number)
+    runs, digits = _runs(codes, ends, string_of_number, np.cumsum(numbers) - numbers)
     too_long = np.flatnonzero(digits > _MAX_DIGITS)
     if too_long.size:
         return int(string_of_number[too_long[0]]), "compressed RLE counts hold a run length " \
