@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import png_header, square_masks
 
-from weakpaste.bank import run_bank_from_coco
+from weakpaste.bank import BankConfig, run_bank_from_coco
 from weakpaste.cli import main
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import write_image
@@ -48,7 +48,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     coco = root / "instances.json"
     write_coco(coco, records, ["a", "b"])
     bank = root / "bank"
-    run_bank_from_coco(coco, images, bank, min_area=1, progress=False)
+    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), progress=False)
     labels = root / "labels.csv"
     labels.write_text("image,labels\nimg0.png,a\nimg1.png,b\nimg2.png,a\n")
     decoy = root / "decoy"

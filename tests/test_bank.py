@@ -4,7 +4,13 @@ import pickle
 import numpy as np
 import pytest
 
-from weakpaste.bank import BankWriter, SegmentBank, run_bank_from_coco, segments_from_image
+from weakpaste.bank import (
+    BankConfig,
+    BankWriter,
+    SegmentBank,
+    run_bank_from_coco,
+    segments_from_image,
+)
 from weakpaste.errors import WeakpasteError
 from weakpaste.structures import Segment
 
@@ -110,14 +116,14 @@ def test_bank_from_coco(tiny_coco, tmp_path):
     assert stored["inputs"]["coco_json"] == manifest["inputs"]["coco_json"]
     with pytest.raises(WeakpasteError, match=r"output folder is not empty; pass --overwrite"):
         run_bank_from_coco(path, images, tmp_path / "bank", progress=False)
-    run_bank_from_coco(path, images, tmp_path / "bank", progress=False, overwrite=True,
-                       classes=["b"])
+    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(classes=("b",)),
+                       progress=False, overwrite=True)
     assert SegmentBank(tmp_path / "bank").class_counts() == {"b": 2}
 
 
 def _gt_bank(tiny_coco, tmp_path):
     path, images = tiny_coco
-    run_bank_from_coco(path, images, tmp_path / "bank", min_area=1, progress=False)
+    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
     return tmp_path / "bank", path, images
 
 

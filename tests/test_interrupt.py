@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from weakpaste.bank import run_bank_from_coco
+from weakpaste.bank import BankConfig, run_bank_from_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_ctrl_c_with_workers_prints_one_line(tiny_coco, tmp_path):
     path, images = tiny_coco
     bank = tmp_path / "bank"
-    run_bank_from_coco(path, images, bank, min_area=1, progress=False)
+    run_bank_from_coco(path, images, bank, BankConfig(min_area=1), progress=False)
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "weakpaste.cli", "paste", "--bank", str(bank), "--out",
             str(out), "--backgrounds", str(path), "--images", str(images), "--num-images",

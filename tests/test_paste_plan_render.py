@@ -3,7 +3,9 @@ import math
 import numpy as np
 import pytest
 
+from weakpaste.errors import WeakpasteError
 from weakpaste.ops import geometry
+from weakpaste.ops import masks as mask_ops
 from weakpaste.paste.plan import (
     ImagePlan,
     Placement,
@@ -107,9 +109,9 @@ def test_jitter_scale_range_and_unknown_placement():
                          occupied=None, params=PlanParams(placement="jitter"))
               .placements[0].scale for _ in range(200)]
     assert 0.1 <= min(scales) < 0.3 and 1.8 < max(scales) <= 2.0
-    with pytest.raises(ValueError, match=r"unknown placement 'grid'; choose one of: random, "):
-        plan_image(rng, image_hw=(50, 50), segment_ids=np.array([1]), masks=[mask],
-                   occupied=None, params=PlanParams(placement="grid"))
+    with pytest.raises(WeakpasteError, match=r"^placement \(--placement\) must be one of "
+                                             r"random, space-max, jitter; got 'grid'$"):
+        PlanParams(placement="grid")
 
 
 def test_plan_is_deterministic():
@@ -149,6 +151,29 @@ def test_render_occlusion_arithmetic():
     # "none" blending copies exactly inside the mask and leaves the rest untouched.
     assert (out.image[0:10, 10:20] == 255).all() and (out.image[20:28, 0:20] == 0).all()
     assert (bg == 0).all()  # inputs are not modified
+
+
+def test_render_decodes_only_the_background_instances_a_paste_touches(monkeypatch):
+    bg = np.zeros((40, 40, 3), dtype=np.uint8)
+    bg_masks = np.zeros((3, 40, 40), dtype=bool)
+    bg_masks[0, 0:10, 0:20] = True  # half covered by the paste
+    bg_masks[1, 30:34, 30:40] = True  # far away: untouched
+    bg_masks[2, 20:24, 0:4] = True  # far away: untouched
+    seg = (np.full((10, 10, 3), 255, np.uint8), np.ones((10, 10), bool), "new")
+    plan = ImagePlan(segment_ids=(1,), placements=(_place(0, (14.5, 4.5)),))
+    params = RenderParams(min_visible=0.25, min_area=1)
+    eager = render(bg, bg_masks, ("a", "b", "c"), [seg], plan, params)
+    rles = mask_ops.encode_many(bg_masks)
+    decoded = []
+    real_decode = mask_ops.decode
+    monkeypatch.setattr(mask_ops, "decode", lambda r: decoded.append(r) or real_decode(r))
+    lazy = render(bg, mask_ops.RleStack(rles, 40, 40), ("a", "b", "c"), [seg], plan, params)
+    assert decoded == [rles[0]]  # only the touched instance
+    assert lazy.reused == (None, rles[1], rles[2], None)
+    assert lazy.rles() == eager.rles() == mask_ops.encode_many(eager.masks)
+    assert lazy.rles()[1] is rles[1]  # reused as is, not encoded again
+    assert np.array_equal(lazy.masks, eager.masks) and lazy.reused == (None,) * 4
+    assert np.array_equal(lazy.image, eager.image) and lazy.classes == eager.classes
 
 
 def test_render_min_visible_threshold():

@@ -6,7 +6,7 @@ import pytest
 from conftest import needs_shared
 from pycocotools.coco import COCO
 
-from weakpaste.bank import run_bank_from_coco
+from weakpaste.bank import BankConfig, run_bank_from_coco
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import write_image
@@ -17,7 +17,7 @@ from weakpaste.paste.run import PasteConfig, run_paste
 @pytest.fixture
 def bank_and_bg(tiny_coco, tmp_path):
     path, images = tiny_coco
-    run_bank_from_coco(path, images, tmp_path / "bank", min_area=1, progress=False)
+    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
     return str(tmp_path / "bank"), str(path), str(images)
 
 
@@ -120,9 +120,11 @@ def test_bad_inputs(bank_and_bg, tmp_path):
     bank, coco, images = bank_and_bg
     with pytest.raises(WeakpasteError, match=r"class 'zebra' is not in the bank"):
         _paste(bank, coco, images, tmp_path / "o1", classes=("zebra",))
-    with pytest.raises(WeakpasteError, match=r"unknown blending mode 'blur'; choose from"):
+    with pytest.raises(WeakpasteError, match=r"^blend \(--blend\) must be one of none, "
+                                             r"gaussian, poisson; got 'blur'$"):
         _paste(bank, coco, images, tmp_path / "o2", blend=("blur",))
-    with pytest.raises(WeakpasteError, match=r"--selection weights needs --class-weights FILE"):
+    with pytest.raises(WeakpasteError, match=r"^selection 'weights' \(--selection weights\) "
+                                             r"needs class_weights \(--class-weights FILE\)$"):
         _paste(bank, coco, images, tmp_path / "o3", selection="weights")
     with pytest.raises(WeakpasteError, match=r"class weights name 'zebra', which is not in the"):
         _paste(bank, coco, images, tmp_path / "o4", selection="weights",
@@ -151,7 +153,7 @@ def test_weighted_selection_only_pastes_weighted_classes(bank_and_bg, tmp_path):
 def test_real_coco_mini_paste(tmp_path):
     root = needs_shared("coco_mini")
     run_bank_from_coco(root / "instances.json", root / "images", tmp_path / "bank",
-                       classes=["dog", "cat", "bus"], progress=False)
+                       BankConfig(classes=("dog", "cat", "bus")), progress=False)
     cfg = PasteConfig(num_images=3, seed=0, objects=(4, 4), placement="space-max")
     m = run_paste(cfg, bank=str(tmp_path / "bank"), out_dir=str(tmp_path / "out"),
                   backgrounds_json=str(root / "instances.json"), images_dir=str(root / "images"),
@@ -197,14 +199,15 @@ def test_resume_refuses_a_rebuilt_bank_or_backgrounds(bank_and_bg, tmp_path, mon
         _paste(bank, coco, images, tmp_path / "out")
     monkeypatch.setattr(paste_run, "paste_item", real)
     # The bank is rebuilt at the same path with other segments (same ids, other pixels).
-    run_bank_from_coco(coco, images, bank, min_area=1, classes=["a"], overwrite=True,
-                       progress=False)
+    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1, classes=("a",)),
+                       overwrite=True, progress=False)
     with pytest.raises(WeakpasteError) as err:
         _paste(bank, coco, images, tmp_path / "out", resume=True)
     assert str(err.value) == (f"{tmp_path / 'out'}: --resume, but the bank {bank} changed since "
                               "the interrupted run; pass --overwrite to start again with the "
                               "new input")
-    run_bank_from_coco(coco, images, bank, min_area=1, overwrite=True, progress=False)
+    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), overwrite=True,
+                       progress=False)
     doc = json.loads(Path(coco).read_text())
     Path(coco).write_text(json.dumps({**doc, "info": {"edited": True}}))
     with pytest.raises(WeakpasteError, match=r"--resume, but the backgrounds file .*instances"

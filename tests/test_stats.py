@@ -113,11 +113,17 @@ def test_format_stats_table(known: Path) -> None:
     assert len({ln.index("px") for ln in hist}) == 1  # aligned
 
 
-def test_run_stats_text_and_json(known: Path) -> None:
-    text = run_stats(known)
+def test_run_stats_returns_data_and_the_cli_prints_text_or_json(known: Path, capsys) -> None:
+    from weakpaste.cli import main
+
+    assert run_stats(known, images_dir=known.parent / "images") == \
+        dataset_stats(load_coco(known))
+    assert main(["stats", str(known)]) == 0
+    text = capsys.readouterr().out
     assert text.startswith(f"{known}\n")
     assert format_stats(dataset_stats(load_coco(known))) in text
-    as_json = run_stats(known, images_dir=known.parent / "images", as_json=True)
+    assert main(["stats", str(known), "--json"]) == 0
+    as_json = capsys.readouterr().out
     assert json.loads(as_json) == dataset_stats(load_coco(known))
     assert as_json.startswith('{\n  "images": 3,')
 

@@ -15,7 +15,7 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import read_image, write_image
 from weakpaste.structures import ImageRecord, Instances
-from weakpaste.viz import class_color, contact_sheet, draw_instances, run_viz
+from weakpaste.viz import VizConfig, class_color, contact_sheet, draw_instances, run_viz
 
 BACKGROUND = (24, 24, 24)  # contact sheet background
 
@@ -211,7 +211,8 @@ def test_run_viz_writes_sheet_images_and_manifest(tmp_path: Path) -> None:
     out = tmp_path / "viz"
     # The legacy global RNG is exactly what must stay untouched.
     state = np.random.get_state()[1].copy()  # noqa: NPY002
-    manifest = run_viz(coco, images, out, num_images=2, seed=0, columns=4, progress=False)
+    manifest = run_viz(coco, images, out, VizConfig(num_images=2, seed=0, columns=4),
+                       progress=False)
     assert np.array_equal(np.random.get_state()[1], state)  # noqa: NPY002
 
     assert manifest["stage"] == "viz" and manifest["status"] == "complete"
@@ -226,7 +227,7 @@ def test_run_viz_writes_sheet_images_and_manifest(tmp_path: Path) -> None:
 def test_run_viz_first_images_and_exact_drawing(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path)
     out = tmp_path / "viz"
-    manifest = run_viz(coco, images, out, num_images=2, seed=None, progress=False)
+    manifest = run_viz(coco, images, out, VizConfig(num_images=2, seed=None), progress=False)
     assert sorted(p.name for p in (out / "images").iterdir()) == ["img0.png", "img1.png"]
     assert manifest["counts"] == {"images": 2, "instances": 3}
     rgb = read_image(images / "img0.png")
@@ -238,8 +239,8 @@ def test_run_viz_first_images_and_exact_drawing(tmp_path: Path) -> None:
 
 def test_run_viz_seeded_choice_is_reproducible(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path, n_images=6)
-    run_viz(coco, images, tmp_path / "v1", num_images=3, seed=7, progress=False)
-    run_viz(coco, images, tmp_path / "v2", num_images=3, seed=7, progress=False)
+    run_viz(coco, images, tmp_path / "v1", VizConfig(num_images=3, seed=7), progress=False)
+    run_viz(coco, images, tmp_path / "v2", VizConfig(num_images=3, seed=7), progress=False)
     names = sorted(p.name for p in (tmp_path / "v1" / "images").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "v2" / "images").iterdir())
     assert len(names) == 3
@@ -248,11 +249,11 @@ def test_run_viz_seeded_choice_is_reproducible(tmp_path: Path) -> None:
 def test_run_viz_refuses_non_empty_out_without_overwrite(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path)
     out = tmp_path / "viz"
-    run_viz(coco, images, out, num_images=1, progress=False)
+    run_viz(coco, images, out, VizConfig(num_images=1), progress=False)
     with pytest.raises(WeakpasteError) as err:
-        run_viz(coco, images, out, num_images=1, progress=False)
+        run_viz(coco, images, out, VizConfig(num_images=1), progress=False)
     assert str(err.value).startswith(f"{out}: output folder is not empty")
-    run_viz(coco, images, out, num_images=3, overwrite=True, progress=False)
+    run_viz(coco, images, out, VizConfig(num_images=3), overwrite=True, progress=False)
     assert len(list((out / "images").iterdir())) == 3
 
 
@@ -260,7 +261,7 @@ def test_run_viz_image_size_mismatch(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path)
     write_image(images / "img0.png", np.zeros((20, 30, 3), dtype=np.uint8))
     with pytest.raises(WeakpasteError) as err:
-        run_viz(coco, images, tmp_path / "viz", num_images=1, seed=None, progress=False)
+        run_viz(coco, images, tmp_path / "viz", VizConfig(num_images=1, seed=None), progress=False)
     assert str(err.value) == (f"{images / 'img0.png'}: image is 30x20 but {coco} says 64x48; "
                               "fix 'width'/'height' or the image")
 
@@ -268,8 +269,8 @@ def test_run_viz_image_size_mismatch(tmp_path: Path) -> None:
 def test_run_viz_bad_num_images(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path)
     with pytest.raises(WeakpasteError) as err:
-        run_viz(coco, images, tmp_path / "viz", num_images=0, progress=False)
-    assert str(err.value) == "num_images must be >= 1, got 0; pass --num-images 1 or more"
+        run_viz(coco, images, tmp_path / "viz", VizConfig(num_images=0), progress=False)
+    assert str(err.value) == "num_images (--num-images) must be >= 1, got 0"
     assert not (tmp_path / "viz").exists()
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import write_error
+from weakpaste.options import Config, option
 from weakpaste.structures import Segment
 
 FORMAT = "weakpaste-segment-bank"
@@ -455,18 +456,24 @@ def segments_from_image(rgb: np.ndarray, masks: np.ndarray, classes: tuple[str, 
     return out, skipped
 
 
+@dataclass(frozen=True)
+class BankConfig(Config):
+    """Settings of ``bank from-coco``."""
+
+    min_area: int = option(64, range=(1, None), help="skip smaller masks (pixels)")
+    classes: tuple[str, ...] | None = option(None, help="keep only these classes")
+
+
 def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
-                       out_dir: str | os.PathLike, *, min_area: int = 64,
-                       classes: list[str] | None = None, overwrite: bool = False,
-                       progress: bool = True) -> dict:
+                       out_dir: str | os.PathLike, config: BankConfig | None = None, *,
+                       overwrite: bool = False, progress: bool = True) -> dict:
     """Build a bank from the instance masks of any COCO data set.
 
     Args:
         coco_json: COCO instances file (polygons or RLE).
         images_dir: folder of its images.
         out_dir: the bank folder to create.
-        min_area: skip instances with fewer mask pixels.
-        classes: keep only these classes (all when None).
+        config: minimum mask area and classes to keep (``BankConfig()`` when None).
         overwrite: replace an existing weakpaste output in ``out_dir``.
         progress: show a progress bar.
 
@@ -479,6 +486,8 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
     from weakpaste.io.images import read_image_of_size
     from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
 
+    config = config or BankConfig()
+    min_area, classes = config.min_area, config.classes
     data = load_coco(coco_json, images_dir)
     if classes:
         unknown = [c for c in classes if c not in data.categories]

@@ -107,8 +107,8 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
     from weakpaste.evaluate import evaluate_masks, format_table
     from weakpaste.mine.fem import FemParams, MineConfig, run_mine_fem
     from weakpaste.paste.run import PasteConfig, run_paste
-    from weakpaste.stats import run_stats
-    from weakpaste.viz import run_viz
+    from weakpaste.stats import format_stats, run_stats
+    from weakpaste.viz import VizConfig, run_viz
 
     if train and not mine:
         from weakpaste.errors import WeakpasteError
@@ -137,7 +137,7 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
         segments = made["counts"]["segments"]
         quality = evaluate_masks(str(out / "bank"), str(gt))
         run_viz(out / "bank" / "pseudo_labels.json", scenes / "images", out / "viz_mined",
-                num_images=min(12, num_scenes), seed=seed, progress=progress)
+                VizConfig(num_images=min(12, num_scenes), seed=seed), progress=progress)
     else:
         made = run_bank_from_coco(gt, scenes / "images", out / "bank", progress=progress)
         segments = made["counts"]["segments"]
@@ -154,12 +154,12 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
                        bank=str(out / "bank"), out_dir=str(out / "pasted"), workers=workers,
                        progress=progress, **background)
     run_viz(out / "pasted" / "annotations.json", out / "pasted" / "images", out / "viz",
-            num_images=min(12, num_images), seed=seed, progress=progress)
+            VizConfig(num_images=min(12, num_images), seed=seed), progress=progress)
     if quality is not None:
         print("\npseudo-label quality of the mined bank against the hidden ground truth:")
         print(format_table(quality))
     print()
-    print(run_stats(out / "pasted" / "annotations.json"))
+    print(format_stats(run_stats(out / "pasted" / "annotations.json")))
     source = ("F-EM from image-level labels; mined masks: "
               f"{out / 'viz_mined' / 'contact_sheet.png'}" if mine else "ground truth")
     print(f"\nsynthetic scenes : {scenes}\n"

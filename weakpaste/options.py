@@ -40,13 +40,15 @@ class Opt:
     parse: Callable[[str], Any] | None = None
     nargs: str | None = None
     cli: bool = True
+    open_low: bool = False
 
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None,
            metavar: str | None = None, choices: Sequence | None = None,
            range: tuple[float | None, float | None] | None = None,
            parse: Callable[[str], Any] | None = None, nargs: str | None = None,
-           cli: bool = True, factory: Callable[[], Any] | None = None) -> Any:
+           cli: bool = True, factory: Callable[[], Any] | None = None,
+           open_low: bool = False) -> Any:
     """A dataclass field with its command-line description.
 
     Args:
@@ -62,13 +64,14 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
         nargs: argparse nargs (tuple[str, ...] fields get "+" by default).
         cli: False for a setting that only the Python API sets.
         factory: a default factory (nested configs, mutable defaults).
+        open_low: the range's lower bound is excluded (``> 0`` rather than ``>= 0``).
 
     Returns:
         A ``dataclasses.field``.
     """
     meta = {_KEY: Opt(help=help, flag=flag, metavar=metavar,
                       choices=tuple(choices) if choices is not None else None, range=range,
-                      parse=parse, nargs=nargs, cli=cli)}
+                      parse=parse, nargs=nargs, cli=cli, open_low=open_low)}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -84,11 +87,19 @@ def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def range_text(lo: float | None, hi: float | None) -> str:
-    """``>= 0``, ``<= 1`` or ``in [0, 1]``."""
+def range_text(lo: float | None, hi: float | None, open_low: bool = False) -> str:
+    """``>= 0``, ``> 0``, ``<= 1``, ``in [0, 1]`` or ``in (0, 1]``."""
     if lo is not None and hi is not None:
-        return f"in [{_fmt(lo)}, {_fmt(hi)}]"
-    return f">= {_fmt(lo)}" if lo is not None else f"<= {_fmt(hi)}"
+        return f"in {'(' if open_low else '['}{_fmt(lo)}, {_fmt(hi)}]"
+    if lo is not None:
+        return f"{'>' if open_low else '>='} {_fmt(lo)}"
+    return f"<= {_fmt(hi)}"
+
+
+def _outside(v: float, lo: float | None, hi: float | None, open_low: bool) -> bool:
+    if math.isnan(v) or (hi is not None and v > hi):
+        return True
+    return lo is not None and (v <= lo if open_low else v < lo)
 
 
 def _numbers(value: Any) -> list:
@@ -114,8 +125,9 @@ def check_value(name: str, flag: str, opt: Opt, value: Any) -> None:
     if opt.range is not None:
         lo, hi = opt.range
         for v in _numbers(value):
-            if math.isnan(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-                raise WeakpasteError(f"{name} ({flag}) must be {range_text(lo, hi)}, got {v}")
+            if _outside(v, lo, hi, opt.open_low):
+                raise WeakpasteError(f"{name} ({flag}) must be "
+                                     f"{range_text(lo, hi, opt.open_low)}, got {v}")
 
 
 class Config:
@@ -171,12 +183,13 @@ def _checked(convert: Callable[[str], Any], name: str, opt: Opt, flag: str):
             value = convert(text)
         except (ValueError, TypeError) as err:
             raise argparse.ArgumentTypeError(str(err) or f"invalid value {text!r}") from None
-        if opt.range is not None and not isinstance(value, tuple | list):
+        if opt.range is not None:
             try:
-                check_value(name, flag, Opt(help="", range=opt.range), value)
+                check_value(name, flag, Opt(help="", range=opt.range, open_low=opt.open_low),
+                            value)
             except WeakpasteError:
                 raise argparse.ArgumentTypeError(
-                    f"must be {range_text(*opt.range)}, got {text}") from None
+                    f"must be {range_text(*opt.range, opt.open_low)}, got {text}") from None
         return value
 
     parse.__name__ = convert.__name__ if hasattr(convert, "__name__") else "value"
@@ -185,8 +198,11 @@ def _checked(convert: Callable[[str], Any], name: str, opt: Opt, flag: str):
 
 def _kwargs(f: dataclasses.Field, tp: Any, opt: Opt) -> dict:
     flag = flag_of(f)
+    required = f.default is MISSING and f.default_factory is MISSING
     default = f.default if f.default is not MISSING else None
     kw: dict[str, Any] = {"dest": f.name, "default": default, "help": opt.help}
+    if required:
+        kw["required"] = True
     base = _unwrap_optional(tp)
     if base is bool:
         if default:
@@ -265,6 +281,12 @@ def from_args(cls: type, args: argparse.Namespace, **overrides: Any):
             value = getattr(args, f.name)
             kwargs[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
+
+
+def build(cls: type, **values: Any):
+    """Build config ``cls`` from flat keyword values routed to nested configs by field name,
+    e.g. ``build(PasteConfig, num_images=10, placement="space-max")``."""
+    return from_args(cls, argparse.Namespace(**values))
 
 
 def cli_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:

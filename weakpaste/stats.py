@@ -6,7 +6,6 @@ summarised without decoding a single mask or reading a single image. No torch im
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -165,26 +164,22 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def run_stats(coco_json: str | os.PathLike, *, images_dir: str | os.PathLike | None = None,
-              as_json: bool = False) -> str:
-    """Load and validate a COCO instances JSON and summarise it.
+def run_stats(coco_json: str | os.PathLike, *,
+              images_dir: str | os.PathLike | None = None) -> dict:
+    """Load and validate a COCO instances JSON and summarise it (``weakpaste stats``).
 
     Args:
         coco_json: COCO instances JSON (masks required).
         images_dir: when given, also check that every image file exists there.
-        as_json: return JSON text (indent 2) instead of the text tables.
 
     Returns:
-        Printable text: ``format_stats`` tables, or the ``dataset_stats`` dict as JSON.
+        The ``dataset_stats`` dict (``format_stats`` makes the text tables).
 
     Raises:
         WeakpasteError: the file (or an image file) is missing or invalid.
     """
     data = load_coco(coco_json, images_dir, check_files=images_dir is not None)
-    stats = dataset_stats(data)
-    if as_json:
-        return json.dumps(stats, indent=2)
-    return f"{coco_json}\n\n{format_stats(stats)}"
+    return dataset_stats(data)
 
 
 __all__ = ["dataset_stats", "format_stats", "run_stats"]

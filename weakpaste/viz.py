@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from weakpaste.errors import WeakpasteError
+from weakpaste.options import Config, option
 
 # Bright, mutually distinct colours: every one carries a dark label text well and stands out on
 # typical photos. A fixed table (rather than a hue from the hash) keeps two classes from getting
@@ -283,9 +285,19 @@ def _pick(n_records: int, num_images: int, seed: int | None) -> list[int]:
     return sorted(int(i) for i in rng.choice(n_records, size=k, replace=False))
 
 
+@dataclass(frozen=True)
+class VizConfig(Config):
+    """Settings of ``viz``."""
+
+    num_images: int = option(16, range=(1, None), help="images to draw")
+    columns: int = option(4, range=(1, None), help="columns of the contact sheet")
+    seed: int | None = option(0, range=(0, None),
+                              help="seed of the random choice of images (None: the first ones)")
+
+
 def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
-            out_dir: str | os.PathLike, *, num_images: int = 16, seed: int | None = 0,
-            columns: int = 4, overwrite: bool = False, progress: bool = True) -> dict:
+            out_dir: str | os.PathLike, config: VizConfig | None = None, *,
+            overwrite: bool = False, progress: bool = True) -> dict:
     """Draw a sample of a COCO set and write the drawings and a contact sheet.
 
     Writes ``OUT/images/<stem>.png`` per drawn image (``<stem>_<image id>`` when two files
@@ -295,9 +307,8 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
         coco_json: COCO instances JSON (validated, masks required).
         images_dir: folder the JSON's ``file_name`` entries are relative to.
         out_dir: output folder; must be empty or absent unless ``overwrite``.
-        num_images: how many images to draw (fewer when the set is smaller).
-        seed: seed of the random choice of images; None takes the first ``num_images``.
-        columns: columns of the contact sheet.
+        config: how many images to draw (fewer when the set is smaller), the seed of their
+            random choice (None takes the first ones) and the contact sheet's columns.
         overwrite: replace an existing weakpaste output folder.
         progress: show a progress bar.
 
@@ -314,11 +325,8 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
     from weakpaste.io.images import read_image_of_size, write_image
     from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
 
-    if num_images < 1:
-        raise WeakpasteError(f"num_images must be >= 1, got {num_images}; pass --num-images 1 "
-                             "or more")
-    if columns < 1:
-        raise WeakpasteError(f"columns must be >= 1, got {columns}; pass --columns 1 or more")
+    cfg = config or VizConfig()
+    num_images, seed, columns = cfg.num_images, cfg.seed, cfg.columns
     data = load_coco(coco_json, images_dir)
     if not data.records:
         raise WeakpasteError(f"{coco_json}: no images to draw; its 'images' list is empty")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import needs_shared
 
-from weakpaste.bank import run_bank_from_coco
+from weakpaste.bank import BankConfig, run_bank_from_coco
 from weakpaste.cli import main
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import read_image, write_image
@@ -118,8 +118,9 @@ def test_bad_options():
     from weakpaste.backgrounds.run import BackgroundsConfig
 
     with pytest.raises(WeakpasteError) as err:
-        BackgroundsConfig(keep=6, images_per_caption=5).validate()
-    assert str(err.value) == "--keep 6 is more than --images-per-caption 5"
+        BackgroundsConfig(keep=6, images_per_caption=5)
+    assert str(err.value) == ("keep (--keep) 6 is more than images_per_caption "
+                              "(--images-per-caption) 5")
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +225,7 @@ def _tiny_bank(folder: Path) -> None:
     rec = ImageRecord(image_id=1, file_name="x.png", width=24, height=24,
                       instances=Instances.from_masks(masks, ["a"]))
     write_coco(folder / "instances.json", [rec], {"a": {"id": 1, "supercategory": "a"}})
-    run_bank_from_coco(folder / "instances.json", images, folder / "bank", min_area=1,
+    run_bank_from_coco(folder / "instances.json", images, folder / "bank", BankConfig(min_area=1),
                        progress=False)
 
 
@@ -246,7 +247,7 @@ def test_mixed_background_order_values():
 
 def test_paste_extra_ratio_is_deterministic_across_workers(tiny_coco, tmp_path):
     path, images = tiny_coco
-    run_bank_from_coco(path, images, tmp_path / "bank", min_area=1, progress=False)
+    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
     extra = tmp_path / "extra"
     extra.mkdir()
     write_image(extra / "g.png", np.full((50, 60, 3), 90, np.uint8))
@@ -262,8 +263,9 @@ def test_paste_extra_ratio_is_deterministic_across_workers(tiny_coco, tmp_path):
                       sorted(p.read_bytes() for p in (out / "images").iterdir())))
     assert snaps[0] == snaps[1]
     assert sum((i["width"], i["height"]) == (60, 50) for i in doc["images"]) == 2
-    with pytest.raises(WeakpasteError, match=r"--extra-ratio must be in \[0, 1\], got 2.0"):
-        PasteConfig(num_images=1, extra_ratio=2.0).validate()
+    with pytest.raises(WeakpasteError,
+                       match=r"^extra_ratio \(--extra-ratio\) must be in \[0, 1\], got 2.0$"):
+        PasteConfig(num_images=1, extra_ratio=2.0)
 
 
 def test_sampled_captions_do_not_depend_on_the_batch(tiny_models):

@@ -111,7 +111,7 @@ def test_distractor_file_errors(tmp_path):
     with pytest.raises(WeakpasteError) as err:
         load_distractors(bad)
     assert str(err.value) == (f"{bad}: not valid JSON (Expecting property name enclosed in "
-                              'double quotes); write an object like {"animal": ["camel", '
+                              'double quotes at line 1); write an object like {"animal": ["camel", '
                               '"deer"]}')
     bad.write_text(json.dumps({"pets": ["x"]}))
     with pytest.raises(WeakpasteError, match=r"unknown supercategory 'pets'; use one of: "

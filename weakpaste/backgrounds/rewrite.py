@@ -15,17 +15,16 @@ caption's rewrite depends on the seed and its position, not on batching or worke
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from weakpaste.backgrounds import vocabulary
 from weakpaste.errors import WeakpasteError
+from weakpaste.io.jsonfile import read_json
 
 _IRREGULAR_PLURALS = {"scarf": "scarves", "mango": "mangoes", "gloves": "gloves",
                       "trousers": "trousers", "coffee": "coffee", "detergent": "detergent",
@@ -146,13 +145,7 @@ def load_distractors(path: str | os.PathLike) -> dict[str, list[str]]:
     Raises:
         WeakpasteError: missing file, bad JSON or an unknown supercategory.
     """
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise WeakpasteError(f"{path}: distractors file not found") from None
-    except json.JSONDecodeError as err:
-        raise WeakpasteError(f"{path}: not valid JSON ({err.msg}); write an object like "
-                             '{"animal": ["camel", "deer"]}') from None
+    data = read_json(path, what="distractors file", example='{"animal": ["camel", "deer"]}')
     if not isinstance(data, dict) or not all(
             isinstance(v, list) and all(isinstance(w, str) and w.strip() for w in v)
             for v in data.values()):

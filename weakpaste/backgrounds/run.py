@@ -32,6 +32,7 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco_captions import Caption, load_coco_captions
 from weakpaste.io.images import atomic_write_bytes, list_images
 from weakpaste.manifest import file_sha256, prepare_output_dir, read_manifest, write_manifest
+from weakpaste.options import Config, option
 
 STAGE = "backgrounds"
 CAPTIONS_JSONL = "captions.jsonl"
@@ -40,73 +41,57 @@ RAW_CAPTIONS = ".captions-raw.jsonl"
 
 
 @dataclass(frozen=True)
-class BackgroundsConfig:
-    """Everything that decides the backgrounds stage's output (recorded in the manifest).
+class BackgroundsConfig(Config):
+    """Everything that decides the backgrounds stage's output (recorded in the manifest)."""
 
-    Attributes:
-        seed: the run's seed.
-        captions_per_image: captions per image: at most this many from a captions file
-            (None: all), or this many from the captioning model (None: 1).
-        max_images: use a seeded random subset of this many source images (EM-Paste §4.1
-            augments a random 10% of COCO; None: all), kept in their file order.
-        captioner: captioning model id or folder (used without a captions file).
-        caption_batch_size: images per captioning batch.
-        max_caption_tokens: caption length cap of the captioning model.
-        classes: target classes whose words are rewritten and whose CLIP prompts reject
-            images (None: all COCO + VOC classes).
-        distractors: JSON file of extra distractor words per supercategory.
-        rewrite_only: stop after writing ``captions.jsonl``.
-        generator: text-to-image model id or folder.
-        images_per_caption: images generated per caption (paper: 10).
-        keep: best images kept per caption by CLIP caption similarity (paper: 5).
-        batch_size: images per text-to-image call.
-        steps: denoising steps.
-        guidance_scale: classifier-free guidance.
-        height: generated height in pixels (None: the model's default).
-        width: generated width in pixels (None: the model's default).
-        clip: CLIP model id or folder.
-        reject_threshold: reject an image whose cosine similarity to any "a photo of a
-            {class}" prompt is above this.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        jpeg_quality: JPEG quality of the written backgrounds.
-    """
+    seed: int = option(0, range=(0, None), help="the run's seed")
+    captions_per_image: int | None = option(
+        None, range=(1, None),
+        help="at most this many file captions per image (default: all), or this many model "
+             "captions (default: 1)")
+    max_images: int | None = option(
+        None, range=(1, None), metavar="N",
+        help="use a seeded random subset of N source images (EM-Paste §4.1 augments a random "
+             "10% of COCO; default: all), kept in their file order")
+    captioner: str = option(DEFAULT_CAPTIONER, metavar="MODEL",
+                            help="transformers image-to-text model id or folder (used without "
+                                 "a captions file)")
+    caption_batch_size: int = option(8, range=(1, None), help="images per captioning batch")
+    max_caption_tokens: int = option(30, range=(1, None),
+                                     help="caption length cap of the captioning model")
+    classes: tuple[str, ...] | None = option(
+        None, help="target classes to rewrite and reject (default: all COCO + VOC)")
+    distractors: str | None = option(
+        None, metavar="JSON", help='more distractor words, {"supercategory": ["word", ...]}')
+    rewrite_only: bool = option(False, help="stop after writing OUT/captions.jsonl")
+    generator: str = option(DEFAULT_GENERATOR, metavar="MODEL",
+                            help="diffusers text-to-image model id or folder")
+    images_per_caption: int = option(10, range=(1, None),
+                                     help="images generated per caption (paper: 10)")
+    keep: int = option(5, range=(1, None),
+                       help="best images kept per caption by CLIP caption similarity "
+                            "(paper: 5)")
+    batch_size: int = option(4, range=(1, None), help="images per generator call")
+    steps: int = option(30, range=(1, None), help="denoising steps")
+    guidance_scale: float = option(7.5, range=(0, None), help="classifier-free guidance")
+    height: int | None = option(None, range=(8, None),
+                                help="generated height (default: the model's)")
+    width: int | None = option(None, range=(8, None),
+                               help="generated width (default: the model's)")
+    clip: str = option(DEFAULT_CLIP, metavar="MODEL",
+                       help="transformers CLIP model id or folder")
+    reject_threshold: float = option(
+        0.28, range=(-1, 1),
+        help='reject images whose CLIP cosine similarity to any "a photo of a {class}" is '
+             "above this")
+    device: str = option("auto", help="auto, cpu or cuda (fp16 on cuda)")
+    jpeg_quality: int = option(95, range=(1, 100), help="JPEG quality of the backgrounds")
 
-    seed: int = 0
-    captions_per_image: int | None = None
-    max_images: int | None = None
-    captioner: str = DEFAULT_CAPTIONER
-    caption_batch_size: int = 8
-    max_caption_tokens: int = 30
-    classes: tuple[str, ...] | None = None
-    distractors: str | None = None
-    rewrite_only: bool = False
-    generator: str = DEFAULT_GENERATOR
-    images_per_caption: int = 10
-    keep: int = 5
-    batch_size: int = 4
-    steps: int = 30
-    guidance_scale: float = 7.5
-    height: int | None = None
-    width: int | None = None
-    clip: str = DEFAULT_CLIP
-    reject_threshold: float = 0.28
-    device: str = "auto"
-    jpeg_quality: int = 95
-
-    def validate(self) -> None:
-        for name in ("images_per_caption", "keep", "batch_size", "steps", "caption_batch_size",
-                     "max_caption_tokens"):
-            if getattr(self, name) < 1:
-                raise WeakpasteError(f"--{name.replace('_', '-')} must be at least 1, got "
-                                     f"{getattr(self, name)}")
-        if self.max_images is not None and self.max_images < 1:
-            raise WeakpasteError(f"--max-images must be at least 1, got {self.max_images}")
-        if self.captions_per_image is not None and self.captions_per_image < 1:
-            raise WeakpasteError(f"--captions-per-image must be at least 1, got "
-                                 f"{self.captions_per_image}")
+    def check(self) -> None:
+        super().check()
         if self.keep > self.images_per_caption:
-            raise WeakpasteError(f"--keep {self.keep} is more than --images-per-caption "
-                                 f"{self.images_per_caption}")
+            raise WeakpasteError(f"keep (--keep) {self.keep} is more than images_per_caption "
+                                 f"(--images-per-caption) {self.images_per_caption}")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -230,7 +215,6 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
     Returns:
         The final manifest.
     """
-    config.validate()
     if captions is None and not images_dir:
         raise WeakpasteError("pass --images DIR (captioned by the model) or --captions FILE")
     if images_dir and not Path(images_dir).is_dir():

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from weakpaste import __version__
 from weakpaste.cli import backgrounds, data, demo, mine, train
+from weakpaste.cli.common import build_commands
 from weakpaste.errors import WeakpasteError
 from weakpaste.options import ArgumentParser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (given ``argv``) one whose only built command is argv's."""
     parser = ArgumentParser(
         prog="weakpaste",
         description="Instance-segmentation training data without mask annotations: mine masks "
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (demo, data, backgrounds, mine, train):
         module.register(sub)
+    build_commands(parser, argv)
     return parser
 
 
@@ -38,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     that fails because the disk is full or read-only wherever it was not already named
     (``weakpaste.io.images.write_error``).
     """
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args.func(args) or 0)
     except WeakpasteError as err:
         return _fail(str(err))

@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+from collections.abc import Callable
 
-from weakpaste.errors import WeakpasteError
+Builder = Callable[[argparse.ArgumentParser], None]
+
+
+def command(sub: argparse._SubParsersAction, name: str, help: str, build: Builder,
+            **kwargs) -> argparse.ArgumentParser:
+    """Add command ``name`` whose arguments ``build`` adds only when the command is used.
+
+    Building a command's arguments imports its config dataclasses (and so OpenCV or torch);
+    ``weakpaste --help`` and the other commands must not pay for that.
+    """
+    parser = sub.add_parser(name, help=help, description=help, **kwargs)
+    parser._weakpaste_build = build  # type: ignore[attr-defined]
+    return parser
+
+
+def build_commands(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Build the arguments of the commands named in ``argv`` (all of them when None)."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return
+    words = None if argv is None else [w for w in argv if not w.startswith("-")]
+    for name, child in sub.choices.items():
+        if words is not None and (not words or words[0] != name):
+            continue
+        build = getattr(child, "_weakpaste_build", None)
+        if build is not None:
+            del child._weakpaste_build  # type: ignore[attr-defined]
+            build(child)
+        build_commands(child, None if words is None else words[1:])
 
 
 def common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -25,30 +52,6 @@ def float_pair(text: str) -> tuple[float, float]:
     if hi < lo or lo <= 0:
         raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
     return lo, hi
-
-
-def count_range(text: str) -> tuple[int, int]:
-    from weakpaste.paste.plan import parse_count_range
-
-    try:
-        return parse_count_range(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def read_weights(path: str) -> dict[str, float]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise WeakpasteError(f"{path}: class weights file not found") from None
-    except json.JSONDecodeError as err:
-        raise WeakpasteError(f"{path}: not valid JSON ({err.msg}); write an object like "
-                             '{"dog": 2.0, "cat": 1.0}') from None
-    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
-        raise WeakpasteError(f"{path}: class weights must be a JSON object of class name -> "
-                             'number, e.g. {"dog": 2.0, "cat": 1.0}')
-    return {str(k): float(v) for k, v in data.items()}
-
 
 
 def fractions(text: str) -> tuple[float, ...]:
@@ -76,3 +79,16 @@ def torch_threads(threads: int | None) -> None:
 
         torch.set_num_threads(threads)
 
+
+
+def workers(p: argparse.ArgumentParser, default: int = 1) -> None:
+    """``--workers N``: processes of the per-item stage (the output does not depend on it)."""
+
+    def count(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+        return value
+
+    p.add_argument("--workers", type=count, default=default,
+                   help=f"processes; the output is the same for any number (default: {default})")

@@ -82,6 +82,38 @@ def rle_boxes(rles: list[Rle]) -> np.ndarray:
     return xywh
 
 
+class RleStack:
+    """A (N, H, W) stack of compressed masks, decoded one mask at a time on demand.
+
+    The paste renderer takes a background's instances in this form: most of them are never
+    touched by a pasted object, so decoding them and encoding them again would be wasted work
+    (about a fifth of a paste's time on COCO scenes); their RLE is reused as it is.
+    """
+
+    def __init__(self, rles: list[Rle] | tuple[Rle, ...], height: int, width: int) -> None:
+        self.rles = tuple(rles)
+        self.shape = (len(self.rles), int(height), int(width))
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def decode(self, k: int) -> np.ndarray:
+        """Mask ``k``, bool (H, W)."""
+        return decode(self.rles[k])
+
+    def areas(self) -> list[int]:
+        """Foreground pixels per mask."""
+        return [rle_area(r) for r in self.rles]
+
+    def boxes(self) -> list[tuple[int, int, int, int]]:
+        """Tight (x0, y0, x1, y1) integer boxes, x1/y1 exclusive (zeros for an empty mask)."""
+        return [tuple(int(v) for v in b) for b in rle_boxes(list(self.rles))]
+
+    def any(self) -> np.ndarray:
+        """bool (H, W): the union of all masks."""
+        return decode_many(list(self.rles), *self.shape[1:]).any(axis=0)
+
+
 def mask_box(mask: np.ndarray) -> np.ndarray:
     """Tight box of a mask.
 

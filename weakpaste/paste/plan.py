@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from weakpaste.ops import geometry
+from weakpaste.ops.blending import BLEND_MODES
+from weakpaste.options import Config, option
 
 PLACEMENTS = ("random", "space-max", "jitter")
 SELECTIONS = ("uniform", "balanced", "weights")
@@ -60,19 +62,40 @@ class ImagePlan:
     skipped: int = 0  # selected segments that found no room (space-max)
 
 
-@dataclass(frozen=True)
-class PlanParams:
-    """Plain parameters of planning (translated from the stage config in one place)."""
+def parse_float_pair(text: str) -> tuple[float, float]:
+    """'0.3,1.0' -> (0.3, 1.0). Raises ValueError with the expected form."""
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"expected LO,HI (e.g. 0.3,1.0), got {text!r}") from None
+    if hi < lo or lo <= 0:
+        raise ValueError(f"expected 0 < LO <= HI, got {text!r}")
+    return lo, hi
 
-    placement: str = "random"
-    rotation: float = 15.0
-    flip_prob: float = 0.5
-    random_scale: tuple[float, float] = (0.3, 1.0)
-    jitter_scale: tuple[float, float] = (0.1, 2.0)
-    max_upscale: float = 1.0
-    space_max_upscale: float = 3.0
-    space_min_radius: float = 4.0
-    blend: tuple[str, ...] = ("gaussian",)
+
+@dataclass(frozen=True)
+class PlanParams(Config):
+    """Parameters of planning; the paste stage's ``PasteConfig`` inherits them."""
+
+    placement: str = option("random", choices=PLACEMENTS,
+                            help="random (EM-Paste Random Paste), space-max (EM-Paste "
+                                 "Algorithm 2) or jitter (FreeSeg / Simple Copy-Paste)")
+    rotation: float = option(15.0, range=(0, 180), help="max |rotation| in degrees")
+    flip_prob: float = option(0.5, range=(0, 1), help="probability of a horizontal flip")
+    random_scale: tuple[float, float] = option(
+        (0.3, 1.0), parse=parse_float_pair, metavar="LO,HI",
+        help="random placement: scale range of the size that fits")
+    jitter_scale: tuple[float, float] = option(
+        (0.1, 2.0), parse=parse_float_pair, metavar="LO,HI",
+        help="jitter placement: scale range of the segment's size")
+    max_upscale: float = option(1.0, range=(0, None), open_low=True,
+                                help="random placement: cap of the fit-to-image scale")
+    space_max_upscale: float = option(3.0, range=(0, None), open_low=True,
+                                      help="space-max: cap of r_circle / r_enclosing")
+    space_min_radius: float = option(4.0, range=(0, None), open_low=True,
+                                     help="space-max: stop below this free-circle radius (px)")
+    blend: tuple[str, ...] = option(("gaussian",), choices=BLEND_MODES,
+                                    help="blending; several = random choice per object")
 
 
 def parse_count_range(text: str | int) -> tuple[int, int]:

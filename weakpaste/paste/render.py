@@ -18,22 +18,19 @@ import numpy as np
 
 from weakpaste.ops import blending, geometry
 from weakpaste.ops import masks as mask_ops
+from weakpaste.options import Config, option
 from weakpaste.paste.plan import ImagePlan, placement_matrix
 
 
 @dataclass(frozen=True)
-class RenderParams:
-    """Plain parameters of rendering.
+class RenderParams(Config):
+    """Parameters of rendering; the paste stage's ``PasteConfig`` inherits them."""
 
-    Attributes:
-        blur_sigma: sigma of the gaussian alpha blur (pixels).
-        min_visible: drop instances with less than this fraction of their area visible.
-        min_area: drop instances with fewer visible pixels.
-    """
-
-    blur_sigma: float = 2.0
-    min_visible: float = 0.25
-    min_area: int = 16
+    blur_sigma: float = option(2.0, range=(0, None),
+                               help="sigma of the gaussian alpha blur (pixels)")
+    min_visible: float = option(0.25, range=(0, 1),
+                                help="drop instances with a smaller visible fraction")
+    min_area: int = option(16, range=(0, None), help="drop smaller instances (pixels)")
 
 
 @dataclass
@@ -42,19 +39,42 @@ class Rendered:
 
     Attributes:
         image: uint8 (H, W, 3) composed image.
-        masks: bool (K, H, W) visible masks of the kept instances (background ones first).
-        classes: class name per kept instance.
+        classes: class name per kept instance (background ones first).
         pasted: bool (K,) True for pasted objects, False for the background's instances.
         dropped: class -> instances dropped for too little visibility.
         outside: pasted objects that ended up with no pixel inside the image.
+        buffer: bool (H, W, K) column-major visible masks; a column whose ``reused`` entry
+            is set was never decoded (see ``masks``).
+        reused: per kept instance, the background's own RLE when no pasted object touched
+            it (its visible mask is the original one), else None.
     """
 
     image: np.ndarray
-    masks: np.ndarray
     classes: tuple[str, ...]
     pasted: np.ndarray
     dropped: Counter = field(default_factory=Counter)
     outside: int = 0
+    buffer: np.ndarray | None = None
+    reused: tuple[mask_ops.Rle | None, ...] = ()
+
+    @property
+    def masks(self) -> np.ndarray:
+        """bool (K, H, W) visible masks of the kept instances (decodes reused ones once)."""
+        for k, rle in enumerate(self.reused):
+            if rle is not None:
+                self.buffer[:, :, k] = mask_ops.decode(rle)
+        self.reused = (None,) * len(self.reused)
+        return self.buffer.transpose(2, 0, 1)
+
+    def rles(self) -> list[mask_ops.Rle]:
+        """Compressed visible masks, in ``classes`` order: untouched background instances keep
+        their RLE, the others are encoded in one call."""
+        todo = [k for k, rle in enumerate(self.reused) if rle is None] \
+            if self.reused else list(range(len(self.classes)))
+        stack = self.buffer if len(todo) == len(self.classes) else self.buffer[:, :, todo]
+        encoded = iter(mask_ops.encode_many(stack.transpose(2, 0, 1)))
+        reused = self.reused or (None,) * len(self.classes)
+        return [rle if rle is not None else next(encoded) for rle in reused]
 
 
 def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, ...],
@@ -64,7 +84,8 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
 
     Args:
         background: uint8 (H, W, 3) background image (not modified).
-        bg_masks: bool (M, H, W) masks of the background's own instances.
+        bg_masks: masks of the background's own instances: bool (M, H, W), or an
+            ``RleStack`` whose masks are decoded only where a pasted object meets them.
         bg_classes: class name per background instance.
         segments: (rgb uint8 (h, w, 3), mask bool (h, w), class) for each of
             ``plan.segment_ids``, in the same order.
@@ -86,13 +107,17 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
     # All instance masks live in one column-major (H, W, M + P) buffer: the layout RLE coding
     # uses, so the kept masks are encoded without another copy. np.zeros is lazily paged.
     buf = np.zeros((H, W, M + len(plan.placements)), dtype=bool, order="F")
-    for k in range(M):
-        buf[:, :, k] = bg_masks[k]
+    lazy = isinstance(bg_masks, mask_ops.RleStack)
     classes = list(bg_classes)
-    entered = [int(np.count_nonzero(buf[:, :, k])) for k in range(M)]
-    # Boxes (x0, y0, x1, y1) of what each instance had when it entered: occlusion only has
-    # to visit the instances whose box meets the new object's window.
-    boxes = [tuple(int(v) for v in mask_ops.mask_box(buf[:, :, k])) for k in range(M)]
+    # Areas and boxes (x0, y0, x1, y1) of what each instance had when it entered: occlusion
+    # only visits (and only decodes) the instances whose box meets the new object's window.
+    if lazy:
+        entered, boxes = bg_masks.areas(), bg_masks.boxes()
+    else:
+        for k in range(M):
+            buf[:, :, k] = bg_masks[k]
+        entered = [int(np.count_nonzero(buf[:, :, k])) for k in range(M)]
+        boxes = [tuple(int(v) for v in mask_ops.mask_box(buf[:, :, k])) for k in range(M)]
     touched = [False] * M
     pasted = [False] * M
     outside = 0
@@ -118,6 +143,8 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
         hidden = ~win_mask
         for k, (bx0, by0, bx1, by1) in enumerate(boxes):
             if bx0 < x1 and x0 < bx1 and by0 < y1 and y0 < by1:
+                if lazy and k < M and not touched[k]:
+                    buf[:, :, k] = bg_masks.decode(k)
                 buf[y0:y1, x0:x1, k] &= hidden
                 touched[k] = True
         buf[y0:y1, x0:x1, len(classes)] = win_mask
@@ -134,7 +161,8 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
         else:
             keep.append(k)
     kept = buf[:, :, :len(classes)] if len(keep) == len(classes) else buf[:, :, keep]
-    return Rendered(image=image, masks=np.asfortranarray(kept).transpose(2, 0, 1),
-                    classes=tuple(classes[k] for k in keep),
+    reused = tuple(bg_masks.rles[k] if lazy and k < M and not touched[k] else None
+                   for k in keep)
+    return Rendered(image=image, classes=tuple(classes[k] for k in keep),
                     pasted=np.array([pasted[k] for k in keep], dtype=bool), dropped=dropped,
-                    outside=outside)
+                    outside=outside, buffer=np.asfortranarray(kept), reused=reused)

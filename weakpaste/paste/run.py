@@ -39,14 +39,15 @@ from weakpaste.io.images import (
     read_image,
     write_error,
 )
+from weakpaste.io.jsonfile import read_json
 from weakpaste.manifest import (
     file_sha256,
     prepare_output_dir,
     read_weakpaste_manifest,
     write_manifest,
 )
-from weakpaste.ops import blending
 from weakpaste.ops import masks as mask_ops
+from weakpaste.options import option
 from weakpaste.paste import plan as plan_mod
 from weakpaste.paste.render import RenderParams, render
 from weakpaste.structures import ImageRecord, Instances
@@ -54,91 +55,57 @@ from weakpaste.structures import ImageRecord, Instances
 PARTS_GLOB = ".parts-*.jsonl"
 
 
-@dataclass(frozen=True)
-class PasteConfig:
+class ClassWeights(dict):
+    """Class name -> weight, remembering the file it was read from (``path``), so that a run
+    never writes into (or, with --overwrite, deletes) the folder of that file."""
+
+    path: str | None = None
+
+
+def read_class_weights(path: str) -> dict[str, float]:
+    """``--class-weights FILE``: a JSON object of class name -> weight."""
+    data = read_json(path, what="class weights file", example='{"dog": 2.0, "cat": 1.0}')
+    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
+        raise WeakpasteError(f"{path}: class weights must be a JSON object of class name -> "
+                             'number, e.g. {"dog": 2.0, "cat": 1.0}')
+    weights = ClassWeights((str(k), float(v)) for k, v in data.items())
+    weights.path = str(path)
+    return weights
+
+
+@dataclass(frozen=True, kw_only=True)
+class PasteConfig(plan_mod.PlanParams, RenderParams):
     """Everything that decides the paste stage's output (recorded in the manifest).
 
-    Attributes:
-        num_images: output images.
-        seed: the run's seed.
-        objects: n_p per image as (lo, hi), inclusive.
-        selection: ``uniform``, ``balanced`` or ``weights``.
-        class_weights: class -> weight for ``weights``.
-        classes: restrict the bank to these classes (None: all).
-        placement: ``random``, ``space-max`` or ``jitter``.
-        rotation: maximum absolute rotation in degrees.
-        flip_prob: probability of a horizontal flip.
-        random_scale: U(lo, hi) range of ``random`` placement.
-        jitter_scale: U(lo, hi) range of ``jitter`` placement.
-        max_upscale: cap of ``random``'s fit-to-image scale relative to the segment's size.
-        space_max_upscale: cap of ``space-max``'s r_circle / r_enclosing scale.
-        space_min_radius: ``space-max`` stops below this free-circle radius (pixels).
-        blend: blending modes, one chosen at random per object.
-        blur_sigma: gaussian blending sigma.
-        min_visible: drop instances with a smaller visible fraction.
-        min_area: drop instances with fewer visible pixels.
-        image_format: ``jpg`` or ``png``.
-        jpeg_quality: JPEG quality.
-        extra_ratio: fraction of output images whose background comes from the extra folders
-            (e.g. generated context backgrounds); the rest come from the COCO backgrounds, each
-            pool cycled in its own seeded shuffles, so the smaller one is repeated (EM-Paste
-            §4.1 duplicates the originals to balance them). None: one pool of all backgrounds.
+    The planning and rendering fields are inherited from ``PlanParams`` and ``RenderParams``
+    (declared once there); a ``PasteConfig`` is passed to ``plan_image`` and ``render`` as is.
     """
 
-    num_images: int
-    seed: int = 0
-    objects: tuple[int, int] = (4, 4)
-    selection: str = "uniform"
-    class_weights: dict[str, float] | None = None
-    classes: tuple[str, ...] | None = None
-    placement: str = "random"
-    rotation: float = 15.0
-    flip_prob: float = 0.5
-    random_scale: tuple[float, float] = (0.3, 1.0)
-    jitter_scale: tuple[float, float] = (0.1, 2.0)
-    max_upscale: float = 1.0
-    space_max_upscale: float = 3.0
-    space_min_radius: float = 4.0
-    blend: tuple[str, ...] = ("gaussian",)
-    blur_sigma: float = 2.0
-    min_visible: float = 0.25
-    min_area: int = 16
-    image_format: str = "jpg"
-    jpeg_quality: int = 95
-    extra_ratio: float | None = None
+    num_images: int = option(help="output images", range=(1, None))
+    seed: int = option(0, range=(0, None), help="the run's seed")
+    objects: tuple[int, int] = option((4, 4), parse=plan_mod.parse_count_range,
+                                      metavar="N|LO-HI", range=(1, None),
+                                      help="objects pasted per image, fixed or a range")
+    selection: str = option("uniform", choices=plan_mod.SELECTIONS,
+                            help="uniform over segments, class-balanced, or per-class weights")
+    class_weights: dict[str, float] | None = option(
+        None, parse=read_class_weights, metavar="JSON",
+        help='class -> weight for --selection weights, a JSON file {"class": weight, ...}')
+    classes: tuple[str, ...] | None = option(None, help="paste only these classes")
+    image_format: str = option("jpg", flag="--format", choices=("jpg", "png"),
+                               help="output image format")
+    jpeg_quality: int = option(95, range=(1, 100), help="JPEG quality")
+    extra_ratio: float | None = option(
+        None, range=(0, 1), metavar="R",
+        help="fraction of output images on --extra-backgrounds (e.g. generated) backgrounds, "
+             "the rest on --backgrounds, each pool cycled in its own seeded order, the "
+             "smaller one repeated (EM-Paste §4.1); default: all backgrounds in one pool")
 
-    def validate(self) -> None:
-        if self.num_images < 1:
-            raise WeakpasteError(f"--num-images must be at least 1, got {self.num_images}")
-        if self.placement not in plan_mod.PLACEMENTS:
-            raise WeakpasteError(f"unknown placement {self.placement!r}; choose one of: "
-                                 f"{', '.join(plan_mod.PLACEMENTS)}")
-        if self.selection not in plan_mod.SELECTIONS:
-            raise WeakpasteError(f"unknown selection {self.selection!r}; choose one of: "
-                                 f"{', '.join(plan_mod.SELECTIONS)}")
+    def check(self) -> None:
+        super().check()
         if self.selection == "weights" and not self.class_weights:
-            raise WeakpasteError("--selection weights needs --class-weights FILE")
-        bad = [b for b in self.blend if b not in blending.BLEND_MODES]
-        if bad or not self.blend:
-            raise WeakpasteError(f"unknown blending mode {bad[0] if bad else ''!r}; choose from: "
-                                 f"{', '.join(blending.BLEND_MODES)}")
-        if self.image_format not in ("jpg", "png"):
-            raise WeakpasteError(f"unknown image format {self.image_format!r}; choose jpg or png")
-        if not 0 <= self.min_visible <= 1:
-            raise WeakpasteError(f"--min-visible must be in [0, 1], got {self.min_visible}")
-        if self.extra_ratio is not None and not 0 <= self.extra_ratio <= 1:
-            raise WeakpasteError(f"--extra-ratio must be in [0, 1], got {self.extra_ratio}")
-
-    def plan_params(self) -> plan_mod.PlanParams:
-        return plan_mod.PlanParams(
-            placement=self.placement, rotation=self.rotation, flip_prob=self.flip_prob,
-            random_scale=self.random_scale, jitter_scale=self.jitter_scale,
-            max_upscale=self.max_upscale, space_max_upscale=self.space_max_upscale,
-            space_min_radius=self.space_min_radius, blend=self.blend)
-
-    def render_params(self) -> RenderParams:
-        return RenderParams(blur_sigma=self.blur_sigma, min_visible=self.min_visible,
-                            min_area=self.min_area)
+            raise WeakpasteError("selection 'weights' (--selection weights) needs class_weights "
+                                 "(--class-weights FILE)")
 
 
 @dataclass(frozen=True)
@@ -223,7 +190,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     if inst is not None and (inst.height, inst.width) != (H, W):
         raise WeakpasteError(f"{background.path}: image is {W}x{H} but its annotations say "
                              f"{inst.width}x{inst.height}; fix 'width'/'height'")
-    bg_masks = inst.masks() if inst is not None else np.zeros((0, H, W), dtype=bool)
+    bg_masks = mask_ops.RleStack(inst.rles if inst is not None else (), H, W)
     bg_classes = inst.classes if inst is not None else ()
     bank = _open_bank(ctx.bank_root)
     picks = plan_mod.select_segments(rng, ctx.probabilities, cfg.objects)
@@ -231,19 +198,19 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     pixels = [_read_cached(bank, int(i)) for i in ids]
     occupied = None
     if cfg.placement == "space-max" and len(bg_masks):
-        occupied = bg_masks.any(axis=0)
+        occupied = bg_masks.any()
     plan = plan_mod.plan_image(rng, image_hw=(H, W), segment_ids=ids,
                                masks=[m for _, m in pixels], occupied=occupied,
-                               params=cfg.plan_params())
+                               params=cfg)
     names = [ctx.table.classes[ctx.table.class_idx[p]] for p in picks]
     # space-max may stop early: the plan keeps a prefix of the selection.
     segments = [(pixels[j][0], pixels[j][1], names[j]) for j in range(len(plan.segment_ids))]
-    out = render(image, bg_masks, bg_classes, segments, plan, cfg.render_params())
+    out = render(image, bg_masks, bg_classes, segments, plan, cfg)
     file_name = f"{index:06d}.{cfg.image_format}"
     out_dir = Path(ctx.out_dir)
     atomic_write_bytes(out_dir / "images" / file_name,
                        encode_image(out.image, cfg.image_format, cfg.jpeg_quality))
-    rles = mask_ops.encode_many(out.masks)
+    rles = out.rles()
     result = ItemResult(index=index, file_name=file_name, width=W, height=H,
                         annotations=[{"class": c, "rle": r, "pasted": bool(p)}
                                      for c, r, p in zip(out.classes, rles, out.pasted,
@@ -431,8 +398,7 @@ def mixed_background_order(seed: np.random.SeedSequence, is_extra: np.ndarray,
 def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
               backgrounds_json: str | None = None, images_dir: str | None = None,
               extra_backgrounds: list[str] | None = None, workers: int = 1,
-              overwrite: bool = False, resume: bool = False, progress: bool = True,
-              class_weights_file: str | None = None) -> dict:
+              overwrite: bool = False, resume: bool = False, progress: bool = True) -> dict:
     """Run the paste stage.
 
     Args:
@@ -447,8 +413,6 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
         resume: continue an interrupted run with the same config and the same inputs (the
             bank's index, the backgrounds file and folders are compared by hash).
         progress: show a progress bar.
-        class_weights_file: the file ``config.class_weights`` was read from (only so that
-            the output folder is never that file's folder).
 
     Returns:
         The final manifest.
@@ -460,7 +424,6 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
     """
     from tqdm import tqdm
 
-    config.validate()
     clear_segment_cache()  # workers fork from here: they start empty too
     seg_bank = SegmentBank(bank)
     table = seg_bank.table(list(config.classes) if config.classes else None)
@@ -486,7 +449,8 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
         _check_resume(out, run_config, inputs)
     out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage="paste",
                              inputs=[bank, backgrounds_json, images_dir,
-                                     *(extra_backgrounds or []), class_weights_file])
+                                     *(extra_backgrounds or []),
+                                     getattr(config.class_weights, "path", None)])
     try:
         (out / "images").mkdir(exist_ok=True)
     except OSError as err:

@@ -1,0 +1,20 @@
+"""weakpaste.io.jsonfile: hand-written JSON files."""
+
+import pytest
+
+from weakpaste.errors import WeakpasteError
+from weakpaste.io.jsonfile import read_json
+
+
+def test_read_json_one_line_errors(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_bytes(b'\xef\xbb\xbf{"dog": 2}')  # a UTF-8 BOM, as Excel and Notepad write it
+    assert read_json(path, what="weights", example="{}") == {"dog": 2}
+    path.write_bytes('{"chien": "é"}'.encode("latin-1"))
+    with pytest.raises(WeakpasteError) as err:
+        read_json(path, what="weights file", example='{"dog": 2}')
+    assert str(err.value) == (f"{path}: weights file is not UTF-8 text; save it as UTF-8 JSON "
+                              'like {"dog": 2}')
+    with pytest.raises(WeakpasteError) as err:
+        read_json(tmp_path / "none.json", what="weights file", example="{}")
+    assert str(err.value) == f"{tmp_path / 'none.json'}: weights file not found"
