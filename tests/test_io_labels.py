@@ -82,8 +82,8 @@ def test_latin1_csv_is_one_clear_line(folder):
     csv.write_bytes("image,labels\na.png,caf\u00e9\n".encode("latin-1"))
     with pytest.raises(WeakpasteError) as err:
         load_labels(csv, folder)
-    assert str(err.value) == (f"{csv}: not UTF-8 text (byte 0xe9 at offset 22); save it as "
-                              "UTF-8 (Excel: 'CSV UTF-8')")
+    assert str(err.value) == (f"{csv}: labels file is not UTF-8 text; save it as UTF-8 (Excel: "
+                              "'CSV UTF-8')")
     huge = folder / "huge.csv"
     huge.write_text("image,labels\na.png," + "x" * 200_000 + "\n")
     with pytest.raises(WeakpasteError, match=r"huge.csv: not a readable CSV \(line 2: field "

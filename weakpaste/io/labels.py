@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import IMAGE_EXTENSIONS
+from weakpaste.io.jsonfile import read_json, read_text
 from weakpaste.structures import ImageRecord
 
 
@@ -38,25 +38,9 @@ def _records_from_mapping(mapping: dict[str, list[str]], source: Path) -> list[I
     return records
 
 
-def _read_text(path: Path) -> str:
-    """The file's text: UTF-8, with or without a byte-order mark.
-
-    Raises:
-        WeakpasteError: the file is not UTF-8 (e.g. Latin-1 from an old spreadsheet).
-    """
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise WeakpasteError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
-                             f"offset {err.start}); save it as UTF-8 (Excel: 'CSV UTF-8')"
-                             ) from None
-    except OSError as err:
-        raise WeakpasteError(f"{path}: cannot read the labels file ({err.strerror}); check "
-                             "its permissions") from None
-
-
 def _read_csv(path: Path) -> dict[str, list[str]]:
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    text = read_text(path, what="labels file", fix="save it as UTF-8 (Excel: 'CSV UTF-8')")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         fields = reader.fieldnames or []
         key = "image" if "image" in fields else "file_name" if "file_name" in fields else None
@@ -116,11 +100,7 @@ def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike
         records = _records_from_mapping(mapping, path)
         classes = sorted({c for r in records for c in r.labels})
     else:
-        try:
-            data = json.loads(_read_text(path))
-        except json.JSONDecodeError as err:
-            raise WeakpasteError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
-                                 "repair the labels file") from None
+        data = read_json(path, what="labels file", example='{"001.jpg": ["person", "dog"]}')
         if isinstance(data, dict) and "images" in data and "categories" in data:
             from weakpaste.io.coco import load_coco
 
