@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import write_error
+from weakpaste.manifest import read_manifest
 from weakpaste.options import Config, option
 from weakpaste.structures import Segment
 
@@ -92,8 +93,6 @@ def bank_fix(root: str | os.PathLike, *, incomplete: bool = False) -> str:
         incomplete: the run stopped half-way (a mined bank can then be resumed); otherwise
             the bank is damaged and must be made again.
     """
-    from weakpaste.manifest import read_manifest
-
     manifest = read_manifest(root) or {}
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     if manifest.get("stage") == "mine":
@@ -192,8 +191,6 @@ class SegmentBank:
         self.__dict__.update(state)
 
     def _check_complete(self) -> None:
-        from weakpaste.manifest import read_manifest
-
         manifest = read_manifest(self.root)
         if manifest is not None and manifest.get("status") == "running":
             raise WeakpasteError(
@@ -217,7 +214,7 @@ class SegmentBank:
                     break
                 yield _index_entry(self.root, number, line)
 
-    def _scan(self, keep=None) -> list[dict]:
+    def _scan(self, keep: Callable[[dict], bool] | None = None) -> list[dict]:
         """Index entries (only those ``keep`` accepts), after checking every shard.
 
         Also fills the segment location map. A shard the index refers to must exist and be
