@@ -119,3 +119,88 @@ def test_bank_from_coco(tiny_coco, tmp_path):
     run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(classes=("b",)),
                        progress=False, overwrite=True)
     assert SegmentBank(tmp_path / "bank").class_counts() == {"b": 2}
+
+
+def _gt_bank(tiny_coco, tmp_path):
+    path, images = tiny_coco
+    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
+    return tmp_path / "bank", path, images
+
+
+def test_an_incomplete_bank_is_refused_naming_the_fix(tiny_coco, tmp_path):
+    bank, path, images = _gt_bank(tiny_coco, tmp_path)
+    manifest = json.loads((bank / "manifest.json").read_text())
+    (bank / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    with pytest.raises(WeakpasteError) as err:
+        SegmentBank(bank)
+    assert str(err.value) == (f"{bank}: the bank is incomplete (its bank run stopped half-way); "
+                              f"rebuild it with 'weakpaste bank from-coco {path} --images "
+                              f"{images} --out {bank} --overwrite'")
+    assert len(SegmentBank(bank, allow_incomplete=True)) == 5
+    # A mined bank can be completed rather than rebuilt.
+    (bank / "manifest.json").write_text(json.dumps({**manifest, "stage": "mine",
+                                                    "status": "running"}))
+    with pytest.raises(WeakpasteError, match=r"the bank is incomplete \(its mine run stopped "
+                                             r"half-way\); complete it with 'weakpaste mine \.\.\. "
+                                             r"--out .*bank --resume'"):
+        SegmentBank(bank)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: (b / "segments" / "shard-00000.bin").unlink(),
+     "segments/shard-00000.bin is missing"),
+    (lambda b: (b / "segments" / "shard-00000.bin").write_bytes(b"\x89PNG"),
+     "segments/shard-00000.bin is truncated (4 bytes, the index needs"),
+    (lambda b: (b / "index.jsonl").write_text(
+        (b / "index.jsonl").read_text().replace('"class"', '"cla', 1)),
+     "index.jsonl line 1 is corrupt (not JSON: Expecting ':' delimiter)"),
+    (lambda b: (b / "index.jsonl").write_text(
+        (b / "index.jsonl").read_text().replace('"shard":0', '"shard":"0"', 1)),
+     "index.jsonl line 1 is corrupt (field 'shard' is '0')"),
+])
+def test_a_damaged_bank_is_one_line_for_paste_and_info(tiny_coco, tmp_path, capsys, damage,
+                                                       message):
+    from weakpaste.cli import main
+
+    bank, path, images = _gt_bank(tiny_coco, tmp_path)
+    damage(bank)
+    fix = (f"; rebuild it with 'weakpaste bank from-coco {path} --images {images} --out {bank} "
+           "--overwrite'")
+    with pytest.raises(WeakpasteError) as err:
+        SegmentBank(bank).table()
+    assert str(err.value).startswith(f"{bank}: {message}") and str(err.value).endswith(fix)
+    assert main(["bank", "info", str(bank)]) == 2
+    assert capsys.readouterr().err.strip() == f"weakpaste: error: {err.value}"
+    # A writer appending to it says the same for a corrupt index (not a traceback).
+    if "index.jsonl" in message:
+        with pytest.raises(WeakpasteError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            BankWriter(bank)
+
+
+def test_a_full_disk_while_building_keeps_the_bank_readable(tmp_path, monkeypatch):
+    import errno
+
+    with BankWriter(tmp_path / "b") as w:
+        w.add(_segment("a"))
+        real = w._index.write
+
+        def full(text):
+            real(text[:7])  # a torn line, as a full disk leaves it
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(w._index, "write", full, raising=False)
+        with pytest.raises(WeakpasteError, match=rf"^{tmp_path / 'b'}: cannot write \(No space "
+                                                 r"left on device\); free some space"):
+            w.add(_segment("b"))
+    monkeypatch.undo()
+    assert SegmentBank(tmp_path / "b").class_counts() == {"a": 1}
+    with BankWriter(tmp_path / "b") as w:  # the next writer cuts the torn line and blob off
+        assert w.add(_segment("c")) == 2
+    assert SegmentBank(tmp_path / "b").class_counts() == {"a": 1, "c": 1}
+
+
+def test_bank_from_coco_never_writes_into_its_inputs(tiny_coco, tmp_path):
+    path, images = tiny_coco
+    with pytest.raises(WeakpasteError, match=r"the output folder overlaps the input"):
+        run_bank_from_coco(path, images, images, progress=False, overwrite=True)
+    assert len(list(images.iterdir())) == 3

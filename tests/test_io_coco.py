@@ -135,6 +135,38 @@ def _with(**changes):
     (_with(annotations__id=1.5), r"annotations\[0\] has id 1.5; annotation ids must be integers"),
     (_with(annotations__segmentation={"size": [5, 5], "counts": "abc"}),
      r"annotations\[0\] \(id 1\) has a malformed segmentation \(RLE size \[5, 5\] differs"),
+    # Corrupt RLE and boxes: each one line, before pycocotools sees them (issue 11, item 7).
+    (_with(annotations__segmentation={"size": [10, 20], "counts": 12}),
+     r"/bad.json: annotations\[0\] \(id 1\) has a malformed segmentation \(RLE counts must "
+     r"be a string or a list of run lengths, got int 12\); fix or remove the annotation$"),
+    (_with(annotations__segmentation={"size": [10, 20], "counts": "garbage!!"}),
+     r"/bad.json: annotations\[0\] \(id 1\) has a corrupt RLE segmentation \(compressed RLE "
+     r"counts hold characters outside pycocotools' alphabet '0'..'o'\); fix or remove the "
+     r"annotation$"),
+    (_with(annotations__segmentation={"size": [10, 20], "counts": "0P"}),
+     r"corrupt RLE segmentation \(compressed RLE counts end in the middle of a number\)"),
+    (_with(annotations__segmentation={"size": [10, 20], "counts": "52"}),
+     r"corrupt RLE segmentation \(RLE runs add up to 7 pixels, not 10x20 = 200\)"),
+    (_with(annotations__segmentation={"size": [10, 20], "counts": [100, 5000]}),
+     r"malformed segmentation \(RLE runs add up to 5100 pixels, not 10x20 = 200\)"),
+    (_with(annotations__segmentation={"size": [10, 20], "counts": [100, -5, 105]}),
+     r"malformed segmentation \(uncompressed RLE counts hold a negative run length\)"),
+    (_with(annotations__segmentation={"size": 200, "counts": [200]}),
+     r"malformed segmentation \(RLE size 200 is not \[height, width\]\)"),
+    (_with(annotations__segmentation=[[0, 0, 4, 0, 4, 4, 0]]),
+     r"malformed segmentation \(polygon 0 has an odd number of coordinates \(7\)\)"),
+    (_with(annotations__segmentation=[[0, 0, 4, 0, 4, 1e9]]),
+     r"malformed segmentation \(polygon 0 reaches far outside the 20x10 image\)"),
+    (_with(annotations__segmentation=[[0, 0, 4, 0, "4", 4]]),
+     r"malformed segmentation \(polygon 0 is not a list of numbers\)"),
+    (json.dumps(_with(annotations__bbox=[0, 0, float("nan"), 4])),
+     r"annotations\[0\] \(id 1\) has bbox \[0, 0, nan, 4\] with a NaN or infinite value"),
+    (json.dumps(_with(annotations__segmentation=[[0, 0, 4, 0, 4, float("inf")]])),
+     r"malformed segmentation \(polygon 0 holds a NaN or infinite coordinate\)"),
+    # A crowd region is not an instance, but COCOeval reads it: it is checked too.
+    (_with(annotations__iscrowd=1,
+           annotations__segmentation={"size": [10, 20], "counts": [100, 5000]}),
+     r"malformed segmentation \(RLE runs add up to 5100 pixels"),
 ])
 def test_reader_validation_messages(tmp_path, doc, message):
     with pytest.raises(WeakpasteError, match=message):
@@ -152,6 +184,42 @@ def test_reader_missing_file_and_images(tmp_path):
     # Labels only: masks not required.
     data = load_coco(_bad(tmp_path, _with(annotations__segmentation=None)), require_masks=False)
     assert data.records[0].labels == ("a",) and len(data.records[0].instances) == 0
+
+
+def test_reader_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
+    assert load_coco(path).records[0].labels == ("a",)
+
+
+def test_valid_rle_counts_still_load(tmp_path):
+    """Compressed strings made by pycocotools, of every shape, pass the check unchanged."""
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 10, 20)) < 0.5
+    masks[1] = True
+    masks[2] = False
+    masks[2, 9, 19] = True
+    rles = mask_ops.encode_many(masks)
+    doc = json.loads(json.dumps(GOOD))
+    doc["annotations"] = [{"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": r}
+                          for k, r in enumerate(rles)]
+    path = _bad(tmp_path, doc)
+    np.testing.assert_array_equal(load_coco(path).records[0].instances.masks(), masks)
+
+
+def test_corrupt_detections_are_refused_before_pycocotools(tmp_path):
+    from weakpaste.io.coco import evaluation_detections, evaluation_ground_truth
+
+    gt = evaluation_ground_truth(_bad(tmp_path, GOOD))
+    over = {"image_id": 1, "category_id": 1, "score": 1.0,
+            "segmentation": {"size": [10, 20], "counts": "0P"}}
+    with pytest.raises(ValueError, match=r"result for image 1 has a corrupt RLE segmentation "
+                                         r"\(compressed RLE counts end in the middle"):
+        evaluation_detections(gt, [over], "segm")
+    with pytest.raises(ValueError, match=r"result for image 1 has bbox \[0.0, nan, 2.0, 2.0\] "
+                                         r"with a NaN or infinite value"):
+        evaluation_detections(gt, [{"image_id": 1, "category_id": 1, "score": 1.0,
+                                    "bbox": [0.0, float("nan"), 2.0, 2.0]}], "bbox")
 
 
 def test_assign_category_ids_keeps_existing():

@@ -18,3 +18,15 @@ def test_read_json_one_line_errors(tmp_path):
     with pytest.raises(WeakpasteError) as err:
         read_json(tmp_path / "none.json", what="weights file", example="{}")
     assert str(err.value) == f"{tmp_path / 'none.json'}: weights file not found"
+
+
+def test_read_text_accepts_a_bom_and_refuses_latin1(tmp_path):
+    from weakpaste.io.jsonfile import read_text
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"\xef\xbb\xbfimage,labels\n")
+    assert read_text(path, what="labels file", fix="save it as UTF-8") == "image,labels\n"
+    path.write_bytes("image,labels\ncaf\u00e9.jpg,a\n".encode("latin-1"))
+    with pytest.raises(WeakpasteError) as err:
+        read_text(path, what="labels file", fix="save it as UTF-8")
+    assert str(err.value) == f"{path}: labels file is not UTF-8 text; save it as UTF-8"

@@ -65,3 +65,27 @@ def test_errors(folder):
         load_labels(empty, folder)
     with pytest.raises(WeakpasteError, match=r"no labels given and no class sub-folders"):
         load_labels(None, folder / "sub")
+
+
+def test_excel_byte_order_mark_is_accepted(folder):
+    csv = folder / "excel.csv"
+    csv.write_bytes("\ufeffimage,labels\r\na.png,chien;caf\u00e9\r\n".encode("utf-8"))
+    records, classes = load_labels(csv, folder)
+    assert classes == ["caf\u00e9", "chien"] and records[0].file_name == "a.png"
+    js = folder / "bom.json"
+    js.write_bytes(b"\xef\xbb\xbf" + json.dumps({"c.png": ["ant"]}).encode())
+    assert load_labels(js, folder)[1] == ["ant"]
+
+
+def test_latin1_csv_is_one_clear_line(folder):
+    csv = folder / "latin1.csv"
+    csv.write_bytes("image,labels\na.png,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(WeakpasteError) as err:
+        load_labels(csv, folder)
+    assert str(err.value) == (f"{csv}: labels file is not UTF-8 text; save it as UTF-8 (Excel: "
+                              "'CSV UTF-8')")
+    huge = folder / "huge.csv"
+    huge.write_text("image,labels\na.png," + "x" * 200_000 + "\n")
+    with pytest.raises(WeakpasteError, match=r"huge.csv: not a readable CSV \(line 2: field "
+                                             r"larger than field limit \(131072\)\); repair"):
+        load_labels(huge, folder)

@@ -385,6 +385,32 @@ def test_run_evaluate_masks(tmp_path):
     with pytest.raises(WeakpasteError) as err:
         run_evaluate_masks(pred, gt, out=gt)
     assert str(err.value) == f"{gt}: --out would overwrite an input; choose another file"
+    # An existing file is never silently replaced (issue 11, item 3).
+    out.write_text("my notes")
+    with pytest.raises(WeakpasteError) as err:
+        run_evaluate_masks(pred, gt, out=str(out))
+    assert str(err.value) == (f"{out}: already exists; pass --overwrite to replace it or "
+                              "choose another --out")
+    assert out.read_text() == "my notes"
+    run_evaluate_masks(pred, gt, out=str(out), overwrite=True)
+    assert json.loads(out.read_text()) == saved
+
+
+def test_evaluate_masks_cli_out_needs_overwrite(tmp_path, capsys):
+    from weakpaste.cli import main
+
+    gt = _write_gt(tmp_path / "gt.json")
+    pred = _write_pred_coco(tmp_path / "p.json")
+    out = tmp_path / "eval.json"
+    out.write_text("keep")
+    argv = ["evaluate-masks", str(pred), "--gt", str(gt), "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (f"weakpaste: error: {out}: already exists; pass "
+                                               "--overwrite to replace it or choose another "
+                                               "--out")
+    assert out.read_text() == "keep"
+    assert main(argv + ["--overwrite"]) == 0
+    assert json.loads(out.read_text())["overall"]["num_predictions"] == 6
 
 
 def test_bank_score_names(tmp_path):

@@ -160,3 +160,90 @@ def test_real_coco_mini_paste(tmp_path):
                   progress=False)
     assert m["counts"]["images"] == 3
     assert sum(m["counts"]["pasted_per_class"].values()) > 0
+
+
+def test_overwrite_never_deletes_an_input(bank_and_bg, tmp_path, capsys):
+    from weakpaste.cli import main
+
+    bank, coco, images = bank_and_bg
+    before = sorted(p.name for p in Path(bank).rglob("*"))
+    weights = Path(bank) / "w.json"  # a weights file inside the bank: the bank is an input
+    for out in (bank, str(Path(bank) / "segments"), images, str(Path(images) / "sub")):
+        assert main(["paste", "--bank", bank, "--out", out, "--overwrite", "--num-images", "1",
+                     "--backgrounds", coco, "--images", images, "--quiet"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"weakpaste: error: {out}: the output folder overlaps the input "
+            f"{bank if out.startswith(bank) else images}; choose an --out outside every input")
+    weights.write_text('{"a": 1}')
+    assert main(["paste", "--bank", bank, "--out", str(tmp_path / "w"), "--overwrite",
+                 "--num-images", "1", "--extra-backgrounds", images, "--selection", "weights",
+                 "--class-weights", str(weights), "--quiet"]) == 0
+    out = str(Path(bank).parent)  # contains the bank: refused before anything is deleted
+    assert main(["paste", "--bank", bank, "--out", out, "--overwrite", "--num-images", "1",
+                 "--extra-backgrounds", images, "--quiet"]) == 2
+    weights.unlink()
+    assert sorted(p.name for p in Path(bank).rglob("*")) == before
+
+
+def test_resume_refuses_a_rebuilt_bank_or_backgrounds(bank_and_bg, tmp_path, monkeypatch):
+    bank, coco, images = bank_and_bg
+    real = paste_run.paste_item
+
+    def interrupted(ctx, index, seed, background):
+        if index == 2:
+            raise KeyboardInterrupt
+        return real(ctx, index, seed, background)
+
+    monkeypatch.setattr(paste_run, "paste_item", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _paste(bank, coco, images, tmp_path / "out")
+    monkeypatch.setattr(paste_run, "paste_item", real)
+    # The bank is rebuilt at the same path with other segments (same ids, other pixels).
+    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1, classes=("a",)),
+                       overwrite=True, progress=False)
+    with pytest.raises(WeakpasteError) as err:
+        _paste(bank, coco, images, tmp_path / "out", resume=True)
+    assert str(err.value) == (f"{tmp_path / 'out'}: --resume, but the bank {bank} changed since "
+                              "the interrupted run; pass --overwrite to start again with the "
+                              "new input")
+    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), overwrite=True,
+                       progress=False)
+    doc = json.loads(Path(coco).read_text())
+    Path(coco).write_text(json.dumps({**doc, "info": {"edited": True}}))
+    with pytest.raises(WeakpasteError, match=r"--resume, but the backgrounds file .*instances"
+                                             r".json changed since the interrupted run"):
+        _paste(bank, coco, images, tmp_path / "out", resume=True)
+    Path(coco).write_text(json.dumps(doc, separators=(",", ":")))
+
+
+def test_a_full_disk_mid_run_is_one_line_and_resume_completes(bank_and_bg, tmp_path,
+                                                              monkeypatch, capsys):
+    import errno
+
+    from weakpaste.cli import main
+
+    bank, coco, images = bank_and_bg
+    _paste(bank, coco, images, tmp_path / "ref")
+    real = paste_run.atomic_write_bytes
+    calls = {"n": 0}
+
+    def disk_fills_up(path, data):
+        calls["n"] += 1
+        if calls["n"] == 4:  # three images, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(paste_run, "atomic_write_bytes", disk_fills_up)
+    out = tmp_path / "out"
+    argv = ["paste", "--bank", bank, "--out", str(out), "--backgrounds", coco, "--images",
+            images, "--num-images", "6", "--seed", "3", "--objects", "1-3", "--quiet"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"weakpaste: error: {out}: cannot write (No space left on device); free some space or "
+        "choose a writable --out, then run the command again (with --resume where offered: "
+        "finished work is kept)")
+    assert not (out / "annotations.json").exists()
+    assert len(list((out / "images").iterdir())) == 3
+    monkeypatch.setattr(paste_run, "atomic_write_bytes", real)
+    assert main(argv + ["--resume"]) == 0
+    assert _snapshot(out) == _snapshot(tmp_path / "ref")

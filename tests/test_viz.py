@@ -277,3 +277,12 @@ def test_run_viz_bad_num_images(tmp_path: Path) -> None:
 def test_import_does_not_load_torch() -> None:
     code = "import weakpaste.viz, weakpaste.stats, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_viz_never_writes_into_its_inputs(tiny_coco, tmp_path) -> None:
+    path, images = tiny_coco
+    before = sorted(p.name for p in images.iterdir())
+    for out in (images, images / "sheet", tmp_path):
+        with pytest.raises(WeakpasteError, match=r"the output folder overlaps the input"):
+            run_viz(path, images, out, overwrite=True, progress=False)
+    assert sorted(p.name for p in images.iterdir()) == before

@@ -15,14 +15,19 @@ everything indexed before the crash stays readable.
 
 Nothing reads all segments into memory: ``iter_index`` streams the metadata and ``table``
 keeps only a few integers per segment for sampling; ``read`` decodes one segment on demand.
+
+A bank is refused, with one line naming the command that completes or rebuilds it, when its
+manifest says the run that made it stopped half-way, when an index line is corrupt, or when a
+shard is missing or shorter than its index says.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,8 @@ import cv2
 import numpy as np
 
 from weakpaste.errors import WeakpasteError
+from weakpaste.io.images import write_error
+from weakpaste.manifest import read_manifest
 from weakpaste.options import Config, option
 from weakpaste.structures import Segment
 
@@ -37,6 +44,67 @@ FORMAT = "weakpaste-segment-bank"
 FORMAT_VERSION = 1
 INDEX = "index.jsonl"
 SHARD_BYTES = 512 << 20
+# Fields every index line must carry, with their JSON type.
+_INDEX_FIELDS = {"id": int, "class": str, "shard": int, "offset": int, "length": int,
+                 "height": int, "width": int}
+
+
+def _shard_name(shard: int) -> str:
+    return f"segments/shard-{shard:05d}.bin"
+
+
+def _bad_entry(entry: object) -> str | None:
+    """What is wrong with a parsed index line, or None when it is usable."""
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    for key, kind in _INDEX_FIELDS.items():
+        value = entry.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"field {key!r} is {value!r}"
+        if kind is int and value < 0:
+            return f"field {key!r} is negative"
+    return None
+
+
+def _index_entry(root: Path, number: int, line: str | bytes) -> dict:
+    """The parsed index line ``number`` of the bank ``root``.
+
+    Raises:
+        WeakpasteError: the line is not a valid index entry.
+    """
+    try:
+        entry = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        problem = f"not JSON: {err.msg}" if isinstance(err, json.JSONDecodeError) \
+            else "not UTF-8"
+    else:
+        problem = _bad_entry(entry)
+    if problem is not None:
+        raise WeakpasteError(f"{root}: {INDEX} line {number} is corrupt ({problem}); "
+                             f"{bank_fix(root)}")
+    return entry
+
+
+def bank_fix(root: str | os.PathLike, *, incomplete: bool = False) -> str:
+    """The command that repairs a bank, from the manifest of the run that made it.
+
+    Args:
+        root: the bank folder.
+        incomplete: the run stopped half-way (a mined bank can then be resumed); otherwise
+            the bank is damaged and must be made again.
+    """
+    manifest = read_manifest(root) or {}
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    if manifest.get("stage") == "mine":
+        if incomplete:
+            return (f"complete it with 'weakpaste mine ... --out {root} --resume' (the "
+                    "interrupted run's options)")
+        return f"mine it again with 'weakpaste mine ... --out {root} --overwrite'"
+    if manifest.get("stage") == "bank" and config.get("coco_json"):
+        return (f"rebuild it with 'weakpaste bank from-coco {config['coco_json']} --images "
+                f"{config.get('images_dir')} --out {root} --overwrite'")
+    return ("rebuild it with 'weakpaste bank from-coco ... --overwrite' or 'weakpaste mine ... "
+            "--overwrite'")
 
 
 def _encode_segment(seg: Segment) -> bytes:
@@ -48,6 +116,15 @@ def _encode_segment(seg: Segment) -> bytes:
     if not ok:
         raise WeakpasteError(f"could not encode segment of class {seg.category!r}")
     return buf.tobytes()
+
+
+def segment_meta(seg: Segment) -> dict:
+    """A segment's index fields, besides where its blob is (JSON-able)."""
+    return {"class": seg.category, "height": int(seg.mask.shape[0]),
+            "width": int(seg.mask.shape[1]), "area": int(seg.mask.sum()),
+            "source_image": seg.source_image,
+            "source_box": [round(float(v), 2) for v in seg.source_box],
+            "scores": {k: float(v) for k, v in seg.scores.items()}, "miner": seg.miner}
 
 
 def _decode_segment(data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -88,24 +165,30 @@ class SegmentBank:
 
     Args:
         root: the bank folder.
+        allow_incomplete: open a bank whose run is still going or stopped half-way (its
+            manifest's status is "running"); such a bank is refused by default.
 
     Raises:
-        WeakpasteError: the folder is not a segment bank.
+        WeakpasteError: the folder is not a segment bank, or it is incomplete.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, allow_incomplete: bool = False):
         self.root = Path(root)
         marker = self.root / "bank.json"
         if not marker.is_file():
             raise WeakpasteError(f"{self.root}: not a segment bank (no bank.json); build one with "
                                  "'weakpaste bank from-coco' or 'weakpaste mine'")
         try:
-            meta = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            raise WeakpasteError(f"{marker}: corrupt bank marker; rebuild the bank") from None
+            meta = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            meta = None
+        if not isinstance(meta, dict):
+            raise WeakpasteError(f"{marker}: corrupt bank marker; {bank_fix(self.root)}")
         if meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION:
             raise WeakpasteError(f"{marker}: unsupported bank format {meta.get('format')!r} "
                                  f"v{meta.get('version')}; upgrade weakpaste or rebuild the bank")
+        if not allow_incomplete:
+            self._check_complete()
         self._locations: dict[int, tuple[int, int, int]] | None = None
         self._handles: dict[tuple[int, int], int] = {}
 
@@ -116,38 +199,71 @@ class SegmentBank:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
+    def _check_complete(self) -> None:
+        manifest = read_manifest(self.root)
+        if manifest is not None and manifest.get("status") == "running":
+            raise WeakpasteError(
+                f"{self.root}: the bank is incomplete (its {manifest.get('stage', 'build')} "
+                f"run stopped half-way); {bank_fix(self.root, incomplete=True)}")
+
     def iter_index(self) -> Iterator[dict]:
         """Stream the index: one metadata dict per segment, in append order.
 
         A torn last line (an interrupted writer) is skipped.
+
+        Raises:
+            WeakpasteError: a complete line is not a valid index entry.
         """
         path = self.root / INDEX
         if not path.is_file():
             return
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.endswith("\n"):
+        with open(path, "rb") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.endswith(b"\n"):
                     break
-                yield json.loads(line)
+                yield _index_entry(self.root, number, line)
+
+    def _scan(self, keep: Callable[[dict], bool] | None = None) -> list[dict]:
+        """Index entries (only those ``keep`` accepts), after checking every shard.
+
+        Also fills the segment location map. A shard the index refers to must exist and be
+        at least as long as its last indexed segment's end.
+
+        Raises:
+            WeakpasteError: a corrupt index line, a missing or truncated shard.
+        """
+        locations, ends, kept = {}, {}, []
+        for e in self.iter_index():
+            locations[e["id"]] = (e["shard"], e["offset"], e["length"])
+            ends[e["shard"]] = max(ends.get(e["shard"], 0), e["offset"] + e["length"])
+            if keep is None or keep(e):
+                kept.append(e)
+        for shard, end in sorted(ends.items()):
+            path = self.root / _shard_name(shard)
+            if not path.is_file():
+                raise WeakpasteError(f"{self.root}: {_shard_name(shard)} is missing; "
+                                     f"{bank_fix(self.root)}")
+            size = path.stat().st_size
+            if size < end:
+                raise WeakpasteError(f"{self.root}: {_shard_name(shard)} is truncated ({size} "
+                                     f"bytes, the index needs {end}); {bank_fix(self.root)}")
+        self._locations = locations
+        return kept
 
     def table(self, classes: list[str] | None = None) -> BankTable:
         """Compact sampling columns, optionally only for some classes.
 
         Raises:
-            WeakpasteError: the bank is empty or lacks a requested class.
+            WeakpasteError: the bank is empty, lacks a requested class, or is damaged (see
+                ``_scan``).
         """
         names: dict[str, int] = {}
         ids, cls, hs, ws = [], [], [], []
-        locations = {}
-        for e in self.iter_index():
-            locations[e["id"]] = (e["shard"], e["offset"], e["length"])
-            if classes is not None and e["class"] not in classes:
-                continue
+        for e in self._scan(None if classes is None else lambda e: e["class"] in classes):
             ids.append(e["id"])
             cls.append(names.setdefault(e["class"], len(names)))
             hs.append(e["height"])
             ws.append(e["width"])
-        self._locations = locations
         if classes is not None:
             absent = [c for c in classes if c not in names]
             if absent:
@@ -162,15 +278,15 @@ class SegmentBank:
                          height=np.array(hs, dtype=np.int32), width=np.array(ws, dtype=np.int32))
 
     def class_counts(self) -> dict[str, int]:
-        return dict(Counter(e["class"] for e in self.iter_index()))
+        """Segments per class, after checking the index and the shards (see ``_scan``)."""
+        return dict(Counter(e["class"] for e in self._scan()))
 
     def __len__(self) -> int:
         return sum(1 for _ in self.iter_index())
 
     def _location(self, segment_id: int) -> tuple[int, int, int]:
         if self._locations is None:
-            self._locations = {e["id"]: (e["shard"], e["offset"], e["length"])
-                               for e in self.iter_index()}
+            self._scan()  # also checks the shards once, before the first read
         try:
             return self._locations[segment_id]
         except KeyError:
@@ -183,15 +299,16 @@ class SegmentBank:
         # with pread, which has no shared file position to race on.
         key = (os.getpid(), shard)
         fd = self._handles.get(key)
-        if fd is None:
-            fd = self._handles[key] = os.open(
-                self.root / "segments" / f"shard-{shard:05d}.bin", os.O_RDONLY)
-        data = os.pread(fd, length, offset)
         try:
+            if fd is None:
+                fd = self._handles[key] = os.open(self.root / _shard_name(shard), os.O_RDONLY)
+            data = os.pread(fd, length, offset)
             return _decode_segment(data)
-        except ValueError:
-            raise WeakpasteError(f"{self.root}: segment {segment_id} is corrupt (shard {shard}, "
-                                 f"offset {offset}); rebuild the bank") from None
+        except (OSError, ValueError) as err:
+            why = err.strerror if isinstance(err, OSError) and err.strerror else "corrupt"
+            raise WeakpasteError(f"{self.root}: segment {segment_id} cannot be read ({why}; "
+                                 f"shard {shard}, offset {offset}); "
+                                 f"{bank_fix(self.root)}") from None
 
     def read(self, entry: dict) -> Segment:
         """A full segment from its index entry (as yielded by ``iter_index``)."""
@@ -220,17 +337,20 @@ class BankWriter:
     def __init__(self, root: str | os.PathLike, *, shard_bytes: int = SHARD_BYTES):
         self.root = Path(root)
         self.shard_bytes = shard_bytes
-        (self.root / "segments").mkdir(parents=True, exist_ok=True)
-        marker = self.root / "bank.json"
-        if not marker.exists():
-            marker.write_text(json.dumps({"format": FORMAT, "version": FORMAT_VERSION}))
-        self._next_id, self._shard, self._end = self._recover()
-        self._index = open(self.root / INDEX, "a", encoding="utf-8")
-        self._blob = open(self._shard_path(self._shard), "ab")
+        try:
+            (self.root / "segments").mkdir(parents=True, exist_ok=True)
+            marker = self.root / "bank.json"
+            if not marker.exists():
+                marker.write_text(json.dumps({"format": FORMAT, "version": FORMAT_VERSION}))
+            self._next_id, self._shard, self._end = self._recover()
+            self._index = open(self.root / INDEX, "a", encoding="utf-8")
+            self._blob = open(self._shard_path(self._shard), "ab")
+        except OSError as err:
+            raise write_error(self.root, err) from None
         self.counts: Counter[str] = Counter()
 
     def _shard_path(self, shard: int) -> Path:
-        return self.root / "segments" / f"shard-{shard:05d}.bin"
+        return self.root / _shard_name(shard)
 
     def _recover(self) -> tuple[int, int, int]:
         """Cut a torn index line and any unindexed shard tail; return where to go on."""
@@ -241,8 +361,8 @@ class BankWriter:
             keep = raw[: raw.rfind(b"\n") + 1]
             if len(keep) != len(raw):
                 index.write_bytes(keep)
-            for line in keep.splitlines():
-                e = json.loads(line)
+            for number, line in enumerate(keep.splitlines(), 1):
+                e = _index_entry(self.root, number, line)
                 next_id = max(next_id, e["id"] + 1)
                 if (e["shard"], e["offset"] + e["length"]) > (shard, end):
                     shard, end = e["shard"], e["offset"] + e["length"]
@@ -253,39 +373,67 @@ class BankWriter:
         return next_id, shard, end
 
     def add(self, seg: Segment) -> int:
-        """Append one segment; returns its id."""
-        blob = _encode_segment(seg)
+        """Append one segment; returns its id (see ``add_encoded``)."""
+        return self.add_encoded(_encode_segment(seg), segment_meta(seg))
+
+    def add_encoded(self, blob: bytes, meta: dict) -> int:
+        """Append one segment already encoded by a worker (``encode_segments``).
+
+        Args:
+            blob: the PNG blob (``_encode_segment``).
+            meta: its index fields without id/shard/offset/length (``segment_meta``).
+
+        Returns:
+            The segment's id.
+
+        Raises:
+            WeakpasteError: the disk is full or read-only (``write_error``); the segments
+                added before stay readable and an unfinished one is cut off by the next
+                writer.
+        """
         if self._end > 0 and self._end + len(blob) > self.shard_bytes:
             self._blob.close()
             self._shard, self._end = self._shard + 1, 0
-            self._blob = open(self._shard_path(self._shard), "ab")
-        self._blob.write(blob)
-        self._blob.flush()
+            try:
+                self._blob = open(self._shard_path(self._shard), "ab")
+            except OSError as err:
+                raise write_error(self.root, err) from None
         seg_id = self._next_id
-        entry = {"id": seg_id, "class": seg.category, "shard": self._shard,
+        entry = {"id": seg_id, "class": meta["class"], "shard": self._shard,
                  "offset": self._end, "length": len(blob),
-                 "height": int(seg.mask.shape[0]), "width": int(seg.mask.shape[1]),
-                 "area": int(seg.mask.sum()), "source_image": seg.source_image,
-                 "source_box": [round(float(v), 2) for v in seg.source_box],
-                 "scores": {k: float(v) for k, v in seg.scores.items()}, "miner": seg.miner}
-        self._index.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self._index.flush()
+                 **{k: v for k, v in meta.items() if k != "class"}}
+        try:
+            self._blob.write(blob)
+            self._blob.flush()
+            self._index.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            self._index.flush()
+        except OSError as err:
+            raise write_error(self.root, err) from None
         self._end += len(blob)
         self._next_id += 1
-        self.counts[seg.category] += 1
+        self.counts[meta["class"]] += 1
         return seg_id
 
     def close(self) -> None:
-        for fh in (self._blob, self._index):
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
+        try:
+            for fh in (self._blob, self._index):
+                fh.flush()
+                os.fsync(fh.fileno())
+                fh.close()
+        except OSError as err:
+            raise write_error(self.root, err) from None
 
     def __enter__(self) -> BankWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Already failing (a full disk, Ctrl-C): close without hiding that first error.
+        for fh in (self._blob, self._index):
+            with contextlib.suppress(OSError):
+                fh.close()
 
 
 def segments_from_image(rgb: np.ndarray, masks: np.ndarray, classes: tuple[str, ...], *,
@@ -329,18 +477,59 @@ class BankConfig(Config):
     classes: tuple[str, ...] | None = option(None, help="keep only these classes")
 
 
+def _cut_item(item: tuple) -> tuple[list[tuple[bytes, dict]], int]:
+    """``bank from-coco``'s per-image work: read the image, cut and encode its segments.
+
+    Args:
+        item: (image path, width, height, RLEs, classes, file name, COCO file, min area).
+
+    Returns:
+        ([(PNG blob, index fields), ...], masks skipped as too small).
+    """
+    from weakpaste.io.images import read_image_of_size
+    from weakpaste.ops import masks as mask_ops
+
+    path, width, height, rles, classes, file_name, coco_json, min_area = item
+    rgb = read_image_of_size(path, width, height, coco_json)
+    masks = mask_ops.decode_many(list(rles), height, width)
+    segs, skipped = segments_from_image(rgb, masks, classes, source_image=file_name,
+                                        min_area=min_area)
+    return [(_encode_segment(s), segment_meta(s)) for s in segs], skipped
+
+
+def _cut_items(data, coco_json, classes, min_area) -> list[tuple]:
+    items = []
+    for rec in data.records:
+        inst = rec.instances
+        keep = [] if inst is None else [i for i, c in enumerate(inst.classes)
+                                        if not classes or c in classes]
+        if keep:
+            items.append((str(data.images_dir / rec.file_name), rec.width, rec.height,
+                          tuple(inst.rles[i] for i in keep),
+                          tuple(inst.classes[i] for i in keep), rec.file_name, str(coco_json),
+                          min_area))
+    return items
+
+
 def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
                        out_dir: str | os.PathLike, config: BankConfig | None = None, *,
-                       overwrite: bool = False, progress: bool = True) -> dict:
+                       workers: int = 1, overwrite: bool = False, progress: bool = True,
+                       executor=None) -> dict:
     """Build a bank from the instance masks of any COCO data set.
+
+    Images are cut and their segments encoded by ``workers`` processes (or Ray actors,
+    ``executor``); the segments are appended in image order, so the bank is the same bytes
+    for any number of workers.
 
     Args:
         coco_json: COCO instances file (polygons or RLE).
         images_dir: folder of its images.
         out_dir: the bank folder to create.
         config: minimum mask area and classes to keep (``BankConfig()`` when None).
+        workers: processes (or Ray actors) cutting and encoding images.
         overwrite: replace an existing weakpaste output in ``out_dir``.
         progress: show a progress bar.
+        executor: a ``weakpaste.runners.ExecutorConfig`` (local pool by default).
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
@@ -348,8 +537,8 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
     from tqdm import tqdm
 
     from weakpaste.io.coco import load_coco
-    from weakpaste.io.images import read_image_of_size
     from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
+    from weakpaste.runners import map_items
 
     config = config or BankConfig()
     min_area, classes = config.min_area, config.classes
@@ -359,28 +548,22 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
         if unknown:
             raise WeakpasteError(f"{coco_json}: class {unknown[0]!r} is not among its categories; "
                                  "check --classes")
-    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="bank")
+    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="bank",
+                             inputs=[coco_json, images_dir])
     config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
               "min_area": min_area, "classes": classes}
     inputs = {"coco_json": file_sha256(coco_json)}
     write_manifest(out, stage="bank", config=config, inputs=inputs, status="running")
+    items = _cut_items(data, coco_json, classes, min_area)
     skipped = 0
     with BankWriter(out) as writer:
-        for rec in tqdm(data.records, desc="bank from-coco", unit="img", disable=not progress):
-            inst = rec.instances
-            if inst is None or len(inst) == 0:
-                continue
-            keep = [i for i, c in enumerate(inst.classes) if not classes or c in classes]
-            if not keep:
-                continue
-            rgb = read_image_of_size(data.images_dir / rec.file_name, rec.width, rec.height,
-                                     str(coco_json))
-            masks = inst.masks()[keep]
-            segs, n_small = segments_from_image(rgb, masks, tuple(inst.classes[i] for i in keep),
-                                                source_image=rec.file_name, min_area=min_area)
+        results = map_items(_cut_item, items, workers=workers, executor=executor,
+                            check=[coco_json, images_dir, out])
+        for encoded, n_small in tqdm(results, total=len(items), desc="bank from-coco",
+                                     unit="img", disable=not progress):
             skipped += n_small
-            for seg in segs:
-                writer.add(seg)
+            for blob, meta in encoded:
+                writer.add_encoded(blob, meta)
         counts = dict(sorted(writer.counts.items()))
     return write_manifest(out, stage="bank", config=config, inputs=inputs,
                           counts={"segments": sum(counts.values()), "per_class": counts,

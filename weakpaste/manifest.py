@@ -23,6 +23,9 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes
 
 MANIFEST = "manifest.json"
+# The marker that makes a folder weakpaste's: only such a folder may be deleted by --overwrite
+# (a web app's or npm package's manifest.json must never qualify).
+TOOL = "weakpaste"
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -40,13 +43,31 @@ def config_hash(config: dict) -> str:
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict | None:
+    """The parsed ``manifest.json`` of a folder, or None when absent or unreadable.
+
+    It may have been written by anything: check ``is_weakpaste_manifest`` before trusting it.
+    """
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return doc if isinstance(doc, dict) else None
+
+
+def is_weakpaste_manifest(doc: object) -> bool:
+    """Whether ``doc`` is a manifest that weakpaste wrote (tool, stage and version present)."""
+    return (isinstance(doc, dict) and doc.get("tool") == TOOL
+            and isinstance(doc.get("stage"), str) and bool(doc["stage"])
+            and isinstance(doc.get("weakpaste_version"), str))
+
+
+def read_weakpaste_manifest(out_dir: str | os.PathLike) -> dict | None:
+    """``read_manifest`` restricted to manifests weakpaste wrote; anything else gives None."""
+    doc = read_manifest(out_dir)
+    return doc if is_weakpaste_manifest(doc) else None
 
 
 def check_not_an_input(out_dir: str | os.PathLike,
@@ -76,36 +97,58 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
 
     Args:
         out_dir: the output folder.
-        overwrite: delete an existing weakpaste output of any stage first.
+        overwrite: delete an existing weakpaste output of any stage first: a folder whose
+            manifest.json weakpaste wrote (``is_weakpaste_manifest``); any other non-empty
+            folder is refused.
         resume: keep an existing output of the same ``stage`` to continue it.
         stage: the stage about to write.
         inputs: the run's input files and folders; ``out_dir`` may not be, contain or lie
             inside any of them (``check_not_an_input``).
 
     Raises:
-        WeakpasteError: the folder is not empty and neither flag allows it, or ``overwrite``
-            was asked for a folder weakpaste did not make.
+        WeakpasteError: the folder is not empty and neither flag allows it, ``overwrite``
+            was asked for a folder weakpaste did not make, or the folder cannot be deleted or
+            created (read-only file system, permissions).
     """
     out = Path(out_dir)
     check_not_an_input(out, inputs)
     if out.exists() and not out.is_dir():
         raise WeakpasteError(f"{out}: exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
-        manifest = read_manifest(out)
+        manifest = read_weakpaste_manifest(out)
         if resume:
             if manifest is None or manifest.get("stage") != stage:
-                raise WeakpasteError(f"{out}: nothing to resume (no {stage} manifest.json); "
-                                     "drop --resume or choose another --out")
+                raise WeakpasteError(f"{out}: nothing to resume (no {stage} manifest.json "
+                                     "written by weakpaste); drop --resume or choose another "
+                                     "--out")
             return out
         if not overwrite:
             raise WeakpasteError(f"{out}: output folder is not empty; pass --overwrite to "
                                  "replace it, --resume to continue it, or choose another --out")
         if manifest is None:
-            raise WeakpasteError(f"{out}: not a weakpaste output (no manifest.json), so "
-                                 "--overwrite will not delete it; choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+            raise WeakpasteError(f"{out}: not a weakpaste output (no manifest.json written by "
+                                 "weakpaste), so --overwrite will not delete it; choose "
+                                 "another --out")
+        _remove_tree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WeakpasteError(f"{out}: cannot create the output folder ({_why(err)}); choose a "
+                             "writable --out") from None
     return out
+
+
+def _why(err: OSError) -> str:
+    return err.strerror or os.strerror(err.errno or 0) or type(err).__name__
+
+
+def _remove_tree(out: Path) -> None:
+    try:
+        shutil.rmtree(out)
+    except OSError as err:
+        where = err.filename or out
+        raise WeakpasteError(f"{out}: --overwrite could not delete {where} ({_why(err)}); "
+                             "fix its permissions or choose another --out") from None
 
 
 def write_manifest(out_dir: str | os.PathLike, *, stage: str, config: dict,
@@ -113,6 +156,9 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, config: dict,
                    counts: dict[str, Any] | None = None, status: str = "complete",
                    extra: dict[str, Any] | None = None) -> dict:
     """Atomically write ``out_dir/manifest.json`` and return its content.
+
+    The document carries ``"tool": "weakpaste"``, the stage and the version: the marker that
+    lets a later ``--overwrite`` delete the folder (``is_weakpaste_manifest``).
 
     Args:
         out_dir: the output folder.
@@ -124,7 +170,7 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, config: dict,
         status: "running" while the run goes on, "complete" at the end.
         extra: more stage-specific fields.
     """
-    doc = {"stage": stage, "status": status, "weakpaste_version": __version__,
+    doc = {"tool": TOOL, "stage": stage, "status": status, "weakpaste_version": __version__,
            "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "seed": seed, "config": config, "config_hash": config_hash(config),
            "inputs": inputs or {}, "counts": counts or {}}

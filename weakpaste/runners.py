@@ -18,8 +18,11 @@ journals) and the outputs are the same bytes for any executor and any number of 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,16 +87,30 @@ def map_items(fn: Callable[[Any], Any], items: Sequence, *, workers: int = 1,
     import multiprocessing as mp
 
     context = mp.get_context("fork" if os.name == "posix" else "spawn")
-    with context.Pool(workers, initializer=_quiet_init, initargs=(init, initargs)) as pool:
+    # Ctrl-C reaches every process of the terminal's group: only the parent handles it (and
+    # terminates the pool), so workers print no traceback of their own. Ignoring it while
+    # the pool forks makes the workers ignore it from their first instruction on.
+    with _sigint_ignored():
+        pool = context.Pool(workers, initializer=_pool_init, initargs=(init, initargs))
+    with pool:
         yield from pool.imap(fn, items, chunksize=executor.chunk)
 
 
-def _quiet_init(init: Callable[..., None] | None, initargs: tuple) -> None:
-    """Pool initializer: workers leave Ctrl-C to the parent, which stops the pool and prints
-    one line (otherwise every worker prints its own KeyboardInterrupt traceback)."""
-    import signal
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C meanwhile (only the main thread may change signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+def _pool_init(init: Callable[..., None] | None, initargs: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # spawn-started workers did not inherit it
     if init is not None:
         init(*initargs)
 

@@ -244,7 +244,8 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
         if not config.rewrite_only:
             models.t2i()
             models.clip()
-    out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage=STAGE)
+    out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage=STAGE,
+                             inputs=[images_dir, captions, config.distractors])
     (out / "images").mkdir(exist_ok=True)
     write_manifest(out, stage=STAGE, config=run_config, seed=config.seed, inputs=inputs,
                    status="running")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from weakpaste import __version__
 from weakpaste.cli import backgrounds, data, demo, mine, train
@@ -34,18 +35,35 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point. Returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Entry point. Returns the exit code (0 ok, 2 bad input, 130 interrupted).
+
+    Every failure the user can fix is one line on stderr: a ``WeakpasteError``, and a write
+    that fails because the disk is full or read-only wherever it was not already named
+    (``weakpaste.io.images.write_error``).
+    """
     argv = mine.rewrite_alias(sys.argv[1:] if argv is None else list(argv))
+    args = None
     try:
         args = build_parser(argv).parse_args(argv)
         return int(args.func(args) or 0)
     except WeakpasteError as err:
-        print(f"weakpaste: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
+    except OSError as err:
+        from weakpaste.io.images import WRITE_ERRNOS, write_error
+
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        where = Path(err.filename or getattr(args, "out", None) or ".")
+        return _fail(str(write_error(where if where.is_dir() else where.parent, err)))
     except KeyboardInterrupt:
         print("weakpaste: interrupted; everything written so far is kept (rerun the same "
               "command with --resume where offered)", file=sys.stderr)
         return 130
+
+
+def _fail(message: str) -> int:
+    print(f"weakpaste: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def _cmd_mine_freeseg(args: argparse.Namespace) -> int:
 def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
     from weakpaste.mine.quality import run_evaluate_masks
 
-    print(run_evaluate_masks(args.pred, args.gt, out=args.out, as_json=args.json))
+    print(run_evaluate_masks(args.pred, args.gt, out=args.out, as_json=args.json,
+                             overwrite=args.overwrite))
     return 0
 
 
@@ -154,6 +155,7 @@ def _build_evaluate_masks(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt", required=True, help="ground-truth COCO JSON with instance masks")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_evaluate_masks)
 
 

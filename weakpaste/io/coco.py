@@ -3,6 +3,9 @@
 Quirks handled here and nowhere else: ``bbox`` is xywh, masks are polygons or RLE (compressed
 ``counts`` string or uncompressed list), ``counts`` may be bytes, ``iscrowd`` regions are not
 instances, category ids are arbitrary integers (classes are names inside weakpaste).
+
+Nothing from a file reaches pycocotools unchecked: it trusts its input and a corrupt RLE
+makes it crash, read garbage or loop for minutes (``weakpaste.io.rle``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.errors import WeakpasteError, reason
+from weakpaste.io import rle as rle_check
 from weakpaste.io.images import atomic_write_bytes
 from weakpaste.structures import ImageRecord, Instances
 
@@ -58,23 +63,64 @@ def _is_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_polygons(seg: list, height: int, width: int) -> list[list[float]]:
+    """The usable polygons of a COCO polygon list (at least 3 points each).
+
+    Raises:
+        ValueError: a polygon is not a flat list of finite numbers, has an odd number of
+            coordinates, or reaches far outside the image (pycocotools would allocate a
+            raster the size of the distance).
+    """
+    polys = []
+    for k, poly in enumerate(seg):
+        if not isinstance(poly, list) or not all(isinstance(v, int | float) and
+                                                 not isinstance(v, bool) for v in poly):
+            raise ValueError(f"polygon {k} is not a list of numbers")
+        if len(poly) % 2:
+            raise ValueError(f"polygon {k} has an odd number of coordinates ({len(poly)})")
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(xy).all():
+            raise ValueError(f"polygon {k} holds a NaN or infinite coordinate")
+        if (np.abs(xy - [width / 2, height / 2]) > [width, height]).any():
+            raise ValueError(f"polygon {k} reaches far outside the {width}x{height} image")
+        if len(poly) >= 6:
+            polys.append(poly)
+    return polys
+
+
 def _segmentation_to_rle(seg: object, height: int, width: int) -> dict | None:
-    """A COCO ``segmentation`` as one compressed RLE, or None when it holds no usable shape."""
+    """A COCO ``segmentation`` as one compressed RLE, or None when it holds no usable shape.
+
+    Polygons and uncompressed RLE are checked here; a compressed ``counts`` string is only
+    type-checked: ``_check_rles`` decodes all of a file's strings at once before any of them
+    reaches pycocotools.
+
+    Raises:
+        ValueError: a malformed polygon or RLE (the reason, for the caller's message).
+    """
     if isinstance(seg, list):
-        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+        polys = _check_polygons(seg, height, width)
         if not polys:
             return None
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
     elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if list(seg["size"]) != [height, width]:
-            raise ValueError(f"RLE size {list(seg['size'])} differs from the image's "
+        size, counts = seg["size"], seg["counts"]
+        if not (isinstance(size, list | tuple) and len(size) == 2):
+            raise ValueError(f"RLE size {size!r} is not [height, width]")
+        if list(size) != [height, width]:
+            raise ValueError(f"RLE size {list(size)} differs from the image's "
                              f"[{height}, {width}]")
-        if isinstance(seg["counts"], list):
-            rle = mask_utils.frPyObjects(seg, height, width)
+        if isinstance(counts, list):
+            problem = rle_check.bad_uncompressed(counts, height, width)
+            if problem:
+                raise ValueError(problem)
+            rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts},
+                                         height, width)
+        elif isinstance(counts, str | bytes):
+            rle = {"size": [height, width], "counts": counts}
         else:
-            counts = seg["counts"]
-            rle = {"size": [height, width],
-                   "counts": counts.encode() if isinstance(counts, str) else counts}
+            raise ValueError(f"RLE counts must be a string or a list of run lengths, got "
+                             f"{type(counts).__name__} {counts!r}"[:120])
     else:
         return None
     counts = rle["counts"]
@@ -82,49 +128,56 @@ def _segmentation_to_rle(seg: object, height: int, width: int) -> dict | None:
             "counts": counts.decode() if isinstance(counts, bytes) else counts}
 
 
-def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
-              require_masks: bool = True, check_files: bool = True) -> CocoDataset:
-    """Read and validate a COCO instances JSON.
+def _check_rles(path: Path, found: list[tuple[str, dict]]) -> None:
+    """Decode every compressed RLE of a file at once; fail on the first corrupt one.
 
     Args:
-        path: the JSON file.
-        images_dir: folder holding the images; when given with ``check_files``, every image
-            file must exist.
-        require_masks: annotations must carry a polygon or RLE ``segmentation``. When False
-            (image-level labels only) annotations without one still give labels.
-        check_files: check that image files exist under ``images_dir``.
-
-    Returns:
-        The data set. An image's ``labels`` are the classes annotated in it; its
-        ``instances`` are None when the file has no ``annotations`` list at all.
+        path: the file, for the message.
+        found: (where, RLE from ``_segmentation_to_rle``) pairs.
 
     Raises:
-        WeakpasteError: a one-line message naming the file, the offending entry and the fix.
+        WeakpasteError: naming the first annotation whose RLE does not decode into H*W pixels.
     """
-    path = Path(path)
+    bad = rle_check.first_bad_compressed([r["counts"] for _, r in found],
+                                         [tuple(r["size"]) for _, r in found])
+    if bad is not None:
+        where, why = found[bad[0]][0], bad[1]
+        raise _fail(path, f"{where} has a corrupt RLE segmentation ({why}); fix or remove the "
+                          "annotation")
+
+
+def _read_json(path: Path) -> dict:
+    """The parsed COCO document, checked to hold 'images' and 'categories' lists."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (files saved by Windows tools) is accepted.
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise _fail(path, "no such file; pass the path of a COCO instances JSON") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise _fail(path, f"cannot read the file ({err}); pass a readable COCO JSON") from None
+        raise _fail(path, f"cannot read the file ({reason(err)}); pass a readable UTF-8 COCO "
+                          "JSON") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise _fail(path, f"not valid JSON ({err.msg} at line {err.lineno}, column "
                           f"{err.colno}); repair or regenerate the file") from None
+    except RecursionError:
+        raise _fail(path, "not valid JSON (nested too deeply); repair or regenerate the "
+                          "file") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("categories"), list):
         raise _fail(path, "not a COCO instances file; it needs 'images' and 'categories' lists "
                           "(and 'annotations')")
-    has_annotations = "annotations" in data
-    anns = data.get("annotations", [])
-    if not isinstance(anns, list):
+    if not isinstance(data.get("annotations", []), list):
         raise _fail(path, "'annotations' is not a list")
+    return data
 
+
+def _parse_categories(path: Path, cats: list) -> tuple[dict[str, dict], dict[int, str]]:
+    """(name -> {"id", "supercategory"}, id -> name), checked for unique ids and names."""
     categories: dict[str, dict] = {}
     cat_by_id: dict[int, str] = {}
-    for i, cat in enumerate(data["categories"]):
+    for i, cat in enumerate(cats):
         if not isinstance(cat, dict) or not _is_id(cat.get("id")) or \
                 not isinstance(cat.get("name"), str):
             raise _fail(path, f"categories[{i}] needs an integer 'id' and a string 'name'")
@@ -137,9 +190,13 @@ def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
         cat_by_id[cat["id"]] = cat["name"]
         categories[cat["name"]] = {"id": cat["id"],
                                    "supercategory": str(cat.get("supercategory", ""))}
+    return categories, cat_by_id
 
+
+def _parse_images(path: Path, entries: list) -> dict[int, dict]:
+    """id -> image entry, checked for ids, sizes and file names."""
     images: dict[int, dict] = {}
-    for i, img in enumerate(data["images"]):
+    for i, img in enumerate(entries):
         if not isinstance(img, dict):
             raise _fail(path, f"images[{i}] is not an object")
         img_id = img.get("id")
@@ -154,82 +211,139 @@ def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
         if not isinstance(img.get("file_name"), str) or not img["file_name"]:
             raise _fail(path, f"images[{i}] (id {img_id}) has no 'file_name'")
         images[img_id] = img
+    return images
 
-    per_image: dict[int, list[tuple[str, np.ndarray, dict]]] = {k: [] for k in images}
+
+def _check_bbox(path: Path, where: str, bbox: object, img: dict) -> None:
+    if bbox is None:
+        return
+    if not (isinstance(bbox, list) and len(bbox) == 4
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)):
+        raise _fail(path, f"{where} has a malformed bbox {bbox!r}; expected [x, y, w, h]")
+    if not all(math.isfinite(v) for v in bbox):
+        raise _fail(path, f"{where} has bbox {bbox} with a NaN or infinite value; fix or "
+                          "remove the annotation")
+    x, y, bw, bh = bbox
+    w, h = img["width"], img["height"]
+    if bw < 0 or bh < 0 or x < -_BOX_TOLERANCE or y < -_BOX_TOLERANCE or \
+            x + bw > w + _BOX_TOLERANCE or y + bh > h + _BOX_TOLERANCE:
+        raise _fail(path, f"{where} has bbox {bbox} outside its {w}x{h} image "
+                          f"{img['file_name']!r}; fix the annotation or the image size")
+
+
+def _annotation_target(path: Path, i: int, ann: object, images: dict[int, dict],
+                       cat_by_id: dict[int, str], seen: set[int]) -> tuple[str, dict, str]:
+    """(where, image entry, class name) of annotation ``i``, its id, image, class and box
+    checked."""
+    if not isinstance(ann, dict):
+        raise _fail(path, f"annotations[{i}] is not an object")
+    ann_id = ann.get("id")
+    where = f"annotations[{i}] (id {ann_id})"
+    if not _is_id(ann_id):
+        raise _fail(path, f"annotations[{i}] has id {ann_id!r}; annotation ids must be "
+                          "integers")
+    if ann_id in seen:
+        raise _fail(path, f"duplicate annotation id {ann_id} (annotations[{i}]); ids must "
+                          "be unique")
+    seen.add(ann_id)
+    img = images.get(ann.get("image_id"))
+    if img is None:
+        raise _fail(path, f"{where} refers to image id {ann.get('image_id')!r}, which is "
+                          "not in 'images'")
+    name = cat_by_id.get(ann.get("category_id"))
+    if name is None:
+        raise _fail(path, f"{where} has category id {ann.get('category_id')!r}, which is "
+                          "not in 'categories'")
+    _check_bbox(path, where, ann.get("bbox"), img)
+    return where, img, name
+
+
+def _parse_annotations(path: Path, anns: list, images: dict[int, dict],
+                       cat_by_id: dict[int, str], require_masks: bool
+                       ) -> tuple[dict[int, list[tuple[str, dict]]], dict[int, set[str]], int]:
+    """Checked annotations: (image id -> [(class, RLE)], image id -> labels, crowd count).
+
+    Crowd regions are validated (COCOeval reads them) but are not instances.
+    """
+    per_image: dict[int, list[tuple[str, dict]]] = {k: [] for k in images}
     labels: dict[int, set[str]] = {k: set() for k in images}
-    ann_ids: set[int] = set()
+    seen: set[int] = set()
+    found: list[tuple[str, dict]] = []
     crowd = 0
     for i, ann in enumerate(anns):
-        if not isinstance(ann, dict):
-            raise _fail(path, f"annotations[{i}] is not an object")
-        ann_id = ann.get("id")
-        where = f"annotations[{i}] (id {ann_id})"
-        if not _is_id(ann_id):
-            raise _fail(path, f"annotations[{i}] has id {ann_id!r}; annotation ids must be "
-                              "integers")
-        if ann_id in ann_ids:
-            raise _fail(path, f"duplicate annotation id {ann_id} (annotations[{i}]); ids must "
-                              "be unique")
-        ann_ids.add(ann_id)
-        img = images.get(ann.get("image_id"))
-        if img is None:
-            raise _fail(path, f"{where} refers to image id {ann.get('image_id')!r}, which is "
-                              "not in 'images'")
-        name = cat_by_id.get(ann.get("category_id"))
-        if name is None:
-            raise _fail(path, f"{where} has category id {ann.get('category_id')!r}, which is "
-                              "not in 'categories'")
-        w, h = img["width"], img["height"]
-        bbox = ann.get("bbox")
-        if bbox is not None:
-            if not (isinstance(bbox, list) and len(bbox) == 4
-                    and all(isinstance(v, int | float) for v in bbox)):
-                raise _fail(path, f"{where} has a malformed bbox {bbox!r}; expected [x, y, w, h]")
-            x, y, bw, bh = bbox
-            if bw < 0 or bh < 0 or x < -_BOX_TOLERANCE or y < -_BOX_TOLERANCE or \
-                    x + bw > w + _BOX_TOLERANCE or y + bh > h + _BOX_TOLERANCE:
-                raise _fail(path, f"{where} has bbox {bbox} outside its {w}x{h} image "
-                                  f"{img['file_name']!r}; fix the annotation or the image size")
+        where, img, name = _annotation_target(path, i, ann, images, cat_by_id, seen)
         labels[img["id"]].add(name)
+        try:
+            rle = _segmentation_to_rle(ann.get("segmentation"), img["height"], img["width"])
+        except (ValueError, TypeError) as err:
+            raise _fail(path, f"{where} has a malformed segmentation ({err}); fix or remove "
+                              "the annotation") from None
+        if rle is not None:
+            found.append((where, rle))
         if ann.get("iscrowd", 0):
             crowd += 1
-            continue
-        try:
-            rle = _segmentation_to_rle(ann.get("segmentation"), h, w)
-        except (ValueError, TypeError) as err:
-            raise _fail(path, f"{where} has a malformed segmentation ({err})") from None
-        if rle is None:
-            if require_masks:
-                raise _fail(path, f"{where} has no usable 'segmentation'; weakpaste needs "
-                                  "instance masks as polygons or RLE")
-            continue
-        box = _xywh_to_xyxy(mask_utils.toBbox(_bytes_rle(rle)))
-        per_image[img["id"]].append((name, box, rle))
+        elif rle is not None:
+            per_image[img["id"]].append((name, rle))
+        elif require_masks:
+            raise _fail(path, f"{where} has no usable 'segmentation'; weakpaste needs "
+                              "instance masks as polygons or RLE")
+    _check_rles(path, found)
+    return per_image, labels, crowd
 
+
+def _check_image_files(path: Path, images_path: Path, records: list[ImageRecord]) -> None:
+    if not images_path.is_dir():
+        raise WeakpasteError(f"{images_path}: images folder not found; pass the folder "
+                             f"that holds the images of {path.name} with --images")
+    missing = [r.file_name for r in records if not (images_path / r.file_name).is_file()]
+    if missing:
+        raise _fail(path, f"{len(missing)} of {len(records)} image files are missing under "
+                          f"{images_path} (first: {missing[0]!r}); pass the folder that "
+                          "holds them with --images")
+
+
+def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
+              require_masks: bool = True, check_files: bool = True) -> CocoDataset:
+    """Read and validate a COCO instances JSON.
+
+    Every mask is checked before pycocotools sees it: polygons (even length, finite, near the
+    image), RLE sizes and counts (decoding to exactly H*W pixels), boxes (finite, inside the
+    image).
+
+    Args:
+        path: the JSON file (UTF-8, a byte-order mark is accepted).
+        images_dir: folder holding the images; when given with ``check_files``, every image
+            file must exist.
+        require_masks: annotations must carry a polygon or RLE ``segmentation``. When False
+            (image-level labels only) annotations without one still give labels.
+        check_files: check that image files exist under ``images_dir``.
+
+    Returns:
+        The data set. An image's ``labels`` are the classes annotated in it; its
+        ``instances`` are None when the file has no ``annotations`` list at all.
+
+    Raises:
+        WeakpasteError: a one-line message naming the file, the offending entry and the fix.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    categories, cat_by_id = _parse_categories(path, data["categories"])
+    images = _parse_images(path, data["images"])
+    per_image, labels, crowd = _parse_annotations(path, data.get("annotations", []), images,
+                                                  cat_by_id, require_masks)
     records = []
     for img_id, img in images.items():
         inst = None
-        if has_annotations:
+        if "annotations" in data:
             items = per_image[img_id]
-            inst = Instances(
-                height=img["height"], width=img["width"],
-                classes=tuple(n for n, _, _ in items),
-                boxes=np.array([b for _, b, _ in items], dtype=np.float64).reshape(-1, 4),
-                rles=tuple(r for _, _, r in items))
+            inst = Instances.from_rles(img["height"], img["width"], [n for n, _ in items],
+                                       [r for _, r in items])
         records.append(ImageRecord(image_id=img_id, file_name=img["file_name"],
                                    width=img["width"], height=img["height"],
                                    labels=tuple(sorted(labels[img_id])), instances=inst))
-
     images_path = Path(images_dir) if images_dir is not None else None
     if images_path is not None and check_files:
-        if not images_path.is_dir():
-            raise WeakpasteError(f"{images_path}: images folder not found; pass the folder "
-                                 f"that holds the images of {path.name} with --images")
-        missing = [r.file_name for r in records if not (images_path / r.file_name).is_file()]
-        if missing:
-            raise _fail(path, f"{len(missing)} of {len(records)} image files are missing under "
-                              f"{images_path} (first: {missing[0]!r}); pass the folder that "
-                              "holds them with --images")
+        _check_image_files(path, images_path, records)
     return CocoDataset(records=records, categories=categories, path=path,
                        images_dir=images_path, crowd_skipped=crowd)
 
@@ -237,11 +351,6 @@ def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
 def _bytes_rle(rle: dict) -> dict:
     counts = rle["counts"]
     return {"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-
-
-def _xywh_to_xyxy(b: Iterable[float]) -> np.ndarray:
-    x, y, w, h = (float(v) for v in b)
-    return np.array([x, y, x + w, y + h], dtype=np.float64)
 
 
 def assign_category_ids(names: Iterable[str],
@@ -355,7 +464,7 @@ def write_coco(path: str | os.PathLike, records: Iterable[ImageRecord],
 
 def _read_document(path: Path) -> dict:
     """The raw JSON of a COCO file that ``load_coco`` has already validated."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return json.loads(Path(path).read_text(encoding="utf-8-sig"))
 
 
 def _quiet_coco(doc: dict):
@@ -420,7 +529,8 @@ def evaluation_detections(gt, results: Sequence[dict], iou_type: str):
         A pycocotools ``COCO`` of the detections.
 
     Raises:
-        ValueError: a segmentation is unusable or its RLE size differs from its image's.
+        ValueError: a box is not finite, a segmentation is unusable or corrupt (see
+            ``load_coco``), or its RLE size differs from its image's.
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -441,6 +551,16 @@ def evaluation_detections(gt, results: Sequence[dict], iou_type: str):
                 raise ValueError(f"result for image {r['image_id']} has an unusable "
                                  "segmentation")
             r["segmentation"] = _bytes_rle(rle)
+        bad = rle_check.first_bad_compressed([r["segmentation"]["counts"] for r in picked],
+                                             [tuple(r["segmentation"]["size"]) for r in picked])
+        if bad is not None:
+            raise ValueError(f"result for image {picked[bad[0]]['image_id']} has a corrupt "
+                             f"RLE segmentation ({bad[1]})")
+    else:
+        for r in picked:
+            if not all(math.isfinite(float(v)) for v in r["bbox"]):
+                raise ValueError(f"result for image {r['image_id']} has bbox {r['bbox']} "
+                                 "with a NaN or infinite value")
     with contextlib.redirect_stdout(io.StringIO()):
         return gt.loadRes(picked)
 

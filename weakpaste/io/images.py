@@ -1,8 +1,17 @@
-"""Reading and writing image files (RGB uint8 in memory) and atomic file writes."""
+"""Reading and writing image files (RGB uint8 in memory) and atomic file writes.
+
+Limits: an image larger than ``max_image_pixels()`` (2**28 pixels by default, 805 MB as RGB;
+raise it with the environment variable ``WEAKPASTE_MAX_IMAGE_PIXELS``) is refused from its
+header, before anything is decoded. Writes that fail because the disk is full or read-only
+raise one ``WeakpasteError`` naming the folder (``write_error``).
+"""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -12,9 +21,32 @@ from weakpaste.errors import WeakpasteError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
+MAX_PIXELS_ENV = "WEAKPASTE_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 28
+# errno values that mean the output cannot take the data (not that an input is bad).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES,
+                          errno.EPERM})
+
+
+def write_error(folder: str | os.PathLike, err: OSError) -> WeakpasteError:
+    """The one-line error for a failed write into ``folder`` (disk full, read-only, ...).
+
+    Every stage writes each file atomically and keeps what it finished, so the fix is the same
+    everywhere: make room (or choose a writable folder) and run again, resuming where offered.
+    """
+    why = err.strerror or os.strerror(err.errno or 0)
+    return WeakpasteError(f"{folder}: cannot write ({why}); free some space or choose a "
+                          "writable --out, then run the command again (with --resume where "
+                          "offered: finished work is kept)")
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    Raises:
+        WeakpasteError: the folder cannot be written (``WRITE_ERRNOS``: disk full, quota,
+            read-only file system, permissions); the old file, if any, is unchanged.
+    """
     path = Path(path)
     # A per-process temporary name is enough: one process writes a given output at a time.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -22,9 +54,72 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            raise write_error(path.parent, err) from None
         raise
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) weakpaste decodes: ``WEAKPASTE_MAX_IMAGE_PIXELS``
+    when set, else 2**28.
+
+    Raises:
+        WeakpasteError: the environment variable is not a positive integer.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise WeakpasteError(f"{MAX_PIXELS_ENV}={text!r} is not a positive number of pixels; "
+                             f"unset it or set it like {MAX_PIXELS_ENV}={1 << 30}")
+    return value
+
+
+def _header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from an image file's header without decoding it; None if unknown."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit applies, not Pillow's bomb check
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data.tobytes())) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Exception:  # not a format Pillow knows: OpenCV may still decode it
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_pixels(path: Path, data: np.ndarray) -> None:
+    size = _header_size(data)
+    limit = max_image_pixels()
+    if size is not None and size[0] * size[1] > limit:
+        raise WeakpasteError(f"{path}: image is {size[0]}x{size[1]} pixels, more than the limit "
+                             f"of {limit}; shrink it, or raise the limit with {MAX_PIXELS_ENV} "
+                             "if the file is genuine")
+
+
+def _decode_pillow(path: Path, data: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the size was checked against max_image_pixels()
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except Exception as err:
+        raise WeakpasteError(f"{path}: cannot decode image ({type(err).__name__}); the file is "
+                             "corrupt or not an image: re-export it as JPEG or PNG") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -41,7 +136,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         uint8 (H, W, 3) RGB.
 
     Raises:
-        WeakpasteError: the file is missing or cannot be decoded.
+        WeakpasteError: the file is missing, cannot be decoded, or its header gives more
+            pixels than ``max_image_pixels()``.
     """
     path = Path(path)
     try:
@@ -52,19 +148,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except OSError as err:
         raise WeakpasteError(f"{path}: cannot read image ({err.strerror}); check the file's "
                              "permissions") from None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size \
-        else None
+    _check_pixels(path, data)
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) \
+            if data.size else None
+    except cv2.error:  # e.g. above OpenCV's own pixel limit, raised by the user's setting
+        bgr = None
     if bgr is not None:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     # OpenCV does not decode every format (e.g. some CMYK or palette files); Pillow may.
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except Exception as err:
-        raise WeakpasteError(f"{path}: cannot decode image ({type(err).__name__}); the file is "
-                             "corrupt or not an image: re-export it as JPEG or PNG") from None
+    return _decode_pillow(path, data)
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:

@@ -1,4 +1,4 @@
-"""Small user-written JSON files (class weights, distractor words): one-line errors."""
+"""Small user-written files (class weights, distractor words, labels): one-line errors."""
 
 from __future__ import annotations
 
@@ -8,6 +8,29 @@ from pathlib import Path
 from typing import Any
 
 from weakpaste.errors import WeakpasteError
+
+
+def read_text(path: str | os.PathLike, *, what: str, fix: str) -> str:
+    """The text of a file a user wrote: UTF-8, with or without a byte-order mark (Excel and
+    Notepad write one).
+
+    Args:
+        path: the file.
+        what: what the file is, for the messages ("labels file").
+        fix: what to do when the file is not UTF-8 ("save it as UTF-8").
+
+    Raises:
+        WeakpasteError: missing, unreadable or not UTF-8 (e.g. Latin-1): other encodings are
+            refused rather than guessed.
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise WeakpasteError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError:
+        raise WeakpasteError(f"{path}: {what} is not UTF-8 text; {fix}") from None
+    except OSError as err:
+        raise WeakpasteError(f"{path}: cannot read the {what} ({err.strerror})") from None
 
 
 def read_json(path: str | os.PathLike, *, what: str, example: str) -> Any:
@@ -25,15 +48,7 @@ def read_json(path: str | os.PathLike, *, what: str, example: str) -> Any:
         WeakpasteError: missing, unreadable, not UTF-8 or not JSON; the message names the file
             and shows ``example``.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise WeakpasteError(f"{path}: {what} not found") from None
-    except UnicodeDecodeError:
-        raise WeakpasteError(f"{path}: {what} is not UTF-8 text; save it as UTF-8 JSON like "
-                             f"{example}") from None
-    except OSError as err:
-        raise WeakpasteError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    text = read_text(path, what=what, fix=f"save it as UTF-8 JSON like {example}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

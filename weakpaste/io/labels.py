@@ -10,17 +10,21 @@ Accepted forms (``weakpaste mine --labels``):
       ``{"001.jpg": ["person", "dog"]}``;
     * no file, for a folder with one sub-folder per class (object-centric images): the
       sub-folder's name is the label.
+
+Files are UTF-8; a byte-order mark (Excel's "CSV UTF-8") is accepted. Other encodings are
+refused with one line rather than guessed: a file name decoded wrongly would not be found.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from pathlib import Path
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import IMAGE_EXTENSIONS
+from weakpaste.io.jsonfile import read_json, read_text
 from weakpaste.structures import ImageRecord
 
 
@@ -35,8 +39,9 @@ def _records_from_mapping(mapping: dict[str, list[str]], source: Path) -> list[I
 
 
 def _read_csv(path: Path) -> dict[str, list[str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    text = read_text(path, what="labels file", fix="save it as UTF-8 (Excel: 'CSV UTF-8')")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         fields = reader.fieldnames or []
         key = "image" if "image" in fields else "file_name" if "file_name" in fields else None
         if key is None or "labels" not in fields:
@@ -47,6 +52,9 @@ def _read_csv(path: Path) -> dict[str, list[str]]:
             text = (row.get("labels") or "").replace("|", ";")
             mapping.setdefault(row[key], []).extend(
                 t.strip() for t in text.split(";") if t.strip())
+    except csv.Error as err:
+        raise WeakpasteError(f"{path}: not a readable CSV (line {reader.line_num + 1}: {err}); "
+                             "repair the labels file") from None
     return mapping
 
 
@@ -92,11 +100,7 @@ def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike
         records = _records_from_mapping(mapping, path)
         classes = sorted({c for r in records for c in r.labels})
     else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise WeakpasteError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
-                                 "repair the labels file") from None
+        data = read_json(path, what="labels file", example='{"001.jpg": ["person", "dog"]}')
         if isinstance(data, dict) and "images" in data and "categories" in data:
             from weakpaste.io.coco import load_coco
 

@@ -548,7 +548,7 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
     """Everything before the first write: labels, plan, models check, hashes, output folder,
     resume check."""
     from weakpaste.io.labels import load_labels
-    from weakpaste.manifest import prepare_output_dir, read_manifest
+    from weakpaste.manifest import prepare_output_dir, read_weakpaste_manifest
 
     records, classes = load_labels(labels, images_dir)
     plan = miner.plan(records, classes, str(labels or images_dir))
@@ -563,7 +563,7 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
     out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="mine",
                              inputs=[images_dir, labels, miner.config.model.classifier,
                                      *miner.inputs().values()])
-    old = read_manifest(out) if resume else None
+    old = read_weakpaste_manifest(out) if resume else None
     if old is not None:
         check_resumable(out, old, config, inputs, option_flags(miner.config), hashes)
     (out / ".cache").mkdir(exist_ok=True)

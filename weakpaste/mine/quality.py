@@ -434,7 +434,8 @@ def format_table(result: dict) -> str:
 
 
 def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
-                       out: str | os.PathLike | None = None, as_json: bool = False) -> str:
+                       out: str | os.PathLike | None = None, as_json: bool = False,
+                       overwrite: bool = False) -> str:
     """Evaluate mined masks against GT and optionally save the result.
 
     Args:
@@ -443,22 +444,27 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
         out: when given, the result is also written there as JSON (indent 2, atomically;
             missing parent folders are created).
         as_json: return the JSON text instead of the table.
+        overwrite: replace an existing ``out`` file.
 
     Returns:
         Printable text: the ``format_table`` table, or the result as JSON.
 
     Raises:
-        WeakpasteError: bad input (see ``evaluate_masks``), ``out`` is one of the inputs or
-            cannot be written.
+        WeakpasteError: bad input (see ``evaluate_masks``), ``out`` is one of the inputs,
+            exists without ``overwrite``, or cannot be written.
     """
-    result = evaluate_masks(pred, gt)
-    text = json.dumps(result, indent=2)
-    if out is not None:
-        out_path = Path(out)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.exists():
         for name in (pred, gt):
-            if out_path.exists() and Path(name).exists() and out_path.samefile(name):
+            if Path(name).exists() and out_path.samefile(name):
                 raise WeakpasteError(f"{out_path}: --out would overwrite an input; choose "
                                      "another file")
+        if not overwrite:
+            raise WeakpasteError(f"{out_path}: already exists; pass --overwrite to replace it "
+                                 "or choose another --out")
+    result = evaluate_masks(pred, gt)
+    text = json.dumps(result, indent=2)
+    if out_path is not None:
         try:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(out_path, (text + "\n").encode())

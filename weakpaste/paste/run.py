@@ -14,7 +14,9 @@ An interrupted run therefore loses nothing and ``--resume`` continues it; a torn
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import os
 from collections import Counter, OrderedDict
@@ -27,9 +29,21 @@ import numpy as np
 from weakpaste.bank import BankTable, SegmentBank
 from weakpaste.errors import WeakpasteError
 from weakpaste.io import coco
-from weakpaste.io.images import atomic_write_bytes, encode_image, list_images, read_image
+from weakpaste.io.images import (
+    WRITE_ERRNOS,
+    atomic_write_bytes,
+    encode_image,
+    list_images,
+    read_image,
+    write_error,
+)
 from weakpaste.io.jsonfile import read_json
-from weakpaste.manifest import file_sha256, prepare_output_dir, read_manifest, write_manifest
+from weakpaste.manifest import (
+    file_sha256,
+    prepare_output_dir,
+    read_weakpaste_manifest,
+    write_manifest,
+)
 from weakpaste.ops import masks as mask_ops
 from weakpaste.options import option
 from weakpaste.paste import plan as plan_mod
@@ -40,13 +54,22 @@ from weakpaste.structures import ImageRecord, Instances
 PARTS_GLOB = ".parts-*.jsonl"
 
 
+class ClassWeights(dict):
+    """Class name -> weight, remembering the file it was read from (``path``), so that a run
+    never writes into (or, with --overwrite, deletes) the folder of that file."""
+
+    path: str | None = None
+
+
 def read_class_weights(path: str) -> dict[str, float]:
     """``--class-weights FILE``: a JSON object of class name -> weight."""
     data = read_json(path, what="class weights file", example='{"dog": 2.0, "cat": 1.0}')
     if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
         raise WeakpasteError(f"{path}: class weights must be a JSON object of class name -> "
                              'number, e.g. {"dog": 2.0, "cat": 1.0}')
-    return {str(k): float(v) for k, v in data.items()}
+    weights = ClassWeights((str(k), float(v)) for k, v in data.items())
+    weights.path = str(path)
+    return weights
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +169,9 @@ def _journal(out_dir: Path):
 def _close_journal() -> None:
     global _JOURNAL
     if _JOURNAL is not None and _JOURNAL[0] == os.getpid():
-        _JOURNAL[2].close()
+        # Closing flushes: on a full disk that fails again, and a torn line is harmless.
+        with contextlib.suppress(OSError):
+            _JOURNAL[2].close()
     _JOURNAL = None
 
 
@@ -271,10 +296,23 @@ def load_backgrounds(coco_json: str | None, images_dir: str | None,
         listed = background_files(folder)
         for p in listed if listed is not None else list_images(folder):
             backgrounds.append(Background(path=str(p), instances=None, source="extra"))
+    if extra_dirs:
+        inputs["extra_backgrounds"] = _listing_hash([b.path for b in backgrounds
+                                                     if b.source == "extra"])
     if not backgrounds:
         raise WeakpasteError("no backgrounds: pass --backgrounds COCO_JSON --images DIR and/or "
                              "--extra-backgrounds DIR")
     return backgrounds, categories, inputs
+
+
+def _listing_hash(paths: list[str]) -> str:
+    """SHA-256 of image files' names, sizes and modification times: cheap to compute for
+    thousands of images, and it changes when a folder is regenerated."""
+    h = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def background_order(seed: np.random.SeedSequence, num_backgrounds: int,
@@ -339,13 +377,19 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
         extra_backgrounds: folders of extra background images (no instances).
         workers: processes (or Ray actors).
         overwrite: replace an existing output.
-        resume: continue an interrupted run with the same config.
+        resume: continue an interrupted run with the same config and the same inputs (the
+            bank's index, the backgrounds file and folders are compared by hash).
         progress: show a progress bar.
         executor: where the items run (``ExecutorConfig``: local pool or Ray; never changes
             the output).
 
     Returns:
         The final manifest.
+
+    Raises:
+        WeakpasteError: bad input or options, an output folder that overlaps an input, a
+            resume whose options or inputs changed, a full or read-only disk (what was
+            written is kept and ``resume`` continues it).
     """
     from tqdm import tqdm
 
@@ -371,12 +415,15 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
                   "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
     out = Path(out_dir)
     if resume:
-        old = read_manifest(out)
-        if old is not None and old.get("config") != json.loads(json.dumps(run_config)):
-            raise WeakpasteError(f"{out}: --resume with a different configuration than the "
-                                 "interrupted run; use the same options or --overwrite")
-    out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage="paste")
-    (out / "images").mkdir(exist_ok=True)
+        _check_resume(out, run_config, inputs)
+    out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage="paste",
+                             inputs=[bank, backgrounds_json, images_dir,
+                                     *(extra_backgrounds or []),
+                                     getattr(config.class_weights, "path", None)])
+    try:
+        (out / "images").mkdir(exist_ok=True)
+    except OSError as err:
+        raise write_error(out, err) from None
     write_manifest(out, stage="paste", config=run_config, seed=config.seed, inputs=inputs,
                    status="running")
 
@@ -394,15 +441,57 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
              if i not in done or not (out / "images" / f"{i:06d}.{config.image_format}").exists()]
     ctx = PasteContext(bank_root=str(bank), table=table, probabilities=probs, config=config,
                        out_dir=str(out))
+    readable = [bank, out, images_dir, *(extra_backgrounds or [])]
+    with _write_errors(out):
+        try:
+            items = map_items(_run_task, tasks, workers=workers, init=_init_worker,
+                              initargs=(ctx,), executor=executor,
+                              check=[p for p in readable if p])
+            for _ in tqdm(items, total=len(tasks), desc="paste", unit="img",
+                          disable=not progress):
+                pass
+        finally:
+            _close_journal()
+        return _finalize(out, config, run_config, inputs, table, bg_categories)
+
+
+@contextlib.contextmanager
+def _write_errors(out: Path) -> Iterator[None]:
+    """A full or read-only disk as one ``write_error`` naming ``out``.
+
+    Atomic files say so themselves; the journal's appends fail here. A torn last journal
+    line is ignored by --resume, which makes that item again.
+    """
     try:
-        readable = [bank, out, images_dir, *(extra_backgrounds or [])]
-        items = map_items(_run_task, tasks, workers=workers, init=_init_worker, initargs=(ctx,),
-                          executor=executor, check=[p for p in readable if p])
-        for _ in tqdm(items, total=len(tasks), desc="paste", unit="img", disable=not progress):
-            pass
-    finally:
-        _close_journal()
-    return _finalize(out, config, run_config, inputs, table, bg_categories)
+        yield
+    except OSError as err:
+        if err.errno in WRITE_ERRNOS:
+            raise write_error(out, err) from None
+        raise
+
+
+def _check_resume(out: Path, run_config: dict, inputs: dict[str, str]) -> None:
+    """Refuse to resume with other options or other inputs than the interrupted run's.
+
+    A bank or backgrounds file rebuilt at the same path would otherwise mix two data sets in
+    one output (and reuse segment ids that now mean other segments).
+    """
+    old = read_weakpaste_manifest(out)
+    if old is None:
+        return  # prepare_output_dir says there is nothing to resume
+    if old.get("config") != json.loads(json.dumps(run_config)):
+        raise WeakpasteError(f"{out}: --resume with a different configuration than the "
+                             "interrupted run; use the same options or --overwrite")
+    old_inputs = old.get("inputs") or {}
+    changed = [name for name in sorted(set(inputs) | set(old_inputs))
+               if inputs.get(name) != old_inputs.get(name)]
+    if changed:
+        what = {"bank_index": f"the bank {run_config['bank']}",
+                "backgrounds": f"the backgrounds file {run_config['backgrounds']}",
+                "extra_backgrounds": "the --extra-backgrounds images"}.get(changed[0],
+                                                                          changed[0])
+        raise WeakpasteError(f"{out}: --resume, but {what} changed since the interrupted run; "
+                             "pass --overwrite to start again with the new input")
 
 
 def _read_journals(out: Path) -> dict[int, dict]:
