@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from weakpaste.errors import WeakpasteError
-from weakpaste.mine.proposals import METHODS, Proposals, SamProposer, generate_proposals
+from weakpaste.mine.proposals import METHODS, Proposals, generate_proposals
+from weakpaste.mine.sam import SamProposer
 from weakpaste.ops.masks import masks_boxes
 from weakpaste.synthetic import iter_scenes
 

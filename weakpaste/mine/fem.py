@@ -253,7 +253,7 @@ class FemMiner(Miner):
         p = self.config.params
         if not p.sam_checkpoint:
             return {}
-        from weakpaste.mine.proposals import SamProposer
+        from weakpaste.mine.sam import SamProposer
 
         return {"sam": SamProposer(p.sam_checkpoint, p.sam_model,
                                    device=self.config.model.device, min_area=p.min_area,
