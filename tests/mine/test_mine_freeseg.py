@@ -530,7 +530,7 @@ def test_ray_mining_is_byte_identical_to_the_local_pool(objects, mined, tmp_path
 
     out, _, _, cache = mined
     # The actors import this checkout of weakpaste, not whichever one is installed.
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
