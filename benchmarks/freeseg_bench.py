@@ -20,7 +20,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pickle
@@ -29,11 +28,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from bench_common import SHARED, model_parser
+
 from weakpaste.mine.config import ClassifierSpec, FreeSegConfig, FreeSegParams
 from weakpaste.mine.freeseg import _class_stage, run_mine_freeseg
 from weakpaste.mine.quality import evaluate_masks
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 STAGES = ("saliency", "features", "lore", "coseg", "refine", "rank")
 PER_IMAGE = ("saliency", "features", "lore")
 
@@ -64,12 +64,7 @@ def coseg_weight_variant(out: Path, config: FreeSegConfig, weight: float) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "coco_mini_objects")
-    parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--weights", required=True,
-                        help="a local torchvision state_dict, e.g. "
-                             "../shared/weights/mobilenet_v2_imagenet.pth")
+    parser = model_parser(__doc__.splitlines()[0], "coco_mini_objects")
     parser.add_argument("--saliency", nargs="+",
                         default=[str(SHARED / "weights" / "isnet_dis_small.onnx")],
                         help="saliency backends to compare: spectral and/or ONNX model paths "
@@ -77,8 +72,6 @@ def main() -> None:
     parser.add_argument("--cache", type=Path,
                         default=Path.home() / ".cache" / "weakpaste" / "saliency",
                         help="saliency map cache shared across runs")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablate-coseg-weight", type=float, nargs="*", default=[0.0],
                         help="also score these --coseg-weight values (0: saliency only) by "

@@ -21,22 +21,15 @@ import shutil
 import time
 from pathlib import Path
 
+from bench_common import model_parser
+
 from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams
 from weakpaste.mine.fem import run_mine_fem
 from weakpaste.mine.quality import evaluate_masks, format_table
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "coco_mini")
-    parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--weights", required=True,
-                        help="a local torchvision state_dict, e.g. "
-                             "../shared/weights/mobilenet_v2_imagenet.pth")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser = model_parser(__doc__.splitlines()[0], "coco_mini")
     parser.add_argument("--em-iters", type=int, default=2)
     parser.add_argument("--keep", type=float, default=0.8)
     parser.add_argument("--candidates", type=int, default=12)
