@@ -8,8 +8,9 @@ import pytest
 from weakpaste.cli import build_parser, main
 from weakpaste.cli.mine import rewrite_alias
 from weakpaste.errors import WeakpasteError
+from weakpaste.manifest import jsonable
 from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams, FreeSegConfig
-from weakpaste.mine.pipeline import check_resumable, jsonable, option_flags, run_config
+from weakpaste.mine.pipeline import check_resumable, option_flags, run_config
 from weakpaste.options import cli_fields, flag_of, from_args
 
 

@@ -57,6 +57,7 @@ import numpy as np
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes, read_image
+from weakpaste.manifest import jsonable
 from weakpaste.mine.config import ClassifierSpec
 from weakpaste.options import Config, cli_fields, flag_of
 
@@ -242,12 +243,6 @@ def cache_key(classifier_path: Path, params, extra: Iterable[str] = ()) -> str:
     for item in extra:
         h.update(item.encode())
     return h.hexdigest()[:16]
-
-
-def jsonable(obj):
-    """``obj`` with arrays as lists and anything else unknown as strings (for manifests)."""
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist")
-                                 else str(o)))
 
 
 # --------------------------------------------------------------------------------------------
