@@ -70,12 +70,15 @@ def paste_rate(data_dir: Path, bank: Path, num_images: int, workers: int, out: P
     return num_images / (time.perf_counter() - start)
 
 
-def cli_rate(data_dir: Path, bank: Path, num_images: int, workers: int, out: Path) -> float:
+def cli_rate(data_dir: Path, bank: Path, num_images: int, workers: int, out: Path,
+             ray_address: str | None = None) -> float:
     """Images/s of the whole ``weakpaste paste`` process, as a user runs it."""
     cmd = [sys.executable, "-m", "weakpaste.cli", "paste", "--bank", str(bank), "--out",
            str(out), "--backgrounds", str(data_dir / "instances.json"), "--images",
            str(data_dir / "images"), "--num-images", str(num_images), "--objects", "4",
            "--blend", "gaussian", "--seed", "0", "--workers", str(workers), "--quiet"]
+    if ray_address:
+        cmd += ["--executor", "ray", "--ray-address", ray_address]
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True, capture_output=True)
     wall = time.perf_counter() - start
@@ -90,6 +93,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--num-images", type=int, default=600)
+    parser.add_argument("--ray", action="store_true",
+                        help="also time the command with --executor ray on a Ray started "
+                             "here with 'ray start --head --num-cpus 2' (as a cluster user "
+                             "would have it running)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved repetitions; the best rate of each is reported")
     args = parser.parse_args()
@@ -101,6 +108,9 @@ def main() -> None:
         bank_s = time.perf_counter() - t
         runs: dict[str, list[float]] = {k: [] for k in ("floor", "1_worker", "2_workers",
                                                          "cli_1_worker", "cli_2_workers")}
+        ray_address = _start_ray() if args.ray else None
+        if ray_address:
+            runs["cli_ray_2_workers"] = []
         for r in range(args.repeats):  # interleaved, so drifting machine load hits all alike
             n, bank = args.num_images, tmp / "bank"
             runs["floor"].append(io_floor(args.data, n, tmp / f"floor{r}"))
@@ -108,9 +118,15 @@ def main() -> None:
             runs["2_workers"].append(paste_rate(args.data, bank, n, 2, tmp / f"w2_{r}"))
             runs["cli_1_worker"].append(cli_rate(args.data, bank, n, 1, tmp / f"c1_{r}"))
             runs["cli_2_workers"].append(cli_rate(args.data, bank, n, 2, tmp / f"c2_{r}"))
+            if ray_address:
+                runs["cli_ray_2_workers"].append(cli_rate(args.data, bank, n, 2,
+                                                          tmp / f"r2_{r}", ray_address))
+        if ray_address:
+            subprocess.run(["ray", "stop", "--force"], capture_output=True)
         floor, one, two = max(runs["floor"]), max(runs["1_worker"]), max(runs["2_workers"])
         cli_one, cli_two = max(runs["cli_1_worker"]), max(runs["cli_2_workers"])
-        same = all(_same(tmp / "w1_0", tmp / other) for other in ("w2_0", "c1_0", "c2_0"))
+        others = ("w2_0", "c1_0", "c2_0") + (("r2_0",) if ray_address else ())
+        same = all(_same(tmp / "w1_0", tmp / other) for other in others)
     result = {"num_images": args.num_images, "repeats": args.repeats,
               "bank_build_s": round(bank_s, 2),
               "all_runs_img_s": {k: [round(v, 1) for v in vs] for k, vs in runs.items()},
@@ -126,12 +142,25 @@ def main() -> None:
               "cpu_cli_one_worker_vs_floor": round(max(CPU["cli_1_worker"]) /
                                                    max(CPU["floor"]), 3),
               "identical_output_all_runs": same}
+    if ray_address:
+        result["cli_ray_2_workers_img_s"] = round(max(runs["cli_ray_2_workers"]), 1)
+        result["cli_ray_vs_local_pool_2_workers"] = round(
+            max(runs["cli_ray_2_workers"]) / cli_two, 3)
     print(json.dumps(result, indent=2))
     ok = {"in-process: 1 worker >= 0.5 x floor": one >= 0.5 * floor,
           "in-process: 2 workers >= 1.7 x 1": two >= 1.7 * one,
           "whole process: 1 worker >= 0.5 x floor": cli_one >= 0.5 * floor,
           "whole process: 2 workers >= 1.7 x 1": cli_two >= 1.7 * cli_one}
     print("targets: " + "; ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in ok.items()))
+
+
+def _start_ray() -> str:
+    """Start a local Ray head (2 CPUs) for the --ray runs; returns its address."""
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--port", "6389",
+                    "--include-dashboard", "false", "--disable-usage-stats"], check=True,
+                   capture_output=True)
+    return "127.0.0.1:6389"
 
 
 def _same(a: Path, b: Path) -> bool:
