@@ -1,6 +1,6 @@
 """FreeSeg segment quality and speed on coco_mini_objects (object-centric crops, GT masks hidden).
 
-For each saliency backend, runs ``weakpaste mine --method freeseg`` on the folder-per-class
+For each saliency backend, runs ``weakpaste mine freeseg`` on the folder-per-class
 images and scores, with the metrics of ``weakpaste evaluate-masks``:
     raw      the raw co-segmentation map >= 0.5 (one mask per image);
     refined  after FreeSeg's refinement (Gaussian, Li threshold, opening, largest component);
@@ -20,7 +20,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pickle
@@ -29,10 +28,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from weakpaste.evaluate import evaluate_masks
-from weakpaste.mine.freeseg import FreeSegConfig, FreeSegParams, _class_stage, run_mine_freeseg
+from bench_common import SHARED, model_parser
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from weakpaste.mine.config import ClassifierSpec, FreeSegConfig, FreeSegParams
+from weakpaste.mine.freeseg import _class_stage, run_mine_freeseg
+from weakpaste.mine.quality import evaluate_masks
+
 STAGES = ("saliency", "features", "lore", "coseg", "refine", "rank")
 PER_IMAGE = ("saliency", "features", "lore")
 
@@ -41,7 +42,7 @@ def coseg_weight_variant(out: Path, config: FreeSegConfig, weight: float) -> dic
     """Re-run the per-class stage of a finished run with another ``coseg_weight`` (the cached
     per-image saliency, features and LORE boxes are reused) -> stage -> predictions."""
     config = dataclasses.replace(config, coseg_weight=weight)
-    pkl_dir = next(d for d in (out / ".cache").iterdir() if d.name != "saliency")
+    pkl_dir = next(d for d in (out / ".cache").iterdir() if d.is_dir() and d.name != "saliency")
     by_class = defaultdict(list)
     for f in sorted(pkl_dir.glob("*.pkl")):
         res = pickle.loads(f.read_bytes())
@@ -63,12 +64,7 @@ def coseg_weight_variant(out: Path, config: FreeSegConfig, weight: float) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "coco_mini_objects")
-    parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--weights", required=True,
-                        help="a local torchvision state_dict, e.g. "
-                             "../shared/weights/mobilenet_v2_imagenet.pth")
+    parser = model_parser(__doc__.splitlines()[0], "coco_mini_objects")
     parser.add_argument("--saliency", nargs="+",
                         default=[str(SHARED / "weights" / "isnet_dis_small.onnx")],
                         help="saliency backends to compare: spectral and/or ONNX model paths "
@@ -76,8 +72,6 @@ def main() -> None:
     parser.add_argument("--cache", type=Path,
                         default=Path.home() / ".cache" / "weakpaste" / "saliency",
                         help="saliency map cache shared across runs")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablate-coseg-weight", type=float, nargs="*", default=[0.0],
                         help="also score these --coseg-weight values (0: saliency only) by "
@@ -102,12 +96,12 @@ def main() -> None:
         resume = args.reuse and (out / "manifest.json").is_file()
         if out.exists() and not resume:
             shutil.rmtree(out)
-        config = FreeSegConfig(backbone=args.backbone, weights=args.weights,
-                               classifier=classifier, epochs=args.epochs, seed=args.seed,
-                               saliency_cache=str(args.cache),
+        model = ClassifierSpec(backbone=args.backbone, weights=args.weights,
+                               classifier=classifier, epochs=args.epochs)
+        config = FreeSegConfig(model=model, seed=args.seed, saliency_cache=str(args.cache),
                                params=FreeSegParams(saliency=spec))
         start = time.perf_counter()
-        manifest = run_mine_freeseg(str(args.data / "images"), None, str(out), config,
+        manifest = run_mine_freeseg(config, str(args.data / "images"), None, str(out),
                                     workers=args.workers, progress=False, save_baselines=True,
                                     resume=resume)
         total = time.perf_counter() - start

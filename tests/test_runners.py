@@ -178,3 +178,19 @@ def test_resume_after_the_driver_is_killed(ray_cluster, paste_inputs, tmp_path):
     assert not (out / "annotations.json").exists()
     assert main([*ray_args, "--resume"]) == 0
     assert _snapshot(out) == _snapshot(tmp_path / "local")
+
+
+def test_bank_from_coco_is_the_same_bytes_for_any_executor(ray_cluster, tiny_coco, tmp_path):
+    path, images = tiny_coco
+    cfg = BankConfig(min_area=1)
+    run_bank_from_coco(path, images, tmp_path / "one", cfg, progress=False)
+    run_bank_from_coco(path, images, tmp_path / "pool", cfg, workers=2, progress=False)
+    run_bank_from_coco(path, images, tmp_path / "ray", cfg, workers=2, progress=False,
+                       executor=RAY)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != "manifest.json"}
+
+    assert files(tmp_path / "one") == files(tmp_path / "pool") == files(tmp_path / "ray")
+    assert len((tmp_path / "one" / "index.jsonl").read_text().splitlines()) == 5

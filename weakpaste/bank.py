@@ -118,6 +118,15 @@ def _encode_segment(seg: Segment) -> bytes:
     return buf.tobytes()
 
 
+def segment_meta(seg: Segment) -> dict:
+    """A segment's index fields, besides where its blob is (JSON-able)."""
+    return {"class": seg.category, "height": int(seg.mask.shape[0]),
+            "width": int(seg.mask.shape[1]), "area": int(seg.mask.sum()),
+            "source_image": seg.source_image,
+            "source_box": [round(float(v), 2) for v in seg.source_box],
+            "scores": {k: float(v) for k, v in seg.scores.items()}, "miner": seg.miner}
+
+
 def _decode_segment(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     bgra = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
@@ -364,14 +373,24 @@ class BankWriter:
         return next_id, shard, end
 
     def add(self, seg: Segment) -> int:
-        """Append one segment; returns its id.
+        """Append one segment; returns its id (see ``add_encoded``)."""
+        return self.add_encoded(_encode_segment(seg), segment_meta(seg))
+
+    def add_encoded(self, blob: bytes, meta: dict) -> int:
+        """Append one segment already encoded by a worker (``encode_segments``).
+
+        Args:
+            blob: the PNG blob (``_encode_segment``).
+            meta: its index fields without id/shard/offset/length (``segment_meta``).
+
+        Returns:
+            The segment's id.
 
         Raises:
             WeakpasteError: the disk is full or read-only (``write_error``); the segments
                 added before stay readable and an unfinished one is cut off by the next
                 writer.
         """
-        blob = _encode_segment(seg)
         if self._end > 0 and self._end + len(blob) > self.shard_bytes:
             self._blob.close()
             self._shard, self._end = self._shard + 1, 0
@@ -380,12 +399,9 @@ class BankWriter:
             except OSError as err:
                 raise write_error(self.root, err) from None
         seg_id = self._next_id
-        entry = {"id": seg_id, "class": seg.category, "shard": self._shard,
+        entry = {"id": seg_id, "class": meta["class"], "shard": self._shard,
                  "offset": self._end, "length": len(blob),
-                 "height": int(seg.mask.shape[0]), "width": int(seg.mask.shape[1]),
-                 "area": int(seg.mask.sum()), "source_image": seg.source_image,
-                 "source_box": [round(float(v), 2) for v in seg.source_box],
-                 "scores": {k: float(v) for k, v in seg.scores.items()}, "miner": seg.miner}
+                 **{k: v for k, v in meta.items() if k != "class"}}
         try:
             self._blob.write(blob)
             self._blob.flush()
@@ -395,7 +411,7 @@ class BankWriter:
             raise write_error(self.root, err) from None
         self._end += len(blob)
         self._next_id += 1
-        self.counts[seg.category] += 1
+        self.counts[meta["class"]] += 1
         return seg_id
 
     def close(self) -> None:
@@ -461,18 +477,59 @@ class BankConfig(Config):
     classes: tuple[str, ...] | None = option(None, help="keep only these classes")
 
 
+def _cut_item(item: tuple) -> tuple[list[tuple[bytes, dict]], int]:
+    """``bank from-coco``'s per-image work: read the image, cut and encode its segments.
+
+    Args:
+        item: (image path, width, height, RLEs, classes, file name, COCO file, min area).
+
+    Returns:
+        ([(PNG blob, index fields), ...], masks skipped as too small).
+    """
+    from weakpaste.io.images import read_image_of_size
+    from weakpaste.ops import masks as mask_ops
+
+    path, width, height, rles, classes, file_name, coco_json, min_area = item
+    rgb = read_image_of_size(path, width, height, coco_json)
+    masks = mask_ops.decode_many(list(rles), height, width)
+    segs, skipped = segments_from_image(rgb, masks, classes, source_image=file_name,
+                                        min_area=min_area)
+    return [(_encode_segment(s), segment_meta(s)) for s in segs], skipped
+
+
+def _cut_items(data, coco_json, classes, min_area) -> list[tuple]:
+    items = []
+    for rec in data.records:
+        inst = rec.instances
+        keep = [] if inst is None else [i for i, c in enumerate(inst.classes)
+                                        if not classes or c in classes]
+        if keep:
+            items.append((str(data.images_dir / rec.file_name), rec.width, rec.height,
+                          tuple(inst.rles[i] for i in keep),
+                          tuple(inst.classes[i] for i in keep), rec.file_name, str(coco_json),
+                          min_area))
+    return items
+
+
 def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
                        out_dir: str | os.PathLike, config: BankConfig | None = None, *,
-                       overwrite: bool = False, progress: bool = True) -> dict:
+                       workers: int = 1, overwrite: bool = False, progress: bool = True,
+                       executor=None) -> dict:
     """Build a bank from the instance masks of any COCO data set.
+
+    Images are cut and their segments encoded by ``workers`` processes (or Ray actors,
+    ``executor``); the segments are appended in image order, so the bank is the same bytes
+    for any number of workers.
 
     Args:
         coco_json: COCO instances file (polygons or RLE).
         images_dir: folder of its images.
         out_dir: the bank folder to create.
         config: minimum mask area and classes to keep (``BankConfig()`` when None).
+        workers: processes (or Ray actors) cutting and encoding images.
         overwrite: replace an existing weakpaste output in ``out_dir``.
         progress: show a progress bar.
+        executor: a ``weakpaste.runners.ExecutorConfig`` (local pool by default).
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
@@ -480,8 +537,8 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
     from tqdm import tqdm
 
     from weakpaste.io.coco import load_coco
-    from weakpaste.io.images import read_image_of_size
     from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
+    from weakpaste.runners import map_items
 
     config = config or BankConfig()
     min_area, classes = config.min_area, config.classes
@@ -497,23 +554,16 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
               "min_area": min_area, "classes": classes}
     inputs = {"coco_json": file_sha256(coco_json)}
     write_manifest(out, stage="bank", config=config, inputs=inputs, status="running")
+    items = _cut_items(data, coco_json, classes, min_area)
     skipped = 0
     with BankWriter(out) as writer:
-        for rec in tqdm(data.records, desc="bank from-coco", unit="img", disable=not progress):
-            inst = rec.instances
-            if inst is None or len(inst) == 0:
-                continue
-            keep = [i for i, c in enumerate(inst.classes) if not classes or c in classes]
-            if not keep:
-                continue
-            rgb = read_image_of_size(data.images_dir / rec.file_name, rec.width, rec.height,
-                                     str(coco_json))
-            masks = inst.masks()[keep]
-            segs, n_small = segments_from_image(rgb, masks, tuple(inst.classes[i] for i in keep),
-                                                source_image=rec.file_name, min_area=min_area)
+        results = map_items(_cut_item, items, workers=workers, executor=executor,
+                            check=[coco_json, images_dir, out])
+        for encoded, n_small in tqdm(results, total=len(items), desc="bank from-coco",
+                                     unit="img", disable=not progress):
             skipped += n_small
-            for seg in segs:
-                writer.add(seg)
+            for blob, meta in encoded:
+                writer.add_encoded(blob, meta)
         counts = dict(sorted(writer.counts.items()))
     return write_manifest(out, stage="bank", config=config, inputs=inputs,
                           counts={"segments": sum(counts.values()), "per_class": counts,

@@ -104,8 +104,9 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
         The demo's manifest.
     """
     from weakpaste.bank import run_bank_from_coco
-    from weakpaste.evaluate import evaluate_masks, format_table
-    from weakpaste.mine.fem import FemParams, MineConfig, run_mine_fem
+    from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams
+    from weakpaste.mine.fem import run_mine_fem
+    from weakpaste.mine.quality import evaluate_masks, format_table
     from weakpaste.paste.run import PasteConfig, run_paste
     from weakpaste.stats import format_stats, run_stats
     from weakpaste.viz import VizConfig, run_viz
@@ -127,12 +128,12 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = 48, num_images: in
         weights = resolve_demo_weights(backbone, weights)
         config["weights_used"] = weights
         pretrained = weights not in (None, "none")
-        mine_config = MineConfig(backbone=backbone, weights=weights,
-                                 train_mode="linear" if pretrained else "finetune",
-                                 epochs=epochs, input_size=256 if pretrained else 128,
-                                 crop_size=160 if pretrained else 96, seed=seed,
-                                 params=FemParams(max_side=256))
-        made = run_mine_fem(str(scenes / "images"), str(gt), str(out / "bank"), mine_config,
+        model = ClassifierSpec(backbone=backbone, weights=weights,
+                               train_mode="linear" if pretrained else "finetune",
+                               epochs=epochs, input_size=256 if pretrained else 128,
+                               crop_size=160 if pretrained else 96)
+        mine_config = FemConfig(model=model, seed=seed, params=FemParams(max_side=256))
+        made = run_mine_fem(mine_config, str(scenes / "images"), str(gt), str(out / "bank"),
                             workers=workers, progress=progress)
         segments = made["counts"]["segments"]
         quality = evaluate_masks(str(out / "bank"), str(gt))

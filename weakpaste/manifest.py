@@ -37,6 +37,12 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with arrays as lists and anything else unknown as strings (for manifests)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist")
+                                 else str(o)))
+
+
 def config_hash(config: dict) -> str:
     """Stable hash of a JSON-able config (key order does not matter)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     that fails because the disk is full or read-only wherever it was not already named
     (``weakpaste.io.images.write_error``).
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = mine.rewrite_alias(sys.argv[1:] if argv is None else list(argv))
     args = None
     try:
         args = build_parser(argv).parse_args(argv)

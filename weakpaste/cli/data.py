@@ -32,10 +32,13 @@ def _cmd_paste(args: argparse.Namespace) -> int:
 
 def _cmd_bank_from_coco(args: argparse.Namespace) -> int:
     from weakpaste.bank import BankConfig, run_bank_from_coco
+    from weakpaste.runners import ExecutorConfig
 
     config = from_args(BankConfig, args)
     manifest = run_bank_from_coco(args.coco_json, args.images, args.out, config,
-                                  overwrite=args.overwrite, progress=not args.quiet)
+                                  workers=args.workers, overwrite=args.overwrite,
+                                  progress=not args.quiet,
+                                  executor=from_args(ExecutorConfig, args))
     c = manifest["counts"]
     print(f"wrote {c['segments']} segments of {len(c['per_class'])} classes to {args.out} "
           f"({c['skipped_small']} smaller than {config.min_area} px skipped)")
@@ -74,6 +77,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def _build_bank(p: argparse.ArgumentParser) -> None:
     from weakpaste.bank import BankConfig
+    from weakpaste.runners import ExecutorConfig
 
     bank_sub = p.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
     q = bank_sub.add_parser("from-coco", help="cut the instances of a COCO (or LVIS) data set "
@@ -82,6 +86,8 @@ def _build_bank(p: argparse.ArgumentParser) -> None:
     q.add_argument("--images", required=True, help="folder of its images")
     q.add_argument("--out", required=True, help="bank folder to create")
     add_options(q, BankConfig)
+    workers(q)
+    add_options(q, ExecutorConfig)
     common(q)
     q.set_defaults(func=_cmd_bank_from_coco)
     q = bank_sub.add_parser("info", help="segments per class of a bank")

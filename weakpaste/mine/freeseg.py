@@ -9,10 +9,10 @@ FreeSeg (Zhang et al., ECCV 2022) §3.1-3.2 and appendix A.2-A.3. Input: object-
      spectral residual without weights), cached on disk by image and model;
    * dense features of the classifier's trunk (the last feature map, D x h x w) of every image
      of the class, L2-normalised per cell and centred on the class mean;
-   * a common-foreground model fitted across the class (``coseg_maps``): one foreground
-     prototype (each image's cells weighted by their foreground belief, images weighted
-     equally) against ``bg_clusters`` background prototypes (spherical k-means of the cells
-     believed background, weighted by 1 - belief); a cell's belief becomes
+   * a common-foreground model fitted across the class (``weakpaste.mine.coseg``): one
+     foreground prototype (each image's cells weighted by their foreground belief, images
+     weighted equally) against ``bg_clusters`` background prototypes (spherical k-means of
+     the cells believed background, weighted by 1 - belief); a cell's belief becomes
      sigmoid((cos(fg) - max(cos(bg), floor)) / T): foreground must resemble the common
      foreground more than any background and at least ``floor`` (a salient thing unlike
      anything else the class shows is not the class's object). The first beliefs are the
@@ -33,29 +33,35 @@ FreeSeg (Zhang et al., ECCV 2022) §3.1-3.2 and appendix A.2-A.3. Input: object-
    (p_before - p_after) / p_before of removing the LORE box. A segment is kept when both are
    larger than their thresholds (``min_score``, ``min_drop``; 0.5 each by default).
 
-Per-image work (saliency, dense features, LORE) is a pure function mapped by a process pool and
-cached under ``OUT/.cache/<key>/`` (an interrupted run resumes); the per-class co-segmentation,
-refinement and ranking are cheap and run in the main process, one class at a time.
+Per-image work (saliency, dense features, LORE) is a pure function (``mine_image``); the
+per-class co-segmentation, refinement and ranking are a pure selection over the cached results
+(``FreeSegMiner.select``), cheap, one class in memory at a time. The mining pipeline
+(``weakpaste.mine.pipeline``) trains the classifier, maps the per-image function over a process
+pool with an on-disk cache under ``OUT/.cache/<key>/`` (an interrupted run resumes) and writes
+the bank.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import pickle
-import shutil
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from weakpaste.errors import WeakpasteError
-from weakpaste.io.images import atomic_write_bytes, read_image
-from weakpaste.mine.runner import LazyImages, cache_key, jsonable, map_tasks
+from weakpaste.mine.config import FreeSegConfig, FreeSegParams
+from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
+from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
 from weakpaste.ops import masks as mask_ops
+
+if TYPE_CHECKING:
+    from weakpaste.runners import ExecutorConfig
 
 MINER = "freeseg"
 
@@ -114,193 +120,6 @@ def refine_map(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     opened = cv2.dilate(cv2.erode(binary.astype(np.uint8), kernel), kernel).astype(bool)
     return largest_component(opened if opened.any() else binary), t
-
-
-# --------------------------------------------------------------------------------------------
-# Co-segmentation (§3.1, without SSM)
-
-
-def centre_prior(shape: tuple[int, int], sigma: float = 0.35) -> np.ndarray:
-    """Isotropic Gaussian of the normalised distance to the image centre, float32 (h, w)."""
-    h, w = shape
-    y = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
-    x = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
-    d2 = y[:, None] ** 2 + x[None, :] ** 2
-    return np.exp(-d2 / (2 * sigma * sigma)).astype(np.float32)
-
-
-def grid_prior(saliency: np.ndarray, grid: tuple[int, int], centre_sigma: float) -> np.ndarray:
-    """The first foreground belief of each feature cell: area-averaged saliency x centre prior.
-
-    Args:
-        saliency: float (H, W) in [0, 1].
-        grid: (h, w) of the feature map.
-        centre_sigma: the centre prior's sigma (fraction of the image; <= 0: no centre prior).
-
-    Returns:
-        float32 (h, w) in [0, 1].
-    """
-    h, w = grid
-    s = cv2.resize(saliency.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-    if centre_sigma > 0:
-        s = s * centre_prior((h, w), centre_sigma)
-    peak = float(s.max())
-    return (s / peak).astype(np.float32) if peak > 0 else centre_prior((h, w))
-
-
-def _normalise_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
-
-
-_KMEANS_CELLS = 2048
-
-
-def spherical_kmeans(x: np.ndarray, weights: np.ndarray, k: int, *, seed: int = 0,
-                     iters: int = 30) -> np.ndarray:
-    """Weighted spherical k-means (cosine similarity) with k-means++ seeding.
-
-    Args:
-        x: float (N, D) unit rows.
-        weights: float (N,) >= 0 sample weights.
-        k: clusters (clipped to N).
-        seed: seeds the k-means++ draws (``np.random.default_rng``).
-        iters: most Lloyd iterations.
-
-    Returns:
-        float (min(k, N), D) unit centroids.
-    """
-    rng = np.random.default_rng(seed)
-    k = max(1, min(int(k), x.shape[0]))
-    w = np.maximum(weights.astype(np.float64), 0) + 1e-12
-    centres = [x[int(rng.choice(x.shape[0], p=w / w.sum()))]]
-    for _ in range(1, k):
-        dist = 1.0 - (x @ np.asarray(centres).T).max(1)  # cosine distance to the nearest
-        p = w * np.maximum(dist, 0) ** 2
-        p = p / p.sum() if p.sum() > 0 else w / w.sum()
-        centres.append(x[int(rng.choice(x.shape[0], p=p))])
-    x = x.astype(np.float32, copy=False)
-    xw = x * w.astype(np.float32)[:, None]
-    c = np.asarray(centres, dtype=np.float32)
-    assign = None
-    for _ in range(iters):
-        new = (x @ c.T).argmax(1)
-        if assign is not None and np.array_equal(new, assign):
-            break
-        assign = new
-        onehot = np.zeros((k, x.shape[0]), np.float32)
-        onehot[assign, np.arange(x.shape[0])] = 1.0
-        sums = onehot @ xw
-        # An emptied cluster keeps its centre.
-        c = np.where(onehot.any(1)[:, None], _normalise_rows(sums), c)
-    return c
-
-
-def coseg_maps(features: list[np.ndarray], priors: list[np.ndarray], *, iters: int = 3,
-               bg_clusters: int = 3, temperature: float = 0.1, floor: float = 0.2,
-               seed: int = 0) -> list[np.ndarray]:
-    """Common-foreground beliefs of a class's images on their feature grids.
-
-    Args:
-        features: per image float (D, h_i, w_i) dense features (same D).
-        priors: per image float (h_i, w_i) first foreground beliefs in [0, 1].
-        iters: rounds of (fit prototypes, update beliefs); >= 1.
-        bg_clusters: background prototypes (weighted spherical k-means clusters).
-        temperature: T of the sigmoid of the similarity difference.
-        floor: least cosine similarity to the foreground prototype that can count as
-            foreground (cells that resemble nothing are background).
-        seed: seeds the k-means initialisation.
-
-    Returns:
-        Per image float32 (h_i, w_i) beliefs in [0, 1].
-
-    Raises:
-        ValueError: fewer than 2 images (nothing to co-segment), mismatched shapes, iters < 1.
-    """
-    if len(features) < 2:
-        raise ValueError("co-segmentation needs at least 2 images of a class")
-    from threadpoolctl import threadpool_limits
-
-    # The products here are thin (N x D times D x k): one BLAS thread is as fast, and a
-    # multi-threaded BLAS on a busy machine spins (measured 20x slower on 2 shared cores).
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _coseg_maps(features, priors, iters=iters, bg_clusters=bg_clusters,
-                           temperature=temperature, floor=floor, seed=seed)
-
-
-def _coseg_maps(features: list[np.ndarray], priors: list[np.ndarray], *, iters: int,
-                bg_clusters: int, temperature: float, floor: float, seed: int
-                ) -> list[np.ndarray]:
-    if len(priors) != len(features) or iters < 1:
-        raise ValueError("one prior per feature map and iters >= 1 are required")
-    shapes, blocks = [], []
-    for f, p in zip(features, priors, strict=True):
-        if f.ndim != 3 or p.shape != f.shape[1:]:
-            raise ValueError(f"features (D, h, w) {f.shape} and prior (h, w) {p.shape} differ")
-        shapes.append(f.shape[1:])
-        blocks.append(f.reshape(f.shape[0], -1).T.astype(np.float32))
-    sizes = [b.shape[0] for b in blocks]
-    owner = np.repeat(np.arange(len(blocks)), sizes)
-    x = _normalise_rows(np.concatenate(blocks))
-    # Centring on the class mean removes what every cell shares (post-ReLU features are all
-    # positive, so raw cosines are uniformly high) and leaves what tells cells apart.
-    x = _normalise_rows(x - x.mean(0, keepdims=True)).astype(np.float32)
-    belief = np.concatenate([p.reshape(-1) for p in priors]).astype(np.float64)
-    k = max(1, min(int(bg_clusters), x.shape[0]))
-    for _ in range(iters):
-        # Foreground: per-image weighted means averaged over images, so that images with large
-        # objects do not outweigh the others.
-        w_img = np.bincount(owner, weights=belief, minlength=len(blocks))
-        spread = np.zeros((len(blocks), x.shape[0]), dtype=np.float32)
-        spread[owner, np.arange(x.shape[0])] = belief
-        per_image = spread @ x  # per-image belief-weighted sums (np.add.at is far slower)
-        ok = w_img > 1e-8
-        fg = per_image[ok] / w_img[ok, None] if ok.any() else x.mean(0, keepdims=True)
-        mu_f = _normalise_rows(fg.mean(0, keepdims=True))[0].astype(np.float32)
-        # Background: k-means of the cells currently believed background only; with every
-        # cell (down-weighted or not) a cluster would settle on the foreground and explain it
-        # as well as the foreground prototype does.
-        bg = np.flatnonzero(belief < 0.5)
-        if bg.size:
-            # A few thousand cells describe 3 clusters as well as all of them, much faster.
-            if bg.size > _KMEANS_CELLS:
-                bg = np.sort(np.random.default_rng(seed).choice(bg, _KMEANS_CELLS,
-                                                                replace=False))
-            mu_b = spherical_kmeans(x[bg], 1.0 - belief[bg], k, seed=seed)
-            s_b = (x @ mu_b.T).max(1)
-        else:
-            s_b = np.full(x.shape[0], -1.0)
-        s_b = np.maximum(s_b, floor)
-        s_f = x @ mu_f
-        belief = 1.0 / (1.0 + np.exp(-np.clip((s_f - s_b) / temperature, -60, 60)))
-    out, start = [], 0
-    for (h, w), n in zip(shapes, sizes, strict=True):
-        out.append(belief[start:start + n].reshape(h, w).astype(np.float32))
-        start += n
-    return out
-
-
-def fuse_maps(coseg: np.ndarray | None, saliency: np.ndarray, weight: float) -> np.ndarray:
-    """The raw gray-scale foreground map: coseg^weight * saliency^(1 - weight), max 1.
-
-    Args:
-        coseg: float (h, w) co-segmentation beliefs on the feature grid (bilinearly resized
-            to the image), or None (single-image class: the saliency alone).
-        saliency: float (H, W) in [0, 1].
-        weight: exponent of the co-segmentation in [0, 1].
-
-    Returns:
-        float32 (H, W) in [0, 1].
-    """
-    H, W = saliency.shape
-    sal = np.clip(saliency.astype(np.float32), 0, 1)
-    if coseg is None or weight <= 0:
-        raw = sal
-    else:
-        up = np.clip(cv2.resize(coseg.astype(np.float32), (W, H),
-                                interpolation=cv2.INTER_LINEAR), 0, 1)
-        raw = up ** float(weight) * sal ** (1.0 - float(weight))
-    peak = float(raw.max())
-    return (raw / peak).astype(np.float32) if peak > 0 else np.zeros((H, W), np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,79 +259,7 @@ def keep_segment(score: float, drop: float, min_score: float, min_drop: float) -
 
 
 # --------------------------------------------------------------------------------------------
-# Per-image work (pure, cached) and the run
-
-
-@dataclass(frozen=True)
-class FreeSegParams:
-    """Per-image settings (plain values; recorded in the manifest; part of the cache key).
-
-    Attributes:
-        saliency: ``spectral`` or the path of an ONNX salient-object model.
-        saliency_convention: ``isnet`` or ``u2net`` preprocessing of an ONNX model.
-        saliency_size: input side of an ONNX model with dynamic dims (None: the convention's).
-        cam_threshold: LORE's Grad-CAM binarisation, relative to its maximum.
-        lore_steps: LORE's most removals.
-        lore_stop: LORE stops when the class's probability falls below this.
-        min_side: images with a shorter side below this (pixels) are skipped.
-    """
-
-    saliency: str = "spectral"
-    saliency_convention: str = "isnet"
-    saliency_size: int | None = None
-    cam_threshold: float = 0.5
-    lore_steps: int = 5
-    lore_stop: float = 0.5
-    min_side: int = 8
-
-
-@dataclass(frozen=True)
-class FreeSegConfig:
-    """Everything that decides ``weakpaste mine --method freeseg`` (recorded in the manifest).
-
-    Attributes:
-        backbone, weights, classifier, train_mode, epochs, input_size, crop_size, device: the
-            classifier (as for F-EM); it ranks and its trunk gives the dense features.
-        coseg_weight: exponent a of the co-segmentation in the raw map (0: saliency only).
-        coseg_iters: rounds of the common-foreground model.
-        bg_clusters: background prototypes.
-        temperature: sigmoid temperature of the similarity difference.
-        floor: least cosine similarity to the common foreground that counts as foreground.
-        centre_sigma: centre prior of the first beliefs (fraction of the image; 0: none).
-        min_coseg_images: classes with fewer images use their saliency alone.
-        smooth: Gaussian sigma of the refinement (fraction of the shorter side).
-        morph: erosion/dilation radius (fraction of the shorter side).
-        raw_threshold: binarises the raw map for the ``raw`` baseline only.
-        min_score: keep segments whose FreeSeg score is larger than this.
-        min_drop: ... and whose image's drop rate is larger than this.
-        saliency_cache: folder of cached saliency maps (None: ``OUT/.cache/saliency``).
-        seed: k-means initialisation and the random baseline.
-        params: per-image settings.
-    """
-
-    backbone: str = "resnet50"
-    weights: str | None = "DEFAULT"
-    classifier: str | None = None
-    train_mode: str = "linear"
-    epochs: int = 30
-    input_size: int = 384
-    crop_size: int = 224
-    device: str = "cpu"
-    coseg_weight: float = 0.5
-    coseg_iters: int = 3
-    bg_clusters: int = 3
-    temperature: float = 0.1
-    floor: float = 0.2
-    centre_sigma: float = 0.35
-    min_coseg_images: int = 2
-    smooth: float = 0.01
-    morph: float = 0.02
-    raw_threshold: float = 0.5
-    min_score: float = 0.5
-    min_drop: float = 0.5
-    saliency_cache: str | None = None
-    seed: int = 0
-    params: FreeSegParams = FreeSegParams()
+# Per-image work (pure, cached), the per-class selection and the miner
 
 
 @dataclass
@@ -575,36 +322,6 @@ def mine_image(classifier, saliency_backend, image: np.ndarray, label: str, file
     return res
 
 
-_WORKER: dict = {}
-
-
-def _worker_init(classifier_path: str, device: str, params: FreeSegParams,
-                 cache_root: str, threads: int | None) -> None:
-    import torch
-
-    from weakpaste.mine.saliency import SaliencyCache, make_saliency
-    from weakpaste.models.classifier import Classifier
-
-    if threads:
-        torch.set_num_threads(threads)
-    _WORKER["classifier"] = Classifier.load(classifier_path, device=device)
-    backend = make_saliency(params.saliency, convention=params.saliency_convention,
-                            size=params.saliency_size, threads=threads)
-    _WORKER["saliency"] = backend
-    _WORKER["cache"] = SaliencyCache(cache_root, backend.key)
-
-
-def _mine_task(task: tuple[str, str, str, str, FreeSegParams]) -> tuple[str, dict, bool]:
-    from weakpaste.manifest import file_sha256
-
-    path, file_name, label, cache_file, params = task
-    image = read_image(path)
-    res = mine_image(_WORKER["classifier"], _WORKER["saliency"], image, label, file_name,
-                     params, digest=file_sha256(path), cache=_WORKER["cache"])
-    atomic_write_bytes(cache_file, pickle.dumps(res, protocol=5))
-    return file_name, res.seconds, res.saliency_cached
-
-
 @dataclass
 class _Outcome:
     """What the per-class stage decided for one image (small: kept in memory)."""
@@ -665,233 +382,162 @@ def _class_stage(results: list[ImageFreeSeg], indices: list[int], config: FreeSe
     return outcomes, fallback, secs
 
 
-def run_mine_freeseg(images_dir: str, labels: str | None, out_dir: str, config: FreeSegConfig,
-                     *, workers: int = 1, overwrite: bool = False, resume: bool = False,
-                     progress: bool = True, save_baselines: bool = False) -> dict:
-    """``weakpaste mine --method freeseg``: a segment bank + ``pseudo_labels.json``.
+
+class FreeSegMiner(Miner):
+    """FreeSeg for the mining pipeline (``weakpaste.mine.pipeline``)."""
+
+    name = MINER
+    title = "FreeSeg"
+    config: FreeSegConfig
+
+    def plan(self, records: list, classes: list[str], source: str) -> Plan:
+        """The object-centric images (exactly one class each) and their classes."""
+        skipped: Counter = Counter()
+        todo = []
+        for r in records:
+            if len(r.labels) == 1:
+                todo.append(r)
+            else:
+                skipped["no label" if not r.labels else "more than one label"] += 1
+        if not todo:
+            raise WeakpasteError(f"{source}: no image has exactly one class; FreeSeg mines "
+                                 "object-centric images (one class each): use one folder per "
+                                 "class or map each image to one class")
+        used = [c for c in classes if any(r.labels[0] == c for r in todo)]
+        return Plan(todo, used, todo, counts={"object_centric_images": len(todo)},
+                    skipped=skipped)
+
+    def inputs(self) -> dict[str, str]:
+        p = self.config.params
+        return {} if p.saliency == "spectral" else {"saliency_model": p.saliency}
+
+    def open(self, out, threads: int | None) -> dict:
+        from weakpaste.mine.saliency import SaliencyCache, make_saliency
+
+        p = self.config.params
+        backend = make_saliency(p.saliency, convention=p.saliency_convention,
+                                size=p.saliency_size, threads=threads)
+        root = self.config.saliency_cache or Path(out) / ".cache" / "saliency"
+        return {"saliency": backend, "cache": SaliencyCache(root, backend.key)}
+
+    def describe(self, models: dict) -> dict[str, str]:
+        return {"saliency_key": models["saliency"].key}
+
+    def mine_image(self, models: dict, image: np.ndarray, item: Item) -> ImageFreeSeg:
+        return mine_image(models["classifier"], models["saliency"], image, item.labels[0],
+                          item.file_name, self.config.params, digest=item.sha256,
+                          cache=models["cache"])
+
+    def _outcomes(self, results: Sequence[ImageFreeSeg], plan: Plan) -> dict:
+        """Per class (one in memory at a time): co-segment, refine and rank its images."""
+        by_class: dict[str, list[int]] = defaultdict(list)
+        for i, item in enumerate(plan.items):
+            by_class[item.labels[0]].append(i)
+        st = {"outcomes": {}, "dims": {}, "fallback": [], "skipped": Counter(),
+              "seconds": defaultdict(float), "from_cache": 0,
+              "per_class": {c: len(v) for c, v in sorted(by_class.items())}}
+        for label in plan.classes:
+            usable, idx = [], []
+            for i in by_class[label]:
+                res: ImageFreeSeg = results[i]
+                st["dims"][i] = (res.height, res.width)
+                st["from_cache"] += int(res.saliency_cached)
+                if res.skipped:
+                    st["skipped"][res.skipped] += 1
+                    continue
+                usable.append(res)
+                idx.append(i)
+            if not usable:
+                continue
+            outs, fallback, secs = _class_stage(usable, idx, self.config)
+            if fallback and self.config.coseg_weight > 0:
+                st["fallback"].append(label)
+            for k, v in secs.items():
+                st["seconds"][k] += v
+            for o in outs:
+                st["outcomes"][o.index] = o
+                if o.refined_rle is None:
+                    st["skipped"]["empty after refinement"] += 1
+            del usable
+        return st
+
+    def select(self, results: Sequence[ImageFreeSeg], plan: Plan) -> Selection:
+        """Per image the refined segment when it passes both thresholds (``final``), and the
+        ``raw``, ``refined`` and ``random`` baselines; ``freeseg_scores.json``."""
+        config = self.config
+        st = self._outcomes(results, plan)
+        outcomes: dict[int, _Outcome] = st["outcomes"]
+        refined_ids = [i for i in sorted(outcomes) if outcomes[i].refined_rle is not None]
+        kept_ids = [i for i in refined_ids if outcomes[i].kept]
+        rng = np.random.default_rng(config.seed)
+        random_ids = set(rng.choice(np.asarray(refined_ids, dtype=np.int64),
+                                    size=len(kept_ids), replace=False).tolist()) \
+            if refined_ids else set()
+        images, rows = [], []
+        for i, item in enumerate(plan.items):
+            o = outcomes.get(i)
+            images.append(ImagePicks(*st["dims"][i], _picks(o, item.labels[0], i in random_ids)))
+            if o is not None and o.refined_rle is not None:
+                rows.append({"file_name": item.file_name, "class": item.labels[0],
+                             "kept": o.kept, "lore_box": list(o.lore_box),
+                             **{k: (None if not np.isfinite(v) else round(float(v), 6))
+                                for k, v in o.scores.items()}})
+        scores = json.dumps({"min_score": config.min_score, "min_drop": config.min_drop,
+                             "segments": rows}, indent=1).encode()
+        counts = {"saliency_from_cache": st["from_cache"],
+                  "raw_segments": sum(o.raw_rle is not None for o in outcomes.values()),
+                  "refined_segments": len(refined_ids),
+                  "below_thresholds": len(refined_ids) - len(kept_ids)}
+        coseg = {"fallback_classes": st["fallback"],
+                 "fallback_reason": "fewer than min_coseg_images images: saliency alone",
+                 "images_per_class": st["per_class"]}
+        return Selection(images, variants=("raw", "refined", "random"), counts=counts,
+                         skipped=st["skipped"], extra={"coseg": coseg},
+                         files={"freeseg_scores.json": scores}, seconds=dict(st["seconds"]))
+
+
+def _picks(o: _Outcome | None, label: str, random: bool) -> dict[str, list[Pick]]:
+    """One image's picks: its refined segment as ``final`` (when kept), ``refined`` and
+    ``random`` (when drawn), its raw map as ``raw``; every COCO score is the FreeSeg score."""
+    if o is None:
+        return {}
+    score = float(o.scores.get("freeseg", 1.0))
+    picks = {}
+    if o.raw_rle is not None:
+        picks["raw"] = [Pick(label, o.raw_rle, score)]
+    if o.refined_rle is not None:
+        picks["refined"] = [Pick(label, o.refined_rle, score)]
+        if random:
+            picks["random"] = [Pick(label, o.refined_rle, score)]
+        if o.kept:
+            bank = {k: float(v) for k, v in o.scores.items() if np.isfinite(v)}
+            picks["final"] = [Pick(label, o.refined_rle, score,
+                                   {**bank, "score": float(o.scores["freeseg"])})]
+    return picks
+
+
+def run_mine_freeseg(config: FreeSegConfig, images_dir: str, labels: str | None, out_dir: str, *,
+                     workers: int = 1, overwrite: bool = False, resume: bool = False,
+                     progress: bool = True, save_baselines: bool = False,
+                     executor: ExecutorConfig | None = None) -> dict:
+    """``weakpaste mine freeseg``: a segment bank + ``pseudo_labels.json``.
 
     Args:
+        config: classifier, co-segmentation, refinement and ranking settings.
         images_dir: folder of the object-centric images (one sub-folder per class when
             ``labels`` is None).
         labels: image-level labels, one class per image (see ``weakpaste.io.labels``).
         out_dir: the bank folder to create.
-        config: classifier, co-segmentation, refinement and ranking settings.
-        workers: processes for the per-image stage.
-        overwrite: replace an existing output.
-        resume: continue an interrupted run (per-image results are cached).
-        progress: progress bars.
         save_baselines: also write ``baselines/raw.json`` (raw map >= ``raw_threshold``),
             ``baselines/refined.json`` (every refined segment) and ``baselines/random.json``
             (as many refined segments as were kept, chosen at random with ``seed``).
+        workers, overwrite, resume, progress, executor: as for
+            ``weakpaste.mine.pipeline.run_mine``.
 
     Returns:
         The manifest (``counts``: images, segments, skipped reasons; ``coseg``: the classes
         that fell back to saliency; ``timings_s``: per stage).
     """
-    from tqdm import tqdm
-
-    from weakpaste.bank import INDEX as BANK_INDEX
-    from weakpaste.bank import BankWriter, segments_from_image
-    from weakpaste.io.coco import write_coco
-    from weakpaste.io.labels import load_labels
-    from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
-    from weakpaste.mine.saliency import make_saliency
-    from weakpaste.structures import ImageRecord, Instances
-
-    p = config.params
-    for name, value in (("min_score", config.min_score), ("min_drop", config.min_drop),
-                        ("coseg_weight", config.coseg_weight)):
-        if not 0.0 <= value <= 1.0:
-            raise WeakpasteError(f"FreeSeg {name} must be in [0, 1], got {value}; pass a value "
-                                 "between 0 and 1")
-    timings: dict[str, float] = defaultdict(float)
-    records, classes = load_labels(labels, images_dir)
-    images_dir = Path(images_dir)
-    # Check the saliency model before anything is written or trained.
-    backend = make_saliency(p.saliency, convention=p.saliency_convention, size=p.saliency_size)
-    out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="mine")
-    run_config = {"method": MINER, "images": str(images_dir), "labels": labels,
-                  **{k: v for k, v in asdict(config).items() if k != "params"},
-                  "params": asdict(p), "saliency_key": backend.key}
-    inputs = {"labels": file_sha256(labels)} if labels else {}
-    if p.saliency != "spectral":
-        inputs["saliency_model"] = backend.sha256
-    write_manifest(out, stage="mine", config=run_config, seed=config.seed, inputs=inputs,
-                   status="running")
-    skipped: Counter = Counter()
-    todo = []
-    for r in records:
-        if len(r.labels) == 1:
-            todo.append(r)
-        else:
-            skipped["no label" if not r.labels else "more than one label"] += 1
-    if not todo:
-        raise WeakpasteError(f"{labels or images_dir}: no image has exactly one class; FreeSeg "
-                             "mines object-centric images (one class each): use one folder per "
-                             "class or map each image to one class")
-    used_classes = [c for c in classes if any(r.labels[0] == c for r in todo)]
-
-    # 1. the classifier (ranks the segments; its trunk gives the dense features)
-    t = time.perf_counter()
-    from weakpaste.models.classifier import Classifier
-
-    if config.classifier:
-        clf = Classifier.load(config.classifier, device=config.device)
-        unknown = sorted(set(used_classes) - set(clf.classes))
-        if unknown:
-            raise WeakpasteError(f"{labels or images_dir}: class {unknown[0]!r} is not among "
-                                 f"the classes of the classifier {config.classifier}; retrain "
-                                 "it without --classifier or drop the class")
-        clf_path = Path(config.classifier)
-        train_info = {"reused": str(clf_path)}
-    else:
-        clf_path = out / "classifier.pt"
-        if resume and clf_path.is_file():
-            clf = Classifier.load(clf_path, device=config.device)
-            train_info = {"reused": str(clf_path)}
-        else:
-            clf = Classifier.build(config.backbone, config.weights, used_classes,
-                                   device=config.device, input_size=config.input_size,
-                                   crop_size=config.crop_size)
-            index = {c: i for i, c in enumerate(used_classes)}
-            y = np.zeros((len(todo), len(used_classes)), dtype=np.float32)
-            for i, r in enumerate(todo):
-                y[i, index[r.labels[0]]] = 1.0
-            train_info = clf.train(LazyImages([images_dir / r.file_name for r in todo]), y,
-                                   mode=config.train_mode, epochs=config.epochs,
-                                   seed=config.seed, progress=progress)
-            clf.save(clf_path)
-    timings["classifier"] = time.perf_counter() - t
-    del clf
-
-    # 2. per-image saliency, dense features and LORE, cached
-    cache_root = Path(config.saliency_cache) if config.saliency_cache \
-        else out / ".cache" / "saliency"
-    cache = out / ".cache" / cache_key(clf_path, p, (backend.key,))
-    cache.mkdir(parents=True, exist_ok=True)
-    cache_file = {r.file_name: cache / (hashlib.sha1(r.file_name.encode()).hexdigest() + ".pkl")
-                  for r in todo}
-    tasks = [(str(images_dir / r.file_name), r.file_name, r.labels[0],
-              str(cache_file[r.file_name]), p)
-             for r in todo if not cache_file[r.file_name].is_file()]
-    del backend  # each worker opens its own session
-    t = time.perf_counter()
-    saliency_hits = 0
-    it = map_tasks(_mine_task, tasks, workers, _worker_init,
-                   (str(clf_path), config.device, p, str(cache_root)))
-    for _, secs, hit in tqdm(it, total=len(tasks), desc="freeseg", unit="img",
-                             disable=not progress):
-        saliency_hits += int(hit)
-        for k, v in secs.items():
-            timings[k] += v
-    timings["per_image_wall"] = time.perf_counter() - t
-
-    # 3. per class: co-segmentation, refinement, ranking
-    by_class: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(todo):
-        by_class[r.labels[0]].append(i)
-    outcomes: dict[int, _Outcome] = {}
-    dims: dict[int, tuple[int, int]] = {}
-    fallback_classes: list[str] = []
-    for label in used_classes:
-        usable, idx = [], []
-        for i in by_class[label]:
-            res: ImageFreeSeg = pickle.loads(cache_file[todo[i].file_name].read_bytes())
-            dims[i] = (res.height, res.width)
-            if res.skipped:
-                skipped[res.skipped] += 1
-                continue
-            usable.append(res)
-            idx.append(i)
-        if not usable:
-            continue
-        outs, fallback, secs = _class_stage(usable, idx, config)
-        if fallback and config.coseg_weight > 0:
-            fallback_classes.append(label)
-        for k, v in secs.items():
-            timings[k] += v
-        for o in outs:
-            outcomes[o.index] = o
-            if o.refined_rle is None:
-                skipped["empty after refinement"] += 1
-        del usable
-
-    # 4. the bank, the pseudo-labels, the baselines, the scores
-    t = time.perf_counter()
-    categories = {c: {"id": k + 1, "supercategory": ""} for k, c in enumerate(used_classes)}
-    refined_ids = [i for i in sorted(outcomes) if outcomes[i].refined_rle is not None]
-    kept_ids = [i for i in refined_ids if outcomes[i].kept]
-    rng = np.random.default_rng(config.seed)
-    random_ids = set(rng.choice(np.asarray(refined_ids, dtype=np.int64),
-                                size=len(kept_ids), replace=False).tolist()) \
-        if refined_ids else set()
-    variants: dict[str, list] = {"final": [], "raw": [], "refined": [], "random": []}
-    kept: Counter = Counter()
-    score_rows = []
-    # The bank is rewritten whole from the cached results: a resumed run must not append to
-    # what an interrupted one wrote.
-    (out / BANK_INDEX).unlink(missing_ok=True)
-    shutil.rmtree(out / "segments", ignore_errors=True)
-    with BankWriter(out) as writer:
-        for i, r in enumerate(todo):
-            if i not in dims:
-                continue
-            H, W = dims[i]
-            label = r.labels[0]
-            o = outcomes.get(i)
-            chosen = {
-                "final": o is not None and o.kept,
-                "raw": o is not None and o.raw_rle is not None,
-                "refined": o is not None and o.refined_rle is not None,
-                "random": i in random_ids}
-            for key, yes in chosen.items():
-                rle = (o.raw_rle if key == "raw" else o.refined_rle) if yes else None
-                score = [float(o.scores.get("freeseg", 1.0))] if yes else []
-                variants[key].append(ImageRecord(
-                    i + 1, r.file_name, W, H,
-                    instances=Instances.from_rles(H, W, [label] if yes else [],
-                                                  [rle] if yes else [], scores=score)))
-            if o is None or o.refined_rle is None:
-                continue
-            score_rows.append({"file_name": r.file_name, "class": label, "kept": o.kept,
-                               "lore_box": list(o.lore_box),
-                               **{k: (None if not np.isfinite(v) else round(float(v), 6))
-                                  for k, v in o.scores.items()}})
-            if not o.kept:
-                continue
-            rgb = read_image(images_dir / r.file_name)
-            mask = mask_ops.decode(o.refined_rle)
-            segs, _ = segments_from_image(rgb, mask[None], (label,), source_image=r.file_name,
-                                          min_area=1, miner=MINER)
-            for seg in segs:
-                seg.scores.update({k: float(v) for k, v in o.scores.items()
-                                   if np.isfinite(v)})
-                seg.scores["score"] = float(o.scores["freeseg"])
-                writer.add(seg)
-                kept[label] += 1
-    write_coco(out / "pseudo_labels.json", variants["final"], categories,
-               info={"description": "weakpaste FreeSeg pseudo-labels"})
-    atomic_write_bytes(out / "freeseg_scores.json", json.dumps(
-        {"min_score": config.min_score, "min_drop": config.min_drop, "segments": score_rows},
-        indent=1).encode())
-    if save_baselines:
-        (out / "baselines").mkdir(exist_ok=True)
-        for key in ("raw", "refined", "random"):
-            write_coco(out / "baselines" / f"{key}.json", variants[key], categories)
-    timings["write"] = time.perf_counter() - t
-
-    per_class_images = {c: len(v) for c, v in sorted(by_class.items())}
-    counts = {"images": len(records), "object_centric_images": len(todo),
-              "mined_this_run": len(tasks), "saliency_from_cache": saliency_hits,
-              "raw_segments": sum(o.raw_rle is not None for o in outcomes.values()),
-              "refined_segments": len(refined_ids), "segments": sum(kept.values()),
-              "per_class": dict(sorted(kept.items())),
-              "below_thresholds": len(refined_ids) - len(kept_ids),
-              "skipped": dict(skipped)}
-    return write_manifest(
-        out, stage="mine", config=run_config, seed=config.seed, inputs=inputs, counts=counts,
-        extra={"coseg": {"fallback_classes": fallback_classes,
-                         "fallback_reason": "fewer than min_coseg_images images: saliency "
-                                            "alone", "images_per_class": per_class_images},
-               "classifier_training": jsonable(train_info),
-               "timings_s": {k: round(v, 3) for k, v in timings.items()}})
+    return run_mine(FreeSegMiner(config), images_dir, labels, out_dir, workers=workers,
+                    overwrite=overwrite, resume=resume, progress=progress,
+                    save_baselines=save_baselines, executor=executor)

@@ -42,135 +42,44 @@ Example:
 
 from __future__ import annotations
 
-import heapq
-import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
-from scipy import ndimage, sparse
-from skimage.segmentation import felzenszwalb, slic
+from scipy import sparse
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.mine.config import METHODS, MIN_IMAGE_SIDE
+from weakpaste.mine.grouping import (
+    BASE_SPECS,
+    DUPLICATE_IOU,
+    Grid,
+    as_rgb,
+    base_segmentation,
+    colour_codes,
+    extents_to_boxes,
+    hierarchies,
+    region_extents,
+    size_ok,
+    working_image,
+)
+
+
+class MaskProposer(Protocol):
+    """A model that proposes explicit masks (SAM): ``propose(rgb, max_side) -> Proposals``."""
+
+    def propose(self, image: np.ndarray, *, max_side: int = 512) -> Proposals: ...
+
 
 __all__ = [
     "METHODS",
     "MIN_IMAGE_SIDE",
     "Proposals",
-    "SamProposer",
+    "check_options",
+    "filter_candidates",
     "generate_proposals",
 ]
 
-METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
-"""Proposal methods :func:`generate_proposals` accepts."""
-
-MIN_IMAGE_SIDE = 16
-"""Smallest accepted image height or width, in pixels."""
-
-DUPLICATE_IOU = 0.9
-"""Two candidates overlapping more than this are near-duplicates: only the first is kept."""
-
-
-@dataclass(frozen=True)
-class _Strategy:
-    """Weights of the similarity terms of one selective-search grouping."""
-
-    colour: float
-    size: float
-    fill: float
-
-
-# Colour + size + fill, and size + fill alone (compact growth along the base regions'
-# boundaries, blind to colour, which varies inside many objects). A gradient-orientation
-# (texture) histogram term was tried too: it lowered coco_mini recall (79.8% -> 77.6% at IoU 0.5
-# on 100 images) and cost ~20 ms, so it is left out.
-_CSF = _Strategy(colour=1.0, size=1.0, fill=1.0)
-_SF = _Strategy(colour=0.0, size=1.0, fill=1.0)
-
-
-@dataclass(frozen=True)
-class _BaseSpec:
-    """One base segmentation and the groupings run on it.
-
-    ``downscale`` > 1 runs the segmentation on the working image shrunk by up to that factor
-    (never below :data:`_SEGMENT_MIN_SIDE` on the longer side) and upsamples the labels:
-    skimage's Felzenszwalb costs ~0.2 s at 512 px on one core here, and on coco_mini the
-    coarser over-segmentations cost no recall once regions are grouped (60 images, no cap:
-    Felzenszwalb at 512 / 256 px 74.2% / 73.2%, SLIC at 512 / 256 px 73.2% / 74.7%).
-    """
-
-    method: str
-    param: float  # felzenszwalb: scale; slic: n_segments
-    downscale: int
-    strategies: tuple[_Strategy, ...]
-
-
-# Chosen by greedy forward selection among 6 base segmentations x 4 strategies on 100 coco_mini
-# images, for recall at 300 candidates (figures in the module docstring).
-_BASE_SPECS: dict[str, tuple[_BaseSpec, ...]] = {
-    "felzenszwalb": (_BaseSpec("felzenszwalb", 100.0, 2, (_SF,)),
-                     _BaseSpec("felzenszwalb", 300.0, 2, (_SF, _CSF)),
-                     _BaseSpec("felzenszwalb", 50.0, 2, (_SF,))),
-    "slic": (_BaseSpec("slic", 200.0, 2, (_CSF,)),),
-}
-_SEGMENT_MIN_SIDE = 256
-_FELZ_SIGMA = 0.8
-# Felzenszwalb's smallest region, as a fraction of the (segmented) image area: ~16 px at 256 px.
-_FELZ_MIN_SIZE = 2.5e-4
-_SLIC_COMPACTNESS = 10.0
-_COLOUR_BINS = 25
-
-
-# --------------------------------------------------------------------------------------------
-# Working-resolution grid
-# --------------------------------------------------------------------------------------------
-
-
-def _nearest_index(n_full: int, n_small: int) -> np.ndarray:
-    """Index, int64 (n_full,), of the working row (or column) each full-resolution one copies."""
-    idx = ((np.arange(n_full) + 0.5) * (n_small / n_full)).astype(np.int64)
-    return np.minimum(idx, n_small - 1)
-
-
-class _Grid:
-    """The nearest-neighbour map between working and full resolution.
-
-    Each working pixel stands for a block of ``row_count[r] x col_count[c]`` full-resolution
-    pixels (a contiguous block, at least one pixel since the working image is never larger), so
-    sums over full-resolution masks are exact sums over working pixels weighted by block size.
-    """
-
-    def __init__(self, image_shape: tuple[int, int], working_shape: tuple[int, int]):
-        (big_h, big_w), (h, w) = image_shape, working_shape
-        if not (1 <= h <= big_h and 1 <= w <= big_w):
-            raise ValueError(f"Proposals: working shape {working_shape} must be positive and "
-                             f"no larger than the image shape {image_shape}")
-        self.rows = _nearest_index(big_h, h)
-        self.cols = _nearest_index(big_w, w)
-        self.row_start = np.searchsorted(self.rows, np.arange(h))
-        self.col_start = np.searchsorted(self.cols, np.arange(w))
-        self.row_count = np.diff(np.append(self.row_start, big_h))
-        self.col_count = np.diff(np.append(self.col_start, big_w))
-        # Pixel centres are at integer coordinates; a block's mean centre is its midpoint.
-        self.centre_y = self.row_start + (self.row_count - 1) / 2.0
-        self.centre_x = self.col_start + (self.col_count - 1) / 2.0
-        self.weight = np.outer(self.row_count, self.col_count).astype(np.float64)
-
-    def upsample(self, small: np.ndarray) -> np.ndarray:
-        """Nearest-neighbour upsampling of a (h, w) map to (H, W)."""
-        return small[self.rows][:, self.cols]
-
-    def block_sum(self, full: np.ndarray) -> np.ndarray:
-        """Sum of a float (H, W) map over each working pixel's block, float64 (h, w)."""
-        out = np.add.reduceat(np.asarray(full, dtype=np.float64), self.row_start, axis=0)
-        return np.add.reduceat(out, self.col_start, axis=1)
-
-
-# --------------------------------------------------------------------------------------------
-# Proposals
-# --------------------------------------------------------------------------------------------
 
 
 class Proposals:
@@ -217,7 +126,7 @@ class Proposals:
         working_shape = shapes.pop()
         if len(maps) == 0 and explicit_masks is None:
             raise ValueError("Proposals: need at least one label map or explicit masks")
-        self._grid = _Grid((int(image_shape[0]), int(image_shape[1])),
+        self._grid = Grid((int(image_shape[0]), int(image_shape[1])),
                            (int(working_shape[0]), int(working_shape[1])))
         self._image_shape = (int(image_shape[0]), int(image_shape[1]))
         self._working_shape = (int(working_shape[0]), int(working_shape[1]))
@@ -257,12 +166,12 @@ class Proposals:
     def _from_parts(cls, image_shape: tuple[int, int], working_shape: tuple[int, int],
                     label_maps: tuple[np.ndarray, ...], sources: np.ndarray,
                     ids: list[np.ndarray], explicit_masks: np.ndarray | None,
-                    map_names: tuple[str, ...], grid: _Grid | None = None) -> Proposals:
+                    map_names: tuple[str, ...], grid: Grid | None = None) -> Proposals:
         """Build without validation from parts this module made (sorted unique int32 ids)."""
         self = cls.__new__(cls)
         self._image_shape = image_shape
         self._working_shape = working_shape
-        self._grid = grid if grid is not None else _Grid(image_shape, working_shape)
+        self._grid = grid if grid is not None else Grid(image_shape, working_shape)
         self._maps = label_maps
         self._n_regions = tuple(int(m.max()) + 1 for m in label_maps)
         self._explicit = explicit_masks
@@ -451,7 +360,7 @@ class Proposals:
         for sel, flat, starts in self._groups():
             source = self._source_of(sel)
             if source >= 0:
-                reg = _region_extents(self._maps[source], self._n_regions[source])
+                reg = region_extents(self._maps[source], self._n_regions[source])
             else:
                 masks = self._explicit
                 rows, cols = masks.any(axis=2), masks.any(axis=1)
@@ -461,7 +370,7 @@ class Proposals:
             ext[sel, 1] = np.maximum.reduceat(reg[flat, 1], starts)
             ext[sel, 2] = np.minimum.reduceat(reg[flat, 2], starts)
             ext[sel, 3] = np.maximum.reduceat(reg[flat, 3], starts)
-        boxes = _extents_to_boxes(ext, self._grid)
+        boxes = extents_to_boxes(ext, self._grid)
         self._cache["boxes"] = boxes
         return boxes.copy()
 
@@ -603,278 +512,6 @@ class Proposals:
         return inter / (area[:, None] + area[None, :] - inter)
 
 
-def _extents_to_boxes(ext: np.ndarray, grid: _Grid) -> np.ndarray:
-    """Full-resolution ``xyxy`` boxes (x1/y1 exclusive), float64 (M, 4), of working-resolution
-    extents int (M, 4) rmin, rmax, cmin, cmax."""
-    return np.stack([grid.col_start[ext[:, 2]], grid.row_start[ext[:, 0]],
-                     grid.col_start[ext[:, 3]] + grid.col_count[ext[:, 3]],
-                     grid.row_start[ext[:, 1]] + grid.row_count[ext[:, 1]]],
-                    axis=1).astype(np.float64)
-
-
-def _region_extents(labels: np.ndarray, n_regions: int) -> np.ndarray:
-    """Working-resolution extents of each region, int64 (R, 4): rmin, rmax, cmin, cmax.
-
-    A region id absent from the map gets an empty extent that no min/max can pick.
-    """
-    ext = np.empty((n_regions, 4), dtype=np.int64)
-    ext[:, [0, 2]] = np.iinfo(np.int32).max
-    ext[:, [1, 3]] = -1
-    for r, sl in enumerate(ndimage.find_objects(labels + 1, max_label=n_regions)):
-        if sl is not None:
-            ext[r] = (sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1)
-    return ext
-
-
-# --------------------------------------------------------------------------------------------
-# Input handling
-# --------------------------------------------------------------------------------------------
-
-
-def _as_rgb(image: np.ndarray, who: str) -> np.ndarray:
-    """uint8 (H, W, 3) RGB from uint8/float grayscale, RGB or RGBA (alpha dropped)."""
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
-        raise ValueError(f"{who}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape "
-                         f"{img.shape}")
-    if img.dtype == np.bool_:
-        img = img.astype(np.uint8) * 255
-    elif np.issubdtype(img.dtype, np.floating):
-        # Float images follow skimage's convention: values in [0, 1].
-        img = np.clip(np.rint(np.nan_to_num(img) * 255.0), 0, 255).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ValueError(f"{who}: expected a uint8 or float image, got {img.dtype}")
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] == 4:
-        img = img[:, :, :3]
-    h, w = img.shape[:2]
-    if min(h, w) < MIN_IMAGE_SIDE:
-        raise ValueError(f"{who}: image is {h}x{w} pixels; proposals need at least "
-                         f"{MIN_IMAGE_SIDE} pixels on each side")
-    return np.ascontiguousarray(img)
-
-
-def _working_image(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    """The image shrunk (never enlarged) so that its longer side is at most ``max_side``."""
-    h, w = rgb.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1.0:
-        return rgb
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-
-
-# --------------------------------------------------------------------------------------------
-# Base segmentations
-# --------------------------------------------------------------------------------------------
-
-
-def _compact_labels(labels: np.ndarray) -> np.ndarray:
-    """Relabel to consecutive ids 0..R-1 (in order of the old ids), int32."""
-    labels = labels.astype(np.int64, copy=False)
-    present = np.bincount(labels.reshape(-1)) > 0
-    lut = (np.cumsum(present) - 1).astype(np.int32)
-    return lut[labels]
-
-
-def _segment(spec: _BaseSpec, rgb: np.ndarray, lab: np.ndarray) -> np.ndarray:
-    """One base segmentation of the working image, int32 (h, w) consecutive region ids."""
-    h, w = rgb.shape[:2]
-    factor = min(float(spec.downscale), max(h, w) / _SEGMENT_MIN_SIDE)
-    if factor > 1.0:
-        size = (max(1, round(w / factor)), max(1, round(h / factor)))
-        small_rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        small_lab = cv2.resize(lab, size, interpolation=cv2.INTER_AREA)
-    else:
-        small_rgb, small_lab = rgb, lab
-    sh, sw = small_rgb.shape[:2]
-    if spec.method == "felzenszwalb":
-        min_size = max(4, round(_FELZ_MIN_SIZE * sh * sw))
-        labels = felzenszwalb(small_rgb, scale=spec.param, sigma=_FELZ_SIGMA, min_size=min_size,
-                              channel_axis=-1)
-    elif spec.method == "slic":
-        labels = slic(small_lab, n_segments=int(spec.param), compactness=_SLIC_COMPACTNESS,
-                      start_label=0, convert2lab=False, channel_axis=-1)
-    else:  # pragma: no cover - specs are internal
-        raise AssertionError(spec.method)
-    if (sh, sw) != (h, w):
-        labels = labels[_nearest_index(h, sh)][:, _nearest_index(w, sw)]
-    return _compact_labels(labels)
-
-
-# --------------------------------------------------------------------------------------------
-# Selective-search grouping
-# --------------------------------------------------------------------------------------------
-
-
-def _colour_codes(lab_u8: np.ndarray) -> np.ndarray:
-    """Histogram bin of each pixel in each Lab channel, int64 (3, h*w), bins 0..24."""
-    return (lab_u8.reshape(-1, 3).T.astype(np.int64) * _COLOUR_BINS) // 256
-
-
-def _colour_histograms(labels_flat: np.ndarray, n: int, codes: np.ndarray) -> np.ndarray:
-    """L1-normalised per-region Lab histograms, float64 (n, 3 * 25)."""
-    hist = np.concatenate(
-        [np.bincount(labels_flat * _COLOUR_BINS + c, minlength=n * _COLOUR_BINS)
-         .reshape(n, _COLOUR_BINS) for c in codes], axis=1).astype(np.float64)
-    hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
-    return hist
-
-
-def _adjacent_pairs(labels: np.ndarray, n: int) -> np.ndarray:
-    """Distinct 4-adjacent region pairs (a < b), int64 (P, 2)."""
-    pairs = []
-    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
-        diff = a != b
-        lo = np.minimum(a[diff], b[diff]).astype(np.int64)
-        hi = np.maximum(a[diff], b[diff]).astype(np.int64)
-        pairs.append(lo * n + hi)
-    codes = np.concatenate(pairs)
-    # n*n bins stay small (a few hundred regions) and bincount beats sorting for np.unique.
-    codes = np.flatnonzero(np.bincount(codes, minlength=n * n)) if n <= 4096 else np.unique(codes)
-    return np.stack([codes // n, codes % n], axis=1)
-
-
-@dataclass(frozen=True)
-class _Hierarchy:
-    """Every node of one selective-search grouping of a label map with R regions.
-
-    Rows 0..R-1 are the base regions, row R+t the region made by merge t (T = 2R-1 rows when
-    the regions form one connected graph).
-
-    Attributes:
-        member: bool (T, R) which base regions each node unions.
-        extent: int64 (T, 4) working-resolution rmin, rmax, cmin, cmax.
-        stability: float64 (T,) similarity of the merge that made the node (the maximum
-            possible for base regions) minus that of the merge that absorbed it (0 for the
-            root): how long the node stood out from its surroundings while regions grew.
-    """
-
-    member: np.ndarray
-    extent: np.ndarray
-    stability: np.ndarray
-
-
-def _hierarchies(labels: np.ndarray, codes: np.ndarray, strategies: Sequence[_Strategy]
-                 ) -> list[_Hierarchy]:
-    """Selective-search grouping of one base segmentation, once per strategy.
-
-    Args:
-        labels: int32 (h, w) consecutive region ids 0..R-1.
-        codes: int64 (3, h*w) colour bins of the working image's pixels.
-        strategies: similarity weights, one grouping each.
-
-    Returns:
-        One :class:`_Hierarchy` per strategy.
-    """
-    n = int(labels.max()) + 1
-    flat = labels.reshape(-1).astype(np.int64)
-    colour = _colour_histograms(flat, n, codes)
-    size = np.bincount(flat, minlength=n).astype(np.float64)
-    ext = _region_extents(labels, n)
-    pairs = _adjacent_pairs(labels, n) if n > 1 else np.zeros((0, 2), dtype=np.int64)
-    return [_group(colour, size, ext, pairs, float(labels.size), s) for s in strategies]
-
-
-def _similarity(strat: _Strategy, colour: np.ndarray, size: np.ndarray, ext: np.ndarray,
-                a: np.ndarray | int, b: np.ndarray, im_size: float) -> np.ndarray:
-    """Similarity of regions ``a`` and ``b`` (broadcast), float64; each term is in [0, 1]."""
-    sim = np.zeros(b.size)
-    if strat.colour:
-        sim += strat.colour * np.minimum(colour[a], colour[b]).sum(axis=1)
-    joint = size[a] + size[b]
-    if strat.size:
-        # Favours merging small regions first, so that regions of all sizes grow evenly.
-        sim += strat.size * (1.0 - joint / im_size)
-    if strat.fill:
-        # Favours pairs that fill their joint box: merges that close holes and gaps.
-        box_h = np.maximum(ext[a, 1], ext[b, 1]) - np.minimum(ext[a, 0], ext[b, 0]) + 1
-        box_w = np.maximum(ext[a, 3], ext[b, 3]) - np.minimum(ext[a, 2], ext[b, 2]) + 1
-        sim += strat.fill * (1.0 - (box_h * box_w - joint) / im_size)
-    return sim
-
-
-def _group(colour0: np.ndarray, size0: np.ndarray, ext0: np.ndarray, pairs: np.ndarray,
-           im_size: float, strat: _Strategy) -> _Hierarchy:
-    """Greedy hierarchical grouping of R regions; see :func:`_hierarchies`.
-
-    Region state lives in arrays of 2R-1 rows (merged nodes appended), pair similarities in a
-    heap with lazy deletion; no pixel is touched after the initial histograms.
-    """
-    n = size0.size
-    total = 2 * n - 1
-    colour = np.zeros((total, colour0.shape[1]))
-    colour[:n] = colour0
-    size = np.zeros(total)
-    size[:n] = size0
-    ext = np.zeros((total, 4), dtype=np.int64)
-    ext[:n] = ext0
-    member = np.zeros((total, n), dtype=bool)
-    member[np.arange(n), np.arange(n)] = True
-    top = strat.colour + strat.size + strat.fill
-    created = np.full(total, top)
-    absorbed = np.zeros(total)
-    alive = np.zeros(total, dtype=bool)
-    alive[:n] = True
-    neighbours: list[set[int]] = [set() for _ in range(total)]
-    for a, b in pairs.tolist():
-        neighbours[a].add(b)
-        neighbours[b].add(a)
-
-    heap: list[tuple[float, int, int]] = []
-    if len(pairs):
-        sim = _similarity(strat, colour, size, ext, pairs[:, 0], pairs[:, 1], im_size)
-        heap = list(zip((-sim).tolist(), pairs[:, 0].tolist(), pairs[:, 1].tolist(),
-                        strict=True))
-        heapq.heapify(heap)
-    k = n
-    while heap:
-        neg_sim, i, j = heapq.heappop(heap)
-        if not (alive[i] and alive[j]):
-            continue  # a stale pair: one side was merged already
-        created[k] = absorbed[i] = absorbed[j] = -neg_sim
-        si, sj = size[i], size[j]
-        size[k] = si + sj
-        colour[k] = (si * colour[i] + sj * colour[j]) / size[k]
-        ext[k] = (min(ext[i, 0], ext[j, 0]), max(ext[i, 1], ext[j, 1]),
-                  min(ext[i, 2], ext[j, 2]), max(ext[i, 3], ext[j, 3]))
-        np.logical_or(member[i], member[j], out=member[k])
-        alive[i] = alive[j] = False
-        alive[k] = True
-        nbrs = (neighbours[i] | neighbours[j]) - {i, j}
-        for m in nbrs:
-            neighbours[m].discard(i)
-            neighbours[m].discard(j)
-            neighbours[m].add(k)
-        neighbours[k] = nbrs
-        neighbours[i] = neighbours[j] = set()
-        if nbrs:
-            others = np.fromiter(sorted(nbrs), dtype=np.int64, count=len(nbrs))
-            sims = _similarity(strat, colour, size, ext, k, others, im_size)
-            for s, m in zip((-sims).tolist(), others.tolist(), strict=True):
-                heapq.heappush(heap, (s, m, k))
-        k += 1
-    # Regions that do not form one connected graph stop short of a single root.
-    return _Hierarchy(member[:k], ext[:k], created[:k] - absorbed[:k])
-
-
-# --------------------------------------------------------------------------------------------
-# Filters and the public entry point
-# --------------------------------------------------------------------------------------------
-
-
-def _size_ok(areas: np.ndarray, boxes: np.ndarray, image_shape: tuple[int, int], *,
-             min_area: float, max_span: float) -> np.ndarray:
-    """bool (M,): area (fraction) at least ``min_area`` and box under ``max_span`` both ways."""
-    big_h, big_w = image_shape
-    return ((areas >= min_area)
-            & (boxes[:, 2] - boxes[:, 0] < max_span * big_w)
-            & (boxes[:, 3] - boxes[:, 1] < max_span * big_h))
-
-
 def _dedup_cap(props: Proposals, groups: Sequence[np.ndarray], max_candidates: int
                ) -> Proposals:
     """Drop near-duplicates and cap the number of candidates.
@@ -919,15 +556,15 @@ def _dedup_cap(props: Proposals, groups: Sequence[np.ndarray], max_candidates: i
     return props.select(keep)
 
 
-def _filter(props: Proposals, groups: Sequence[np.ndarray], *, min_area: float,
+def filter_candidates(props: Proposals, groups: Sequence[np.ndarray], *, min_area: float,
             max_span: float, max_candidates: int) -> Proposals:
     """EM-Paste's filters on existing proposals: size and span, then duplicates and the cap."""
-    ok = _size_ok(props.areas(), props.boxes(), props.image_shape, min_area=min_area,
+    ok = size_ok(props.areas(), props.boxes(), props.image_shape, min_area=min_area,
                   max_span=max_span)
     return _dedup_cap(props, [g[ok[g]] for g in groups], max_candidates)
 
 
-def _check_options(max_side: int, min_area: float, max_span: float, max_candidates: int,
+def check_options(max_side: int, min_area: float, max_span: float, max_candidates: int,
                    who: str) -> None:
     if not (isinstance(max_side, int | np.integer) and max_side >= MIN_IMAGE_SIDE):
         raise ValueError(f"{who}: max_side must be an integer >= {MIN_IMAGE_SIDE}, "
@@ -950,7 +587,7 @@ def generate_proposals(
     max_span: float = 0.95,
     max_candidates: int = 300,
     methods: Sequence[str] = ("felzenszwalb", "slic"),
-    sam: SamProposer | None = None,
+    sam: MaskProposer | None = None,
 ) -> Proposals:
     """Class-agnostic object candidates of an image, by selective search over base segmentations.
 
@@ -968,7 +605,8 @@ def generate_proposals(
         methods: any of :data:`METHODS`. ``"felzenszwalb"`` adds Felzenszwalb segmentations at
             scales 100, 300 and 50 (four groupings), ``"slic"`` SLIC with 200 segments (one
             grouping); ``"sam"`` adds the masks of ``sam``, interleaved with the others.
-        sam: the SAM model to use when ``methods`` has ``"sam"``.
+        sam: the model to use when ``methods`` has ``"sam"`` (a
+            :class:`weakpaste.mine.sam.SamProposer`).
 
     Returns:
         The candidates, in priority order (earlier ones won over their near-duplicates).
@@ -986,25 +624,25 @@ def generate_proposals(
     if "sam" in methods and sam is None:
         raise ValueError("generate_proposals: method 'sam' needs a model: pass "
                          "sam=SamProposer(checkpoint)")
-    _check_options(max_side, min_area, max_span, max_candidates, "generate_proposals")
-    rgb = _as_rgb(image, "generate_proposals")
-    work = _working_image(rgb, int(max_side))
+    check_options(max_side, min_area, max_span, max_candidates, "generate_proposals")
+    rgb = as_rgb(image, "generate_proposals")
+    work = working_image(rgb, int(max_side))
     image_shape, working_shape = rgb.shape[:2], work.shape[:2]
-    grid = _Grid(image_shape, working_shape)
+    grid = Grid(image_shape, working_shape)
     parts: list[Proposals] = []
-    specs = [s for m in methods if m != "sam" for s in _BASE_SPECS[m]]
+    specs = [s for m in methods if m != "sam" for s in BASE_SPECS[m]]
     if specs:
         # SLIC wants Lab in its usual ranges (L 0-100, a/b about +-100): float input gives those.
         lab = cv2.cvtColor(work.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-        codes = _colour_codes(cv2.cvtColor(work, cv2.COLOR_RGB2Lab))
+        codes = colour_codes(cv2.cvtColor(work, cv2.COLOR_RGB2Lab))
         maps, names, sources, ids, groups = [], [], [], [], []
         for spec in specs:
-            labels = _segment(spec, work, lab)
+            labels = base_segmentation(spec, work, lab)
             region_area = np.bincount(labels.reshape(-1), weights=grid.weight.reshape(-1))
-            for tree in _hierarchies(labels, codes, spec.strategies):
+            for tree in hierarchies(labels, codes, spec.strategies):
                 # Size filters before any per-candidate object exists: most nodes fail them.
                 areas = tree.member @ region_area / float(image_shape[0] * image_shape[1])
-                ok = np.flatnonzero(_size_ok(areas, _extents_to_boxes(tree.extent, grid),
+                ok = np.flatnonzero(size_ok(areas, extents_to_boxes(tree.extent, grid),
                                              image_shape, min_area=min_area,
                                              max_span=max_span))
                 # Most stable first: on coco_mini this beat largest-first (the selective-search
@@ -1027,7 +665,7 @@ def generate_proposals(
     # One more pass so that SAM masks duplicating a grouped region are dropped, and the cap
     # splits between the two kinds.
     n_first = len(parts[0])
-    return _filter(merged, [np.arange(n_first), np.arange(n_first, len(merged))],
+    return filter_candidates(merged, [np.arange(n_first), np.arange(n_first, len(merged))],
                    min_area=min_area, max_span=max_span, max_candidates=max_candidates)
 
 
@@ -1036,78 +674,3 @@ def generate_proposals(
 # --------------------------------------------------------------------------------------------
 
 
-class SamProposer:
-    """Segment Anything's automatic masks as proposals (Kirillov et al. 2023).
-
-    Needs the optional ``segment-anything`` package and a checkpoint file. The model runs on
-    the working-resolution image, so its masks are stored as explicit working-resolution masks.
-
-    Args:
-        checkpoint: path of the SAM weights (e.g. ``sam_vit_b_01ec64.pth``).
-        model_type: key of ``segment_anything.sam_model_registry``: ``"vit_b"``, ``"vit_l"``
-            or ``"vit_h"``.
-        device: torch device the model runs on.
-        min_area: as in :func:`generate_proposals`.
-        max_span: as in :func:`generate_proposals`.
-        max_candidates: as in :func:`generate_proposals`.
-        **generator_options: passed to ``SamAutomaticMaskGenerator`` (e.g.
-            ``points_per_side=16``).
-
-    Raises:
-        WeakpasteError: the package is not installed, the checkpoint file is missing, or the
-            model type is unknown.
-    """
-
-    def __init__(self, checkpoint: str, model_type: str = "vit_b", *, device: str = "cpu",
-                 min_area: float = 0.01, max_span: float = 0.95, max_candidates: int = 300,
-                 **generator_options: object):
-        try:
-            sam_pkg = importlib.import_module("segment_anything")
-        except ImportError:
-            raise WeakpasteError("SAM proposals need the 'segment-anything' package: "
-                                 "pip install segment-anything") from None
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise WeakpasteError(f"{path}: SAM checkpoint not found; download the {model_type} "
-                                 "weights from the segment-anything repository and pass their "
-                                 "path")
-        registry = sam_pkg.sam_model_registry
-        if model_type not in registry:
-            raise WeakpasteError(f"unknown SAM model type {model_type!r}; choose from: "
-                                 f"{', '.join(sorted(registry))}")
-        _check_options(MIN_IMAGE_SIDE, min_area, max_span, max_candidates, "SamProposer")
-        model = registry[model_type](checkpoint=str(path))
-        if hasattr(model, "to"):
-            model.to(device)
-        self._generator = sam_pkg.SamAutomaticMaskGenerator(model, **generator_options)
-        self.min_area, self.max_span, self.max_candidates = min_area, max_span, max_candidates
-
-    def propose(self, image: np.ndarray, *, max_side: int = 512) -> Proposals:
-        """SAM's masks of an image as filtered proposals (explicit masks).
-
-        Args:
-            image: as in :func:`generate_proposals`.
-            max_side: longer side of the working resolution the model sees.
-
-        Returns:
-            Proposals in explicit-mask mode, highest predicted IoU first, filtered like
-            :func:`generate_proposals`' candidates.
-        """
-        _check_options(max_side, self.min_area, self.max_span, self.max_candidates,
-                       "SamProposer")
-        rgb = _as_rgb(image, "SamProposer")
-        work = _working_image(rgb, int(max_side))
-        records = self._generator.generate(work)
-        masks = [np.asarray(r["segmentation"], dtype=bool) for r in records]
-        scores = [float(r.get("predicted_iou", 0.0)) for r in records]
-        keep = [i for i, m in enumerate(masks) if m.shape == work.shape[:2] and m.any()]
-        if not keep:
-            return Proposals.from_masks(np.zeros((0, *work.shape[:2]), dtype=bool),
-                                        rgb.shape[:2])
-        # Stable sort: equal scores keep SAM's own order, so the result is deterministic.
-        keep.sort(key=lambda i: -scores[i])
-        props = Proposals.from_masks(np.stack([masks[i] for i in keep]), rgb.shape[:2])
-        return _filter(props, [np.arange(len(props))], min_area=self.min_area,
-                       max_span=self.max_span, max_candidates=self.max_candidates)
-
-    __call__ = propose

@@ -56,7 +56,27 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
-class SpectralResidual:
+class _Backend:
+    """A saliency model: ``backend(image)`` -> its map; ``backend.key`` names it for caches."""
+
+    key: str
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Saliency of one image.
+
+        Args:
+            image: uint8 (H, W, 3) RGB.
+
+        Returns:
+            float32 (H, W) in [0, 1].
+        """
+        return self._map(_check_rgb(image))
+
+    def _map(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class SpectralResidual(_Backend):
     """Spectral-residual saliency (weight-free fallback), as OpenCV-contrib computes it.
 
     The grey image is resized to a ``thumb`` x ``thumb`` thumbnail; the residual is the log
@@ -78,16 +98,7 @@ class SpectralResidual:
         """Cache key: names the algorithm and its settings."""
         return f"spectral-t{self.thumb}"
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Saliency of one image.
-
-        Args:
-            image: uint8 (H, W, 3) RGB.
-
-        Returns:
-            float32 (H, W) in [0, 1].
-        """
-        image = _check_rgb(image)
+    def _map(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
         small = cv2.resize(grey, (self.thumb, self.thumb), interpolation=cv2.INTER_AREA)
@@ -101,7 +112,7 @@ class SpectralResidual:
         return _normalise(sal)
 
 
-class OnnxSaliency:
+class OnnxSaliency(_Backend):
     """A salient-object network in ONNX (IS-Net / U²-Net conventions), run with onnxruntime.
 
     Args:
@@ -194,16 +205,7 @@ class OnnxSaliency:
         """Cache key: the model file's content, the convention and the input size."""
         return f"onnx-{self.sha256[:16]}-{self.convention}-{self.size}"
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Saliency of one image.
-
-        Args:
-            image: uint8 (H, W, 3) RGB.
-
-        Returns:
-            float32 (H, W) in [0, 1].
-        """
-        image = _check_rgb(image)
+    def _map(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         conv = CONVENTIONS[self.convention]
         x = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)

@@ -28,7 +28,7 @@ from torch import nn
 from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.errors import reason as _reason
-from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
+from weakpaste.manifest import file_sha256, jsonable, prepare_output_dir, write_manifest
 from weakpaste.models.weights import is_default, is_none
 from weakpaste.train import data as tdata
 from weakpaste.train.config import EvalConfig, ModelConfig, TrainConfig
@@ -376,10 +376,6 @@ def _train_stage(run: _Run, stage: _Stage, index: int) -> None:
 # The stage
 
 
-def _json_safe(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
 def _tell(messages: Sequence[str], on_note: Notify) -> None:
     """Pass remarks on as they happen (the caller keeps them for the manifest)."""
     for message in messages:
@@ -453,7 +449,7 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
     notes = list(plan.notes)
     resume_from = _resume_point(ckpt_dir, model_config, config, notes) if resume else None
     _tell(notes, on_note)
-    run_config = _json_safe({**config.to_dict(), "train": [str(s) for s in plan.specs1],
+    run_config = jsonable({**config.to_dict(), "train": [str(s) for s in plan.specs1],
                              "stage2": [str(s) for s in plan.specs2],
                              "val": str(plan.val) if plan.val else None})
     counts: dict[str, Any] = {

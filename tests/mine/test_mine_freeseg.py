@@ -12,15 +12,12 @@ from weakpaste.bank import SegmentBank
 from weakpaste.cli import main
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import read_image
+from weakpaste.mine.config import ClassifierSpec, FreeSegConfig, FreeSegParams
+from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
 from weakpaste.mine.freeseg import (
-    FreeSegConfig,
-    FreeSegParams,
     box_mask,
-    coseg_maps,
     drop_rate,
     freeseg_score,
-    fuse_maps,
-    grid_prior,
     keep_segment,
     largest_component,
     lore_box,
@@ -455,10 +452,10 @@ def test_cli_freeseg_end_to_end(mined):
 
 def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
     out, _, _, cache = mined
-    config = FreeSegConfig(backbone="resnet18", weights=None, input_size=64, crop_size=48,
-                           classifier=str(out / "classifier.pt"), min_score=0.6, min_drop=0.3,
-                           saliency_cache=str(cache))
-    again = run_mine_freeseg(str(objects), None, str(tmp_path / "b"), config, progress=False,
+    model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,
+                           classifier=str(out / "classifier.pt"))
+    config = FreeSegConfig(model=model, min_score=0.6, min_drop=0.3, saliency_cache=str(cache))
+    again = run_mine_freeseg(config, str(objects), None, str(tmp_path / "b"), progress=False,
                              save_baselines=True, workers=2)
     assert again["counts"]["saliency_from_cache"] == 12
     rows = json.loads((out / "freeseg_scores.json").read_text())["segments"]
@@ -473,7 +470,7 @@ def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
     b = json.loads((tmp_path / "b" / "baselines" / "refined.json").read_text())["annotations"]
     assert a == b
     # Resuming a finished run recomputes nothing per image.
-    resumed = run_mine_freeseg(str(objects), None, str(tmp_path / "b"), config, progress=False,
+    resumed = run_mine_freeseg(config, str(objects), None, str(tmp_path / "b"), progress=False,
                                resume=True)
     assert resumed["counts"]["mined_this_run"] == 0
     assert resumed["counts"]["segments"] == expected == len(SegmentBank(tmp_path / "b"))
@@ -485,8 +482,13 @@ def test_cli_freeseg_bad_input(objects, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "expected one float32 image input of shape [1, 3, H, W]" in err
     assert "found 'x' [1, 4, 32, 32]" in err and not (tmp_path / "o1").exists()
-    assert _mine(objects, tmp_path / "o2", "--min-drop-rate", "1.5") == 2
-    assert "min_drop must be in [0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse checks the range
+        _mine(objects, tmp_path / "o2", "--min-drop-rate", "1.5")
+    assert exc.value.code == 2 and not (tmp_path / "o2").exists()
+    assert "argument --min-drop-rate: must be in [0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(WeakpasteError, match=r"^min_drop \(--min-drop-rate\) must be in "
+                                             r"\[0, 1\], got 1.5$"):
+        FreeSegConfig(min_drop=1.5)
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"disc/disc0.png": ["disc", "square"]}))
     assert main(["mine", "--method", "freeseg", "--images", str(objects), "--labels",
@@ -499,10 +501,10 @@ def test_labels_file_maps_images_to_classes(objects, tmp_path):
     labels.write_text("image,labels\n" + "".join(
         f"{k}/{k}{i}.png,{'round' if k == 'disc' else 'box'}\n"
         for k, n in (("disc", 4), ("square", 3)) for i in range(n)))
-    m = run_mine_freeseg(str(objects), str(labels), str(tmp_path / "bank"),
-                         FreeSegConfig(backbone="resnet18", weights=None, epochs=2,
-                                       input_size=64, crop_size=48, min_score=0, min_drop=0),
-                         progress=False)
+    model = ClassifierSpec(backbone="resnet18", weights=None, epochs=2, input_size=64,
+                           crop_size=48)
+    m = run_mine_freeseg(FreeSegConfig(model=model, min_score=0, min_drop=0), str(objects),
+                         str(labels), str(tmp_path / "bank"), progress=False)
     assert m["counts"]["object_centric_images"] == 7
     assert m["coseg"]["images_per_class"] == {"box": 3, "round": 4}
     assert m["coseg"]["fallback_classes"] == []
@@ -517,3 +519,35 @@ def test_classifier_feature_maps_pool_to_features():
     assert maps.shape == (3, 512, 2, 2) and maps.dtype == np.float32
     np.testing.assert_allclose(maps.mean((2, 3)), clf.features(imgs), rtol=1e-4, atol=1e-5)
     assert clf.feature_maps([]).shape == (0, 512, 0, 0)
+
+
+def test_ray_mining_is_byte_identical_to_the_local_pool(objects, mined, tmp_path):
+    """The per-image stage on Ray actors (a local 2-CPU cluster): the same outputs."""
+    import os
+
+    ray = pytest.importorskip("ray", reason="Ray is a test dependency: pip install -e '.[test]'")
+    from weakpaste.runners import ExecutorConfig
+
+    out, _, _, cache = mined
+    # The actors import this checkout of weakpaste, not whichever one is installed.
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,
+                               classifier=str(out / "classifier.pt"))
+        config = FreeSegConfig(model=model, min_score=0.0, min_drop=0.0,
+                               saliency_cache=str(cache))
+        run_mine_freeseg(config, str(objects), None, str(tmp_path / "ray"), workers=2,
+                         progress=False, save_baselines=True,
+                         executor=ExecutorConfig(executor="ray"))
+    finally:
+        ray.shutdown()
+    # The same bytes as the CLI run in this process (which trained that classifier).
+    for name in ("index.jsonl", "pseudo_labels.json", "freeseg_scores.json",
+                 "baselines/refined.json"):
+        assert (tmp_path / "ray" / name).read_bytes() == (out / name).read_bytes()
+    shards = sorted((out / "segments").iterdir())
+    assert shards and all((tmp_path / "ray" / "segments" / s.name).read_bytes() == s.read_bytes()
+                          for s in shards)

@@ -9,8 +9,13 @@ from conftest import square_masks
 
 from weakpaste.bank import BankWriter
 from weakpaste.errors import WeakpasteError
-from weakpaste.evaluate import evaluate_masks, format_table, load_predictions, run_evaluate_masks
 from weakpaste.io.coco import write_coco
+from weakpaste.mine.quality import (
+    evaluate_masks,
+    format_table,
+    load_predictions,
+    run_evaluate_masks,
+)
 from weakpaste.ops import masks as mask_ops
 from weakpaste.structures import ImageRecord, Instances, Segment
 
@@ -300,24 +305,28 @@ def test_pred_neither_bank_nor_coco(tmp_path):
         assert str(err.value) == f"{pred}: {NEITHER}"
 
 
+def _error(pred, gt) -> str:
+    """The one-line message ``evaluate_masks(pred, gt)`` refuses the input with."""
+    with pytest.raises(WeakpasteError) as err:
+        evaluate_masks(pred, gt)
+    return str(err.value)
+
+
 def test_pred_coco_invalid_propagates(tmp_path):
     gt = _write_gt(tmp_path / "gt.json")
     path = _write_pred_coco(tmp_path / "p.json")
     doc = json.loads(path.read_text())
     doc["annotations"][0]["category_id"] = 99
     path.write_text(json.dumps(doc))
-    with pytest.raises(WeakpasteError) as err:
-        evaluate_masks(path, gt)
-    assert str(err.value) == (f"{path}: annotations[0] (id 1) has category id 99, which is not "
+    assert _error(path, gt) == (f"{path}: annotations[0] (id 1) has category id 99, which is not "
                               "in 'categories'")
 
 
 def test_bad_gt(tmp_path):
     pred = _write_pred_coco(tmp_path / "p.json")
     missing = tmp_path / "missing.json"
-    with pytest.raises(WeakpasteError) as err:
-        evaluate_masks(pred, missing)
-    assert str(err.value) == f"{missing}: no such file; pass the path of a COCO instances JSON"
+    assert _error(pred, missing) == (f"{missing}: no such file; pass the path of a COCO "
+                                     "instances JSON")
 
     broken = tmp_path / "broken.json"
     broken.write_text("{")
@@ -329,39 +338,29 @@ def test_bad_gt(tmp_path):
     for ann in doc["annotations"]:
         del ann["segmentation"]
     boxes_only.write_text(json.dumps(doc))
-    with pytest.raises(WeakpasteError) as err:
-        evaluate_masks(pred, boxes_only)
-    assert str(err.value) == (f"{boxes_only}: annotations[0] (id 1) has no usable "
+    assert _error(pred, boxes_only) == (f"{boxes_only}: annotations[0] (id 1) has no usable "
                               "'segmentation'; weakpaste needs instance masks as polygons or RLE")
 
     del doc["annotations"]
     boxes_only.write_text(json.dumps(doc))
-    with pytest.raises(WeakpasteError) as err:
-        evaluate_masks(pred, boxes_only)
-    assert str(err.value) == (f"{boxes_only}: holds no instance masks; evaluating pseudo-labels "
-                              "needs ground truth with polygon or RLE 'segmentation' (the data "
-                              "set's instances JSON)")
+    assert _error(pred, boxes_only) == (
+        f"{boxes_only}: holds no instance masks; evaluating pseudo-labels needs ground truth "
+        "with polygon or RLE 'segmentation' (the data set's instances JSON)")
 
     twice = _write_gt(tmp_path / "twice.json", [GT_LAYOUT[0], GT_LAYOUT[0]])
-    with pytest.raises(WeakpasteError) as err:
-        evaluate_masks(pred, twice)
-    assert str(err.value) == (f"{twice}: file_name 'img1.png' appears twice in 'images'; "
+    assert _error(pred, twice) == (f"{twice}: file_name 'img1.png' appears twice in 'images'; "
                               "predictions are matched by file_name")
 
 
 def test_size_mismatch(tmp_path):
     gt = _write_gt(tmp_path / "gt.json")
     pred = _write_pred_coco(tmp_path / "p.json", [("img1.png", 20, 25, "cat", (0, 0, 5, 5), 1.0)])
-    with pytest.raises(WeakpasteError) as err:
-        evaluate_masks(pred, gt)
-    assert str(err.value) == (f"{pred}: a 'cat' mask of image 'img1.png' is 25x20 but GT image "
+    assert _error(pred, gt) == (f"{pred}: a 'cat' mask of image 'img1.png' is 25x20 but GT image "
                               "'img1.png' is 20x20; predictions and GT must describe the same "
                               "images")
     bank = _write_bank(tmp_path / "bank",
                        [_segment("img3.png", "dog", (4, 0, 12, 4), (4, 0, 12, 4), 1.0)])
-    with pytest.raises(WeakpasteError) as err:
-        evaluate_masks(bank, gt)
-    assert str(err.value) == (f"{bank}: segment 1 spans x 4..12, y 0..4 of 'img3.png', outside "
+    assert _error(bank, gt) == (f"{bank}: segment 1 spans x 4..12, y 0..4 of 'img3.png', outside "
                               "the 10x10 image of that name in GT; pass the GT of the images the "
                               "bank was mined from")
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from weakpaste.errors import WeakpasteError
-from weakpaste.mine.proposals import METHODS, Proposals, SamProposer, generate_proposals
+from weakpaste.mine.proposals import METHODS, Proposals, generate_proposals
+from weakpaste.mine.sam import SamProposer
 from weakpaste.ops.masks import masks_boxes
 from weakpaste.synthetic import iter_scenes
 
-COCO_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini"
+COCO_MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco_mini"
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,22 @@
+"""What the mining benchmarks share: where the shared data is and the model options."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def model_parser(description: str, data: str) -> argparse.ArgumentParser:
+    """A parser with ``--data`` (default ``../shared/data/<data>``), ``--backbone``,
+    ``--weights`` (required: benchmarks use local weights only), ``--workers``, ``--epochs``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / data)
+    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--weights", required=True,
+                        help="a local torchvision state_dict, e.g. "
+                             "../shared/weights/mobilenet_v2_imagenet.pth")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=30)
+    return parser

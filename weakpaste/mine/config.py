@@ -1,0 +1,206 @@
+"""The mining settings: the shared classifier spec and each miner's config.
+
+Frozen ``weakpaste.options.Config`` dataclasses, so the command line (``weakpaste mine fem``,
+``weakpaste mine freeseg``) builds its options from them; this module imports nothing heavy,
+so that ``weakpaste --help`` stays fast. The miners (``weakpaste.mine.fem``,
+``weakpaste.mine.freeseg``) and the pipeline (``weakpaste.mine.pipeline``) re-export them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from weakpaste.errors import WeakpasteError
+from weakpaste.models.weights import parse_weights
+from weakpaste.options import Config, option
+
+METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
+"""Proposal methods :func:`weakpaste.mine.proposals.generate_proposals` accepts."""
+
+MIN_IMAGE_SIDE = 16
+"""Smallest image height or width proposals accept, in pixels."""
+
+
+@dataclass(frozen=True)
+class ClassifierSpec(Config):
+    """The miners' classifier: trained on the image-level labels, or reused.
+
+    Attributes:
+        backbone: torchvision classification model name.
+        weights: "DEFAULT" (torchvision's ImageNet weights), the path of a state_dict, or
+            None / "none" (random initialisation).
+        classifier: the path of a classifier saved by an earlier run, used instead of training.
+        train_mode: ``linear`` (probe on a frozen trunk) or ``finetune``.
+        epochs: training epochs.
+        input_size: classifier input side (pixels).
+        crop_size: segment crop side (pixels).
+        device: torch device.
+    """
+
+    backbone: str = option("resnet50", help="any torchvision classification model")
+    weights: str | None = option(
+        "DEFAULT", parse=parse_weights, metavar="DEFAULT|PATH|none",
+        help="DEFAULT (torchvision ImageNet download), PATH to a state_dict, or none")
+    classifier: str | None = option(None, metavar="PATH",
+                                    help="reuse a classifier saved by an earlier run")
+    train_mode: str = option("linear", choices=("linear", "finetune"),
+                             help="linear probe on a frozen backbone (fast on CPU) or full "
+                                  "fine-tune")
+    epochs: int = option(30, range=(0, None), help="classifier training epochs")
+    input_size: int = option(384, range=(1, None), help="classifier input (pixels)")
+    crop_size: int = option(224, range=(1, None), help="segment crop input (pixels)")
+    device: str = option("cpu", help="cpu or cuda")
+
+
+@dataclass(frozen=True)
+class FemParams(Config):
+    """Per-image parameters of F-EM (recorded in the manifest; part of the cache key).
+
+    Attributes:
+        rank: how proposals are ranked against the Grad-CAM: ``distance`` (the paper's mean
+            pixel distance to the anchor) or ``cam-iou`` (IoU with the thresholded Grad-CAM,
+            the paper's own "large overlap with G" assumption; with superpixel-hierarchy
+            proposals the distance rank prefers tiny regions at the anchor, see README).
+        cam_threshold: Grad-CAM binarisation threshold, relative to the map's maximum.
+        top_n: step 1 scores this many nearest proposals (EM-Paste: n <= 3).
+        candidates: eligible candidates per (image, class) for the E-step.
+        erode: erosion iterations (3x3) before a segment is scored (appendix §6).
+        max_side: proposals are computed at this longer side (pixels).
+        min_area: drop proposals under this fraction of the image (appendix §6: 1%).
+        max_span: drop proposals whose box spans at least this fraction of the image's
+            width or height (appendix §6: "almost the whole image").
+        max_proposals: cap on proposals per image.
+        methods: proposal methods (``sam`` needs ``sam_checkpoint``).
+        sam_checkpoint: SAM weights for the ``sam`` proposals.
+        sam_model: the SAM model type of the checkpoint.
+    """
+
+    rank: str = option("cam-iou", choices=("cam-iou", "cam-gain", "distance"),
+                       help="rank proposals by IoU with the thresholded Grad-CAM, by their "
+                            "total Grad-CAM excess over the threshold, or by mean distance to "
+                            "its centre (the paper's)")
+    cam_threshold: float = option(0.5, range=(0, 1),
+                                  help="Grad-CAM binarisation, relative to its maximum")
+    top_n: int = option(3, range=(1, None), help="step 1: first proposals scored")
+    candidates: int = option(16, range=(1, None),
+                             help="eligible proposals per (image, class) for the E-step")
+    erode: int = option(2, range=(0, None), help="erosion before scoring a segment")
+    max_side: int = option(512, range=(MIN_IMAGE_SIDE, None), help="proposal resolution")
+    min_area: float = option(0.01, cli=False, help="smallest proposal (fraction of the image)")
+    max_span: float = option(0.95, cli=False, help="widest proposal box (fraction)")
+    max_proposals: int = option(300, cli=False, help="most proposals per image")
+    methods: tuple[str, ...] = option(("felzenszwalb", "slic"), flag="--proposals",
+                                      choices=METHODS, help="proposal methods (sam needs "
+                                                            "--sam-checkpoint)")
+    sam_checkpoint: str | None = option(None, metavar="PATH",
+                                        help="SAM weights for --proposals sam (needs the "
+                                             "segment-anything package)")
+    sam_model: str = option("vit_b", choices=("vit_b", "vit_l", "vit_h"),
+                            help="SAM model type of --sam-checkpoint")
+
+    def check(self) -> None:
+        super().check()
+        if "sam" in self.methods and not self.sam_checkpoint:
+            raise WeakpasteError("methods (--proposals) has sam, which needs the SAM weights: "
+                                 "pass sam_checkpoint (--sam-checkpoint PATH)")
+        if self.sam_checkpoint and "sam" not in self.methods:
+            raise WeakpasteError("sam_checkpoint (--sam-checkpoint) is set but methods "
+                                 "(--proposals) has no sam; add sam to --proposals or drop "
+                                 "--sam-checkpoint")
+
+
+@dataclass(frozen=True)
+class FemConfig(Config):
+    """Everything that decides ``weakpaste mine fem`` (recorded in the manifest)."""
+
+    model: ClassifierSpec = option(factory=ClassifierSpec, help="the classifier")
+    em_iters: int = option(2, range=(0, None), help="EM iterations j (0: step 1 only)")
+    keep: float = option(0.8, range=(0, 1), help="M-step inlier fraction k")
+    min_samples: int = option(5, range=(1, None),
+                              help="fewer segments of a class: no covariance, keep step 1")
+    score_threshold: float = option(0.1, range=(0, 1),
+                                    help="keep segments the classifier scores at least this "
+                                         "high")
+    seed: int = option(0, range=(0, None), help="seeds the classifier's training")
+    params: FemParams = option(factory=FemParams, help="per-image settings")
+
+
+@dataclass(frozen=True)
+class FreeSegParams(Config):
+    """Per-image settings (recorded in the manifest; part of the cache key).
+
+    Attributes:
+        saliency: ``spectral`` or the path of an ONNX salient-object model.
+        saliency_convention: ``isnet`` or ``u2net`` preprocessing of an ONNX model.
+        saliency_size: input side of an ONNX model with dynamic dims (None: the convention's).
+        cam_threshold: LORE's Grad-CAM binarisation, relative to its maximum.
+        lore_steps: LORE's most removals.
+        lore_stop: LORE stops when the class's probability falls below this.
+        min_side: images with a shorter side below this (pixels) are skipped.
+    """
+
+    saliency: str = option("spectral", metavar="PATH|spectral",
+                           help="ONNX salient-object model (IS-Net/U2-Net) or the weight-free "
+                                "spectral residual")
+    saliency_convention: str = option("isnet", choices=("isnet", "u2net"),
+                                      help="input normalisation of the ONNX model")
+    saliency_size: int | None = option(None, range=(1, None),
+                                       help="input side of an ONNX model with dynamic "
+                                            "height/width")
+    cam_threshold: float = option(0.5, range=(0, 1),
+                                  help="LORE: Grad-CAM binarisation, relative to its maximum")
+    lore_steps: int = option(5, range=(1, None), help="LORE: most regions removed")
+    lore_stop: float = option(0.5, range=(0, 1),
+                              help="LORE: stop once the class probability is below this")
+    min_side: int = option(8, range=(1, None), cli=False,
+                           help="skip images with a shorter side (pixels)")
+
+
+@dataclass(frozen=True)
+class FreeSegConfig(Config):
+    """Everything that decides ``weakpaste mine freeseg`` (recorded in the manifest).
+
+    Attributes:
+        model: the classifier; it ranks and its trunk gives the dense features.
+        coseg_weight: exponent a of the co-segmentation in the raw map (0: saliency only).
+        coseg_iters: rounds of the common-foreground model.
+        bg_clusters: background prototypes.
+        temperature: sigmoid temperature of the similarity difference.
+        floor: least cosine similarity to the common foreground that counts as foreground.
+        centre_sigma: centre prior of the first beliefs (fraction of the image; 0: none).
+        min_coseg_images: classes with fewer images use their saliency alone.
+        smooth: Gaussian sigma of the refinement (fraction of the shorter side).
+        morph: erosion/dilation radius (fraction of the shorter side).
+        raw_threshold: binarises the raw map for the ``raw`` baseline only.
+        min_score: keep segments whose FreeSeg score is larger than this.
+        min_drop: ... and whose image's drop rate is larger than this.
+        saliency_cache: folder of cached saliency maps (None: ``OUT/.cache/saliency``).
+        seed: k-means initialisation and the random baseline.
+        params: per-image settings.
+    """
+
+    model: ClassifierSpec = option(factory=ClassifierSpec, help="the classifier")
+    coseg_weight: float = option(0.5, range=(0, 1),
+                                 help="raw map = coseg^w * saliency^(1-w); 0 = saliency only")
+    coseg_iters: int = option(3, range=(1, None), cli=False, help="co-segmentation rounds")
+    bg_clusters: int = option(3, range=(1, None), cli=False, help="background prototypes")
+    temperature: float = option(0.1, cli=False, help="sigmoid temperature")
+    floor: float = option(0.2, cli=False, help="least similarity to the foreground")
+    centre_sigma: float = option(0.35, cli=False, help="centre prior sigma")
+    min_coseg_images: int = option(2, cli=False, help="fewer images: saliency alone")
+    smooth: float = option(0.01, cli=False, help="refinement Gaussian sigma")
+    morph: float = option(0.02, cli=False, help="refinement opening radius")
+    raw_threshold: float = option(0.5, cli=False, help="the raw baseline's threshold")
+    min_score: float = option(0.5, flag="--min-freeseg-score", range=(0, 1),
+                              help="keep segments whose mean(IoB, IoM) with the LORE box is "
+                                   "larger")
+    min_drop: float = option(0.5, flag="--min-drop-rate", range=(0, 1),
+                             help="... and whose relative confidence drop without the LORE "
+                                  "box is larger")
+    saliency_cache: str | None = option(None, metavar="DIR",
+                                        help="keep saliency maps here, keyed by image and "
+                                             "model, to share them between runs (default: "
+                                             "OUT/.cache/saliency)")
+    seed: int = option(0, range=(0, None), help="k-means initialisation and the random "
+                                                 "baseline")
+    params: FreeSegParams = option(factory=FreeSegParams, help="per-image settings")
