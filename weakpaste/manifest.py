@@ -14,7 +14,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +183,42 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, config: dict,
     doc.update(extra or {})
     atomic_write_bytes(Path(out_dir) / MANIFEST, json.dumps(doc, indent=2).encode())
     return doc
+
+
+RESUME_FIX = "; rerun with that run's options and inputs, or pass --overwrite instead of --resume"
+
+
+def check_resume(out: Path, old: dict, config: dict, inputs: dict[str, str], *,
+                 flags: dict[str, str] | None = None,
+                 describe: Callable[[str], tuple[str, str]] | None = None) -> None:
+    """Refuse to resume a run made with other options or other inputs (one line saying which).
+
+    Resuming with anything changed would mix two settings or two data sets in one output.
+
+    Args:
+        out: the output folder.
+        old: its manifest.
+        config: this run's flat manifest config (option name -> value).
+        inputs: this run's input hashes (name -> SHA-256).
+        flags: option name -> command-line flag, to name an option both ways.
+        describe: input name -> (how to name it, a detail after "since that run"), e.g.
+            ("the images", " (a.png differs)"); default ("the <name>", "").
+
+    Raises:
+        WeakpasteError: ``OUT: cannot resume: blur_sigma (--blur-sigma) was 2.0, now 1.0; ...``
+            or ``OUT: cannot resume: the bank B changed since that run; ...``.
+    """
+    flags = flags or {}
+    before = old.get("config", {})
+    for key in [*config, *(k for k in before if k not in config)]:
+        a, b = before.get(key), config.get(key)
+        if a != b:
+            name = f"{key} ({flags[key]})" if key in flags else key
+            raise WeakpasteError(f"{out}: cannot resume: {name} was {json.dumps(a)}, now "
+                                 f"{json.dumps(b)}{RESUME_FIX}")
+    old_inputs = old.get("inputs", {})
+    for key in [*inputs, *(k for k in old_inputs if k not in inputs)]:
+        if old_inputs.get(key) != inputs.get(key):
+            what, detail = describe(key) if describe else (f"the {key.replace('_', ' ')}", "")
+            raise WeakpasteError(f"{out}: cannot resume: {what} changed since that run"
+                                 f"{detail}{RESUME_FIX}")

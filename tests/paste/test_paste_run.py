@@ -110,8 +110,11 @@ def test_resume_after_interruption(bank_and_bg, tmp_path, monkeypatch):
     monkeypatch.setattr(paste_run, "paste_item", real)
     with pytest.raises(WeakpasteError, match=r"output folder is not empty; pass --overwrite"):
         _paste(bank, coco, images, out)
-    with pytest.raises(WeakpasteError, match=r"--resume with a different configuration"):
+    with pytest.raises(WeakpasteError) as err:
         _paste(bank, coco, images, out, resume=True, seed=99)
+    assert str(err.value) == (f"{out}: cannot resume: seed (--seed) was 3, now 99; rerun with "
+                              "that run's options and inputs, or pass --overwrite instead of "
+                              "--resume")
     _paste(bank, coco, images, out, resume=True)
     assert _snapshot(out) == _snapshot(tmp_path / "ref")
 
@@ -203,15 +206,15 @@ def test_resume_refuses_a_rebuilt_bank_or_backgrounds(bank_and_bg, tmp_path, mon
                        overwrite=True, progress=False)
     with pytest.raises(WeakpasteError) as err:
         _paste(bank, coco, images, tmp_path / "out", resume=True)
-    assert str(err.value) == (f"{tmp_path / 'out'}: --resume, but the bank {bank} changed since "
-                              "the interrupted run; pass --overwrite to start again with the "
-                              "new input")
+    assert str(err.value) == (f"{tmp_path / 'out'}: cannot resume: the bank {bank} changed "
+                              "since that run; rerun with that run's options and inputs, or "
+                              "pass --overwrite instead of --resume")
     run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), overwrite=True,
                        progress=False)
     doc = json.loads(Path(coco).read_text())
     Path(coco).write_text(json.dumps({**doc, "info": {"edited": True}}))
-    with pytest.raises(WeakpasteError, match=r"--resume, but the backgrounds file .*instances"
-                                             r".json changed since the interrupted run"):
+    with pytest.raises(WeakpasteError, match=r"cannot resume: the backgrounds file .*instances"
+                                             r".json changed since that run"):
         _paste(bank, coco, images, tmp_path / "out", resume=True)
     Path(coco).write_text(json.dumps(doc, separators=(",", ":")))
 

@@ -31,8 +31,14 @@ from weakpaste.backgrounds.rewrite import CaptionRewriter, load_distractors, rew
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco_captions import Caption, load_coco_captions
 from weakpaste.io.images import atomic_write_bytes, list_images
-from weakpaste.manifest import file_sha256, prepare_output_dir, read_manifest, write_manifest
-from weakpaste.options import Config, option
+from weakpaste.manifest import (
+    check_resume,
+    file_sha256,
+    prepare_output_dir,
+    read_manifest,
+    write_manifest,
+)
+from weakpaste.options import Config, cli_fields, flag_of, option
 
 STAGE = "backgrounds"
 CAPTIONS_JSONL = "captions.jsonl"
@@ -232,11 +238,11 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
     out = Path(out_dir)
     if resume:
         old = read_manifest(out)
-        # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
-        if old is not None and {**old.get("config", {}), "rewrite_only": None} != \
-                json.loads(json.dumps({**run_config, "rewrite_only": None})):
-            raise WeakpasteError(f"{out}: --resume with a different configuration than the "
-                                 "interrupted run; use the same options or --overwrite")
+        if old is not None:
+            # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
+            check_resume(out, {**old, "config": {**old.get("config", {}), "rewrite_only": None}},
+                         json.loads(json.dumps({**run_config, "rewrite_only": None})), inputs,
+                         flags={f.name: flag_of(f) for f, _ in cli_fields(BackgroundsConfig)})
     models = _Models(config)
     if not resume:  # fail on a missing model before making the output folder
         if captions is None:

@@ -303,30 +303,24 @@ def check_resumable(out: Path, old: dict, config: dict, inputs: dict[str, str],
         hashes: this run's image hashes (``image_hashes``), to name a changed image.
 
     Raises:
-        WeakpasteError: one line naming what changed.
+        WeakpasteError: one line naming what changed (``manifest.check_resume``).
     """
-    fix = "; rerun with that run's options and inputs, or pass --overwrite instead of --resume"
+    from weakpaste.manifest import RESUME_FIX, check_resume
+
     before, now = _flat(old.get("config", {})), _flat(config)
-    for key in [*now, *(k for k in before if k not in now)]:
-        a, b = before.get(key), now.get(key)
-        if a != b:
-            if key == "method":
-                what = f"it was mined with 'mine {a}', this is 'mine {b}'"
-            else:
-                name = f"{key} ({flags[key]})" if key in flags else key
-                what = f"{name} was {json.dumps(a)}, now {json.dumps(b)}"
-            raise WeakpasteError(f"{out}: cannot resume: {what}{fix}")
-    old_inputs = old.get("inputs", {})
-    for key in [*inputs, *(k for k in old_inputs if k not in inputs)]:
-        if old_inputs.get(key) != inputs.get(key):
-            detail = ""
-            if key == "images":
-                recorded = out / ".cache" / "images.json"
-                detail = _changed_image(json.loads(recorded.read_text())
-                                        if recorded.is_file() else None, hashes)
-            what = key.replace("_", " ") + (" file" if key == "labels" else "")
-            raise WeakpasteError(f"{out}: cannot resume: the {what} changed since that run"
-                                 f"{detail}{fix}")
+    if before.get("method") != now.get("method"):
+        raise WeakpasteError(f"{out}: cannot resume: it was mined with 'mine "
+                             f"{before.get('method')}', this is 'mine {now.get('method')}'"
+                             f"{RESUME_FIX}")
+
+    def describe(key: str) -> tuple[str, str]:
+        if key != "images":
+            return "the " + key.replace("_", " ") + (" file" if key == "labels" else ""), ""
+        recorded = out / ".cache" / "images.json"
+        return "the images", _changed_image(json.loads(recorded.read_text())
+                                            if recorded.is_file() else None, hashes)
+
+    check_resume(out, {**old, "config": before}, now, inputs, flags=flags, describe=describe)
 
 
 def _input_hashes(miner: Miner, labels: str | None, hashes: dict[str, str]) -> dict[str, str]:

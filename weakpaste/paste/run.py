@@ -39,13 +39,14 @@ from weakpaste.io.images import (
 )
 from weakpaste.io.jsonfile import read_json
 from weakpaste.manifest import (
+    check_resume,
     file_sha256,
     prepare_output_dir,
     read_weakpaste_manifest,
     write_manifest,
 )
 from weakpaste.ops import masks as mask_ops
-from weakpaste.options import option
+from weakpaste.options import cli_fields, flag_of, option
 from weakpaste.paste import plan as plan_mod
 from weakpaste.paste.render import RenderParams, render
 from weakpaste.runners import ExecutorConfig, host_tag, map_items
@@ -510,19 +511,12 @@ def _check_resume(out: Path, run_config: dict, inputs: dict[str, str]) -> None:
     old = read_weakpaste_manifest(out)
     if old is None:
         return  # prepare_output_dir says there is nothing to resume
-    if old.get("config") != json.loads(json.dumps(run_config)):
-        raise WeakpasteError(f"{out}: --resume with a different configuration than the "
-                             "interrupted run; use the same options or --overwrite")
-    old_inputs = old.get("inputs") or {}
-    changed = [name for name in sorted(set(inputs) | set(old_inputs))
-               if inputs.get(name) != old_inputs.get(name)]
-    if changed:
-        what = {"bank_index": f"the bank {run_config['bank']}",
-                "backgrounds": f"the backgrounds file {run_config['backgrounds']}",
-                "extra_backgrounds": "the --extra-backgrounds images"}.get(changed[0],
-                                                                          changed[0])
-        raise WeakpasteError(f"{out}: --resume, but {what} changed since the interrupted run; "
-                             "pass --overwrite to start again with the new input")
+    names = {"bank_index": f"the bank {run_config['bank']}",
+             "backgrounds": f"the backgrounds file {run_config['backgrounds']}",
+             "extra_backgrounds": "the --extra-backgrounds images"}
+    check_resume(out, old, json.loads(json.dumps(run_config)), inputs,
+                 flags={f.name: flag_of(f) for f, _ in cli_fields(PasteConfig)},
+                 describe=lambda key: (names.get(key, key), ""))
 
 
 def _read_journals(out: Path) -> dict[int, dict]:
