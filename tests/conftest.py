@@ -73,3 +73,71 @@ def tiny_coco(tmp_path: Path) -> tuple[Path, Path]:
     path = tmp_path / "instances.json"
     write_coco(path, records, ["a", "b"])
     return path, images
+
+
+def lvis_from_coco(src: Path, dst: Path, *, seed: int = 0,
+                   extra_classes: tuple[str, ...] = ("c", "d", "e")) -> Path:
+    """Write an LVIS v1 version of a COCO file, as the official release looks.
+
+    ``extra_classes`` become categories without annotations (as LVIS has classes absent from
+    a split), so that images have absent classes to verify. Images get ``coco_url`` instead
+    of ``file_name`` and federated lists drawn with ``seed``: each absent category is
+    verified absent (``neg_category_ids``) with probability 1/2, each present one is not
+    exhaustively annotated with probability 1/3. Categories get
+    ``frequency`` from their image counts, ``image_count``, ``instance_count``, ``synset``,
+    ``synonyms`` and ``def``. Annotations become outer polygons (from the masks' contours)
+    with ``bbox`` and ``area`` and no ``iscrowd``.
+    """
+    import json
+
+    import cv2
+    from pycocotools import mask as mask_utils
+
+    from weakpaste.io.coco import frequency_bucket
+
+    doc = json.loads(src.read_text())
+    top = max(c["id"] for c in doc["categories"])
+    doc["categories"] += [{"id": top + 1 + k, "name": n} for k, n in enumerate(extra_classes)]
+    rng = np.random.default_rng(seed)
+    present: dict[int, set[int]] = {img["id"]: set() for img in doc["images"]}
+    anns = []
+    for ann in doc["annotations"]:
+        rle = dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode())
+        mask = mask_utils.decode(rle)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        polys = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+        poly_rle = mask_utils.merge(mask_utils.frPyObjects(polys, *rle["size"]))
+        anns.append({"id": ann["id"], "image_id": ann["image_id"],
+                     "category_id": ann["category_id"], "segmentation": polys,
+                     "area": float(mask_utils.area(poly_rle)),
+                     "bbox": [float(v) for v in mask_utils.toBbox(poly_rle)]})
+        present[ann["image_id"]].add(ann["category_id"])
+    cat_ids = [c["id"] for c in doc["categories"]]
+    images = []
+    for img in doc["images"]:
+        pos = present[img["id"]]
+        images.append({"id": img["id"], "width": img["width"], "height": img["height"],
+                       "coco_url": f"http://images.cocodataset.org/train2017/{img['file_name']}",
+                       "license": 1, "date_captured": "2013-11-14 16:28:13",
+                       "neg_category_ids": [c for c in cat_ids
+                                            if c not in pos and rng.random() < 0.5],
+                       "not_exhaustive_category_ids": [c for c in sorted(pos)
+                                                       if rng.random() < 1 / 3]})
+    cats = []
+    for cat in doc["categories"]:
+        mine = [a for a in anns if a["category_id"] == cat["id"]]
+        n_images = len({a["image_id"] for a in mine})
+        cats.append({"id": cat["id"], "name": cat["name"], "synset": f"{cat['name']}.n.01",
+                     "synonyms": [cat["name"]], "def": f"a thing called {cat['name']}",
+                     "frequency": frequency_bucket(n_images) or "r", "image_count": n_images,
+                     "instance_count": len(mine)})
+    dst.write_text(json.dumps({"info": {"description": "LVIS-format test set"}, "images": images,
+                               "annotations": anns, "categories": cats}))
+    return dst
+
+
+@pytest.fixture
+def tiny_lvis(tiny_coco, tmp_path: Path) -> tuple[Path, Path]:
+    """``tiny_coco`` as an LVIS v1 file (see ``lvis_from_coco``); (lvis.json, images folder)."""
+    path, images = tiny_coco
+    return lvis_from_coco(path, tmp_path / "lvis.json"), images

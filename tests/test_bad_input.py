@@ -89,6 +89,24 @@ def _bbox(value: list) -> Callable[[dict], None]:
     return change
 
 
+def _lvis_negative(category_id: int) -> Callable[[dict], None]:
+    """An LVIS file (federated lists on every image) whose first image lists ``category_id``
+    as verified absent."""
+    def change(doc: dict) -> None:
+        for img in doc["images"]:
+            img.update(neg_category_ids=[], not_exhaustive_category_ids=[])
+        doc["images"][0]["neg_category_ids"] = [category_id]
+    return change
+
+
+def _frequency(value: str) -> Callable[[dict], None]:
+    def change(doc: dict) -> None:
+        for cat in doc["categories"]:
+            cat["frequency"] = "r"
+        doc["categories"][0]["frequency"] = value
+    return change
+
+
 def _missing_coco(world, where):
     return {"coco": where / "nowhere.json", "culprit": where / "nowhere.json"}
 
@@ -183,7 +201,13 @@ COCO_CASES: dict[str, Case] = {
     "rle-compressed-past-hw": _coco_with(_compressed_past_hw),
     "bbox-nan": _coco_with(_bbox([1.0, 1.0, float("nan"), 4.0])),
     "polygon-odd": _coco_with(_segmentation([[1, 1, 9, 1, 9, 9, 1]])),
+    "lvis-negative-unknown-id": _coco_with(_lvis_negative(99)),
+    "lvis-negative-but-annotated": _coco_with(_lvis_negative(1)),
+    "lvis-frequency-invalid": _coco_with(_frequency("rare")),
 }
+# eval reads the broken file as predictions, whose images and categories it does not read
+# (LVIS ground truth with broken fields: tests/test_lvis.py).
+LVIS_CASES = ("lvis-negative-unknown-id", "lvis-negative-but-annotated", "lvis-frequency-invalid")
 IMAGE_CASES: dict[str, Case] = {
     "image-huge-header": _images_with(lambda p: p.write_bytes(png_header(60000, 60000))),
     "image-not-an-image": _images_with(lambda p: p.write_bytes(b"not an image")),
@@ -245,7 +269,8 @@ COMMANDS_READING = {
     "labels": ["mine-fem", "mine-freeseg"],
 }
 # Image-level labels record no image size, so mining cannot find a size mismatch.
-NOT_APPLICABLE = {("mine-fem", "image-wrong-size"), ("mine-freeseg", "image-wrong-size")}
+NOT_APPLICABLE = {("mine-fem", "image-wrong-size"), ("mine-freeseg", "image-wrong-size"),
+                  *(("eval-predictions", case) for case in LVIS_CASES)}
 OUT_COMMANDS = {
     "out-user-folder": ["bank-from-coco", "paste", "viz", "eval-predictions", "mine-fem",
                         "mine-freeseg"],

@@ -1,4 +1,4 @@
-"""Summary statistics of a COCO instance set: class balance and object sizes.
+"""Summary statistics of a COCO or LVIS instance set: class balance and object sizes.
 
 Areas come from the compressed masks (pycocotools counts the RLE runs), so a whole data set is
 summarised without decoding a single mask or reading a single image. No torch import.
@@ -50,7 +50,11 @@ def dataset_stats(data: CocoDataset) -> dict:
               bin}: instances by sqrt(mask area) in pixels, bins [edges[i], edges[i+1]),
               the last edge above the largest object (empty lists when there are no
               instances; an empty mask counts in the first bin);
-            * "instances_per_image": {"mean": float, "median": float, "max": int}.
+            * "instances_per_image": {"mean": float, "median": float, "max": int};
+            * "lvis", for an LVIS file only: {"format": "lvis", "classes_per_frequency":
+              {"r", "c", "f"} numbers of categories (from the file's ``frequency``; empty
+              without one), "negative_labels" and "not_exhaustive_labels": the totals of the
+              images' federated lists}.
     """
     per_class = dict.fromkeys(data.categories, 0)
     images_per_class = dict.fromkeys(data.categories, 0)
@@ -82,6 +86,7 @@ def dataset_stats(data: CocoDataset) -> dict:
 
     order = sorted(per_class, key=lambda name: (-per_class[name], name))
     n_per_image = np.array(per_image, dtype=np.int64)
+    lvis = {} if data.federated is None else {"lvis": _lvis_stats(data)}
     return {
         "images": len(data.records),
         "instances": int(area.size),
@@ -95,7 +100,17 @@ def dataset_stats(data: CocoDataset) -> dict:
             "median": float(np.median(n_per_image)) if n_per_image.size else 0.0,
             "max": int(n_per_image.max()) if n_per_image.size else 0,
         },
+        **lvis,
     }
+
+
+def _lvis_stats(data: CocoDataset) -> dict:
+    freq = data.frequency or {}
+    return {"format": "lvis",
+            "classes_per_frequency": {b: sum(v == b for v in freq.values()) for b in "rcf"}
+            if freq else {},
+            "negative_labels": sum(len(f.negative) for f in data.federated.values()),
+            "not_exhaustive_labels": sum(len(f.not_exhaustive) for f in data.federated.values())}
 
 
 def _bar(n: int, top: int) -> str:
@@ -123,6 +138,11 @@ def format_stats(stats: dict) -> str:
         f"{ipi['median']:g}, max {ipi['max']})",
         "",
     ]
+    if "lvis" in stats:
+        lv = stats["lvis"]
+        freq = ", ".join(f"{n} {b}" for b, n in lv["classes_per_frequency"].items()) or "none"
+        lines[-1:-1] = [f"LVIS       classes by frequency: {freq}; labels verified absent "
+                        f"{lv['negative_labels']}, not exhaustive {lv['not_exhaustive_labels']}"]
 
     per_class, per_image = stats["per_class"], stats["images_per_class"]
     name_w = max([len("class"), *map(len, per_class)])
@@ -166,10 +186,10 @@ def format_stats(stats: dict) -> str:
 
 def run_stats(coco_json: str | os.PathLike, *,
               images_dir: str | os.PathLike | None = None) -> dict:
-    """Load and validate a COCO instances JSON and summarise it (``weakpaste stats``).
+    """Load and validate a COCO or LVIS instances JSON and summarise it (``weakpaste stats``).
 
     Args:
-        coco_json: COCO instances JSON (masks required).
+        coco_json: COCO or LVIS instances JSON (masks required).
         images_dir: when given, also check that every image file exists there.
 
     Returns:

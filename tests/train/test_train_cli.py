@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import lvis_from_coco
 from train_helpers import one_torch_thread, write_tiny_coco
 
 from weakpaste.cli import main
@@ -67,6 +68,26 @@ def test_train_then_eval_a_checkpoint_and_its_predictions(tmp_path, capsys):
     for iou in ("segm", "bbox"):
         assert again[iou]["AP"] == metrics[iou]["AP"]
         assert again[iou]["APr"] == metrics[iou]["APr"]
+
+
+def test_train_on_lvis_and_evaluate_with_the_lvis_protocol(tmp_path):
+    coco, images = write_tiny_coco(tmp_path)
+    path = lvis_from_coco(coco, tmp_path / "lvis.json", extra_classes=())
+    doc = json.loads(path.read_text())
+    doc["categories"][1]["frequency"] = "f"  # LVIS's word, not this file's counts
+    path.write_text(json.dumps(doc))
+    spec = f"{path}:{images}"
+    assert main(["train", "--train", spec, "--val", spec, "--out", str(tmp_path / "run"),
+                 "--iterations", "1", *TINY]) == 0
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["info"]["protocol"] == "lvis"
+    assert any(n.startswith("LVIS ground truth: up to 300 detections per image with scores "
+                            "from 0.0001") for n in metrics["info"]["notes"])
+    assert metrics["segm"]["per_class"]["b"]["frequency"] == "f"
+    import torch
+
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["train_frequency"] == {"a": "r", "b": "f"}
 
 
 def test_eval_of_ground_truth_predictions_is_one(tmp_path, capsys):

@@ -22,6 +22,11 @@ def _cmd_paste(args: argparse.Namespace) -> int:
     c = manifest["counts"]
     print(f"wrote {c['images']} images, {c['annotations']} instances "
           f"({c['dropped_total']} dropped by occlusion) to {args.out}")
+    if "lvis" in c:
+        new = c["lvis"]["classes_not_in_backgrounds"]
+        print(f"LVIS format: {c['lvis']['negative_labels']} verified-absent labels kept"
+              + (f"; {len(new)} bank class(es) not in the backgrounds' categories added as rare: "
+                 + ", ".join(new[:8]) if new else ""))
     return 0
 
 
@@ -75,8 +80,9 @@ def _build_bank(p: argparse.ArgumentParser) -> None:
     from weakpaste.runners import ExecutorConfig
 
     bank_sub = p.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
-    q = bank_sub.add_parser("from-coco", help="cut the instances of a COCO data set into a bank")
-    q.add_argument("coco_json", help="COCO instances JSON (polygons or RLE)")
+    q = bank_sub.add_parser("from-coco", help="cut the instances of a COCO (or LVIS) data set "
+                                              "into a bank")
+    q.add_argument("coco_json", help="COCO or LVIS instances JSON (polygons or RLE)")
     q.add_argument("--images", required=True, help="folder of its images")
     q.add_argument("--out", required=True, help="bank folder to create")
     add_options(q, BankConfig)
@@ -96,7 +102,8 @@ def _build_paste(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bank", required=True, help="segment bank folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backgrounds", metavar="COCO_JSON",
-                   help="COCO data set whose images are backgrounds (its instances are kept)")
+                   help="COCO or LVIS data set whose images are backgrounds (its instances and "
+                        "LVIS labels are kept)")
     p.add_argument("--images", help="folder of the --backgrounds images")
     p.add_argument("--extra-backgrounds", nargs="+", default=[], metavar="DIR",
                    help="folders of extra background images without annotations")
@@ -129,7 +136,7 @@ def _build_stats(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's commands to the top-level parser."""
     command(sub, "bank", "build or inspect a segment bank", _build_bank)
-    command(sub, "paste", "paste bank segments onto backgrounds into a COCO data set",
+    command(sub, "paste", "paste bank segments onto backgrounds into a COCO or LVIS data set",
             _build_paste)
     command(sub, "viz", "draw masks, boxes and classes; write a contact sheet", _build_viz)
     command(sub, "stats", "instances per class and an object-size histogram", _build_stats)

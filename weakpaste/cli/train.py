@@ -97,11 +97,13 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", metavar="CKPT", help="a 'weakpaste train' checkpoint")
     src.add_argument("--predictions", metavar="PRED_JSON", help="a COCO results JSON")
     p.add_argument("--data", required=True, metavar="COCO_JSON:IMAGES_DIR",
-                   help="ground truth (the images are needed with --checkpoint only)")
+                   help="ground truth (the images are needed with --checkpoint only); an LVIS "
+                        "file is evaluated with LVIS's federated protocol")
     p.add_argument("--out", help="output folder (default: eval-<data name> beside the run)")
     p.add_argument("--train", metavar="COCO_JSON",
-                   help="training set whose images per class define rare (1-10), common "
-                        "(11-100) and frequent (>100) classes (default: the checkpoint's)")
+                   help="training set whose LVIS frequencies, else images per class, define "
+                        "rare (1-10), common (11-100) and frequent (>100) classes (default: an "
+                        "LVIS ground truth's frequencies, else the checkpoint's)")
     add_options(p, EvalConfig)
     threads(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -122,7 +124,7 @@ def _build_longtail(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's commands to the top-level parser (arguments built when used)."""
     command(sub, "train", "train Mask R-CNN on COCO data sets and evaluate it", _build_train)
-    command(sub, "eval", "COCO AP (bbox, segm, per class, rare/common/frequent) of a checkpoint "
-                         "or a results file", _build_eval)
+    command(sub, "eval", "COCO or LVIS AP (bbox, segm, per class, rare/common/frequent) of a "
+                         "checkpoint or a results file", _build_eval)
     command(sub, "longtail", "long-tailed subset of a COCO file (Pareto class sizes, EM-Paste "
                              "appendix 11)", _build_longtail)

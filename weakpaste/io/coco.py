@@ -1,8 +1,10 @@
-"""COCO instance files: the only module that knows COCO's quirks.
+"""COCO and LVIS instance files: the only module that knows COCO's and LVIS's quirks.
 
 Quirks handled here and nowhere else: ``bbox`` is xywh, masks are polygons or RLE (compressed
 ``counts`` string or uncompressed list), ``counts`` may be bytes, ``iscrowd`` regions are not
-instances, category ids are arbitrary integers (classes are names inside weakpaste).
+instances, category ids are arbitrary integers (classes are names inside weakpaste). LVIS v1
+files (federated labels, ``coco_url`` instead of ``file_name``, category frequencies) are read
+and written here too, with the helpers of ``weakpaste.io.lvis``, which nothing else imports.
 
 Nothing from a file reaches pycocotools unchecked: it trusts its input and a corrupt RLE
 makes it crash, read garbage or loop for minutes (``weakpaste.io.rle``).
@@ -24,8 +26,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from weakpaste.errors import WeakpasteError, reason
+from weakpaste.io import lvis
 from weakpaste.io import rle as rle_check
 from weakpaste.io.images import atomic_write_bytes
+from weakpaste.io.lvis import Federated, frequency_bucket
+from weakpaste.io.lvis import complete_categories as complete_lvis_categories
 from weakpaste.structures import ImageRecord, Instances
 
 # A pixel of slack: COCO boxes from polygons can reach the far image edge plus rounding.
@@ -34,14 +39,18 @@ _BOX_TOLERANCE = 1.5
 
 @dataclass
 class CocoDataset:
-    """A COCO instance data set read into core types.
+    """A COCO (or LVIS) instance data set read into core types.
 
     Attributes:
         records: one per image, in file order.
-        categories: class name -> {"id": int, "supercategory": str}, in file order.
+        categories: class name -> {"id": int, "supercategory": str}, in file order, plus the
+            LVIS fields the file gives (``frequency``, ``image_count``, ``instance_count``,
+            ``synset``, ``synonyms``, ``def``).
         path: the JSON file it was read from (None when built in memory).
         images_dir: folder the records' ``file_name`` are relative to.
         crowd_skipped: number of ``iscrowd=1`` regions left out of the instances.
+        federated: for an LVIS file, image id -> its negative and not-exhaustive classes;
+            None for a COCO file (every class exhaustively annotated).
     """
 
     records: list[ImageRecord]
@@ -49,10 +58,23 @@ class CocoDataset:
     path: Path | None = None
     images_dir: Path | None = None
     crowd_skipped: int = 0
+    federated: dict[int, Federated] | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.categories)
+
+    @property
+    def format(self) -> str:
+        """"lvis" for a file with federated labels, else "coco"."""
+        return "coco" if self.federated is None else "lvis"
+
+    @property
+    def frequency(self) -> dict[str, str] | None:
+        """Class name -> the file's LVIS ``frequency`` ("r"/"c"/"f"), or None without one."""
+        if not self.categories or any("frequency" not in c for c in self.categories.values()):
+            return None
+        return {n: c["frequency"] for n, c in self.categories.items()}
 
 
 def _fail(path: Path, msg: str) -> WeakpasteError:
@@ -174,7 +196,8 @@ def _read_json(path: Path) -> dict:
 
 
 def _parse_categories(path: Path, cats: list) -> tuple[dict[str, dict], dict[int, str]]:
-    """(name -> {"id", "supercategory"}, id -> name), checked for unique ids and names."""
+    """(name -> {"id", "supercategory", LVIS fields}, id -> name), checked for unique ids and
+    names and valid LVIS fields."""
     categories: dict[str, dict] = {}
     cat_by_id: dict[int, str] = {}
     for i, cat in enumerate(cats):
@@ -189,12 +212,15 @@ def _parse_categories(path: Path, cats: list) -> tuple[dict[str, dict], dict[int
                               "weakpaste identifies classes by name")
         cat_by_id[cat["id"]] = cat["name"]
         categories[cat["name"]] = {"id": cat["id"],
-                                   "supercategory": str(cat.get("supercategory", ""))}
+                                   "supercategory": str(cat.get("supercategory", "")),
+                                   **lvis.category_fields(path, i, cat)}
+    lvis.check_frequencies(path, categories)
     return categories, cat_by_id
 
 
 def _parse_images(path: Path, entries: list) -> dict[int, dict]:
-    """id -> image entry, checked for ids, sizes and file names."""
+    """id -> image entry, checked for ids, sizes and file names (``file_name``, else LVIS's
+    ``coco_url`` basename, set as ``file_name`` in a copy of the entry)."""
     images: dict[int, dict] = {}
     for i, img in enumerate(entries):
         if not isinstance(img, dict):
@@ -208,9 +234,11 @@ def _parse_images(path: Path, entries: list) -> dict[int, dict]:
         if not (_is_id(w) and _is_id(h) and w > 0 and h > 0):
             raise _fail(path, f"images[{i}] (id {img_id}) needs positive integer 'width' and "
                               f"'height', got {w!r} x {h!r}")
-        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-            raise _fail(path, f"images[{i}] (id {img_id}) has no 'file_name'")
-        images[img_id] = img
+        name = lvis.image_file_name(img)
+        if name is None:
+            raise _fail(path, f"images[{i}] (id {img_id}) has no 'file_name' (nor an LVIS "
+                              "'coco_url'); give each image the path of its file")
+        images[img_id] = img if name == img.get("file_name") else {**img, "file_name": name}
     return images
 
 
@@ -304,11 +332,12 @@ def _check_image_files(path: Path, images_path: Path, records: list[ImageRecord]
 
 def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
               require_masks: bool = True, check_files: bool = True) -> CocoDataset:
-    """Read and validate a COCO instances JSON.
+    """Read and validate a COCO or LVIS v1 instances JSON.
 
     Every mask is checked before pycocotools sees it: polygons (even length, finite, near the
     image), RLE sizes and counts (decoding to exactly H*W pixels), boxes (finite, inside the
-    image).
+    image). An LVIS file's federated lists must name known categories, and no class may be
+    both annotated in an image and listed as verified absent from it (``weakpaste.io.lvis``).
 
     Args:
         path: the JSON file (UTF-8, a byte-order mark is accepted).
@@ -320,7 +349,8 @@ def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
 
     Returns:
         The data set. An image's ``labels`` are the classes annotated in it; its
-        ``instances`` are None when the file has no ``annotations`` list at all.
+        ``instances`` are None when the file has no ``annotations`` list at all; ``federated``
+        holds an LVIS file's per-image negative and not-exhaustive classes.
 
     Raises:
         WeakpasteError: a one-line message naming the file, the offending entry and the fix.
@@ -331,6 +361,8 @@ def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
     images = _parse_images(path, data["images"])
     per_image, labels, crowd = _parse_annotations(path, data.get("annotations", []), images,
                                                   cat_by_id, require_masks)
+    federated = (lvis.parse_federated(path, data["images"], cat_by_id, labels)
+                 if lvis.is_lvis(data) else None)
     records = []
     for img_id, img in images.items():
         inst = None
@@ -345,7 +377,7 @@ def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
     if images_path is not None and check_files:
         _check_image_files(path, images_path, records)
     return CocoDataset(records=records, categories=categories, path=path,
-                       images_dir=images_path, crowd_skipped=crowd)
+                       images_dir=images_path, crowd_skipped=crowd, federated=federated)
 
 
 def _bytes_rle(rle: dict) -> dict:
@@ -438,14 +470,20 @@ def coco_categories(categories: Mapping[str, dict]) -> list[dict]:
 
 def write_coco(path: str | os.PathLike, records: Iterable[ImageRecord],
                categories: Mapping[str, dict] | Iterable[str], *,
-               info: dict | None = None) -> dict:
-    """Atomically write records as a COCO instances JSON.
+               info: dict | None = None,
+               federated: Mapping[int, Federated] | None = None) -> dict:
+    """Atomically write records as a COCO instances JSON, or an LVIS one.
 
     Args:
         path: output file (replaced atomically: never left half-written).
         records: images with their instances (image ids >= 1).
         categories: a table from ``assign_category_ids`` or just class names (ids 1..K).
         info: optional COCO ``info`` block.
+        federated: image id -> federated labels: writes an LVIS file (every image gets
+            ``neg_category_ids`` and ``not_exhaustive_category_ids``, empty when the image is
+            not in the mapping; categories keep their LVIS fields, which
+            ``weakpaste.io.lvis.complete_categories`` can fill in). ``file_name`` is written,
+            which LVIS readers accept in place of ``coco_url``.
 
     Returns:
         Counts: {"images": int, "annotations": int}.
@@ -455,9 +493,13 @@ def write_coco(path: str | os.PathLike, records: Iterable[ImageRecord],
     images, annotations = [], []
     for rec in records:
         images.append(image_entry(rec))
+        if federated is not None:
+            images[-1].update(lvis.image_fields(federated.get(rec.image_id, Federated()),
+                                                categories))
         annotations.extend(annotation_entries(rec, categories, len(annotations) + 1))
     doc = {"info": info or {}, "images": images, "annotations": annotations,
-           "categories": coco_categories(categories)}
+           "categories": (coco_categories(categories) if federated is None
+                          else lvis.category_entries(categories))}
     atomic_write_bytes(path, json.dumps(doc, separators=(",", ":")).encode())
     return {"images": len(images), "annotations": len(annotations)}
 
@@ -478,18 +520,19 @@ def _quiet_coco(doc: dict):
     return api
 
 
-def evaluation_ground_truth(path: str | os.PathLike):
-    """A ``pycocotools.coco.COCO`` of a validated instances file, ready for ``COCOeval``.
+def evaluation_document(path: str | os.PathLike) -> dict:
+    """The document of a validated instances file, completed for COCOeval and LVISEval.
 
-    COCOeval reads ``area``, ``iscrowd`` and ``bbox`` of every annotation, which COCO files made
-    by other tools may leave out: missing ones are filled from the segmentation (``iscrowd`` 0).
-    Crowd regions stay in, so that COCOeval ignores detections on them as COCO intends.
+    Both read ``area``, ``iscrowd`` and ``bbox`` of every annotation, which files made by other
+    tools may leave out (LVIS files have no ``iscrowd``): missing ones are filled from the
+    segmentation (``iscrowd`` 0). Crowd regions stay in, so that COCOeval ignores detections on
+    them as COCO intends. Other fields (LVIS's federated lists and category fields) are kept.
 
     Args:
-        path: a COCO instances JSON that ``load_coco(path, require_masks=True)`` accepted.
+        path: an instances JSON that ``load_coco(path, require_masks=True)`` accepted.
 
     Returns:
-        The pycocotools ``COCO`` object (its ``dataset`` holds the completed document).
+        {"info", "images", "annotations", "categories"}.
     """
     doc = _read_document(Path(path))
     images = {img["id"]: img for img in doc["images"]}
@@ -507,9 +550,80 @@ def evaluation_ground_truth(path: str | os.PathLike):
                 ann.setdefault("bbox", [0.0, 0.0, 0.0, 0.0])
                 ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
         anns.append(ann)
-    doc = {"info": doc.get("info") or {}, "images": doc["images"], "annotations": anns,
-           "categories": doc["categories"]}
-    return _quiet_coco(doc)
+    return {"info": doc.get("info") or {}, "images": doc["images"], "annotations": anns,
+            "categories": doc["categories"]}
+
+
+def is_federated(doc: Mapping) -> bool:
+    """Whether a document is LVIS (federated labels): it is evaluated with LVIS's protocol."""
+    return lvis.is_lvis(doc)
+
+
+def evaluation_ground_truth(path: str | os.PathLike | Mapping):
+    """A ``pycocotools.coco.COCO`` of a validated instances file, ready for ``COCOeval``.
+
+    Args:
+        path: a file that ``load_coco(path, require_masks=True)`` accepted, or its
+            ``evaluation_document``.
+
+    Returns:
+        The pycocotools ``COCO`` object (its ``dataset`` holds the completed document).
+    """
+    doc = path if isinstance(path, Mapping) else evaluation_document(path)
+    return _quiet_coco(dict(doc))
+
+
+def lvis_ground_truth(doc: Mapping, frequency: Mapping[str, str] | None = None):
+    """A ``faster_coco_eval`` ``COCO`` of an LVIS ``evaluation_document``, for its LVIS mode.
+
+    Args:
+        doc: the completed document of an LVIS file.
+        frequency: class name -> "r"/"c"/"f" for categories without ``frequency`` (the
+            evaluator indexes it; weakpaste's own groups come from elsewhere).
+    """
+    from faster_coco_eval import COCO
+
+    return COCO(lvis.evaluation_document(doc, frequency))
+
+
+def _checked_detections(images: Mapping[int, dict], results: Sequence[dict],
+                        iou_type: str) -> list[dict]:
+    """Copies of the ``iou_type`` results, checked, with masks as compressed RLE (bytes).
+
+    For ``segm`` the boxes are dropped: the evaluators' ``loadRes`` replaces the segmentation
+    of a result that has a ``bbox`` by the box polygon, and area and box then come from the
+    mask.
+
+    Raises:
+        ValueError: see ``evaluation_detections``.
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    if iou_type == "segm":
+        picked = [{k: v for k, v in r.items() if k != "bbox"} for r in results
+                  if r.get("segmentation")]
+    else:
+        picked = [dict(r) for r in results if r.get("bbox")]
+    if iou_type == "segm":
+        # Polygons and uncompressed RLE become compressed RLE: loadRes only reads the latter.
+        for r in picked:
+            img = images[r["image_id"]]
+            rle = _segmentation_to_rle(r["segmentation"], img["height"], img["width"])
+            if rle is None:
+                raise ValueError(f"result for image {r['image_id']} has an unusable "
+                                 "segmentation")
+            r["segmentation"] = _bytes_rle(rle)
+        bad = rle_check.first_bad_compressed([r["segmentation"]["counts"] for r in picked],
+                                             [tuple(r["segmentation"]["size"]) for r in picked])
+        if bad is not None:
+            raise ValueError(f"result for image {picked[bad[0]]['image_id']} has a corrupt "
+                             f"RLE segmentation ({bad[1]})")
+    else:
+        for r in picked:
+            if not all(math.isfinite(float(v)) for v in r["bbox"]):
+                raise ValueError(f"result for image {r['image_id']} has bbox {r['bbox']} "
+                                 "with a NaN or infinite value")
+    return picked
 
 
 def evaluation_detections(gt, results: Sequence[dict], iou_type: str):
@@ -532,46 +646,32 @@ def evaluation_detections(gt, results: Sequence[dict], iou_type: str):
         ValueError: a box is not finite, a segmentation is unusable or corrupt (see
             ``load_coco``), or its RLE size differs from its image's.
     """
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-    if iou_type == "segm":
-        picked = [{k: v for k, v in r.items() if k != "bbox"} for r in results
-                  if r.get("segmentation")]
-    else:
-        picked = [dict(r) for r in results if r.get("bbox")]
+    picked = _checked_detections(gt.imgs, results, iou_type)
     if not picked:
         return _quiet_coco({"images": copy.deepcopy(gt.dataset["images"]), "annotations": [],
                             "categories": copy.deepcopy(gt.dataset["categories"])})
-    if iou_type == "segm":
-        # Polygons and uncompressed RLE become compressed RLE: loadRes only reads the latter.
-        for r in picked:
-            img = gt.imgs[r["image_id"]]
-            rle = _segmentation_to_rle(r["segmentation"], img["height"], img["width"])
-            if rle is None:
-                raise ValueError(f"result for image {r['image_id']} has an unusable "
-                                 "segmentation")
-            r["segmentation"] = _bytes_rle(rle)
-        bad = rle_check.first_bad_compressed([r["segmentation"]["counts"] for r in picked],
-                                             [tuple(r["segmentation"]["size"]) for r in picked])
-        if bad is not None:
-            raise ValueError(f"result for image {picked[bad[0]]['image_id']} has a corrupt "
-                             f"RLE segmentation ({bad[1]})")
-    else:
-        for r in picked:
-            if not all(math.isfinite(float(v)) for v in r["bbox"]):
-                raise ValueError(f"result for image {r['image_id']} has bbox {r['bbox']} "
-                                 "with a NaN or infinite value")
     with contextlib.redirect_stdout(io.StringIO()):
         return gt.loadRes(picked)
+
+
+def lvis_detections(gt, results: Sequence[dict], iou_type: str):
+    """Detections as a ``faster_coco_eval`` ``COCO`` to pair with ``lvis_ground_truth``.
+
+    Like ``evaluation_detections``, and each image keeps only its 300 best-scoring results of
+    either kind (LVIS's cap, applied before the federated filter as in ``LVISResults``).
+    """
+    picked = _checked_detections(gt.imgs, lvis.limit_detections(results), iou_type)
+    return gt.loadRes(picked)
 
 
 def write_coco_subset(src: str | os.PathLike, dst: str | os.PathLike, image_ids: Iterable[int],
                       *, info: Mapping | None = None) -> dict:
     """Atomically write the images ``image_ids`` of a COCO file with their annotations.
 
-    Every entry is copied as it is (ids, polygons, extra fields), so the subset is
-    interchangeable with the original; all categories are kept, even those left without
-    annotations, so that category ids stay valid.
+    Every entry is copied as it is (ids, polygons, extra fields, LVIS's federated lists), so
+    the subset is interchangeable with the original; all categories are kept, even those left
+    without annotations, so that category ids stay valid. Categories that carry LVIS's
+    ``image_count`` / ``instance_count`` get the subset's; ``frequency`` stays the original's.
 
     Args:
         src: the COCO JSON (already validated by ``load_coco``).
@@ -588,10 +688,13 @@ def write_coco_subset(src: str | os.PathLike, dst: str | os.PathLike, image_ids:
     out["images"] = [img for img in doc["images"] if img["id"] in keep]
     out["annotations"] = [a for a in doc.get("annotations", []) if a["image_id"] in keep]
     out["info"] = {**(doc.get("info") or {}), **dict(info or {})}
+    lvis.recount(out)
     atomic_write_bytes(dst, json.dumps(out, separators=(",", ":")).encode())
     return {"images": len(out["images"]), "annotations": len(out["annotations"])}
 
 
-__all__ = ["CocoDataset", "load_coco", "write_coco", "assign_category_ids", "image_entry",
-           "annotation_entries", "annotations_from_rles", "coco_categories",
-           "evaluation_ground_truth", "evaluation_detections", "write_coco_subset"]
+__all__ = ["CocoDataset", "Federated", "frequency_bucket", "complete_lvis_categories",
+           "load_coco", "write_coco",
+           "assign_category_ids", "image_entry", "annotation_entries", "annotations_from_rles",
+           "coco_categories", "evaluation_document", "is_federated", "evaluation_ground_truth",
+           "evaluation_detections", "lvis_ground_truth", "lvis_detections", "write_coco_subset"]

@@ -1,4 +1,4 @@
-"""The paste stage runner: backgrounds x segment bank -> a COCO data set on disk.
+"""The paste stage runner: backgrounds x segment bank -> a COCO (or LVIS) data set on disk.
 
 The runner maps a pure per-item function (``paste_item``) over output indices. Item i gets
 its own Generator from ``SeedSequence(seed)``'s i-th child and its background from a seeded
@@ -92,8 +92,11 @@ class PasteConfig(plan_mod.PlanParams, RenderParams):
         None, parse=read_class_weights, metavar="JSON",
         help='class -> weight for --selection weights, a JSON file {"class": weight, ...}')
     classes: tuple[str, ...] | None = option(None, help="paste only these classes")
-    image_format: str = option("jpg", flag="--format", choices=("jpg", "png"),
-                               help="output image format")
+    image_format: str = option("jpg", choices=("jpg", "png"), help="output image format")
+    annotation_format: str | None = option(
+        None, flag="--format", choices=("coco", "lvis"),
+        help="annotation file format; lvis keeps LVIS's federated labels and category fields "
+             "(default: the --backgrounds file's, coco without one)")
     jpeg_quality: int = option(95, range=(1, 100), help="JPEG quality")
     extra_ratio: float | None = option(
         None, range=(0, 1), metavar="R",
@@ -110,11 +113,38 @@ class PasteConfig(plan_mod.PlanParams, RenderParams):
 
 @dataclass(frozen=True)
 class Background:
-    """A background image: its file and its known instances (None for extra images)."""
+    """A background image: its file and its known instances (None for extra images).
+
+    Attributes:
+        path: the image file.
+        instances: its instances (None for extra images).
+        source: "coco" (from the --backgrounds file) or "extra".
+        labels: the classes annotated in it (crowd regions too).
+        federated: an LVIS background's negative and not-exhaustive classes.
+    """
 
     path: str
     instances: Instances | None = None
     source: str = "extra"
+    labels: tuple[str, ...] = ()
+    federated: coco.Federated | None = None
+
+
+@dataclass(frozen=True)
+class BackgroundSet:
+    """The backgrounds of a run and what their file says.
+
+    Attributes:
+        backgrounds: every background, the file's first.
+        categories: the file's category table (with its LVIS fields), empty without one.
+        inputs: input name -> hash, for the manifest.
+        format: "coco" or "lvis", the file's; None without a file.
+    """
+
+    backgrounds: list[Background]
+    categories: dict[str, dict]
+    inputs: dict[str, str]
+    format: str | None
 
 
 @dataclass(frozen=True)
@@ -272,24 +302,24 @@ def _run_task(task: tuple[int, np.random.SeedSequence, Background]) -> int:
 
 
 def load_backgrounds(coco_json: str | None, images_dir: str | None,
-                     extra_dirs: list[str]) -> tuple[list[Background], dict[str, dict], dict]:
-    """Backgrounds from a COCO data set (instances kept) and/or folders of plain images.
-
-    Returns:
-        (backgrounds, the COCO set's category table, input hashes).
-    """
+                     extra_dirs: list[str]) -> BackgroundSet:
+    """Backgrounds from a COCO or LVIS data set (instances and federated labels kept) and/or
+    folders of plain images."""
     backgrounds: list[Background] = []
     categories: dict[str, dict] = {}
     inputs: dict[str, str] = {}
+    fmt = None
     if coco_json:
         if not images_dir:
             raise WeakpasteError("--backgrounds needs --images DIR, the folder of its images")
         data = coco.load_coco(coco_json, images_dir)
-        categories = data.categories
+        categories, fmt = data.categories, data.format
         inputs["backgrounds"] = file_sha256(coco_json)
         for rec in data.records:
-            backgrounds.append(Background(path=str(Path(images_dir) / rec.file_name),
-                                          instances=rec.instances, source="coco"))
+            backgrounds.append(Background(
+                path=str(Path(images_dir) / rec.file_name), instances=rec.instances,
+                source="coco", labels=rec.labels,
+                federated=None if data.federated is None else data.federated[rec.image_id]))
     for folder in extra_dirs:
         # A 'weakpaste backgrounds' output: its manifest lists the kept images.
         from weakpaste.backgrounds.run import background_files
@@ -303,7 +333,7 @@ def load_backgrounds(coco_json: str | None, images_dir: str | None,
     if not backgrounds:
         raise WeakpasteError("no backgrounds: pass --backgrounds COCO_JSON --images DIR and/or "
                              "--extra-backgrounds DIR")
-    return backgrounds, categories, inputs
+    return BackgroundSet(backgrounds, categories, inputs, fmt)
 
 
 def _listing_hash(paths: list[str]) -> str:
@@ -373,7 +403,8 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
         config: the stage configuration.
         bank: segment bank folder.
         out_dir: output folder (``images/``, ``annotations.json``, ``manifest.json``).
-        backgrounds_json: COCO data set whose images (and instances) are backgrounds.
+        backgrounds_json: COCO or LVIS data set whose images (and instances) are backgrounds;
+            an LVIS one gives an LVIS output unless ``config.annotation_format`` says coco.
         images_dir: its images.
         extra_backgrounds: folders of extra background images (no instances).
         workers: processes (or Ray actors).
@@ -409,8 +440,8 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
                                              config.selection, weights)
     except ValueError as err:
         raise WeakpasteError(f"selection: {err}") from None
-    backgrounds, bg_categories, inputs = load_backgrounds(backgrounds_json, images_dir,
-                                                          extra_backgrounds or [])
+    bg_set = load_backgrounds(backgrounds_json, images_dir, extra_backgrounds or [])
+    backgrounds, inputs = bg_set.backgrounds, bg_set.inputs
     inputs["bank_index"] = file_sha256(Path(bank) / "index.jsonl")
     run_config = {**asdict(config), "bank": str(bank), "backgrounds": backgrounds_json,
                   "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
@@ -453,7 +484,7 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
                 pass
         finally:
             _close_journal()
-        return _finalize(out, config, run_config, inputs, table, bg_categories)
+        return _finalize(out, config, run_config, inputs, table, bg_set)
 
 
 @contextlib.contextmanager
@@ -501,10 +532,13 @@ def _read_journals(out: Path) -> dict[int, dict]:
 
 
 def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
-              table: BankTable, bg_categories: dict[str, dict]) -> dict:
+              table: BankTable, bg_set: BackgroundSet) -> dict:
     """Assemble ``annotations.json`` from the journals, write the manifest, drop them."""
     parts = _read_journals(out)
-    categories = coco.assign_category_ids(sorted(table.classes), keep=bg_categories)
+    categories = coco.assign_category_ids(sorted(table.classes), keep=bg_set.categories)
+    lvis_out = (config.annotation_format or bg_set.format or "coco") == "lvis"
+    federated: dict[int, coco.Federated] | None = {} if lvis_out else None
+    by_path = {b.path: b for b in bg_set.backgrounds}
     per_class: Counter = Counter()
     pasted_per_class: Counter = Counter()
     dropped: Counter = Counter()
@@ -521,15 +555,25 @@ def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
             dropped.update(part["dropped"])
             outside += part["outside"]
             skipped += part["skipped"]
+            if federated is not None:
+                federated[i + 1] = _federated_labels(by_path.get(part["background"]), part,
+                                                     bg_set.categories)
             yield ImageRecord(image_id=i + 1, file_name=part["file_name"], width=part["width"],
                               height=part["height"],
                               instances=Instances.from_rles(
                                   part["height"], part["width"], [a["class"] for a in anns],
                                   [a["rle"] for a in anns]))
 
+    lvis_counts = None
+    if lvis_out:
+        categories, lvis_counts = _lvis_categories(categories, parts, bg_set)
     written = coco.write_coco(out / "annotations.json", records(), categories,
                               info={"description": "weakpaste paste output",
-                                    "seed": config.seed})
+                                    "seed": config.seed}, federated=federated)
+    if lvis_counts is not None:
+        lvis_counts["negative_labels"] = sum(len(f.negative) for f in federated.values())
+        lvis_counts["not_exhaustive_labels"] = sum(len(f.not_exhaustive)
+                                                   for f in federated.values())
     manifest = write_manifest(
         out, stage="paste", config=run_config, seed=config.seed, inputs=inputs,
         counts={**written,
@@ -537,7 +581,55 @@ def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
                 "pasted_per_class": dict(sorted(pasted_per_class.items())),
                 "dropped_by_occlusion": dict(sorted(dropped.items())),
                 "dropped_total": sum(dropped.values()), "outside_image": outside,
-                "no_room_space_max": skipped})
+                "no_room_space_max": skipped,
+                **({"lvis": lvis_counts} if lvis_counts is not None else {})})
     for path in out.glob(PARTS_GLOB):
         path.unlink()
     return manifest
+
+
+def _federated_labels(background: Background | None, part: dict,
+                      bg_categories: dict[str, dict]) -> coco.Federated:
+    """The federated labels of an output image.
+
+    Its positive set is what it holds. Every class pasted onto it (even one that a later
+    paste hid) leaves the negative set; an LVIS background keeps its other negatives and its
+    not-exhaustive classes; a COCO background is exhaustively annotated, so the file's
+    classes absent from it are negatives; an extra background verified nothing.
+    """
+    if background is None or background.source == "extra":
+        return coco.Federated()
+    present = {a["class"] for a in part["annotations"]} | set(part["dropped"])
+    if background.federated is not None:
+        return coco.Federated(tuple(sorted(set(background.federated.negative) - present)),
+                              background.federated.not_exhaustive)
+    return coco.Federated(tuple(sorted(set(bg_categories) - set(background.labels) - present)))
+
+
+def _lvis_categories(categories: dict[str, dict], parts: dict[int, dict],
+                     bg_set: BackgroundSet) -> tuple[dict[str, dict], dict]:
+    """The LVIS category table of the output and the counts to report.
+
+    A category keeps the backgrounds file's ``frequency``, ``image_count`` and
+    ``instance_count`` (they describe the original training set, which decides rare, common and
+    frequent); missing ones come from the backgrounds file's annotations (the output's when
+    there is none); a bank class that they never saw is rare.
+    """
+    images: Counter = Counter()
+    instances: Counter = Counter()
+    for part in parts.values():
+        classes = [a["class"] for a in part["annotations"]]
+        instances.update(classes)
+        images.update(set(classes))
+    src_images, src_instances = images, instances
+    if bg_set.format is not None:
+        src_images, src_instances = Counter(), Counter()
+        for b in bg_set.backgrounds:
+            if b.source != "extra" and b.instances is not None:
+                src_instances.update(b.instances.classes)
+                src_images.update(set(b.instances.classes))
+    table = coco.complete_lvis_categories(categories, src_images, src_instances)
+    report = {"image_count": {n: images[n] for n in table},
+              "instance_count": {n: instances[n] for n in table},
+              "classes_not_in_backgrounds": sorted(set(table) - set(bg_set.categories))}
+    return table, report

@@ -1,16 +1,28 @@
-"""COCO evaluation of Mask R-CNN predictions, with per-class and long-tail AP.
+"""COCO and LVIS evaluation of Mask R-CNN predictions, with per-class and long-tail AP.
 
-Metrics (pycocotools ``COCOeval``, for ``bbox`` and ``segm``), as fractions in [0, 1]:
+Metrics (for ``bbox`` and ``segm``), as fractions in [0, 1]:
 
 * ``AP`` (mean over IoU 0.50:0.95), ``AP50``, ``AP75``, ``APs``/``APm``/``APl`` (areas below
-  32², between 32² and 96², above 96² pixels), all at 100 detections per image;
-* ``per_class``: each class's AP, AP50 and AP75 from ``COCOeval.eval["precision"]``, with the
+  32², between 32² and 96², above 96² pixels);
+* ``per_class``: each class's AP, AP50 and AP75 from the evaluator's precision array, with the
   number of training images that contain it and its frequency bucket;
 * ``APr``/``APc``/``APf``: AP over the classes that are *rare* (1–10 training images),
-  *common* (11–100) or *frequent* (more than 100), the LVIS rule. The counts come from the
-  training data (stored in a weakpaste checkpoint, or ``--train COCO_JSON``) or, for LVIS files,
-  from the categories' own ``frequency`` field. Like LVIS, a bucket's AP averages the
-  precision entries of all its classes.
+  *common* (11–100) or *frequent* (more than 100), the LVIS rule. Like LVIS, a bucket's AP
+  averages the precision entries of all its classes.
+
+Two protocols, chosen by the ground truth (``info.protocol``):
+
+* ``coco``: pycocotools' ``COCOeval``, 100 detections per image;
+* ``lvis`` for an LVIS file (federated labels): LVIS's evaluation, run by faster-coco-eval's
+  LVIS mode — each image keeps its 300 best detections, a detection of a class that is neither
+  annotated in its image nor listed in its ``neg_category_ids`` is not evaluated, and unmatched
+  detections of its ``not_exhaustive_category_ids`` are not false positives. Buckets come from
+  the file's category ``frequency``.
+
+Buckets come from, first: ``--train`` (its LVIS ``frequency``, else its image counts); then the
+ground truth's ``frequency`` under the LVIS protocol; then the training data stored in a
+weakpaste checkpoint (its LVIS ``frequency``, else its counts); then a COCO file's own
+``frequency`` field.
 
 A value is None (``null`` in JSON) when it is undefined: no ground truth for it (e.g. no small
 objects), an empty bucket, or unknown training counts. A class of the evaluation set that the
@@ -24,6 +36,7 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +47,12 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import (
     CocoDataset,
     evaluation_detections,
+    evaluation_document,
     evaluation_ground_truth,
+    frequency_bucket,
+    is_federated,
+    lvis_detections,
+    lvis_ground_truth,
 )
 from weakpaste.io.images import atomic_write_bytes, read_image
 from weakpaste.manifest import (
@@ -51,22 +69,26 @@ from weakpaste.train.model import load_checkpoint, model_from_checkpoint, resolv
 
 IOU_TYPES: tuple[str, ...] = ("segm", "bbox")
 METRIC_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
-RARE_MAX = 10
-COMMON_MAX = 100
 BUCKETS: tuple[str, ...] = ("r", "c", "f")
+# LVIS's test-time settings (LVIS v1 and FreeSeg §4.1): 300 detections per image, and a score
+# threshold low enough to let the rare classes' low scores through.
+LVIS_DETECTIONS = 300
+LVIS_SCORE_THRESHOLD = 1e-4
 
 
-def frequency_bucket(train_images: int) -> str | None:
-    """LVIS frequency group of a class seen in ``train_images`` training images.
+@dataclass(frozen=True)
+class TrainingClasses:
+    """What is known of the training data's classes, for the frequency buckets.
 
-    Returns:
-        "r" (1–10), "c" (11–100), "f" (> 100), or None for a class never seen.
+    Attributes:
+        image_counts: class -> training images containing it (None: unknown).
+        frequency: class -> the training files' LVIS ``frequency`` (None: not LVIS).
+        explicit: given with ``--train``: wins over the ground truth's own frequencies.
     """
-    if train_images <= 0:
-        return None
-    if train_images <= RARE_MAX:
-        return "r"
-    return "c" if train_images <= COMMON_MAX else "f"
+
+    image_counts: Mapping[str, int] | None = None
+    frequency: Mapping[str, str] | None = None
+    explicit: bool = False
 
 
 def _mean_valid(p: np.ndarray) -> float | None:
@@ -111,37 +133,61 @@ def summarize(evaluator, class_names: Sequence[str], frequency: Mapping[str, str
     return out
 
 
+def _evaluator(iou_type: str, gt, dt, protocol: str):
+    """An evaluated and accumulated ``COCOeval`` (pycocotools) or LVIS evaluator
+    (faster-coco-eval's LVIS mode, 300 detections per image)."""
+    if protocol == "lvis":
+        from faster_coco_eval import COCOeval_faster
+
+        ev = COCOeval_faster(gt, dt, iou_type, lvis_style=True, print_function=lambda *a: None)
+        ev.params.maxDets = [LVIS_DETECTIONS]
+        ev.evaluate()
+        ev.accumulate()
+        return ev
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
 def evaluate_results(gt_path: str | os.PathLike, results: Sequence[dict], *,
                      frequency: Mapping[str, str | None] | None = None,
-                     train_images: Mapping[str, int] | None = None) -> dict:
-    """COCOeval of COCO-format results against a ground-truth file, for bbox and segm.
+                     train_images: Mapping[str, int] | None = None,
+                     protocol: str | None = None) -> dict:
+    """Evaluate COCO-format results against a ground-truth file, for bbox and segm.
 
     Args:
-        gt_path: COCO instances JSON already validated by ``load_coco``.
+        gt_path: COCO or LVIS instances JSON already validated by ``load_coco``.
         results: COCO results (``image_id``, ``category_id``, ``score``, ``bbox`` and/or
             ``segmentation``); ids must be the file's.
         frequency: class name -> LVIS bucket, for APr/APc/APf.
         train_images: class name -> training images (reported per class).
+        protocol: "coco" (COCOeval) or "lvis" (federated, 300 detections per image);
+            default: "lvis" for a file with LVIS's federated labels.
 
     Returns:
         {"segm": {...}, "bbox": {...}}; an IoU type without any result of its kind (e.g.
         box-only results) still evaluates, scoring 0.
     """
-    from pycocotools.cocoeval import COCOeval
-
-    gt = evaluation_ground_truth(gt_path)
-    names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
+    doc = evaluation_document(gt_path)
+    protocol = protocol or ("lvis" if is_federated(doc) else "coco")
+    if protocol not in ("coco", "lvis"):
+        raise ValueError(f"protocol must be 'coco' or 'lvis', got {protocol!r}")
+    gt = lvis_ground_truth(doc, frequency) if protocol == "lvis" else \
+        evaluation_ground_truth(doc)
+    names = {c["id"]: c["name"] for c in doc["categories"]}
     out = {}
     for iou_type in IOU_TYPES:
         try:
-            dt = evaluation_detections(gt, results, iou_type)
+            dt = (lvis_detections if protocol == "lvis" else evaluation_detections)(
+                gt, results, iou_type)
         except ValueError as err:
             raise WeakpasteError(f"predictions: {err}; write RLE or polygon masks of the "
                                  "image's size") from None
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev = COCOeval(gt, dt, iou_type)
-            ev.evaluate()
-            ev.accumulate()
+        ev = _evaluator(iou_type, gt, dt, protocol)
         out[iou_type] = summarize(ev, [names[c] for c in ev.params.catIds], frequency,
                                   train_images)
     return out
@@ -152,13 +198,25 @@ def frequencies(counts: Mapping[str, int] | None) -> dict[str, str | None] | Non
     return None if counts is None else {n: frequency_bucket(int(k)) for n, k in counts.items()}
 
 
-def lvis_frequencies(gt_path: str | os.PathLike) -> dict[str, str | None] | None:
-    """The ``frequency`` field ("r"/"c"/"f") of an LVIS file's categories, or None."""
-    doc = json.loads(Path(gt_path).read_text(encoding="utf-8"))
-    cats = doc.get("categories", [])
-    if cats and all(c.get("frequency") in BUCKETS for c in cats):
-        return {c["name"]: c["frequency"] for c in cats}
-    return None
+def lvis_frequencies(gt_path: str | os.PathLike) -> dict[str, str] | None:
+    """The ``frequency`` field ("r"/"c"/"f") of a file's categories, or None."""
+    from weakpaste.io.coco import load_coco
+
+    return load_coco(gt_path, require_masks=False, check_files=False).frequency
+
+
+def training_frequency(datasets: Sequence[CocoDataset],
+                       names: Sequence[str]) -> dict[str, str] | None:
+    """Class -> LVIS ``frequency`` of training files that all give one (first file wins), or
+    None; a class none of them knows gets its bucket from ``class_image_counts``."""
+    if not datasets or any(ds.frequency is None for ds in datasets):
+        return None
+    counts = tdata.class_image_counts([r for ds in datasets for r in ds.records], names)
+    out: dict[str, str] = {}
+    for ds in datasets:
+        for name, bucket in ds.frequency.items():
+            out.setdefault(name, bucket)
+    return {n: out.get(n) or frequency_bucket(counts[n]) for n in names}
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,11 +351,14 @@ def _write_eval(out: Path, metrics: dict, results: list[dict] | None, *, config:
 
 
 def evaluate_model(model: torch.nn.Module, data: str | tdata.DataSpec, out_dir: str | os.PathLike,
-                   *, class_names: Sequence[str], train_image_counts: Mapping[str, int] | None,
+                   *, class_names: Sequence[str], training: TrainingClasses | None = None,
                    config: EvalConfig | None = None, source: str = "",
                    inputs: Sequence[str | os.PathLike] = (), overwrite: bool = True,
                    progress: bool = True) -> dict:
     """Predict on ``data`` with ``model`` and write ``OUT/metrics.json`` + ``predictions.json``.
+
+    On an LVIS ground truth the model keeps up to 300 detections per image with scores down to
+    1e-4 (LVIS's test settings), noted in ``info.notes``.
 
     Args:
         model: Mask R-CNN whose label k is ``class_names[k - 1]``.
@@ -305,7 +366,8 @@ def evaluate_model(model: torch.nn.Module, data: str | tdata.DataSpec, out_dir: 
         out_dir: output folder (replaced when it holds an earlier weakpaste output and
             ``overwrite``).
         class_names: the model's classes.
-        train_image_counts: training images per class (frequency buckets); None: unknown.
+        training: the training data's class counts and LVIS frequencies (frequency buckets);
+            default: unknown.
         config: device and mask threshold (default ``EvalConfig()``).
         source: what the model is (for the manifest).
         inputs: the model's files besides ``data`` (``out_dir`` may not overlap them).
@@ -322,10 +384,12 @@ def evaluate_model(model: torch.nn.Module, data: str | tdata.DataSpec, out_dir: 
     mapping, notes = tdata.map_eval_categories(class_names, gt)
     categories = {i + 1: mapping[n] for i, n in enumerate(class_names) if n in mapping}
     out = _prepare_eval_dir(out_dir, overwrite, [spec.json, spec.images, *inputs])
+    if gt.format == "lvis":
+        notes.append(_lvis_test_settings(model))
     items = [(gt.images_dir, rec) for rec in gt.records]
     results = predict(model.to(device), items, categories, device=device,
                       mask_threshold=config.mask_threshold, progress=progress)
-    metrics = _metrics(spec.json, results, train_image_counts, source, len(items), notes)
+    metrics = _metrics(spec.json, gt, results, training or TrainingClasses(), source, notes)
     _write_eval(out, metrics, results, config={"data": str(spec), "source": source},
                 inputs={str(spec.json): file_sha256(spec.json)},
                 counts={"images": len(items), "detections": len(results),
@@ -335,18 +399,43 @@ def evaluate_model(model: torch.nn.Module, data: str | tdata.DataSpec, out_dir: 
     return metrics
 
 
-def _metrics(gt_json: Path, results: list[dict], counts: Mapping[str, int] | None, source: str,
-             images: int, notes: list[str]) -> dict:
-    """``evaluate_results`` with the frequency buckets of ``counts`` (else an LVIS file's) and
-    the ``info`` block."""
-    freq = frequencies(counts)
-    if freq is None:
-        freq = lvis_frequencies(gt_json)
-    metrics = evaluate_results(gt_json, results, frequency=freq, train_images=counts)
-    metrics["info"] = {"images": images, "detections": len(results), "source": source,
-                       "frequency_source": ("training data" if counts is not None
-                                            else "LVIS categories" if freq else None),
-                       "notes": notes}
+def _lvis_test_settings(model: torch.nn.Module) -> str:
+    """Set a torchvision Mask R-CNN to LVIS's test settings; returns the note saying so."""
+    heads = model.roi_heads
+    before = (heads.detections_per_img, heads.score_thresh)
+    heads.detections_per_img = max(heads.detections_per_img, LVIS_DETECTIONS)
+    heads.score_thresh = min(heads.score_thresh, LVIS_SCORE_THRESHOLD)
+    return (f"LVIS ground truth: up to {heads.detections_per_img} detections per image with "
+            f"scores from {heads.score_thresh:g} (model: {before[0]}, {before[1]:g}), LVIS's "
+            "test settings")
+
+
+def _frequency(gt: CocoDataset, training: TrainingClasses
+               ) -> tuple[Mapping[str, str | None] | None, str | None]:
+    """The frequency buckets and where they come from (see the module docstring)."""
+    counted = frequencies(training.image_counts)
+    if training.explicit:
+        if training.frequency:
+            return training.frequency, "LVIS categories of --train"
+        return counted, "training data"
+    if gt.format == "lvis" and gt.frequency:
+        return gt.frequency, "LVIS categories"
+    if training.frequency:
+        return training.frequency, "LVIS categories of the training data"
+    if counted is not None:
+        return counted, "training data"
+    return (gt.frequency, "LVIS categories") if gt.frequency else (None, None)
+
+
+def _metrics(gt_json: Path, gt: CocoDataset, results: list[dict], training: TrainingClasses,
+             source: str, notes: list[str]) -> dict:
+    """``evaluate_results`` with the protocol of ``gt``, the buckets of ``_frequency`` and the
+    ``info`` block."""
+    freq, freq_source = _frequency(gt, training)
+    metrics = evaluate_results(gt_json, results, frequency=freq,
+                               train_images=training.image_counts, protocol=gt.format)
+    metrics["info"] = {"images": len(gt.records), "detections": len(results), "source": source,
+                       "protocol": gt.format, "frequency_source": freq_source, "notes": notes}
     return metrics
 
 
@@ -368,12 +457,20 @@ def _default_out(anchor: Path, data_json: Path) -> Path:
     return parent / f"eval-{data_json.stem}"
 
 
-def _train_counts(tspec: tdata.DataSpec | None) -> dict[str, int] | None:
-    """Training images per class of the ``--train`` file, or None."""
+def _training(tspec: tdata.DataSpec | None) -> TrainingClasses | None:
+    """Image counts and LVIS frequencies of the ``--train`` file, or None."""
     if tspec is None:
         return None
     tset = tdata.load_spec(tspec, check_files=False)
-    return tdata.class_image_counts(tset.records, list(tset.categories))
+    return TrainingClasses(tdata.class_image_counts(tset.records, list(tset.categories)),
+                           tset.frequency, explicit=True)
+
+
+def _checkpoint_training(ckpt: Mapping) -> TrainingClasses:
+    counts, freq = ckpt.get("train_image_counts"), ckpt.get("train_frequency")
+    return TrainingClasses(
+        None if counts is None else {str(k): int(v) for k, v in counts.items()},
+        None if freq is None else {str(k): str(v) for k, v in freq.items()})
 
 
 def run_eval(config: EvalConfig, data: str | tdata.DataSpec,
@@ -382,17 +479,18 @@ def run_eval(config: EvalConfig, data: str | tdata.DataSpec,
              predictions: str | os.PathLike | None = None,
              train: str | tdata.DataSpec | None = None, overwrite: bool = False,
              progress: bool = True) -> dict:
-    """``weakpaste eval``: evaluate a checkpoint, or a COCO results file, on a COCO set.
+    """``weakpaste eval``: evaluate a checkpoint, or a COCO results file, on a COCO or LVIS set.
 
     Args:
         config: device and mask threshold.
-        data: ``COCO_JSON:IMAGES_DIR`` (the images are needed with ``checkpoint`` only).
+        data: ``COCO_JSON:IMAGES_DIR`` (the images are needed with ``checkpoint`` only); an
+            LVIS file is evaluated with LVIS's protocol.
         out_dir: output folder; default ``eval-<data stem>`` beside the checkpoint's run
             folder (or the predictions file).
         checkpoint: a ``weakpaste train`` checkpoint.
         predictions: a COCO results JSON (exclusive with ``checkpoint``).
-        train: a COCO JSON whose per-class image counts define rare/common/frequent; default:
-            the counts stored in the checkpoint, else an LVIS file's category frequencies.
+        train: a COCO or LVIS JSON whose LVIS ``frequency`` (else per-class image counts)
+            define rare/common/frequent; default: see the module docstring.
         overwrite: replace an existing output.
         progress: tqdm progress bar.
 
@@ -408,7 +506,7 @@ def run_eval(config: EvalConfig, data: str | tdata.DataSpec,
     spec = tdata.parse_data_spec(data, option="--data", images_required=checkpoint is not None)
     tspec = (tdata.parse_data_spec(train, option="--train", images_required=False)
              if train is not None else None)
-    counts = _train_counts(tspec)
+    training = _training(tspec)
     anchor = Path(checkpoint if checkpoint is not None else predictions)
     out_dir = Path(out_dir) if out_dir is not None else _default_out(anchor, spec.json)
     extra_inputs = [anchor, tspec.json if tspec is not None else None]
@@ -416,15 +514,15 @@ def run_eval(config: EvalConfig, data: str | tdata.DataSpec,
         resolve_device(config.device)  # before reading a large checkpoint
         ckpt = load_checkpoint(checkpoint)
         model, mconfig = model_from_checkpoint(ckpt, checkpoint)
-        if counts is None and ckpt.get("train_image_counts") is not None:
-            counts = {str(k): int(v) for k, v in ckpt["train_image_counts"].items()}
         return evaluate_model(model, spec, out_dir, class_names=mconfig.class_names,
-                              train_image_counts=counts, config=config, source=str(checkpoint),
-                              inputs=extra_inputs, overwrite=overwrite, progress=progress)
+                              training=training or _checkpoint_training(ckpt), config=config,
+                              source=str(checkpoint), inputs=extra_inputs, overwrite=overwrite,
+                              progress=progress)
     gt = tdata.load_spec(spec, check_files=False)
     results, notes = read_predictions(predictions, gt)
     out = _prepare_eval_dir(out_dir, overwrite, [spec.json, spec.images, *extra_inputs])
-    metrics = _metrics(spec.json, results, counts, str(predictions), len(gt.records), notes)
+    metrics = _metrics(spec.json, gt, results, training or TrainingClasses(), str(predictions),
+                       notes)
     _write_eval(out, metrics, None, config={"data": str(spec), "source": str(predictions)},
                 inputs={str(spec.json): file_sha256(spec.json),
                         str(predictions): file_sha256(predictions)},
@@ -456,6 +554,6 @@ def format_metrics(metrics: Mapping, *, per_class: bool = True, max_classes: int
     return "\n".join(lines)
 
 
-__all__ = ["IOU_TYPES", "METRIC_KEYS", "frequency_bucket", "summarize", "evaluate_results",
-           "frequencies", "lvis_frequencies", "predict", "read_predictions", "evaluate_model",
-           "run_eval", "format_metrics"]
+__all__ = ["IOU_TYPES", "METRIC_KEYS", "TrainingClasses", "frequency_bucket", "summarize",
+           "evaluate_results", "frequencies", "lvis_frequencies", "training_frequency", "predict",
+           "read_predictions", "evaluate_model", "run_eval", "format_metrics"]

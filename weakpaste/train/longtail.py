@@ -25,6 +25,10 @@ its available instances takes all of them.
 Kept out of the ranking: classes without any instance (they cannot be sampled; they stay in
 ``categories``) and images without annotations (they contain no class to count). Crowd regions
 are not instances. Nothing here imports torch.
+
+An LVIS input gives an LVIS subset: images keep their federated lists, categories their
+``frequency`` (the original training set's, which the report shows per class), while
+``image_count`` and ``instance_count`` are the subset's.
 """
 
 from __future__ import annotations
@@ -180,7 +184,8 @@ def run_longtail(config: LongtailConfig, coco_json: str | os.PathLike,
                   "counts": {"images": len(ids), "classes": len(report["order"]),
                              "per_class": {c: {"reference": report["reference"][c],
                                                "available": report["available"][c],
-                                               "selected": report["selected"][c]}
+                                               "selected": report["selected"][c],
+                                               **_frequency_of(data.frequency, c)}
                                            for c in report["order"]}},
                   "notes": notes}
     written = write_coco_subset(src, dst, ids, info={"weakpaste": provenance})
@@ -188,14 +193,21 @@ def run_longtail(config: LongtailConfig, coco_json: str | os.PathLike,
     return provenance
 
 
+def _frequency_of(frequency: Mapping[str, str] | None, name: str) -> dict:
+    """{"frequency": the file's LVIS bucket of ``name``}, or {} for a file without one."""
+    return {} if frequency is None else {"frequency": frequency[name]}
+
+
 def format_report(provenance: Mapping) -> str:
-    """Per-class reference / available / selected instances as a text table."""
+    """Per-class reference / available / selected instances (and an LVIS file's frequency) as
+    a text table."""
     rows = provenance["counts"]["per_class"]
     width = max([len(n) for n in rows] + [5])
-    lines = [f"{'class':<{width}}  reference  available  selected"]
+    lvis = any("frequency" in row for row in rows.values())
+    lines = [f"{'class':<{width}}  reference  available  selected" + ("  frequency" * lvis)]
     for name, row in rows.items():
         lines.append(f"{name:<{width}}  {row['reference']:>9}  {row['available']:>9}  "
-                     f"{row['selected']:>8}")
+                     f"{row['selected']:>8}" + (f"  {row.get('frequency', '-'):>9}" * lvis))
     return "\n".join(lines)
 
 

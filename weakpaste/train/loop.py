@@ -32,7 +32,7 @@ from weakpaste.manifest import file_sha256, jsonable, prepare_output_dir, write_
 from weakpaste.models.weights import is_default, is_none
 from weakpaste.train import data as tdata
 from weakpaste.train.config import EvalConfig, ModelConfig, TrainConfig
-from weakpaste.train.evaluation import evaluate_model
+from weakpaste.train.evaluation import TrainingClasses, evaluate_model, training_frequency
 from weakpaste.train.model import (
     FORMAT,
     FORMAT_VERSION,
@@ -111,6 +111,7 @@ class _Plan:
     names: tuple[str, ...]
     instances: dict[str, int]
     train_image_counts: dict[str, int]
+    train_frequency: dict[str, str] | None
     notes: list[str]
 
     @property
@@ -170,12 +171,14 @@ def _plan(config: TrainConfig, train_sets: Sequence[Spec], stage2: Sequence[Spec
     if empty:
         notes.append(f"{len(empty)} class(es) have no instance in the training data; the model "
                      f"keeps an output for them but cannot learn them: {tdata.name_list(empty)}")
-    # Rare/common/frequent are defined on the original data: stage 2's when given.
+    # Rare/common/frequent are defined on the original data: stage 2's when given, by its LVIS
+    # frequencies when it is LVIS (a pasted LVIS set keeps its backgrounds').
     freq_records = [rec for ds in (sets2 or sets1) for rec in ds.records]
     if val_set is not None:
         notes += tdata.map_eval_categories(names, val_set)[1]
     return _Plan(specs1, specs2, val_spec, stages, names, instances,
-                 tdata.class_image_counts(freq_records, names), notes)
+                 tdata.class_image_counts(freq_records, names),
+                 training_frequency(sets2 or sets1, names), notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,7 +465,8 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
     model.to(device).train()
     base = {"format": FORMAT, "format_version": FORMAT_VERSION, "weakpaste_version": __version__,
             "model_config": model_config.to_dict(), "config": run_config,
-            "class_names": list(plan.names), "train_image_counts": plan.train_image_counts}
+            "class_names": list(plan.names), "train_image_counts": plan.train_image_counts,
+            "train_frequency": plan.train_frequency}
     bar = tqdm(total=plan.total, initial=start, desc="train", unit="it", disable=not progress,
                dynamic_ncols=True)
     run = _Run(config=config, model=model, device=device,
@@ -484,7 +488,8 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
 
     if plan.val is not None:
         metrics = evaluate_model(model, plan.val, out / "eval", class_names=plan.names,
-                                 train_image_counts=plan.train_image_counts,
+                                 training=TrainingClasses(plan.train_image_counts,
+                                                          plan.train_frequency),
                                  config=EvalConfig(device=config.device),
                                  source=str(ckpt_dir / "last.pt"), progress=progress)
         counts["eval"] = {iou: {k: metrics[iou][k] for k in ("AP", "AP50", "AP75")}
