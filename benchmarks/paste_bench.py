@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -77,10 +78,14 @@ def cli_rate(data_dir: Path, bank: Path, num_images: int, workers: int, out: Pat
            str(out), "--backgrounds", str(data_dir / "instances.json"), "--images",
            str(data_dir / "images"), "--num-images", str(num_images), "--objects", "4",
            "--blend", "gaussian", "--seed", "0", "--workers", str(workers), "--quiet"]
+    env = None
     if ray_address:
         cmd += ["--executor", "ray", "--ray-address", ray_address]
+        # Ray >= 2.59 clusters started with 'ray start' check a token: a driver naming the
+        # address sends ~/.ray/auth_token only with RAY_AUTH_MODE=token.
+        env = {**os.environ, "RAY_AUTH_MODE": "token"}
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
     wall = time.perf_counter() - start
     if workers == 1:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -135,8 +135,9 @@ def _connect(ray, address: str | None) -> None:
         from weakpaste.errors import reason
 
         raise WeakpasteError(f"cannot reach the Ray cluster at {address or 'auto'} "
-                             f"({reason(err)}); check --ray-address or start one with "
-                             "'ray start --head'") from None
+                             f"({reason(err)}); check --ray-address, start one with 'ray start "
+                             "--head', and for a cluster with token authentication (Ray >= "
+                             "2.59) set RAY_AUTH_MODE=token here") from None
 
 
 class _Worker:

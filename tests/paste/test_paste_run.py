@@ -115,7 +115,10 @@ def test_resume_after_interruption(bank_and_bg, tmp_path, monkeypatch):
     assert str(err.value) == (f"{out}: cannot resume: seed (--seed) was 3, now 99; rerun with "
                               "that run's options and inputs, or pass --overwrite instead of "
                               "--resume")
+    stale = out / "images" / ".000004.jpg.4242.tmp"  # a worker killed mid-write
+    stale.write_bytes(b"half an image")
     _paste(bank, coco, images, out, resume=True)
+    assert not stale.exists()
     assert _snapshot(out) == _snapshot(tmp_path / "ref")
 
 

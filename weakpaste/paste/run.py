@@ -454,6 +454,10 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
                                      getattr(config.class_weights, "path", None)])
     try:
         (out / "images").mkdir(exist_ok=True)
+        # A worker killed mid-write leaves its temporary file (atomic_write_bytes' naming);
+        # the image itself is made again.
+        for tmp in (out / "images").glob(".*.tmp"):
+            tmp.unlink()
     except OSError as err:
         raise write_error(out, err) from None
     write_manifest(out, stage="paste", config=run_config, seed=config.seed, inputs=inputs,
