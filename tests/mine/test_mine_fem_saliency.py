@@ -194,3 +194,61 @@ def test_salient_run_resume_refuses_changed_negatives(salient_run, capsys):
     err = capsys.readouterr().err
     assert "cannot resume: the negatives changed since that run" in err
     assert main([*argv, "--out", str(out), "--resume", "--save-baselines"]) == 0
+
+
+# ------------------------------------------------------------------ the funnel
+
+
+def test_funnel_on_the_salient_run(salient_run, capsys):
+    work, argv, out, gt = salient_run
+    assert main(["evaluate-masks", str(out), "--gt", str(gt), "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)["funnel"]
+    names = [s["stage"] for s in f["stages"]]
+    assert names == ["candidates", "top_n", "step1_pick", "em_pick", "evidence_pick", "kept"]
+    r = {s["stage"]: s["recall@0.5"] for s in f["stages"]}
+    assert r["candidates"] >= r["top_n"] >= r["step1_pick"]
+    assert r["candidates"] >= max(r["em_pick"], r["evidence_pick"])
+    assert 0 <= f["cam"]["pointing_mask"] <= f["cam"]["pointing_box"] <= 1
+    assert main(["evaluate-masks", str(out), "--gt", str(gt)]) == 0
+    text = capsys.readouterr().out
+    assert "funnel (recall@0.5 = share of the" in text and "pointing game" in text
+
+
+def test_precision_yield_and_pointing_values(tiny_coco, tmp_path):
+    from weakpaste.io.coco import write_coco
+    from weakpaste.mine.funnel import _pointing, precision_yield
+    from weakpaste.mine.quality import _load_gt
+    from weakpaste.structures import ImageRecord, Instances
+
+    gt_path, _ = tiny_coco
+    # GT: img0 a (4,4,20,20) b (30,10,60,40); img1 b (2,2,12,30) a (40,5,63,47); img2 a.
+    preds = [("img0.png", "a", (4, 4, 20, 20), 0.9),   # right
+             ("img0.png", "b", (0, 0, 5, 5), 0.8),     # wrong
+             ("img1.png", "a", (40, 5, 63, 47), 0.3),  # right
+             ("img2.png", "a", (0, 0, 3, 3), 0.1)]     # wrong
+    records = []
+    for k, name in enumerate(("img0.png", "img1.png", "img2.png")):
+        mine = [p for p in preds if p[0] == name]
+        masks = np.zeros((len(mine), 48, 64), bool)
+        for m, (_, _, (x0, y0, x1, y1), _) in zip(masks, mine, strict=True):
+            m[y0:y1, x0:x1] = True
+        records.append(ImageRecord(k + 1, name, 64, 48, instances=Instances.from_masks(
+            masks, [p[1] for p in mine], scores=[p[3] for p in mine])))
+    path = tmp_path / "pred.json"
+    write_coco(path, records, ["a", "b"])
+    rows = precision_yield(path, gt_path, fractions=(1.0, 0.5, 0.25))
+    assert [r["kept"] for r in rows] == [4, 2, 1]
+    np.testing.assert_allclose([r["precision@0.5"] for r in rows], [0.5, 0.5, 1.0])
+    np.testing.assert_allclose([r["pair_yield@0.5"] for r in rows], [2 / 5, 1 / 5, 1 / 5])
+    # Pointing: a one-pixel mask inside img0's a, inside img1's b's box, outside img2's a.
+    dots = []
+    for k, (name, cls, (x, y)) in enumerate((("img0.png", "a", (10, 10)),
+                                             ("img1.png", "b", (5, 5)),
+                                             ("img2.png", "a", (25, 25)))):
+        m = np.zeros((1, 48, 64), bool)
+        m[0, y, x] = True
+        dots.append(ImageRecord(k + 1, name, 64, 48, instances=Instances.from_masks(m, [cls])))
+    write_coco(tmp_path / "peaks.json", dots, ["a", "b"])
+    p = _pointing(tmp_path / "peaks.json", _load_gt(gt_path))
+    # img2's a has a hole at 20..30: (25, 25) is in its box, not in its mask.
+    assert p == {"pointing_mask": 2 / 5, "pointing_box": 3 / 5}

@@ -419,8 +419,9 @@ FUNNEL = ("proposals", "candidates", "top_n", "step1_pick", "em_pick", "evidence
           "cam_peak")
 """The funnel's baseline files (``--save-baselines``), per (image, class) before any
 threshold: every proposal (``record_proposals`` only), the eligible candidates, step 1's
-top_n, step 1's pick, EM's pick, the pick of most evidence, and the Grad-CAM's maximum as a
-one-pixel mask (for the pointing game)."""
+top_n, step 1's pick, EM's pick (scored by the classifier), the pick of most evidence (scored
+by its evidence), and the Grad-CAM's maximum as a one-pixel mask (for the pointing game).
+``weakpaste evaluate-masks BANK --gt GT`` reports them (``weakpaste.mine.quality.funnel``)."""
 
 
 def funnel_picks(cm: ClassMining, em_pick: int, config: FemConfig) -> dict[str, list[Pick]]:
@@ -435,8 +436,10 @@ def funnel_picks(cm: ClassMining, em_pick: int, config: FemConfig) -> dict[str, 
            "step1_pick": picks([cm.step1]), "em_pick": picks([em_pick])}
     if cm.proposal_rles is not None:
         out["proposals"] = picks(range(len(cm.proposal_rles)), cm.proposal_rles)
-    if cm.cam_means is not None:
-        out["evidence_pick"] = picks([int(np.argmax(evidence(cm.scores, cm.cam_means)))])
+    if cm.cam_means is not None:  # scored by its evidence, for precision-yield curves
+        ev = evidence(cm.scores, cm.cam_means)
+        best = int(np.argmax(ev))
+        out["evidence_pick"] = [Pick(cm.label, cm.rles[best], float(ev[best]))]
     if cm.cam_peak is not None and cm.cam_rle is not None:
         h, w = cm.cam_rle["size"]
         dot = np.zeros((h, w), dtype=bool)
