@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared next to the checkout (/work/main), or two levels up from a worktree (/work/wt/x).
+SHARED = next((p / "shared" for p in Path(__file__).resolve().parents[1:4]
+               if (p / "shared").is_dir()), Path(__file__).resolve().parents[2] / "shared")
 
 
 def model_parser(description: str, data: str) -> argparse.ArgumentParser:

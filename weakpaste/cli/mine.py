@@ -140,7 +140,9 @@ def _build_mine(p: argparse.ArgumentParser) -> None:
                           labels="COCO JSON (annotated categories = labels), CSV (image,labels "
                                  "with ';') or JSON {image: [classes]}; omit for one sub-folder "
                                  "per class",
-                          baselines="also write baselines/cam.json and baselines/step1.json"))
+                          baselines="also write baselines/cam.json, step1.json and the funnel "
+                                    "(candidates, top_n, step1_pick, em_pick, evidence_pick, "
+                                    "cam_peak; evaluate-masks reports it)"))
     command(methods, "freeseg", "FreeSeg co-segmentation + ranking on object-centric images "
                                 "(one class each)",
             _build_method("FreeSegConfig", _cmd_mine_freeseg,

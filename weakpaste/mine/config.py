@@ -17,6 +17,10 @@ from weakpaste.options import Config, option
 METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
 """Proposal methods :func:`weakpaste.mine.proposals.generate_proposals` accepts."""
 
+FEM_METHODS: tuple[str, ...] = (*METHODS, "saliency")
+"""Proposal methods of F-EM: :data:`METHODS` and the salient-object regions
+(:mod:`weakpaste.mine.saliency_proposals`)."""
+
 MIN_IMAGE_SIDE = 16
 """Smallest image height or width proposals accept, in pixels."""
 
@@ -70,9 +74,17 @@ class FemParams(Config):
         max_span: drop proposals whose box spans at least this fraction of the image's
             width or height (appendix §6: "almost the whole image").
         max_proposals: cap on proposals per image.
-        methods: proposal methods (``sam`` needs ``sam_checkpoint``).
+        methods: proposal methods (``sam`` needs ``sam_checkpoint``, ``saliency`` needs
+            ``saliency``).
         sam_checkpoint: SAM weights for the ``sam`` proposals.
         sam_model: the SAM model type of the checkpoint.
+        saliency: ONNX salient-object model (IS-Net) for the ``saliency`` proposals.
+        saliency_size: its input side; a model with a fixed input is rewritten to run at it.
+        saliency_threshold: foreground threshold of the saliency maps.
+        saliency_min_area: smallest saliency region (fraction of the image).
+        crop_expand: scale of the boxes around Grad-CAM regions cropped for saliency.
+        record_proposals: keep every proposal's mask per (image, class) for the funnel's
+            first stage (``baselines/proposals.json``; slow, for benchmarks).
     """
 
     rank: str = option("cam-iou", choices=("cam-iou", "cam-gain", "distance"),
@@ -90,16 +102,39 @@ class FemParams(Config):
     max_span: float = option(0.95, cli=False, help="widest proposal box (fraction)")
     max_proposals: int = option(300, cli=False, help="most proposals per image")
     methods: tuple[str, ...] = option(("felzenszwalb", "slic"), flag="--proposals",
-                                      choices=METHODS, help="proposal methods (sam needs "
-                                                            "--sam-checkpoint)")
+                                      choices=FEM_METHODS,
+                                      help="proposal methods (sam needs --sam-checkpoint, "
+                                           "saliency needs --saliency)")
     sam_checkpoint: str | None = option(None, metavar="PATH",
                                         help="SAM weights for --proposals sam (needs the "
                                              "segment-anything package)")
     sam_model: str = option("vit_b", choices=("vit_b", "vit_l", "vit_h"),
                             help="SAM model type of --sam-checkpoint")
+    saliency: str | None = option(None, metavar="PATH",
+                                  help="ONNX salient-object model (IS-Net) for --proposals "
+                                       "saliency: its foreground regions on the image and on "
+                                       "crops around the Grad-CAM regions")
+    saliency_size: int | None = option(None, range=(8, None),
+                                       help="run the saliency model at this input side "
+                                            "(a fixed-size model is rewritten; IS-Net: 512 is "
+                                            "~4x faster than its 1024)")
+    saliency_threshold: float = option(0.5, range=(0, 1), cli=False,
+                                       help="saliency foreground threshold")
+    saliency_min_area: float = option(0.002, range=(0, 1), cli=False,
+                                      help="smallest saliency region (fraction of the image)")
+    crop_expand: float = option(1.5, range=(1, None), cli=False,
+                                help="scale of the Grad-CAM region boxes cropped for saliency")
+    record_proposals: bool = option(False, cli=False,
+                                    help="keep every proposal for the funnel (benchmarks)")
 
     def check(self) -> None:
         super().check()
+        if "saliency" in self.methods and not self.saliency:
+            raise WeakpasteError("methods (--proposals) has saliency, which needs a "
+                                 "salient-object model: pass saliency (--saliency PATH)")
+        if self.saliency and "saliency" not in self.methods:
+            raise WeakpasteError("saliency (--saliency) is set but methods (--proposals) has "
+                                 "no saliency; add saliency to --proposals or drop --saliency")
         if "sam" in self.methods and not self.sam_checkpoint:
             raise WeakpasteError("methods (--proposals) has sam, which needs the SAM weights: "
                                  "pass sam_checkpoint (--sam-checkpoint PATH)")
@@ -121,6 +156,21 @@ class FemConfig(Config):
     score_threshold: float = option(0.1, range=(0, 1),
                                     help="keep segments the classifier scores at least this "
                                          "high")
+    pick: str = option("em", choices=("em", "evidence"),
+                       help="the segment per (image, class): EM's (the paper's) or the "
+                            "candidate of most evidence = crop probability x mean Grad-CAM "
+                            "inside")
+    min_evidence: float = option(0.0, range=(0, 1),
+                                 help="keep segments whose evidence is at least this")
+    keep_top: float = option(1.0, range=(0, 1), open_low=True,
+                             help="keep this fraction of the segments, those of most "
+                                  "evidence (precision over yield)")
+    negatives: str | None = option(None, metavar="DIR",
+                                   help="images showing none of the classes: all-zero "
+                                        "classifier targets (a one-class set needs them)")
+    saliency_cache: str | None = option(None, metavar="DIR",
+                                        help="keep saliency maps here to share them between "
+                                             "runs (default: OUT/.cache/saliency)")
     seed: int = option(0, range=(0, None), help="seeds the classifier's training")
     params: FemParams = option(factory=FemParams, help="per-image settings")
 

@@ -438,6 +438,9 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
                        overwrite: bool = False) -> str:
     """Evaluate mined masks against GT and optionally save the result.
 
+    A bank mined with ``--save-baselines`` also gets its funnel (``weakpaste.mine.funnel``):
+    recall@0.5 at each stage of the choice and the Grad-CAM's IoU and pointing game.
+
     Args:
         pred: segment bank folder or COCO JSON of predictions (``weakpaste mine`` output).
         gt: GT COCO instances JSON with masks.
@@ -462,7 +465,12 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
         if not overwrite:
             raise WeakpasteError(f"{out_path}: already exists; pass --overwrite to replace it "
                                  "or choose another --out")
+    from weakpaste.mine.funnel import format_funnel, funnel
+
     result = evaluate_masks(pred, gt)
+    found = funnel(pred, gt) if Path(pred).is_dir() else None
+    if found is not None:  # a bank mined with --save-baselines: where the right segment is lost
+        result["funnel"] = found
     text = json.dumps(result, indent=2)
     if out_path is not None:
         try:
@@ -473,7 +481,8 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
                                  "choose another --out") from None
     if as_json:
         return text
-    return f"{pred} vs {gt}\n\n{format_table(result)}"
+    tail = f"\n\n{format_funnel(found)}" if found is not None else ""
+    return f"{pred} vs {gt}\n\n{format_table(result)}{tail}"
 
 
 __all__ = ["load_predictions", "evaluate_masks", "format_table", "run_evaluate_masks"]

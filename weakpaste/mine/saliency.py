@@ -120,6 +120,9 @@ class OnnxSaliency(_Backend):
         convention: ``isnet`` or ``u2net`` preprocessing (see the module docstring).
         size: input side for a model with dynamic spatial dims (default: the convention's).
         threads: onnxruntime intra-op threads (None: its default).
+        rescale: for a model with a fixed input size and a different ``size``, rewrite the
+            graph to run at ``size`` (see :func:`rescale_fixed_input`; needs the ``onnx``
+            package) instead of refusing. IS-Net at 512 px instead of its 1024: ~4x faster.
 
     Raises:
         WeakpasteError: missing file, onnxruntime not installed, a file onnxruntime cannot
@@ -127,7 +130,8 @@ class OnnxSaliency(_Backend):
     """
 
     def __init__(self, path: str | os.PathLike, convention: str = "isnet",
-                 size: int | None = None, threads: int | None = None) -> None:
+                 size: int | None = None, threads: int | None = None,
+                 rescale: bool = False) -> None:
         self.path = Path(path)
         if convention not in CONVENTIONS:
             raise WeakpasteError(f"unknown saliency convention {convention!r}; choose "
@@ -146,15 +150,22 @@ class OnnxSaliency(_Backend):
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        self._session = self._load(ort, str(self.path), opts)
+        self._input, self.size = self._check_io(None if rescale else size)
+        if rescale and size is not None and int(size) != self.size:
+            model, _ = rescale_fixed_input(self.path.read_bytes(), int(size), self.path)
+            self._session = self._load(ort, model, opts)
+            self._input, self.size = self._check_io(None)
+        self._sha = None
+
+    def _load(self, ort, model: str | bytes, opts):
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                 providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(model, sess_options=opts,
+                                        providers=["CPUExecutionProvider"])
         except Exception as err:
             msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             raise WeakpasteError(f"{self.path}: onnxruntime cannot load the model ({msg}); "
                                  "pass a valid ONNX salient-object model") from None
-        self._input, self.size = self._check_io(size)
-        self._sha = None
 
     def _check_io(self, size: int | None) -> tuple[str, int]:
         inputs = self._session.get_inputs()
@@ -219,12 +230,71 @@ class OnnxSaliency(_Backend):
         return _normalise(sal)
 
 
+def rescale_fixed_input(model: bytes, size: int, source: str | os.PathLike = "model"
+                        ) -> tuple[bytes, int]:
+    """Rewrite an ONNX model with a fixed square input (1, 3, S, S) to run at ``size``.
+
+    Exported networks such as IS-Net fix their spatial size twice: in the input/output shapes
+    and in the constant output sizes of their ``Resize`` nodes (IS-Net: 39 of them, 32..1024
+    px). Both are scaled by ``size / S``; ``Resize`` nodes driven by scales need nothing. A
+    model whose other shapes are fixed too (e.g. constant ``Reshape`` targets over the spatial
+    dims) is not handled: onnxruntime then fails to load or run it.
+
+    Args:
+        model: the serialised ONNX model.
+        size: the new input side, in pixels (>= 8).
+        source: the model's path, for error messages.
+
+    Returns:
+        (the serialised rewritten model, the number of ``Resize`` sizes rewritten).
+
+    Raises:
+        WeakpasteError: the ``onnx`` package is missing, or the input is not a fixed square.
+    """
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise WeakpasteError(f"{source}: running this fixed-size model at {size} px needs the "
+                             "onnx package (pip install onnx); or drop --saliency-size") from None
+    proto = onnx.load_model_from_string(model)
+    graph = proto.graph
+    dims = graph.input[0].type.tensor_type.shape.dim if len(graph.input) else []
+    side = dims[2].dim_value if len(dims) == 4 else 0
+    if side <= 0 or dims[3].dim_value != side or size < 8:
+        raise WeakpasteError(f"{source}: only a fixed square input [1, 3, S, S] can be "
+                             "rescaled (to a size >= 8); export the model with dynamic "
+                             "height/width instead")
+    # Resize sizes are initializers or Constant nodes' values.
+    tensors = {t.name: t for t in graph.initializer}
+    tensors.update({n.output[0]: n.attribute[0].t for n in graph.node
+                    if n.op_type == "Constant" and n.attribute
+                    and n.attribute[0].name == "value"})
+    count = 0
+    for node in graph.node:
+        if node.op_type != "Resize" or len(node.input) < 4 or node.input[3] not in tensors:
+            continue
+        tensor = tensors[node.input[3]]
+        sizes = numpy_helper.to_array(tensor).astype(np.int64)
+        sizes[2:] = np.maximum(1, np.rint(sizes[2:] * size / side)).astype(np.int64)
+        tensor.CopyFrom(numpy_helper.from_array(sizes, tensor.name))
+        count += 1
+    for value in [*graph.input, *graph.output]:
+        for d in value.type.tensor_type.shape.dim[-2:]:
+            if d.dim_value == side:
+                d.dim_value = size
+    del graph.value_info[:]  # stale intermediate shapes; onnxruntime infers them again
+    return proto.SerializeToString(), count
+
+
 def make_saliency(spec: str, *, convention: str = "isnet", size: int | None = None,
-                  threads: int | None = None):
-    """A backend from a command-line value: ``spectral`` or the path of an ONNX model."""
+                  threads: int | None = None, rescale: bool = False):
+    """A backend from a command-line value: ``spectral`` or the path of an ONNX model
+    (``rescale``: run a fixed-size model at ``size``, see :class:`OnnxSaliency`)."""
     if spec == "spectral":
         return SpectralResidual()
-    return OnnxSaliency(spec, convention=convention, size=size, threads=threads)
+    return OnnxSaliency(spec, convention=convention, size=size, threads=threads,
+                        rescale=rescale)
 
 
 class SaliencyCache:

@@ -1,0 +1,254 @@
+"""F-EM's quality options: saliency proposals, negatives, the evidence pick, the funnel."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from weakpaste.cli import main
+from weakpaste.demo import write_synthetic_dataset
+from weakpaste.errors import WeakpasteError
+from weakpaste.io.images import write_image
+from weakpaste.mine.config import FemConfig, FemParams
+from weakpaste.mine.fem import _keep, evidence
+from weakpaste.mine.pipeline import Plan, training_set
+from weakpaste.mine.saliency_proposals import cam_regions, saliency_segments, to_working
+
+
+def test_cam_regions_values():
+    cam = np.zeros((200, 300), np.float32)
+    cam[10:30, 20:60] = 1.0      # 40 x 20 region -> x1.5 = 60 x 30, min side 64 -> 64 x 64
+    cam[100:200, 200:300] = 0.8  # 100 x 100 at the corner -> 150 x 150, clipped
+    boxes = cam_regions(cam, 0.5, 1.5, 64)
+    assert boxes.dtype == np.int64 and boxes.shape == (2, 4)
+    np.testing.assert_array_equal(boxes[0], [175, 75, 300, 200])  # largest first
+    np.testing.assert_array_equal(boxes[1], [8, 0, 72, 52])
+    assert cam_regions(np.zeros((50, 50), np.float32)).shape == (0, 4)
+    with pytest.raises(ValueError, match="expand must be >= 1, got 0.5"):
+        cam_regions(cam, expand=0.5)
+
+
+def test_saliency_segments_components_union_and_crops():
+    sal = np.zeros((40, 50), np.float32)
+    sal[2:12, 2:12] = 0.9    # 100 px
+    sal[20:30, 30:45] = 0.7  # 150 px
+    sal[35, 0] = 1.0         # 1 px: under min_area
+    masks = saliency_segments(sal, 0.5, min_area=0.01)
+    assert masks.shape == (3, 40, 50) and masks.dtype == bool
+    assert masks[0].sum() == 150 and masks[1].sum() == 100
+    np.testing.assert_array_equal(masks[2], masks[0] | masks[1])
+    assert saliency_segments(sal, 0.5, 0.01, union=False).shape == (2, 40, 50)
+    crop = saliency_segments(sal[20:30, 30:45], 0.5, 0.01, box=(30, 20, 45, 30),
+                             shape=(40, 50))
+    assert crop.shape == (1, 40, 50)
+    np.testing.assert_array_equal(crop[0], masks[0])
+    with pytest.raises(ValueError, match="does not match the box"):
+        saliency_segments(sal, box=(0, 0, 5, 5), shape=(40, 50))
+    with pytest.raises(ValueError, match="pass the image shape with a crop box"):
+        saliency_segments(sal, box=(0, 0, 50, 40))
+
+
+def test_to_working_downsamples_and_drops_empty():
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, :4, :4] = True
+    masks[1, 7, 7] = True  # one pixel: gone at 4 x 4
+    small = to_working(masks, (4, 4))
+    assert small.shape == (1, 4, 4) and small[0].sum() == 4 and small[0, :2, :2].all()
+
+
+def test_evidence_values_and_errors():
+    np.testing.assert_allclose(evidence(np.array([0.5, 1.0]), np.array([0.8, 0.1])),
+                               [0.4, 0.1])
+    with pytest.raises(ValueError, match=r"evidence: \(2,\) scores but \(3,\) CAM means"):
+        evidence(np.zeros(2), np.zeros(3))
+
+
+class _Cm:
+    def __init__(self, label, score):
+        self.label, self.scores = label, np.array([score], np.float32)
+
+
+def test_keep_threshold_min_evidence_and_top_fraction():
+    chosen = [(0, _Cm("a", 0.9), 0, 0.0, 0.8), (1, _Cm("a", 0.05), 0, 0.0, 0.9),
+              (2, _Cm("b", 0.5), 0, 0.0, 0.2), (3, _Cm("b", 0.6), 0, 0.0, 0.5)]
+    kept, dropped = _keep(chosen, FemConfig(score_threshold=0.1))
+    assert kept == {0, 2, 3} and dropped == {"a": 1}
+    kept, _ = _keep(chosen, FemConfig(score_threshold=0.1, min_evidence=0.3))
+    assert kept == {0, 3}
+    kept, dropped = _keep(chosen, FemConfig(score_threshold=0.1, keep_top=0.5))
+    assert kept == {0, 3} and dropped == {"a": 1, "b": 1}  # ceil(0.5 x 3) = 2 of most evidence
+
+
+def test_training_set_negatives_have_zero_targets(tmp_path):
+    class R:
+        def __init__(self, f, labels):
+            self.file_name, self.labels = f, labels
+
+    plan = Plan([], ["cat", "dog"], [R("a.png", ["dog"]), R("b.png", ["cat", "dog"])],
+                negatives=[tmp_path / "n1.png"])
+    paths, y = training_set(plan, tmp_path)
+    assert paths == [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "n1.png"]
+    np.testing.assert_array_equal(y, [[0, 1], [1, 1], [0, 0]])
+    assert y.dtype == np.float32
+
+
+def test_config_errors_name_the_options():
+    with pytest.raises(WeakpasteError) as err:
+        FemParams(methods=("saliency",))
+    assert str(err.value) == ("methods (--proposals) has saliency, which needs a salient-object "
+                              "model: pass saliency (--saliency PATH)")
+    with pytest.raises(WeakpasteError, match="saliency .--saliency. is set but methods"):
+        FemParams(saliency="m.onnx")
+    with pytest.raises(WeakpasteError,
+                       match=r"keep_top \(--keep-top\) must be in \(0, 1\], got 0.0"):
+        FemConfig(keep_top=0.0)
+
+
+# ------------------------------------------------------------------ end to end on the CLI
+
+
+def _resize_model(path, side=32):
+    """A salient-object 'model' with IS-Net's fixed sizes: input [1,3,S,S] -> channel mean ->
+    2x2 max-pool -> Resize to the constant [1,1,S,S]."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, side, side])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, side, side])
+    sizes = numpy_helper.from_array(np.array([1, 1, side, side], np.int64), "sizes")
+    nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("MaxPool", ["m"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Resize", ["p", "", "", "sizes"], ["output"], mode="nearest")]
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[sizes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def salient_run(tmp_path_factory):
+    """``mine fem --proposals saliency slic --negatives ... --pick evidence --save-baselines``
+    on 8 synthetic scenes: (work folder, argv, out)."""
+    work = tmp_path_factory.mktemp("salient")
+    gt = write_synthetic_dataset(work / "scenes", num_scenes=8, seed=3, height=96, width=128)
+    model = _resize_model(work / "sal.onnx")
+    neg = work / "neg"
+    neg.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        write_image(neg / f"n{k}.png", rng.integers(0, 60, (96, 128, 3), dtype=np.uint8))
+    argv = ["mine", "fem", "--images", str(work / "scenes" / "images"), "--labels", str(gt),
+            "--backbone", "resnet18", "--weights", "none", "--epochs", "2", "--input-size",
+            "64", "--crop-size", "48", "--candidates", "6", "--max-side", "128",
+            "--proposals", "saliency", "slic", "--saliency", str(model), "--saliency-size",
+            "16", "--negatives", str(neg), "--pick", "evidence", "--min-samples", "3",
+            "--score-threshold", "0", "--quiet"]
+    out = work / "bank"
+    assert main([*argv, "--out", str(out), "--save-baselines"]) == 0
+    return work, argv, out, gt
+
+
+def test_salient_run_outputs_and_funnel(salient_run):
+    work, argv, out, gt = salient_run
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["negative_images"] == 3
+    assert {"negatives", "saliency_model"} <= set(m["inputs"])
+    assert m["config"]["saliency_key"].endswith("isnet-16")  # rewritten to run at 16 px
+    maps = list((out / ".cache" / "saliency").rglob("*.png"))
+    assert len(maps) > 8  # the 8 whole images and the Grad-CAM crops
+    # The funnel: candidates contain the picks; the final picks are the evidence picks.
+    base = out / "baselines"
+    docs = {p.stem: json.loads(p.read_text()) for p in base.glob("*.json")}
+    assert {"candidates", "top_n", "step1_pick", "em_pick", "evidence_pick", "cam_peak"} <= \
+        set(docs)
+    segs = {k: {(a["image_id"], a["segmentation"]["counts"]) for a in d["annotations"]}
+            for k, d in docs.items()}
+    final = json.loads((out / "pseudo_labels.json").read_text())["annotations"]
+    assert {(a["image_id"], a["segmentation"]["counts"]) for a in final} == \
+        segs["evidence_pick"]
+    assert segs["evidence_pick"] <= segs["candidates"] and segs["em_pick"] <= segs["candidates"]
+    assert all(a["area"] == 1 for a in docs["cam_peak"]["annotations"])
+
+
+def test_salient_run_is_deterministic_and_shares_the_saliency_cache(salient_run, tmp_path):
+    work, argv, out, gt = salient_run
+    shared = tmp_path / "maps"
+    for name in ("a", "b"):
+        assert main([*argv, "--out", str(tmp_path / name), "--saliency-cache",
+                     str(shared)]) == 0
+    a, b = (json.loads((tmp_path / n / "pseudo_labels.json").read_text()) for n in "ab")
+    assert a == b == json.loads((out / "pseudo_labels.json").read_text())
+    assert not (tmp_path / "b" / ".cache" / "saliency").exists() and any(shared.rglob("*.png"))
+
+
+def test_salient_run_resume_refuses_changed_negatives(salient_run, capsys):
+    work, argv, out, gt = salient_run
+    write_image(work / "neg" / "n9.png", np.zeros((96, 128, 3), np.uint8))
+    try:
+        assert main([*argv, "--out", str(out), "--resume", "--save-baselines"]) == 2
+    finally:
+        Path(work / "neg" / "n9.png").unlink()
+    err = capsys.readouterr().err
+    assert "cannot resume: the negatives changed since that run" in err
+    assert main([*argv, "--out", str(out), "--resume", "--save-baselines"]) == 0
+
+
+# ------------------------------------------------------------------ the funnel
+
+
+def test_funnel_on_the_salient_run(salient_run, capsys):
+    work, argv, out, gt = salient_run
+    assert main(["evaluate-masks", str(out), "--gt", str(gt), "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)["funnel"]
+    names = [s["stage"] for s in f["stages"]]
+    assert names == ["candidates", "top_n", "step1_pick", "em_pick", "evidence_pick", "kept"]
+    r = {s["stage"]: s["recall@0.5"] for s in f["stages"]}
+    assert r["candidates"] >= r["top_n"] >= r["step1_pick"]
+    assert r["candidates"] >= max(r["em_pick"], r["evidence_pick"])
+    assert 0 <= f["cam"]["pointing_mask"] <= f["cam"]["pointing_box"] <= 1
+    assert main(["evaluate-masks", str(out), "--gt", str(gt)]) == 0
+    text = capsys.readouterr().out
+    assert "funnel (recall@0.5 = share of the" in text and "pointing game" in text
+
+
+def test_precision_yield_and_pointing_values(tiny_coco, tmp_path):
+    from weakpaste.io.coco import write_coco
+    from weakpaste.mine.funnel import _pointing, precision_yield
+    from weakpaste.mine.quality import _load_gt
+    from weakpaste.structures import ImageRecord, Instances
+
+    gt_path, _ = tiny_coco
+    # GT: img0 a (4,4,20,20) b (30,10,60,40); img1 b (2,2,12,30) a (40,5,63,47); img2 a.
+    preds = [("img0.png", "a", (4, 4, 20, 20), 0.9),   # right
+             ("img0.png", "b", (0, 0, 5, 5), 0.8),     # wrong
+             ("img1.png", "a", (40, 5, 63, 47), 0.3),  # right
+             ("img2.png", "a", (0, 0, 3, 3), 0.1)]     # wrong
+    records = []
+    for k, name in enumerate(("img0.png", "img1.png", "img2.png")):
+        mine = [p for p in preds if p[0] == name]
+        masks = np.zeros((len(mine), 48, 64), bool)
+        for m, (_, _, (x0, y0, x1, y1), _) in zip(masks, mine, strict=True):
+            m[y0:y1, x0:x1] = True
+        records.append(ImageRecord(k + 1, name, 64, 48, instances=Instances.from_masks(
+            masks, [p[1] for p in mine], scores=[p[3] for p in mine])))
+    path = tmp_path / "pred.json"
+    write_coco(path, records, ["a", "b"])
+    rows = precision_yield(path, gt_path, fractions=(1.0, 0.5, 0.25))
+    assert [r["kept"] for r in rows] == [4, 2, 1]
+    np.testing.assert_allclose([r["precision@0.5"] for r in rows], [0.5, 0.5, 1.0])
+    np.testing.assert_allclose([r["pair_yield@0.5"] for r in rows], [2 / 5, 1 / 5, 1 / 5])
+    # Pointing: a one-pixel mask inside img0's a, inside img1's b's box, outside img2's a.
+    dots = []
+    for k, (name, cls, (x, y)) in enumerate((("img0.png", "a", (10, 10)),
+                                             ("img1.png", "b", (5, 5)),
+                                             ("img2.png", "a", (25, 25)))):
+        m = np.zeros((1, 48, 64), bool)
+        m[0, y, x] = True
+        dots.append(ImageRecord(k + 1, name, 64, 48, instances=Instances.from_masks(m, [cls])))
+    write_coco(tmp_path / "peaks.json", dots, ["a", "b"])
+    p = _pointing(tmp_path / "peaks.json", _load_gt(gt_path))
+    # img2's a has a hole at 20..30: (25, 25) is in its box, not in its mask.
+    assert p == {"pointing_mask": 2 / 5, "pointing_box": 3 / 5}

@@ -1,0 +1,173 @@
+"""Where F-EM loses the right segment: recall@0.5 at every stage of the choice.
+
+``weakpaste mine fem --save-baselines`` writes, per (image, class) before any threshold, the
+segments of each stage of its funnel (``weakpaste.mine.fem.FUNNEL``) as COCO files under
+``BANK/baselines/``. With ground truth, ``funnel`` reports for each stage present the share of
+labelled (image, class) pairs with a segment of IoU >= 0.5 with a GT instance of the class
+(``pair_yield@0.5`` of ``evaluate_masks``: the stage's recall), then the kept segments
+(``pseudo_labels.json``: precision and pair yield), the Grad-CAM's IoU with the ground truth
+(``cam.json``: the thresholded map of each pair) and its pointing game (``cam_peak.json``: the
+map's maximum inside a GT mask / a GT box of the class). ``precision_yield`` gives the curve
+of a one-pick-per-pair file ranked by its scores (e.g. ``evidence_pick.json``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+STAGES = (("proposals", "all proposals"), ("candidates", "ranked candidates"),
+          ("top_n", "step 1's top-n"), ("step1_pick", "step 1's pick"),
+          ("em_pick", "EM pick"), ("evidence_pick", "evidence pick"))
+
+
+def _gt_by_pair(gt) -> dict[tuple[str, str], list[dict]]:
+    """(file_name, class) -> the GT instances' RLEs (bytes counts)."""
+    from weakpaste.mine.quality import _bytes_rle
+
+    out: dict[tuple[str, str], list[dict]] = {}
+    for rec in gt.records:
+        if rec.instances is None:
+            continue
+        for name, rle in zip(rec.instances.classes, rec.instances.rles, strict=True):
+            out.setdefault((rec.file_name, name), []).append(_bytes_rle(rle))
+    return out
+
+
+def scored_picks(pred: str | os.PathLike, gt) -> list[tuple[float, bool, tuple[str, str]]]:
+    """Per prediction: (score, best IoU >= 0.5 with a GT instance of its class, its pair).
+
+    Args:
+        pred: a COCO file of predictions (``load_predictions``).
+        gt: a loaded GT ``CocoDataset``.
+    """
+    from weakpaste.mine.quality import _bytes_rle, _NameResolver, load_predictions
+
+    sizes = {r.file_name: (r.height, r.width) for r in gt.records}
+    resolve, pairs = _NameResolver(list(sizes)), _gt_by_pair(gt)
+    out = []
+    for image, items in sorted(load_predictions(pred, sizes).items()):
+        name = resolve(image)
+        for cls, rle, score in items:
+            g = pairs.get((name, cls), []) if name is not None else []
+            iou = mask_utils.iou([_bytes_rle(rle)], g, [0] * len(g)) if g else np.zeros(1)
+            out.append((float(score or 0.0), bool(np.max(iou) >= 0.5), (name or image, cls)))
+    return out
+
+
+def precision_yield(pred: str | os.PathLike, gt,
+                    fractions: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+                    ) -> list[dict]:
+    """The precision-yield curve of predictions ranked by score (most first).
+
+    Args:
+        pred: a COCO file of predictions, e.g. ``baselines/evidence_pick.json``.
+        gt: the GT COCO file or a loaded data set.
+        fractions: shares of the predictions kept, those of highest score.
+
+    Returns:
+        Per fraction: {"keep", "kept", "precision@0.5", "pair_yield@0.5"} (yield over the GT's
+        labelled pairs).
+    """
+    from weakpaste.mine.quality import _load_gt
+
+    gt = _load_gt(gt)
+    picks = sorted(scored_picks(pred, gt), key=lambda p: -p[0])
+    n_pairs = len(_gt_by_pair(gt))
+    rows = []
+    for q in fractions:
+        kept = picks[:int(np.ceil(q * len(picks)))]
+        right = {p[2] for p in kept if p[1]}
+        rows.append({"keep": q, "kept": len(kept),
+                     "precision@0.5": sum(p[1] for p in kept) / max(len(kept), 1),
+                     "pair_yield@0.5": len(right) / max(n_pairs, 1)})
+    return rows
+
+
+def _pointing(peaks: Path, gt) -> dict[str, float]:
+    """Share of the labelled pairs whose Grad-CAM maximum lies in a GT mask / box of the class."""
+    from weakpaste.mine.quality import load_predictions
+
+    sizes = {r.file_name: (r.height, r.width) for r in gt.records}
+    pairs = _gt_by_pair(gt)
+    in_mask = in_box = 0
+    for image, items in load_predictions(peaks, sizes).items():
+        for cls, rle, _ in items:
+            ys, xs = np.nonzero(mask_utils.decode({"size": rle["size"],
+                                                   "counts": rle["counts"].encode()}))
+            if not len(ys) or (image, cls) not in pairs:
+                continue
+            y, x = int(ys[0]), int(xs[0])
+            masks = [mask_utils.decode(g) for g in pairs[(image, cls)]]
+            in_mask += any(m[y, x] for m in masks)
+            boxes = mask_utils.toBbox(pairs[(image, cls)])
+            in_box += any(bx <= x < bx + bw and by <= y < by + bh for bx, by, bw, bh in boxes)
+    n = max(len(pairs), 1)
+    return {"pointing_mask": in_mask / n, "pointing_box": in_box / n}
+
+
+def funnel(bank: str | os.PathLike, gt) -> dict | None:
+    """The funnel of a mined bank folder (None when it has no ``baselines/candidates.json``).
+
+    Returns:
+        {"stages": [{"stage", "name", "predictions", "recall@0.5"}] in funnel order, the last
+        one ``kept`` (the bank's ``pseudo_labels.json``, with its ``precision@0.5``),
+        "cam": {"mean_iou", "median_iou", "pointing_mask", "pointing_box"} when the files
+        exist, "labelled_pairs"}.
+    """
+    from weakpaste.mine.quality import _load_gt, evaluate_masks
+
+    base = Path(bank) / "baselines"
+    if not (base / "candidates.json").is_file():
+        return None
+    gt = _load_gt(gt)
+    stages = []
+    for stage, name in (*STAGES, ("kept", "kept")):
+        path = Path(bank) / "pseudo_labels.json" if stage == "kept" else base / f"{stage}.json"
+        if not path.is_file():
+            continue
+        m = evaluate_masks(str(path), gt, iou_thresholds=(0.5,))["overall"]
+        stages.append({"stage": stage, "name": name, "predictions": m["num_predictions"],
+                       "recall@0.5": m["pair_yield@0.5"],
+                       **({"precision@0.5": m["precision@0.5"]} if stage == "kept" else {})})
+    out: dict = {"stages": stages, "labelled_pairs": len(_gt_by_pair(gt))}
+    if (base / "cam.json").is_file():
+        ious = []
+        from weakpaste.mine.quality import load_predictions
+
+        sizes = {r.file_name: (r.height, r.width) for r in gt.records}
+        pairs = _gt_by_pair(gt)
+        for image, items in load_predictions(base / "cam.json", sizes).items():
+            for cls, rle, _ in items:
+                g = pairs.get((image, cls), [])
+                r = {"size": rle["size"], "counts": rle["counts"].encode()}
+                ious.append(float(np.max(mask_utils.iou([r], g, [0] * len(g)))) if g else 0.0)
+        out["cam"] = {"mean_iou": float(np.mean(ious)) if ious else 0.0,
+                      "median_iou": float(np.median(ious)) if ious else 0.0}
+        if (base / "cam_peak.json").is_file():
+            out["cam"].update(_pointing(base / "cam_peak.json", gt))
+    return out
+
+
+def format_funnel(result: dict) -> str:
+    """The funnel as text lines: one per stage, then the Grad-CAM's quality."""
+    lines = [f"funnel (recall@0.5 = share of the {result['labelled_pairs']} labelled pairs "
+             "with a segment of IoU >= 0.5):"]
+    for s in result["stages"]:
+        extra = f", precision@0.5 {100 * s['precision@0.5']:.1f}%" if "precision@0.5" in s \
+            else ""
+        lines.append(f"  {s['name']:<18} {s['predictions']:>7} segments  recall "
+                     f"{100 * s['recall@0.5']:5.1f}%{extra}")
+    cam = result.get("cam")
+    if cam:
+        text = (f"  Grad-CAM >= t: IoU with the GT mean {cam['mean_iou']:.3f}, median "
+                f"{cam['median_iou']:.3f}")
+        if "pointing_box" in cam:
+            text += (f"; pointing game {100 * cam['pointing_box']:.1f}% (box), "
+                     f"{100 * cam['pointing_mask']:.1f}% (mask)")
+        lines.append(text)
+    return "\n".join(lines)
