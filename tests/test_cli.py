@@ -110,38 +110,6 @@ def test_demo_runs(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
-def test_demo_mine_runs(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--weights", "none", "--out", str(out), "--num-scenes", "6",
-                 "--num-images", "2", "--epochs", "1", "--quiet"]) == 0
-    text = capsys.readouterr().out
-    assert "pseudo-label quality of the mined bank against the hidden ground truth" in text
-    assert "F-EM from image-level labels" in text
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["config"]["mine"] is True and "precision@0.5" in manifest["counts"]
-
-
-def test_demo_falls_back_to_scratch_offline(monkeypatch, capsys):
-    import torchvision
-
-    from weakpaste.demo import resolve_demo_weights
-
-    real = torchvision.models.get_model
-
-    def offline(name, weights=None, **kw):
-        if weights == "DEFAULT":
-            raise OSError("[Errno -3] Temporary failure in name resolution")
-        return real(name, weights=weights, **kw)
-
-    monkeypatch.setattr(torchvision.models, "get_model", offline)
-    assert resolve_demo_weights("resnet18", "DEFAULT") is None
-    text = capsys.readouterr().out
-    assert "could not load torchvision's DEFAULT weights for resnet18" in text
-    assert "training the classifier from scratch instead" in text
-    assert resolve_demo_weights("resnet18", "/some/weights.pth") == "/some/weights.pth"
-    assert resolve_demo_weights("resnet18", None) is None
-
-
 def test_a_write_failing_anywhere_is_one_line(tmp_path, monkeypatch, capsys):
     """The last net in main: a full or read-only disk met by code that did not name it."""
     import errno

@@ -36,6 +36,8 @@ class ClassifierSpec(Config):
         classifier: the path of a classifier saved by an earlier run, used instead of training.
         train_mode: ``linear`` (probe on a frozen trunk) or ``finetune``.
         epochs: training epochs.
+        lr: learning rate (None: 1e-2 for both train modes).
+        batch_size: training batch.
         input_size: classifier input side (pixels).
         crop_size: segment crop side (pixels).
         device: torch device.
@@ -51,6 +53,10 @@ class ClassifierSpec(Config):
                              help="linear probe on a frozen backbone (fast on CPU) or full "
                                   "fine-tune")
     epochs: int = option(30, range=(0, None), help="classifier training epochs")
+    lr: float | None = option(None, range=(0, None), open_low=True,
+                              help="classifier learning rate (default: 1e-2 for both modes; "
+                                   "a small classifier trained from scratch wants more)")
+    batch_size: int = option(32, range=(1, None), help="classifier training batch")
     input_size: int = option(384, range=(1, None), help="classifier input (pixels)")
     crop_size: int = option(224, range=(1, None), help="segment crop input (pixels)")
     device: str = option("cpu", help="cpu or cuda")
@@ -98,7 +104,9 @@ class FemParams(Config):
                              help="eligible proposals per (image, class) for the E-step")
     erode: int = option(2, range=(0, None), help="erosion before scoring a segment")
     max_side: int = option(512, range=(MIN_IMAGE_SIDE, None), help="proposal resolution")
-    min_area: float = option(0.01, cli=False, help="smallest proposal (fraction of the image)")
+    min_area: float = option(0.01, range=(0, 1),
+                             help="drop proposals under this fraction of the image (EM-Paste "
+                                  "appendix §6: 1%)")
     max_span: float = option(0.95, cli=False, help="widest proposal box (fraction)")
     max_proposals: int = option(300, cli=False, help="most proposals per image")
     methods: tuple[str, ...] = option(("felzenszwalb", "slic"), flag="--proposals",
@@ -124,8 +132,9 @@ class FemParams(Config):
                                       help="smallest saliency region (fraction of the image)")
     crop_expand: float = option(1.5, range=(1, None), cli=False,
                                 help="scale of the Grad-CAM region boxes cropped for saliency")
-    record_proposals: bool = option(False, cli=False,
-                                    help="keep every proposal for the funnel (benchmarks)")
+    record_proposals: bool = option(False,
+                                    help="with --save-baselines, also keep every proposal "
+                                         "(baselines/proposals.json: the funnel's first stage)")
 
     def check(self) -> None:
         super().check()

@@ -396,7 +396,8 @@ def get_classifier(spec: ClassifierSpec, plan: Plan, images_dir: Path, out: Path
     clf = Classifier.build(spec.backbone, spec.weights, plan.classes, device=spec.device,
                            input_size=spec.input_size, crop_size=spec.crop_size)
     paths, y = training_set(plan, images_dir)
-    info = clf.train(LazyFiles(paths), y, mode=spec.train_mode, epochs=spec.epochs, seed=seed,
+    info = clf.train(LazyFiles(paths), y, mode=spec.train_mode, epochs=spec.epochs,
+                     lr=spec.lr, batch_size=spec.batch_size, seed=seed,
                      progress=progress)
     clf.save(path)
     return path, info

@@ -40,18 +40,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.errors import reason as _reason
 from weakpaste.models.backbones import (
-    INIT_SEED,
     PooledNet,
     backbone_family,
+    new_model,
     pooled_net,
     read_weakpaste_file,
-    seeded,
     to_tensor,
     torchvision_model,
 )
@@ -135,7 +133,8 @@ class Classifier:
             backbone: torchvision classification model name (``torchvision.models.get_model``)
                 with a convolutional feature map: resnet/resnext/wide_resnet, mobilenet_v2/v3,
                 efficientnet*, regnet*, convnext*, densenet*, vgg*, alexnet, squeezenet*,
-                mnasnet*, shufflenet*.
+                mnasnet*, shufflenet*; or ``small_cnn``, weakpaste's own small stride-8 trunk
+                to train from scratch on small data (weights "none" or a PATH only).
             weights: "DEFAULT" for torchvision's ImageNet weights (downloaded by torchvision),
                 a path to a ``state_dict`` of the full torchvision model (loaded strictly), or
                 "none"/None for a random initialisation (seeded, so reproducible).
@@ -406,8 +405,7 @@ class Classifier:
             input_size, crop_size = int(obj["input_size"]), int(obj["crop_size"])
             mode, state = str(obj["mode"]), obj["state_dict"]
             backbone_family(backbone)
-            with seeded(INIT_SEED):
-                model = torchvision.models.get_model(backbone, weights=None)
+            model = new_model(backbone)
             clf = cls._assemble(backbone, model, classes, "cpu", input_size, crop_size, mode)
             clf._net.load_state_dict(state, strict=True)
             clf._net.freeze_bn = bool(obj.get("freeze_bn", True))
