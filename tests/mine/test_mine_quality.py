@@ -10,11 +10,11 @@ from conftest import square_masks
 from weakpaste.bank import BankWriter
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import write_coco
+from weakpaste.mine.funnel import run_evaluate_masks
 from weakpaste.mine.quality import (
     evaluate_masks,
     format_table,
     load_predictions,
-    run_evaluate_masks,
 )
 from weakpaste.ops import masks as mask_ops
 from weakpaste.structures import ImageRecord, Instances, Segment

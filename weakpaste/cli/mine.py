@@ -96,7 +96,7 @@ def _cmd_mine_freeseg(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
-    from weakpaste.mine.quality import run_evaluate_masks
+    from weakpaste.mine.funnel import run_evaluate_masks
 
     print(run_evaluate_masks(args.pred, args.gt, out=args.out, as_json=args.json,
                              overwrite=args.overwrite))

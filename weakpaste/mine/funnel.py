@@ -13,12 +13,16 @@ of a one-pick-per-pair file ranked by its scores (e.g. ``evidence_pick.json``).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from weakpaste.errors import WeakpasteError
+from weakpaste.io.images import atomic_write_bytes
 
 STAGES = (("proposals", "all proposals"), ("candidates", "ranked candidates"),
           ("top_n", "step 1's top-n"), ("step1_pick", "step 1's pick"),
@@ -171,3 +175,56 @@ def format_funnel(result: dict) -> str:
                      f"{100 * cam['pointing_mask']:.1f}% (mask)")
         lines.append(text)
     return "\n".join(lines)
+
+
+def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
+                       out: str | os.PathLike | None = None, as_json: bool = False,
+                       overwrite: bool = False) -> str:
+    """Evaluate mined masks against GT and optionally save the result.
+
+    A bank mined with ``--save-baselines`` also gets its funnel (:func:`funnel`): recall@0.5
+    at each stage of the choice and the Grad-CAM's IoU and pointing game. (It lives here, not
+    in ``weakpaste.mine.quality``, which the funnel builds on.)
+
+    Args:
+        pred: segment bank folder or COCO JSON of predictions (``weakpaste mine`` output).
+        gt: GT COCO instances JSON with masks.
+        out: when given, the result is also written there as JSON (indent 2, atomically;
+            missing parent folders are created).
+        as_json: return the JSON text instead of the table.
+        overwrite: replace an existing ``out`` file.
+
+    Returns:
+        Printable text: the ``format_table`` table, or the result as JSON.
+
+    Raises:
+        WeakpasteError: bad input (see ``evaluate_masks``), ``out`` is one of the inputs,
+            exists without ``overwrite``, or cannot be written.
+    """
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.exists():
+        for name in (pred, gt):
+            if Path(name).exists() and out_path.samefile(name):
+                raise WeakpasteError(f"{out_path}: --out would overwrite an input; choose "
+                                     "another file")
+        if not overwrite:
+            raise WeakpasteError(f"{out_path}: already exists; pass --overwrite to replace it "
+                                 "or choose another --out")
+    from weakpaste.mine.quality import evaluate_masks, format_table
+
+    result = evaluate_masks(pred, gt)
+    found = funnel(pred, gt) if Path(pred).is_dir() else None
+    if found is not None:  # a bank mined with --save-baselines: where the right segment is lost
+        result["funnel"] = found
+    text = json.dumps(result, indent=2)
+    if out_path is not None:
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out_path, (text + "\n").encode())
+        except OSError as err:
+            raise WeakpasteError(f"{out_path}: cannot write the result ({err.strerror or err}); "
+                                 "choose another --out") from None
+    if as_json:
+        return text
+    tail = f"\n\n{format_funnel(found)}" if found is not None else ""
+    return f"{pred} vs {gt}\n\n{format_table(result)}{tail}"
