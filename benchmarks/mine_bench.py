@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                         default=Path("/tmp/weakpaste_saliency_cache"))
     parser.add_argument("--negatives", default="auto",
                         help="auto (PennFudan: coco_mini images without a person), none, DIR")
-    parser.add_argument("--pick", default="em", choices=["em", "evidence"])
+    parser.add_argument("--pick", default="em", choices=["em", "evidence", "evidence-em"])
+    parser.add_argument("--classifier", help="reuse a classifier saved by an earlier run")
     parser.add_argument("--keep-top", type=float, default=1.0)
     parser.add_argument("--record-proposals", action="store_true",
                         help="the funnel's first stage too (every proposal's mask; slow)")
@@ -103,7 +104,8 @@ def _no_person_images(args: argparse.Namespace) -> Path:
 
 def _config(args: argparse.Namespace, negatives: Path | None) -> FemConfig:
     return FemConfig(
-        model=ClassifierSpec(backbone=args.backbone, weights=args.weights, epochs=args.epochs),
+        model=ClassifierSpec(backbone=args.backbone, weights=args.weights, epochs=args.epochs,
+                             classifier=args.classifier),
         em_iters=args.em_iters, keep=args.keep, pick=args.pick, keep_top=args.keep_top,
         negatives=str(negatives) if negatives else None,
         saliency_cache=str(args.saliency_cache) if "saliency" in args.proposals else None,
@@ -131,8 +133,8 @@ def main() -> None:
                        (f"(c) F-EM, pick {args.pick}", args.out / "pseudo_labels.json")):
         res = evaluate_masks(str(pred), str(gt))
         results[name] = res["overall"]
-        print(f"\n{name}\n" + format_table(res).splitlines()[0])
-        print(format_table(res).splitlines()[-1])
+        table = format_table(res).splitlines()
+        print(f"\n{name}\n{table[0]}\n" + next(x for x in table if x.startswith("overall")))
     found = funnel(args.out, str(gt))
     print("\n" + format_funnel(found))
     curve = precision_yield(args.out / "baselines" / "evidence_pick.json", str(gt))

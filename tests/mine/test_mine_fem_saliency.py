@@ -252,3 +252,12 @@ def test_precision_yield_and_pointing_values(tiny_coco, tmp_path):
     p = _pointing(tmp_path / "peaks.json", _load_gt(gt_path))
     # img2's a has a hole at 20..30: (25, 25) is in its box, not in its mask.
     assert p == {"pointing_mask": 2 / 5, "pointing_box": 3 / 5}
+
+
+def test_pick_evidence_em_starts_em_from_the_evidence_picks(salient_run, tmp_path):
+    work, argv, out, gt = salient_run
+    argv = [a if a != "evidence" else "evidence-em" for a in argv]
+    assert main([*argv, "--em-iters", "0", "--out", str(tmp_path / "b")]) == 0
+    final = json.loads((tmp_path / "b" / "pseudo_labels.json").read_text())["annotations"]
+    picks = json.loads((out / "baselines" / "evidence_pick.json").read_text())["annotations"]
+    assert [a["segmentation"] for a in final] == [a["segmentation"] for a in picks]

@@ -165,10 +165,10 @@ class FemConfig(Config):
     score_threshold: float = option(0.1, range=(0, 1),
                                     help="keep segments the classifier scores at least this "
                                          "high")
-    pick: str = option("em", choices=("em", "evidence"),
-                       help="the segment per (image, class): EM's (the paper's) or the "
-                            "candidate of most evidence = crop probability x mean Grad-CAM "
-                            "inside")
+    pick: str = option("em", choices=("em", "evidence", "evidence-em"),
+                       help="the segment per (image, class): EM's from step 1 (the "
+                            "paper's), the candidate of most evidence = crop probability x "
+                            "mean Grad-CAM inside, or EM's from the evidence picks")
     min_evidence: float = option(0.0, range=(0, 1),
                                  help="keep segments whose evidence is at least this")
     keep_top: float = option(1.0, range=(0, 1), open_low=True,

@@ -285,9 +285,17 @@ def evidence(scores: np.ndarray, cam_means: np.ndarray) -> np.ndarray:
     return scores * cam_means
 
 
+def _first(cm: ClassMining, config: FemConfig) -> int:
+    """EM's initial choice: step 1's, or with ``pick evidence-em`` the most evidence."""
+    if config.pick == "evidence-em" and cm.cam_means is not None:
+        return int(np.argmax(evidence(cm.scores, cm.cam_means)))
+    return cm.step1
+
+
 def em_choices(results: list[ImageMining], config: FemConfig
                ) -> tuple[dict[tuple[int, str], tuple[int, float]], dict]:
-    """Step 5, EM per class over every image's candidates.
+    """Step 5, EM per class over every image's candidates, from step 1's choices (or the
+    evidence picks with ``pick evidence-em``).
 
     Returns:
         ((image index, label) -> (chosen candidate, its Mahalanobis distance), per-class EM
@@ -302,7 +310,7 @@ def em_choices(results: list[ImageMining], config: FemConfig
     final: dict[tuple[int, str], tuple[int, float]] = {}
     info = {}
     for label, items in sorted(by_class.items()):
-        em = em_refine([cm.features for _, cm in items], [cm.step1 for _, cm in items],
+        em = em_refine([cm.features for _, cm in items], [_first(cm, config) for _, cm in items],
                        iterations=config.em_iters, keep=config.keep,
                        min_samples=config.min_samples)
         info[label] = {"items": len(items), "iterations": em.iterations,
