@@ -141,3 +141,23 @@ def tiny_lvis(tiny_coco, tmp_path: Path) -> tuple[Path, Path]:
     """``tiny_coco`` as an LVIS v1 file (see ``lvis_from_coco``); (lvis.json, images folder)."""
     path, images = tiny_coco
     return lvis_from_coco(path, tmp_path / "lvis.json"), images
+
+
+def resize_onnx_model(path, side=16):
+    """input [1,3,S,S] -> channel mean -> 2x2 max-pool -> Resize to constant [1,1,S,S]
+    (IS-Net's pattern: Resize nodes whose output sizes are constants of the fixed input)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, side, side])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, side, side])
+    sizes = numpy_helper.from_array(np.array([1, 1, side, side], np.int64), "sizes")
+    nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("MaxPool", ["m"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Resize", ["p", "", "", "sizes"], ["output"], mode="nearest")]
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[sizes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

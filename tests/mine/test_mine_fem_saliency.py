@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import resize_onnx_model
 
 from weakpaste.cli import main
 from weakpaste.demo import write_synthetic_dataset
@@ -108,33 +109,13 @@ def test_config_errors_name_the_options():
 # ------------------------------------------------------------------ end to end on the CLI
 
 
-def _resize_model(path, side=32):
-    """A salient-object 'model' with IS-Net's fixed sizes: input [1,3,S,S] -> channel mean ->
-    2x2 max-pool -> Resize to the constant [1,1,S,S]."""
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper, numpy_helper
-
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, side, side])
-    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, side, side])
-    sizes = numpy_helper.from_array(np.array([1, 1, side, side], np.int64), "sizes")
-    nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=[1], keepdims=1),
-             helper.make_node("MaxPool", ["m"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("Resize", ["p", "", "", "sizes"], ["output"], mode="nearest")]
-    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[sizes])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def salient_run(tmp_path_factory):
     """``mine fem --proposals saliency slic --negatives ... --pick evidence --save-baselines``
     on 8 synthetic scenes: (work folder, argv, out)."""
     work = tmp_path_factory.mktemp("salient")
     gt = write_synthetic_dataset(work / "scenes", num_scenes=8, seed=3, height=96, width=128)
-    model = _resize_model(work / "sal.onnx")
+    model = resize_onnx_model(work / "sal.onnx", side=32)
     neg = work / "neg"
     neg.mkdir()
     rng = np.random.default_rng(0)

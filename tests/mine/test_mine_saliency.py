@@ -2,35 +2,17 @@
 
 import numpy as np
 import pytest
+from conftest import resize_onnx_model
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.mine.saliency import OnnxSaliency, make_saliency, rescale_fixed_input
-
-
-def _resize_model(path, side=16):
-    """input [1,3,S,S] -> channel mean -> 2x2 max-pool -> Resize to constant [1,1,S,S]
-    (IS-Net's pattern: Resize nodes whose output sizes are constants of the fixed input)."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, side, side])
-    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, side, side])
-    sizes = numpy_helper.from_array(np.array([1, 1, side, side], np.int64), "sizes")
-    nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=[1], keepdims=1),
-             helper.make_node("MaxPool", ["m"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("Resize", ["p", "", "", "sizes"], ["output"], mode="nearest")]
-    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[sizes])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 def test_rescale_fixed_input_rewrites_shapes_and_resize_sizes(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
 
-    path = _resize_model(tmp_path / "m.onnx")
+    path = resize_onnx_model(tmp_path / "m.onnx")
     data, count = rescale_fixed_input(path.read_bytes(), 8)
     assert count == 1
     proto = onnx.load_model_from_string(data)
@@ -41,7 +23,7 @@ def test_rescale_fixed_input_rewrites_shapes_and_resize_sizes(tmp_path):
 
 def test_onnx_saliency_rescale_runs_at_the_new_size(tmp_path):
     pytest.importorskip("onnxruntime")
-    path = _resize_model(tmp_path / "m.onnx")
+    path = resize_onnx_model(tmp_path / "m.onnx")
     img = np.zeros((20, 30, 3), np.uint8)
     img[5:10, 10:20] = 255
     small = make_saliency(str(path), size=8, rescale=True)
