@@ -180,7 +180,9 @@ def _ray_map(fn, items, workers, init, initargs, executor, check) -> Iterator[An
                                  "path")
         from ray.util import ActorPool
 
-        size = executor.chunk
+        # A Ray task costs about a millisecond of scheduling and a round trip: give each
+        # actor a few large chunks (still several, so a restarted actor loses little).
+        size = max(executor.chunk, -(-len(items) // (len(actors) * 4)))
         chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
         pool = ActorPool(actors)
         for results in pool.map(lambda a, c: a.run.remote(fn, c), chunks):
