@@ -454,10 +454,7 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
                                      getattr(config.class_weights, "path", None)])
     try:
         (out / "images").mkdir(exist_ok=True)
-        # A worker killed mid-write leaves its temporary file (atomic_write_bytes' naming);
-        # the image itself is made again.
-        for tmp in (out / "images").glob(".*.tmp"):
-            tmp.unlink()
+        _remove_stale_temporaries(out / "images")
     except OSError as err:
         raise write_error(out, err) from None
     write_manifest(out, stage="paste", config=run_config, seed=config.seed, inputs=inputs,
@@ -535,9 +532,17 @@ def _read_journals(out: Path) -> dict[int, dict]:
     return parts
 
 
+def _remove_stale_temporaries(images: Path) -> None:
+    """Delete the temporary files of workers killed mid-write (``atomic_write_bytes``'
+    ``.<name>.<pid>.tmp``); their images are made again by ``--resume``."""
+    for tmp in images.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
               table: BankTable, bg_set: BackgroundSet) -> dict:
     """Assemble ``annotations.json`` from the journals, write the manifest, drop them."""
+    _remove_stale_temporaries(out / "images")
     parts = _read_journals(out)
     categories = coco.assign_category_ids(sorted(table.classes), keep=bg_set.categories)
     lvis_out = (config.annotation_format or bg_set.format or "coco") == "lvis"
