@@ -107,6 +107,7 @@ def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.Argument
     (("paste",), "weakpaste.paste.run:PasteConfig"),
     (("bank", "from-coco"), "weakpaste.bank:BankConfig"),
     (("viz",), "weakpaste.viz:VizConfig"),
+    (("demo",), "weakpaste.demo:DemoConfig"),
 ])
 def test_every_cli_default_equals_the_dataclass_default(path, config):
     import importlib

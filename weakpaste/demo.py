@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 # Module-level imports stay light: the CLI reads this module's defaults to build --help.
+from dataclasses import dataclass
+from pathlib import Path
+
+from weakpaste.models.weights import parse_weights
+from weakpaste.options import Config, option
 
 DEMO_SIDE = 128
 """Height and width of the demo's synthetic scenes and backgrounds, in pixels."""
@@ -127,19 +131,44 @@ def mine_command(config, images: str, labels: str, out: str) -> str:
     return " ".join(parts)
 
 
-def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = DEMO_SCENES,
-             num_images: int = 32, seed: int = 0, workers: int = 2, mine: bool = True,
-             backbone: str | None = None, weights: str | None = None,
-             epochs: int | None = None, overwrite: bool = False, progress: bool = True,
-             train: bool = False, train_iterations: int = DEMO_TRAIN_ITERATIONS) -> dict:
+@dataclass(frozen=True)
+class DemoConfig(Config):
+    """The demo's settings (``weakpaste demo``)."""
+
+    num_scenes: int = option(DEMO_SCENES, range=(1, None), help="synthetic source scenes")
+    num_images: int = option(32, range=(1, None), help="pasted output images")
+    seed: int = option(0, range=(0, None), help="the run's seed")
+    from_gt: bool = option(False, help="cut the bank from the scenes' ground truth instead of "
+                                       "mining it with F-EM from their image-level labels")
+    backbone: str | None = option(None, help="F-EM classifier backbone (default: small_cnn "
+                                             "from scratch; resnet18 with --weights)")
+    weights: str | None = option(
+        None, parse=parse_weights, metavar="none|PATH|DEFAULT",
+        help="none (train the classifier from scratch; no download), PATH to a local "
+             "torchvision state_dict of --backbone, or DEFAULT (download torchvision's "
+             "ImageNet weights)")
+    epochs: int | None = option(None, range=(0, None),
+                                help="classifier training epochs (default: 30)")
+    train: bool = option(False, help="then train Mask R-CNN on the mined data and, with the "
+                                     "same schedule, on the ground-truth masks, and print both "
+                                     "APs on held-out scenes")
+    train_iterations: int = option(DEMO_TRAIN_ITERATIONS, range=(1, None),
+                                   help="Mask R-CNN iterations of --train per run, both "
+                                        "stages together")
+
+
+def run_demo(config: DemoConfig, out_dir: str | os.PathLike, *, workers: int = 2,
+             overwrite: bool = False, progress: bool = True) -> dict:
     """Run the demo; the CLI prints its result.
 
     Args:
-        mine: mine the bank with F-EM (else cut it from the ground truth).
-        backbone, weights, epochs: the F-EM classifier (see :func:`demo_mine_config`).
-        train: then train Mask R-CNN on the mined data and, the same schedule, on the
-            ground truth (see :func:`train_demo_models`); needs ``mine``.
-        train_iterations: Mask R-CNN iterations of both stages together, per run.
+        config: scenes, pasted images, seed, mining (``from_gt`` cuts the bank from the
+            ground truth instead), the F-EM classifier (``backbone``, ``weights``,
+            ``epochs``; see :func:`demo_mine_config`) and ``train`` (Mask R-CNN on the mined
+            data and, the same schedule, on the ground truth; see
+            :func:`train_demo_models`).
+        out_dir: the demo's folder.
+        workers: processes for the per-image stages.
 
     Returns:
         {"out", "scenes", "bank", "segments", "pasted", "viz", "viz_mined", "quality",
@@ -150,6 +179,9 @@ def run_demo(out_dir: str | os.PathLike, *, num_scenes: int = DEMO_SCENES,
     from weakpaste.bank import run_bank_from_coco
     from weakpaste.manifest import prepare_output_dir, write_manifest
 
+    num_scenes, num_images, seed = config.num_scenes, config.num_images, config.seed
+    mine, train, weights = not config.from_gt, config.train, config.weights
+    backbone, epochs, train_iterations = config.backbone, config.epochs, config.train_iterations
     start = time.perf_counter()
     if train and not mine:
         from weakpaste.errors import WeakpasteError

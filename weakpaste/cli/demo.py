@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 
 from weakpaste.cli.common import command, common, torch_threads, workers
+from weakpaste.options import add_options, from_args
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     # Idle OpenMP threads sleep: the classifier trains while other work shares the cores.
     torch_threads(None)
-    from weakpaste.demo import run_demo
+    from weakpaste.demo import DemoConfig, run_demo
 
-    weights = None if args.weights in (None, "none", "None") else args.weights
-    result = run_demo(args.out, num_scenes=args.num_scenes, num_images=args.num_images,
-                      seed=args.seed, workers=args.workers, mine=not args.from_gt,
-                      backbone=args.backbone, weights=weights, epochs=args.epochs,
-                      overwrite=args.overwrite, progress=not args.quiet, train=args.train,
-                      train_iterations=args.train_iterations)
+    result = run_demo(from_args(DemoConfig, args), args.out, workers=args.workers,
+                      overwrite=args.overwrite, progress=not args.quiet)
     print(format_demo(result))
     return 0
 
@@ -71,30 +68,11 @@ def _format_train(train: dict) -> str:
 
 
 def _build(p: argparse.ArgumentParser) -> None:
-    from weakpaste.demo import DEMO_SCENES, DEMO_TRAIN_ITERATIONS
+    from weakpaste.demo import DemoConfig
 
     p.add_argument("--out", default="weakpaste-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--num-scenes", type=int, default=DEMO_SCENES,
-                   help="synthetic source scenes (default: %(default)s)")
-    p.add_argument("--num-images", type=int, default=32, help="pasted output images")
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, DemoConfig)
     workers(p, default=2)
-    p.add_argument("--from-gt", action="store_true",
-                   help="cut the bank from the scenes' ground truth instead of mining it with "
-                        "F-EM from their image-level labels")
-    p.add_argument("--backbone",
-                   help="F-EM classifier backbone (default: small_cnn from scratch; resnet18 "
-                        "with --weights)")
-    p.add_argument("--weights", default="none",
-                   help="none (train the classifier from scratch; no download), PATH to a "
-                        "local torchvision state_dict of --backbone, or DEFAULT (download "
-                        "torchvision's ImageNet weights)")
-    p.add_argument("--epochs", type=int, help="classifier training epochs (default: 30)")
-    p.add_argument("--train", action="store_true",
-                   help="then train Mask R-CNN on the mined data and, with the same schedule, "
-                        "on the ground-truth masks, and print both APs on held-out scenes")
-    p.add_argument("--train-iterations", type=int, default=DEMO_TRAIN_ITERATIONS,
-                   help="Mask R-CNN iterations of --train per run, both stages together")
     common(p)
     p.set_defaults(func=_cmd_demo)
 
