@@ -306,6 +306,23 @@ def cli_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     return out
 
 
+def flags_of(cls: type) -> dict[str, str]:
+    """Field name -> command-line flag of every CLI option of ``cls`` (nested configs too),
+    to name a parameter both ways in a message."""
+    return {f.name: flag_of(f) for f, _ in cli_fields(cls)}
+
+
+def parse_float_pair(text: str) -> tuple[float, float]:
+    """'0.3,1.0' -> (0.3, 1.0). Raises ValueError with the expected form."""
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"expected LO,HI (e.g. 0.3,1.0), got {text!r}") from None
+    if hi < lo or lo <= 0:
+        raise ValueError(f"expected 0 < LO <= HI, got {text!r}")
+    return lo, hi
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: ``weakpaste paste: error: argument --x: ...`` and exit 2
     (argparse's default prints the whole usage first)."""

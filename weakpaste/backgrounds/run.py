@@ -38,7 +38,7 @@ from weakpaste.manifest import (
     read_manifest,
     write_manifest,
 )
-from weakpaste.options import Config, cli_fields, flag_of, option
+from weakpaste.options import Config, flags_of, option
 
 STAGE = "backgrounds"
 CAPTIONS_JSONL = "captions.jsonl"
@@ -242,7 +242,7 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
             # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
             check_resume(out, {**old, "config": {**old.get("config", {}), "rewrite_only": None}},
                          json.loads(json.dumps({**run_config, "rewrite_only": None})), inputs,
-                         flags={f.name: flag_of(f) for f, _ in cli_fields(BackgroundsConfig)})
+                         flags=flags_of(BackgroundsConfig))
     models = _Models(config)
     if not resume:  # fail on a missing model before making the output folder
         if captions is None:

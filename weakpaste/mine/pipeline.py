@@ -59,7 +59,7 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes, read_image
 from weakpaste.manifest import jsonable
 from weakpaste.mine.config import ClassifierSpec
-from weakpaste.options import Config, cli_fields, flag_of
+from weakpaste.options import Config, flags_of
 
 if TYPE_CHECKING:
     from weakpaste.runners import ExecutorConfig
@@ -353,7 +353,7 @@ def folder_sha256(folder: str | Path) -> str:
 
 def option_flags(config: Config) -> dict[str, str]:
     """Field name -> command-line flag of every option of ``config`` (nested too)."""
-    return {f.name: flag_of(f) for f, _ in cli_fields(type(config))}
+    return flags_of(type(config))
 
 
 # --------------------------------------------------------------------------------------------

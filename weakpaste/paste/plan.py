@@ -24,7 +24,7 @@ import numpy as np
 
 from weakpaste.ops import geometry
 from weakpaste.ops.blending import BLEND_MODES
-from weakpaste.options import Config, option
+from weakpaste.options import Config, option, parse_float_pair
 
 PLACEMENTS = ("random", "space-max", "jitter")
 SELECTIONS = ("uniform", "balanced", "weights")
@@ -60,17 +60,6 @@ class ImagePlan:
     segment_ids: tuple[int, ...]
     placements: tuple[Placement, ...]
     skipped: int = 0  # selected segments that found no room (space-max)
-
-
-def parse_float_pair(text: str) -> tuple[float, float]:
-    """'0.3,1.0' -> (0.3, 1.0). Raises ValueError with the expected form."""
-    try:
-        lo, hi = (float(v) for v in str(text).split(","))
-    except ValueError:
-        raise ValueError(f"expected LO,HI (e.g. 0.3,1.0), got {text!r}") from None
-    if hi < lo or lo <= 0:
-        raise ValueError(f"expected 0 < LO <= HI, got {text!r}")
-    return lo, hi
 
 
 @dataclass(frozen=True)

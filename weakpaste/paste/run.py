@@ -46,7 +46,7 @@ from weakpaste.manifest import (
     write_manifest,
 )
 from weakpaste.ops import masks as mask_ops
-from weakpaste.options import cli_fields, flag_of, option
+from weakpaste.options import flags_of, option
 from weakpaste.paste import plan as plan_mod
 from weakpaste.paste.render import RenderParams, render
 from weakpaste.runners import ExecutorConfig, host_tag, map_items
@@ -516,7 +516,7 @@ def _check_resume(out: Path, run_config: dict, inputs: dict[str, str]) -> None:
              "backgrounds": f"the backgrounds file {run_config['backgrounds']}",
              "extra_backgrounds": "the --extra-backgrounds images"}
     check_resume(out, old, json.loads(json.dumps(run_config)), inputs,
-                 flags={f.name: flag_of(f) for f, _ in cli_fields(PasteConfig)},
+                 flags=flags_of(PasteConfig),
                  describe=lambda key: (names.get(key, key), ""))
 
 

@@ -22,8 +22,7 @@ from typing import Any
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.models.weights import parse_weights
-from weakpaste.options import Config, Opt, flag_of, option
-from weakpaste.paste.plan import parse_float_pair
+from weakpaste.options import Config, Opt, flag_of, option, parse_float_pair
 
 BACKBONES: tuple[str, ...] = ("resnet50", "mobilenet_v3")
 # Backbone stages torchvision can train: ResNet-50 has 5, MobileNetV3-Large 6.
