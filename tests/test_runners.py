@@ -50,6 +50,49 @@ def test_executor_options_are_validated():
         ExecutorConfig(executor="dask")
 
 
+class _FakeRay:
+    """Just enough of ``ray`` for ``_ray_schedule``: tasks finish at set times."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds, self.clock, self.finish, self.values = seconds, {}, {}, {}
+
+    def wait(self, refs, num_returns):
+        first = min(refs, key=lambda r: self.finish[r])
+        return [first], [r for r in refs if r is not first]
+
+    def get(self, ref):
+        return self.values[ref]
+
+
+class _FakeActor:
+    def __init__(self, name: str, fake: _FakeRay) -> None:
+        self.name, self.fake, self.chunks = name, fake, []
+        self.run = self  # actor.run.remote(fn, chunk)
+
+    def remote(self, fn, chunk):
+        # An actor runs its tasks one after another: this one ends after the queued ones.
+        start = self.fake.clock.get(self.name, 0.0)
+        end = start + self.fake.seconds[self.name] * len(chunk)
+        self.fake.clock[self.name] = end
+        ref = object()
+        self.fake.finish[ref], self.fake.values[ref] = end, [fn(x) for x in chunk]
+        self.chunks.append(list(chunk))
+        return ref
+
+
+def test_ray_schedule_feeds_the_actor_that_is_free_and_keeps_the_order():
+    from weakpaste.runners import _ray_schedule
+
+    fake = _FakeRay({"fast": 1.0, "slow": 3.0})
+    fast, slow = _FakeActor("fast", fake), _FakeActor("slow", fake)
+    got = list(_ray_schedule(fake, [fast, slow], lambda x: x * 10, list(range(64)), 2))
+    assert got == [x * 10 for x in range(64)]
+    # 64 items in 32 chunks of 2: an in-order pool would alternate (16 / 16); the fast actor,
+    # three times as quick, is handed about three chunks for each of the slow one's.
+    assert len(fast.chunks) + len(slow.chunks) == 32
+    assert len(fast.chunks) >= 23
+
+
 # --- Ray: a local cluster of 2 CPUs started once for this module -------------------------
 
 
@@ -58,7 +101,8 @@ def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray is a test dependency: pip install -e '.[test]'")
     # Ray's workers import the tests' own item functions from tests/, like a user's module.
     path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address='local': a Ray of the test's own, even when one already runs on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -110,6 +154,33 @@ def test_ray_worker_that_cannot_see_an_input_is_one_line(ray_cluster, paste_inpu
     with pytest.raises(WeakpasteError, match=r"a Ray worker cannot read .*: put the inputs and "
                                              r"--out on a file system that every node mounts"):
         list(map_items(_add, [1], init=_init, initargs=(0,), executor=RAY, check=[missing]))
+
+
+def test_ray_workers_share_the_drivers_working_directory(ray_cluster, paste_inputs, tmp_path,
+                                                        monkeypatch):
+    """Relative paths, as a user types them, mean the same files in Ray's workers."""
+    cfg = PasteConfig(num_images=4, seed=2, objects=(1, 2))
+    run_paste(cfg, out_dir=str(tmp_path / "local"), workers=2, progress=False, **paste_inputs)
+    monkeypatch.chdir(tmp_path)
+    relative = {k: os.path.relpath(v, tmp_path) for k, v in paste_inputs.items()}
+    run_paste(cfg, out_dir="rel", workers=2, progress=False, executor=RAY, **relative)
+    assert _snapshot(tmp_path / "rel") == _snapshot(tmp_path / "local")
+
+
+def test_ray_worker_without_the_working_directory_says_so(ray_cluster, tmp_path):
+    import socket
+
+    import ray
+
+    from weakpaste.runners import _Worker
+
+    gone = str(tmp_path / "gone")
+    actor = ray.remote(num_cpus=1)(_Worker).remote(None, (), gone)
+    try:
+        assert ray.get(actor.unreadable.remote([])) == [
+            f"{socket.gethostname()}:{gone} (the working directory)"]
+    finally:
+        ray.kill(actor)
 
 
 def _ray_worker_pids() -> list[int]:

@@ -59,41 +59,117 @@ def map_items(fn: Callable[[Any], Any], items: Sequence, *, workers: int = 1,
               init: Callable[..., None] | None = None, initargs: tuple = (),
               executor: ExecutorConfig | None = None,
               check: Sequence[str | os.PathLike] = ()) -> Iterator[Any]:
-    """Yield ``fn(item)`` for every item, in order.
+    """Yield ``fn(item)`` for every item, in order (``Workers`` started for these items only).
 
     Args:
         fn: a module-level function of one item (picklable by reference).
         items: the items (picklable).
+        workers, init, initargs, executor, check: see ``Workers``.
+
+    Raises:
+        WeakpasteError: Ray is not installed, cannot be reached, or a worker cannot see a path.
+    """
+    with Workers(workers, init=init, initargs=initargs, executor=executor,
+                 check=check) as pool:
+        yield from pool.map(fn, items)
+
+
+class Workers:
+    """Worker processes (a local pool or Ray actors), started before the items are known.
+
+    A stage opens them first and then loads its inputs, so that starting the workers (a fork,
+    or Ray actors importing the stage and running its ``init``) overlaps the driver's own
+    loading instead of following it. Use as a context manager; ``map`` may be called more
+    than once.
+
+    Args:
         workers: processes or Ray actors; <= 1 runs in this process (local executor).
         init: called once in every worker (and here for ``workers <= 1``) with ``initargs``,
             e.g. to load a model into a module global.
         initargs: its arguments.
         executor: where to run (local process pool by default).
-        check: paths every Ray worker must be able to read (inputs, the output folder).
-
-    Raises:
-        WeakpasteError: Ray is not installed, cannot be reached, or a worker cannot see a path.
+        check: paths every Ray worker must be able to read (inputs, the output folder),
+            checked when ``map`` is first called (the output folder may not exist before).
     """
-    executor = executor or ExecutorConfig()
-    if executor.executor == "ray":
-        yield from _ray_map(fn, items, max(workers, 1), init, initargs, executor, check)
-        return
-    if workers <= 1:
-        if init is not None:
-            init(*initargs)
-        for item in items:
-            yield fn(item)
-        return
-    import multiprocessing as mp
 
-    context = mp.get_context("fork" if os.name == "posix" else "spawn")
-    # Ctrl-C reaches every process of the terminal's group: only the parent handles it (and
-    # terminates the pool), so workers print no traceback of their own. Ignoring it while
-    # the pool forks makes the workers ignore it from their first instruction on.
-    with _sigint_ignored():
-        pool = context.Pool(workers, initializer=_pool_init, initargs=(init, initargs))
-    with pool:
-        yield from pool.imap(fn, items, chunksize=executor.chunk)
+    def __init__(self, workers: int = 1, *, init: Callable[..., None] | None = None,
+                 initargs: tuple = (), executor: ExecutorConfig | None = None,
+                 check: Sequence[str | os.PathLike] = ()) -> None:
+        self.executor = executor or ExecutorConfig()
+        self.ray = self.executor.executor == "ray"
+        self.workers = max(workers, 1) if self.ray else workers
+        self.init, self.initargs, self.check = init, initargs, list(check)
+        self._pool = self._ray_module = None
+        self._actors: list = []
+        self._connected = self._checked = False
+
+    def __enter__(self) -> Workers:
+        if self.ray:
+            self._ray_module = import_ray()
+            self._connected = _connect(self._ray_module, self.executor.ray_address)
+            self._actors = start_actors(self.workers, self.init, self.initargs, self.executor)
+        elif self.workers <= 1:
+            if self.init is not None:
+                self.init(*self.initargs)
+        else:
+            import multiprocessing as mp
+
+            context = mp.get_context("fork" if os.name == "posix" else "spawn")
+            # Ctrl-C reaches every process of the terminal's group: only the parent handles
+            # it (and terminates the pool), so workers print no traceback of their own.
+            # Ignoring it while the pool forks makes the workers ignore it from their first
+            # instruction on.
+            with _sigint_ignored():
+                self._pool = context.Pool(self.workers, initializer=_pool_init,
+                                          initargs=(self.init, self.initargs))
+        return self
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence) -> Iterator[Any]:
+        """Yield ``fn(item)`` for every item, in order."""
+        if self.ray:
+            yield from self._ray_map(fn, items)
+        elif self._pool is not None:
+            yield from self._pool.imap(fn, items, chunksize=self.executor.chunk)
+        else:
+            for item in items:
+                yield fn(item)
+
+    def _ray_map(self, fn, items) -> Iterator[Any]:
+        ray = self._ray_module
+        try:
+            if not self._checked:
+                self._check_paths()
+            yield from _ray_schedule(ray, self._actors, fn, items, self.executor.chunk)
+        except ray.exceptions.RayTaskError as err:
+            # A worker's one-line error (a corrupt image, ...) reaches the user as it would
+            # from a local worker, not wrapped in Ray's remote traceback.
+            if isinstance(getattr(err, "cause", None), WeakpasteError):
+                raise WeakpasteError(str(err.cause)) from None
+            raise
+
+    def _check_paths(self) -> None:
+        paths = [os.path.abspath(p) for p in self.check]
+        got = self._ray_module.get([a.unreadable.remote(paths) for a in self._actors])
+        missing = sorted({m for unreadable in got for m in unreadable})
+        if missing:
+            raise WeakpasteError(f"a Ray worker cannot read {missing[0]}: put the inputs and "
+                                 "--out on a file system that every node mounts at the same "
+                                 "path")
+        self._checked = True
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.terminate()  # as multiprocessing.Pool's own __exit__ does
+            self._pool = None
+        ray = self._ray_module
+        for a in self._actors:
+            ray.kill(a)
+        self._actors = []
+        if self._connected:
+            # Disconnecting now takes ~0.3 s; left to Ray's exit hook it took ~0.9 s of the
+            # 600-image paste's 4.2 s (measured from the summary line to the process's end).
+            ray.shutdown()
+            self._connected = False
 
 
 @contextlib.contextmanager
@@ -125,9 +201,10 @@ def import_ray():
     return ray
 
 
-def _connect(ray, address: str | None) -> None:
+def _connect(ray, address: str | None) -> bool:
+    """Connect to Ray unless this process already is; True if this call connected."""
     if ray.is_initialized():
-        return
+        return False
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, ignore_reinit_error=True)
@@ -138,17 +215,29 @@ def _connect(ray, address: str | None) -> None:
                              f"({reason(err)}); check --ray-address, start one with 'ray start "
                              "--head', and for a cluster with token authentication (Ray >= "
                              "2.59) set RAY_AUTH_MODE=token here") from None
+    return True
 
 
 class _Worker:
-    """A Ray actor: runs the stage's ``init`` once, then chunks of items."""
+    """A Ray actor: runs the stage's ``init`` once, then chunks of items.
 
-    def __init__(self, init: Callable[..., None] | None, initargs: tuple) -> None:
+    It works in the driver's working directory, so that the relative paths a user typed
+    mean the same files on every node (the storage rule: the same paths everywhere).
+    """
+
+    def __init__(self, init: Callable[..., None] | None, initargs: tuple, cwd: str) -> None:
+        self.cwd, self.cwd_missing = cwd, not os.path.isdir(cwd)
+        if not self.cwd_missing:
+            os.chdir(cwd)
         if init is not None:
             init(*initargs)
 
     def unreadable(self, paths: Sequence[str]) -> list[str]:
-        return [f"{socket.gethostname()}:{p}" for p in paths if not os.access(p, os.R_OK)]
+        where = socket.gethostname()
+        missing = [f"{where}:{p}" for p in paths if not os.access(p, os.R_OK)]
+        if self.cwd_missing:
+            missing.insert(0, f"{where}:{self.cwd} (the working directory)")
+        return missing
 
     def run(self, fn: Callable[[Any], Any], chunk: Sequence) -> list:
         return [fn(item) for item in chunk]
@@ -159,40 +248,45 @@ class _Worker:
 
 def start_actors(workers: int, init: Callable[..., None] | None, initargs: tuple,
                  executor: ExecutorConfig) -> list:
-    """Start ``workers`` Ray actors (restarted, with their tasks retried, when they die)."""
+    """Start ``workers`` Ray actors (restarted, with their tasks retried, when they die).
+
+    Returns at once: each actor imports the stage and runs ``init`` in the background.
+    """
     ray = import_ray()
     _connect(ray, executor.ray_address)
     actor = ray.remote(num_cpus=1, num_gpus=executor.gpus_per_worker, max_restarts=-1,
                        max_task_retries=-1)(_Worker)
-    return [actor.remote(init, initargs) for _ in range(workers)]
+    return [actor.remote(init, initargs, os.getcwd()) for _ in range(workers)]
 
 
-def _ray_map(fn, items, workers, init, initargs, executor, check) -> Iterator[Any]:
-    ray = import_ray()
-    actors = start_actors(workers, init, initargs, executor)
-    try:
-        paths = [os.path.abspath(p) for p in check]
-        missing = sorted({m for got in ray.get([a.unreadable.remote(paths) for a in actors])
-                          for m in got})
-        if missing:
-            raise WeakpasteError(f"a Ray worker cannot read {missing[0]}: put the inputs and "
-                                 "--out on a file system that every node mounts at the same "
-                                 "path")
-        from ray.util import ActorPool
+def _ray_schedule(ray, actors: list, fn, items: Sequence, chunk: int) -> Iterator[Any]:
+    """Keep every actor busy with two chunks in flight; yield the results in item order.
 
-        # A Ray task costs about a millisecond of scheduling and a round trip: give each
-        # actor a few large chunks (still several, so a restarted actor loses little).
-        size = max(executor.chunk, -(-len(items) // (len(actors) * 4)))
-        chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
-        pool = ActorPool(actors)
-        for results in pool.map(lambda a, c: a.run.remote(fn, c), chunks):
-            yield from results
-    except ray.exceptions.RayTaskError as err:
-        # A worker's one-line error (a corrupt image, ...) reaches the user as it would
-        # from a local worker, not wrapped in Ray's remote traceback.
-        if isinstance(getattr(err, "cause", None), WeakpasteError):
-            raise WeakpasteError(str(err.cause)) from None
-        raise
-    finally:
-        for a in actors:
-            ray.kill(a)
+    Not ``ray.util.ActorPool.map``: it hands an actor new work only once the *next result in
+    order* is back, so an actor that finished early waits idle behind a slower one (measured:
+    the 600-image paste took 3.1 s of pool time on Ray against 2.4 s in a local pool).
+    """
+    # A Ray task costs about a millisecond of scheduling and a round trip; ~16 chunks per
+    # actor keep that small while the last chunks still balance the load.
+    size = max(chunk, -(-len(items) // (len(actors) * 16)))
+    chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
+    pending: dict = {}  # ObjectRef -> (chunk number, actor)
+    todo = iter(range(len(chunks)))
+
+    def submit(actor) -> None:
+        number = next(todo, None)
+        if number is not None:
+            pending[actor.run.remote(fn, chunks[number])] = (number, actor)
+
+    for actor in actors * 2:
+        submit(actor)
+    done: dict[int, list] = {}
+    emitted = 0
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        number, actor = pending.pop(ref)
+        done[number] = ray.get(ref)
+        submit(actor)
+        while emitted in done:
+            yield from done.pop(emitted)
+            emitted += 1

@@ -532,7 +532,8 @@ def test_ray_mining_is_byte_identical_to_the_local_pool(objects, mined, tmp_path
     # The actors import this checkout of weakpaste, not whichever one is installed.
     root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address='local': a Ray of the test's own, even when one already runs on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
         model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,

@@ -49,7 +49,7 @@ from weakpaste.ops import masks as mask_ops
 from weakpaste.options import flags_of, option
 from weakpaste.paste import plan as plan_mod
 from weakpaste.paste.render import RenderParams, render
-from weakpaste.runners import ExecutorConfig, host_tag, map_items
+from weakpaste.runners import ExecutorConfig, Workers, host_tag
 from weakpaste.structures import ImageRecord, Instances
 
 PARTS_GLOB = ".parts-*.jsonl"
@@ -428,6 +428,40 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
     clear_segment_cache()  # workers fork from here: they start empty too
     seg_bank = SegmentBank(bank)
     table = seg_bank.table(list(config.classes) if config.classes else None)
+    probs = _class_probabilities(config, table, bank)
+    ctx = PasteContext(bank_root=str(bank), table=table, probabilities=probs, config=config,
+                       out_dir=str(Path(out_dir)))
+    readable = [bank, out_dir, images_dir, *(extra_backgrounds or [])]
+    # Started first, so that the workers start (Ray actors import the stage) while this
+    # process reads the backgrounds.
+    with Workers(workers, init=_init_worker, initargs=(ctx,), executor=executor,
+                 check=[p for p in readable if p]) as pool:
+        bg_set = load_backgrounds(backgrounds_json, images_dir, extra_backgrounds or [])
+        backgrounds, inputs = bg_set.backgrounds, bg_set.inputs
+        inputs["bank_index"] = file_sha256(Path(bank) / "index.jsonl")
+        run_config = {**asdict(config), "bank": str(bank), "backgrounds": backgrounds_json,
+                      "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
+        out = Path(out_dir)
+        if resume:
+            _check_resume(out, run_config, inputs)
+        out = _prepare(out, config, run_config, inputs, overwrite=overwrite, resume=resume,
+                       inputs_paths=[bank, backgrounds_json, images_dir,
+                                     *(extra_backgrounds or []),
+                                     getattr(config.class_weights, "path", None)])
+        tasks = _tasks(config, out, backgrounds)
+        with _write_errors(out):
+            try:
+                for _ in tqdm(pool.map(_run_task, tasks), total=len(tasks), desc="paste",
+                              unit="img", disable=not progress):
+                    pass
+            finally:
+                _close_journal()
+    with _write_errors(out):
+        return _finalize(out, config, run_config, inputs, table, bg_set)
+
+
+def _class_probabilities(config: PasteConfig, table: BankTable, bank: str) -> np.ndarray:
+    """Selection probability of every bank segment (``plan.class_probabilities``)."""
     weights = None
     if config.selection == "weights":
         unknown = sorted(set(config.class_weights) - set(table.classes))
@@ -436,22 +470,17 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
                                  f"{bank}; check the weights file")
         weights = np.array([float(config.class_weights.get(c, 0.0)) for c in table.classes])
     try:
-        probs = plan_mod.class_probabilities(table.class_idx, len(table.classes),
-                                             config.selection, weights)
+        return plan_mod.class_probabilities(table.class_idx, len(table.classes),
+                                            config.selection, weights)
     except ValueError as err:
         raise WeakpasteError(f"selection: {err}") from None
-    bg_set = load_backgrounds(backgrounds_json, images_dir, extra_backgrounds or [])
-    backgrounds, inputs = bg_set.backgrounds, bg_set.inputs
-    inputs["bank_index"] = file_sha256(Path(bank) / "index.jsonl")
-    run_config = {**asdict(config), "bank": str(bank), "backgrounds": backgrounds_json,
-                  "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
-    out = Path(out_dir)
-    if resume:
-        _check_resume(out, run_config, inputs)
+
+
+def _prepare(out: Path, config: PasteConfig, run_config: dict, inputs: dict, *,
+             overwrite: bool, resume: bool, inputs_paths: list) -> Path:
+    """The output folder made ready (``prepare_output_dir``), its running manifest written."""
     out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage="paste",
-                             inputs=[bank, backgrounds_json, images_dir,
-                                     *(extra_backgrounds or []),
-                                     getattr(config.class_weights, "path", None)])
+                             inputs=inputs_paths)
     try:
         (out / "images").mkdir(exist_ok=True)
         _remove_stale_temporaries(out / "images")
@@ -459,7 +488,11 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
         raise write_error(out, err) from None
     write_manifest(out, stage="paste", config=run_config, seed=config.seed, inputs=inputs,
                    status="running")
+    return out
 
+
+def _tasks(config: PasteConfig, out: Path, backgrounds: list[Background]) -> list[tuple]:
+    """(index, seed, background) of every image still to make (all but a resumed run's)."""
     root = np.random.SeedSequence(config.seed)
     bg_seed, items_seed = root.spawn(2)
     if config.extra_ratio is None:
@@ -470,22 +503,8 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
             config.num_images, config.extra_ratio)
     item_seeds = items_seed.spawn(config.num_images)
     done = set(_read_journals(out))
-    tasks = [(i, item_seeds[i], backgrounds[order[i]]) for i in range(config.num_images)
-             if i not in done or not (out / "images" / f"{i:06d}.{config.image_format}").exists()]
-    ctx = PasteContext(bank_root=str(bank), table=table, probabilities=probs, config=config,
-                       out_dir=str(out))
-    readable = [bank, out, images_dir, *(extra_backgrounds or [])]
-    with _write_errors(out):
-        try:
-            items = map_items(_run_task, tasks, workers=workers, init=_init_worker,
-                              initargs=(ctx,), executor=executor,
-                              check=[p for p in readable if p])
-            for _ in tqdm(items, total=len(tasks), desc="paste", unit="img",
-                          disable=not progress):
-                pass
-        finally:
-            _close_journal()
-        return _finalize(out, config, run_config, inputs, table, bg_set)
+    return [(i, item_seeds[i], backgrounds[order[i]]) for i in range(config.num_images)
+            if i not in done or not (out / "images" / f"{i:06d}.{config.image_format}").exists()]
 
 
 @contextlib.contextmanager
