@@ -11,8 +11,14 @@ interpreter) and the command as a user runs it (``python -m weakpaste.cli paste 
 a whole process: interpreter start, imports, index and COCO loading, pool start, the final
 ``annotations.json``). All measurements are interleaved, so drifting load hits each alike.
 
+``--scaling`` adds where two workers lose against one: the machine's own 2-process scaling
+(JPEG decode + encode, the bulk of a paste), and the pool phase alone (no start-up, loading or
+final write) with each worker's segment cache cold, as in a real run, or filled before the
+workers fork (nothing decoded while pasting).
+
 Usage:
     python benchmarks/paste_bench.py [--data ../shared/data/coco_mini] [--num-images 600]
+        [--repeats 3] [--ray] [--scaling]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from weakpaste.bank import run_bank_from_coco
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import atomic_write_bytes, encode_image, read_image
 from weakpaste.ops import masks as mask_ops
+from weakpaste.paste import run as paste_run
 from weakpaste.paste.run import PasteConfig, run_paste
 
 # Images per CPU-second (user + system) of the single-process runs: on a machine shared with
@@ -94,6 +101,93 @@ def cli_rate(data_dir: Path, bank: Path, num_images: int, workers: int, out: Pat
     return num_images / wall
 
 
+def _jpeg_work(files: list[str], n: int) -> None:
+    cv2.setNumThreads(1)
+    for i in range(n):
+        image = cv2.imread(files[i % len(files)])
+        cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+
+
+def machine_scaling(data_dir: Path, n: int = 300) -> float:
+    """Throughput of 2 processes over 1 on the same JPEG work (what the cores can give)."""
+    import multiprocessing as mp
+
+    files = sorted(str(p) for p in (data_dir / "images").iterdir())[:60]
+
+    def run(procs: int) -> float:
+        ps = [mp.get_context("fork").Process(target=_jpeg_work, args=(files, n))
+              for _ in range(procs)]
+        start = time.perf_counter()
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join()
+        return time.perf_counter() - start
+
+    one, two = min(run(1) for _ in range(3)), min(run(2) for _ in range(3))
+    return 2 * one / two
+
+
+def pool_phase(data_dir: Path, bank: Path, num_images: int, workers: int, out: Path,
+               cache: str) -> tuple[float, float]:
+    """(seconds, CPU seconds of all processes) of the paste items alone, as ``run_paste``
+    maps them. ``cache``: "cold" (each worker decodes the segments it meets, as in a real
+    run) or "warm" (every segment decoded before the workers fork, which then inherit them:
+    nothing is decoded while pasting)."""
+    warm = cache == "warm"
+    from weakpaste.bank import SegmentBank
+    from weakpaste.runners import map_items
+
+    config = PasteConfig(num_images=num_images, seed=0, objects=(4, 4), blend=("gaussian",),
+                         image_format="jpg")
+    backgrounds = paste_run.load_backgrounds(str(data_dir / "instances.json"),
+                                             str(data_dir / "images"), []).backgrounds
+    table = SegmentBank(bank).table(None)
+    probs = paste_run.plan_mod.class_probabilities(table.class_idx, len(table.classes),
+                                                   config.selection, None)
+    (out / "images").mkdir(parents=True)
+    tasks = paste_run._tasks(config, out, backgrounds)
+    paste_run.clear_segment_cache()
+    if warm:
+        opened = paste_run._open_bank(str(bank))
+        for i in table.segment_id:
+            paste_run._read_cached(opened, int(i))
+    ctx = paste_run.PasteContext(bank_root=str(bank), table=table, probabilities=probs,
+                                 config=config, out_dir=str(out))
+    before = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    start = time.perf_counter()
+    for _ in map_items(paste_run._run_task, tasks, workers=workers,
+                       init=paste_run._init_worker, initargs=(ctx,)):
+        pass
+    seconds = time.perf_counter() - start
+    paste_run._close_journal()
+    paste_run.clear_segment_cache()
+    after = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum((a.ru_utime + a.ru_stime) - (b.ru_utime + b.ru_stime)
+              for a, b in zip(after, before, strict=True))
+    return seconds, cpu
+
+
+def scaling(data_dir: Path, bank: Path, num_images: int, repeats: int, tmp: Path) -> dict:
+    """Where 2 workers lose against 1: the machine, and the pool phase with each cache."""
+    best: dict[str, tuple[float, float]] = {}
+    caches = ("cold", "warm")
+    for r in range(repeats):
+        for cache in caches:
+            for workers in (1, 2):
+                key = f"{cache}_{workers}"
+                got = pool_phase(data_dir, bank, num_images, workers,
+                                 tmp / f"pool_{key}_{r}", cache)
+                best[key] = min(best.get(key, got), got)
+    out = {"machine_2_vs_1_process_jpeg": round(machine_scaling(data_dir), 3)}
+    for cache in caches:
+        (one, cpu_one), (two, cpu_two) = best[f"{cache}_1"], best[f"{cache}_2"]
+        out[f"pool_phase_{cache}_cache"] = {
+            "1_worker_s": round(one, 3), "2_workers_s": round(two, 3),
+            "2_vs_1": round(one / two, 3), "cpu_2_workers_vs_1": round(cpu_two / cpu_one, 3)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -102,6 +196,9 @@ def main() -> None:
                         help="also time the command with --executor ray on a Ray started "
                              "here with 'ray start --head --num-cpus 2' (as a cluster user "
                              "would have it running)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="also measure where 2 workers lose against 1 (see the module "
+                             "docstring)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved repetitions; the best rate of each is reported")
     args = parser.parse_args()
@@ -128,6 +225,8 @@ def main() -> None:
                                                           tmp / f"r2_{r}", ray_address))
         if ray_address:
             subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        scaled = (scaling(args.data, tmp / "bank", args.num_images, args.repeats, tmp)
+                  if args.scaling else None)
         floor, one, two = max(runs["floor"]), max(runs["1_worker"]), max(runs["2_workers"])
         cli_one, cli_two = max(runs["cli_1_worker"]), max(runs["cli_2_workers"])
         others = ("w2_0", "c1_0", "c2_0") + (("r2_0",) if ray_address else ())
@@ -151,6 +250,8 @@ def main() -> None:
         result["cli_ray_2_workers_img_s"] = round(max(runs["cli_ray_2_workers"]), 1)
         result["cli_ray_vs_local_pool_2_workers"] = round(
             max(runs["cli_ray_2_workers"]) / cli_two, 3)
+    if scaled is not None:
+        result["scaling"] = scaled
     print(json.dumps(result, indent=2))
     ok = {"in-process: 1 worker >= 0.5 x floor": one >= 0.5 * floor,
           "in-process: 2 workers >= 1.7 x 1": two >= 1.7 * one,
