@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,46 @@ def test_sampled_captions_do_not_depend_on_the_batch(tiny_models):
     both = cap.caption([img, img], seeds=[1, 2])
     assert len(both) == 2 and all(len(c) == 2 for c in both)
     assert cap.caption([img], seeds=[2]) == both[1:]
+
+
+def test_generation_on_workers_is_the_same_bytes(tiny_models, captions_file, tmp_path):
+    """A local pool and Ray actors (each loading the models once) make the same output."""
+    caps, images = captions_file
+    runs = {"one": [], "pool": ["--workers", "2"],
+            "ray": ["--workers", "2", "--executor", "ray"]}
+    ray = pytest.importorskip("ray", reason="Ray is a test dependency: pip install -e '.[test]'")
+    # The actors import this checkout of weakpaste, not whichever one is installed.
+    root = str(Path(__file__).resolve().parents[2])
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env={"env_vars": {
+                 "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+                 "HF_HUB_OFFLINE": "1"}})
+    try:
+        for name, extra in runs.items():
+            assert main(_model_args(tiny_models, tmp_path / name, "--captions", str(caps),
+                                    "--images", str(images), "--reject-threshold", "1.0",
+                                    *extra)) == 0
+    finally:
+        ray.shutdown()
+    want = _outputs(tmp_path / "one")
+    assert len(want) == 1 + 2 * 3  # generated.jsonl + keep 2 of 3 for each of 3 captions
+    for name in ("pool", "ray"):
+        assert _outputs(tmp_path / name) == want
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {"generated.jsonl": (out / "generated.jsonl").read_bytes()} | {
+        p.name: p.read_bytes() for p in sorted((out / "images").iterdir())}
+
+
+def test_local_pool_refuses_the_gpu_in_one_line():
+    from weakpaste.backgrounds.run import BackgroundsConfig, _check_pool_device
+    from weakpaste.runners import ExecutorConfig
+
+    with pytest.raises(WeakpasteError) as err:
+        _check_pool_device(BackgroundsConfig(device="cuda"), ExecutorConfig())
+    assert str(err.value) == ("--workers > 1 with the local executor runs on the CPU only (a "
+                              "forked process cannot use the GPU); pass --device cpu, or "
+                              "--executor ray --gpus-per-worker 1 for one GPU per worker")
+    _check_pool_device(BackgroundsConfig(device="cuda"), ExecutorConfig(executor="ray"))
+    _check_pool_device(BackgroundsConfig(device="cpu"), ExecutorConfig())

@@ -39,6 +39,7 @@ from weakpaste.manifest import (
     write_manifest,
 )
 from weakpaste.options import Config, flags_of, option
+from weakpaste.runners import ExecutorConfig, Workers
 
 STAGE = "backgrounds"
 CAPTIONS_JSONL = "captions.jsonl"
@@ -143,6 +144,9 @@ class _Models:
     def drop_captioner(self) -> None:
         self._captioner = None  # frees its memory before the generator runs
 
+    def drop_generation(self) -> None:
+        self._t2i = self._clip = None  # the workers load their own
+
     def t2i(self):
         if self._t2i is None:
             from weakpaste.backgrounds.generate import TextToImage
@@ -206,7 +210,8 @@ def _model_captions(config: BackgroundsConfig, images_dir: str, out: Path,
 
 def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: str, *,
                     captions: str | None = None, overwrite: bool = False,
-                    resume: bool = False, progress: bool = True) -> dict:
+                    resume: bool = False, progress: bool = True, workers: int = 1,
+                    executor: ExecutorConfig | None = None) -> dict:
     """Run the backgrounds stage.
 
     Args:
@@ -217,6 +222,10 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
         overwrite: replace an existing output.
         resume: continue an interrupted run with the same config.
         progress: show progress bars.
+        workers: processes (or Ray actors) generating images; each loads the generator and
+            CLIP once (captioning and rewriting run here).
+        executor: where the generation runs (``ExecutorConfig``: local pool or Ray, with
+            ``gpus_per_worker``); never changes the output.
 
     Returns:
         The final manifest.
@@ -280,7 +289,8 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
     vocab = {"dropped_distractors": rewriter.dropped_distractors,
              "distractors": rewriter.distractors}
     if not config.rewrite_only:
-        _generate(config, lines, out, generate_seed, progress, models)
+        _generate(config, lines, out, generate_seed, progress, models, workers=workers,
+                  executor=executor)
         results = sorted(_read_jsonl(out / GENERATED_JSONL), key=lambda d: d["index"])
         kept = [f for d in results for f in d["kept_files"]]
         counts.update(generated=sum(len(d["caption_scores"]) for d in results),
@@ -295,13 +305,17 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
 
 
 def _generate(config: BackgroundsConfig, lines: list[dict], out: Path,
-              seed: np.random.SeedSequence, progress: bool, models: _Models) -> None:
-    """Generate, score and select the images of every caption not yet journaled."""
+              seed: np.random.SeedSequence, progress: bool, models: _Models, *,
+              workers: int = 1, executor: ExecutorConfig | None = None) -> None:
+    """Generate, score and select the images of every caption not yet journaled.
+
+    Each caption is one item (``_generate_item``), run here, in a local process pool, or on
+    Ray actors (``--executor ray --gpus-per-worker G``) that load the generator and CLIP once
+    each. Workers write the images; the journal is appended here, in caption order.
+    """
     from tqdm import tqdm
 
-    from weakpaste.backgrounds.generate import image_seeds
-    from weakpaste.io.images import encode_image
-
+    executor = executor or ExecutorConfig()
     journal = out / GENERATED_JSONL
     done = {d["index"] for d in _read_jsonl(journal)}
     if journal.is_file():  # cut a torn last line off before appending
@@ -312,24 +326,77 @@ def _generate(config: BackgroundsConfig, lines: list[dict], out: Path,
     if not todo:
         return
     seeds = seed.spawn(len(lines))
-    t2i, clip = models.t2i(), models.clip()
-    for d in tqdm(todo, desc="generate", unit="caption", disable=not progress):
-        i = d["index"]
-        images, flagged = t2i.generate(
-            d["rewritten"], image_seeds(seeds[i], config.images_per_caption), config.batch_size)
-        sel = clip.select(images, d["rewritten"], config.keep, config.reject_threshold,
-                          blocked=flagged)
-        files = []
-        for j in np.flatnonzero(sel.kept):
-            name = f"images/{i:06d}_{j:02d}.jpg"
-            atomic_write_bytes(out / name, encode_image(images[j], "jpg", config.jpeg_quality))
-            files.append(name)
-        _append(journal, {"index": i, "image": d["image"], "rewritten": d["rewritten"],
-                          "caption_scores": [round(float(s), 5) for s in sel.caption_scores],
-                          "class_scores": [round(float(s), 5) for s in sel.class_scores],
-                          "classes": list(sel.classes), "kept": sel.kept.tolist(),
-                          "rejected": sel.rejected.tolist(), "unsafe": flagged,
-                          "kept_files": files})
+    tasks = [(d, seeds[d["index"]], str(out)) for d in todo]
+    here = workers <= 1 and executor.executor == "local"
+    if here:
+        models.t2i(), models.clip()
+    else:
+        _check_pool_device(config, executor)
+        models.drop_generation()  # every worker loads its own
+    initargs = (config, models, None) if here else (config, None, 1)
+    with Workers(workers, init=_generation_init, initargs=initargs, executor=executor,
+                 check=[out]) as pool:
+        for doc in tqdm(pool.map(_generate_item, tasks), total=len(tasks), desc="generate",
+                        unit="caption", disable=not progress):
+            _append(journal, doc)
+
+
+def _check_pool_device(config: BackgroundsConfig, executor: ExecutorConfig) -> None:
+    """A forked pool cannot use CUDA once this process has: say what works instead."""
+    if executor.executor != "local":
+        return
+    import torch
+
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        raise WeakpasteError("--workers > 1 with the local executor runs on the CPU only (a "
+                             "forked process cannot use the GPU); pass --device cpu, or "
+                             "--executor ray --gpus-per-worker 1 for one GPU per worker")
+
+
+# This worker's config and models (``_generation_init``).
+_GENERATION: dict = {}
+
+
+def _generation_init(config: BackgroundsConfig, models: _Models | None,
+                     threads: int | None) -> None:
+    """Load a worker's generator and CLIP once (or reuse this process's ``models``); a
+    worker uses ``threads`` torch threads (the workers are the parallelism)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    models = models or _Models(config)
+    models.t2i(), models.clip()
+    _GENERATION.update(config=config, models=models)
+
+
+def _generate_item(task: tuple[dict, np.random.SeedSequence, str]) -> dict:
+    """Generate one caption's images, select them with CLIP, write the kept ones.
+
+    Returns:
+        The caption's journal line (``generated.jsonl``).
+    """
+    from weakpaste.backgrounds.generate import image_seeds
+    from weakpaste.io.images import encode_image
+
+    d, caption_seed, out = task
+    config, models = _GENERATION["config"], _GENERATION["models"]
+    i = d["index"]
+    images, flagged = models.t2i().generate(
+        d["rewritten"], image_seeds(caption_seed, config.images_per_caption), config.batch_size)
+    sel = models.clip().select(images, d["rewritten"], config.keep, config.reject_threshold,
+                               blocked=flagged)
+    files = []
+    for j in np.flatnonzero(sel.kept):
+        name = f"images/{i:06d}_{j:02d}.jpg"
+        atomic_write_bytes(Path(out) / name,
+                           encode_image(images[j], "jpg", config.jpeg_quality))
+        files.append(name)
+    return {"index": i, "image": d["image"], "rewritten": d["rewritten"],
+            "caption_scores": [round(float(s), 5) for s in sel.caption_scores],
+            "class_scores": [round(float(s), 5) for s in sel.class_scores],
+            "classes": list(sel.classes), "kept": sel.kept.tolist(),
+            "rejected": sel.rejected.tolist(), "unsafe": flagged, "kept_files": files}
 
 
 def background_files(folder: str | os.PathLike) -> list[Path] | None:

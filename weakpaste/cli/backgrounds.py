@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weakpaste.cli.common import command, common
+from weakpaste.cli.common import command, common, workers
 from weakpaste.options import add_options, from_args
 
 
 def _cmd_backgrounds(args: argparse.Namespace) -> int:
     from weakpaste.backgrounds.run import BackgroundsConfig, run_backgrounds
+    from weakpaste.runners import ExecutorConfig
 
     manifest = run_backgrounds(from_args(BackgroundsConfig, args), args.images, args.out,
                                captions=args.captions, overwrite=args.overwrite,
-                               resume=args.resume, progress=not args.quiet)
+                               resume=args.resume, progress=not args.quiet,
+                               workers=args.workers, executor=from_args(ExecutorConfig, args))
     c = manifest["counts"]
     print(f"rewrote {c['captions_rewritten']} of {c['captions']} captions "
           f"({c['replacements']} replacements) into {Path(args.out) / 'captions.jsonl'}")
@@ -27,12 +29,15 @@ def _cmd_backgrounds(args: argparse.Namespace) -> int:
 
 def _build(p: argparse.ArgumentParser) -> None:
     from weakpaste.backgrounds.run import BackgroundsConfig
+    from weakpaste.runners import ExecutorConfig
 
     p.add_argument("--images", required=True, help="folder of the source images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--captions", metavar="COCO_JSON",
                    help="COCO captions file to use instead of the captioning model")
     add_options(p, BackgroundsConfig)
+    workers(p)
+    add_options(p, ExecutorConfig)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     common(p)
     p.set_defaults(func=_cmd_backgrounds)
