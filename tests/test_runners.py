@@ -44,6 +44,25 @@ def test_ray_missing_is_one_line(monkeypatch):
                               "install ray)")
 
 
+def test_bad_input_fails_before_ray_is_started_or_joined(monkeypatch, tiny_coco, tmp_path):
+    """A typo costs no Ray start-up (seconds for a local Ray): the inputs are read first."""
+    import weakpaste.runners as runners
+
+    def no_ray():
+        raise AssertionError("Ray was started before the inputs were checked")
+
+    monkeypatch.setattr(runners, "import_ray", no_ray)
+    path, images = tiny_coco
+    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
+    missing = tmp_path / "missing.json"
+    with pytest.raises(WeakpasteError, match="missing.json: no such file"):
+        run_paste(PasteConfig(num_images=2), bank=str(tmp_path / "bank"),
+                  out_dir=str(tmp_path / "out"), backgrounds_json=str(missing),
+                  images_dir=str(images), workers=2, progress=False,
+                  executor=ExecutorConfig(executor="ray"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_executor_options_are_validated():
     with pytest.raises(WeakpasteError, match=r"^executor \(--executor\) must be one of local, "
                                              r"ray; got 'dask'$"):

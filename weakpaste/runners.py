@@ -75,12 +75,9 @@ def map_items(fn: Callable[[Any], Any], items: Sequence, *, workers: int = 1,
 
 
 class Workers:
-    """Worker processes (a local pool or Ray actors), started before the items are known.
-
-    A stage opens them first and then loads its inputs, so that starting the workers (a fork,
-    or Ray actors importing the stage and running its ``init``) overlaps the driver's own
-    loading instead of following it. Use as a context manager; ``map`` may be called more
-    than once.
+    """Worker processes (a local pool or Ray actors) that run a stage's ``init`` once and
+    then any number of ``map`` calls. Use as a context manager: leaving it ends the workers
+    (and disconnects from Ray if it connected).
 
     Args:
         workers: processes or Ray actors; <= 1 runs in this process (local executor).

@@ -431,31 +431,29 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
     probs = _class_probabilities(config, table, bank)
     ctx = PasteContext(bank_root=str(bank), table=table, probabilities=probs, config=config,
                        out_dir=str(Path(out_dir)))
-    readable = [bank, out_dir, images_dir, *(extra_backgrounds or [])]
-    # Started first, so that the workers start (Ray actors import the stage) while this
-    # process reads the backgrounds.
-    with Workers(workers, init=_init_worker, initargs=(ctx,), executor=executor,
-                 check=[p for p in readable if p]) as pool:
-        bg_set = load_backgrounds(backgrounds_json, images_dir, extra_backgrounds or [])
-        backgrounds, inputs = bg_set.backgrounds, bg_set.inputs
-        inputs["bank_index"] = file_sha256(Path(bank) / "index.jsonl")
-        run_config = {**asdict(config), "bank": str(bank), "backgrounds": backgrounds_json,
-                      "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
-        out = Path(out_dir)
-        if resume:
-            _check_resume(out, run_config, inputs)
-        out = _prepare(out, config, run_config, inputs, overwrite=overwrite, resume=resume,
-                       inputs_paths=[bank, backgrounds_json, images_dir,
-                                     *(extra_backgrounds or []),
-                                     getattr(config.class_weights, "path", None)])
-        tasks = _tasks(config, out, backgrounds)
-        with _write_errors(out):
-            try:
-                for _ in tqdm(pool.map(_run_task, tasks), total=len(tasks), desc="paste",
-                              unit="img", disable=not progress):
-                    pass
-            finally:
-                _close_journal()
+    bg_set = load_backgrounds(backgrounds_json, images_dir, extra_backgrounds or [])
+    backgrounds, inputs = bg_set.backgrounds, bg_set.inputs
+    inputs["bank_index"] = file_sha256(Path(bank) / "index.jsonl")
+    run_config = {**asdict(config), "bank": str(bank), "backgrounds": backgrounds_json,
+                  "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
+    out = Path(out_dir)
+    if resume:
+        _check_resume(out, run_config, inputs)
+    out = _prepare(out, config, run_config, inputs, overwrite=overwrite, resume=resume,
+                   inputs_paths=[bank, backgrounds_json, images_dir, *(extra_backgrounds or []),
+                                 getattr(config.class_weights, "path", None)])
+    tasks = _tasks(config, out, backgrounds)
+    readable = [bank, out, images_dir, *(extra_backgrounds or [])]
+    # The workers start only now: bad input fails before a Ray cluster is started or joined.
+    with _write_errors(out), Workers(workers, init=_init_worker, initargs=(ctx,),
+                                     executor=executor,
+                                     check=[p for p in readable if p]) as pool:
+        try:
+            for _ in tqdm(pool.map(_run_task, tasks), total=len(tasks), desc="paste",
+                          unit="img", disable=not progress):
+                pass
+        finally:
+            _close_journal()
     with _write_errors(out):
         return _finalize(out, config, run_config, inputs, table, bg_set)
 
