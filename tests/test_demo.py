@@ -113,3 +113,14 @@ def test_demo_train_needs_mining(tmp_path, capsys):
     assert main(["demo", "--from-gt", "--train", "--out", str(tmp_path / "d")]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "demo --train compares mined with ground-truth masks; drop --from-gt")
+
+
+def test_demo_train_schedule_is_the_measured_one():
+    from weakpaste.demo import DEMO_TRAIN_ITERATIONS, demo_train_config
+
+    c = demo_train_config(DEMO_TRAIN_ITERATIONS, seed=3)
+    assert (c.backbone, c.weights, c.image_size, c.batch_size) == ("resnet18", None, 128, 4)
+    assert (c.iterations, c.stage2_iterations, c.lr, c.warmup_iters, c.clip_grad) == (
+        600, 400, 0.02, 100, 10.0)
+    short = demo_train_config(10, seed=3)
+    assert (short.iterations, short.stage2_iterations, short.warmup_iters) == (6, 4, 2)

@@ -17,7 +17,8 @@ from weakpaste.train.config import (
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"backbone": "vgg"},
-     "backbone (--backbone) must be one of resnet50, mobilenet_v3; got 'vgg'"),
+     "backbone (--backbone) must be one of resnet50, resnet34, resnet18, mobilenet_v3; got "
+     "'vgg'"),
     ({"steps": (0.5, 2.0)}, "steps (--steps) must be in (0, 1), got 2.0"),
     ({"steps": (0.5, 1.0)}, "steps (--steps) must be in (0, 1), got 1.0"),
     ({"lr": 0.0}, "lr (--lr) must be > 0, got 0.0"),
@@ -29,6 +30,8 @@ from weakpaste.train.config import (
     ({"jitter": (2.0, 1.0)}, "jitter (--jitter) needs 0 < LO <= HI, got (2.0, 1.0)"),
     ({"backbone": "resnet50", "trainable_layers": 6},
      "trainable_layers (--trainable-layers) must be <= 5 for resnet50, got 6"),
+    ({"backbone": "resnet18", "trainable_layers": 6},
+     "trainable_layers (--trainable-layers) must be <= 5 for resnet18, got 6"),
     ({"rpn_proposals": 1}, "rpn_proposals (--rpn-proposals) must be >= 2, got 1"),
     ({"detections_per_image": 0}, "detections_per_image (--detections) must be >= 1, got 0"),
     ({"device": "gpu"}, "device (--device) must be cpu, cuda or cuda:N, got 'gpu'"),

@@ -24,7 +24,7 @@ def _config(backbone: str = "mobilenet_v3", frozen: bool = False) -> ModelConfig
                          frozen_bn=frozen, trainable_layers=3, roi_batch=32, rpn_proposals=64)
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v3", "resnet50"])
+@pytest.mark.parametrize("backbone", ["mobilenet_v3", "resnet50", "resnet18"])
 def test_build_model_predicts_masks_of_the_image_size(backbone):
     model, notes = E.build_model(_config(backbone), weights=None, seed=1)
     assert notes == []
@@ -40,7 +40,29 @@ def test_build_model_predicts_masks_of_the_image_size(backbone):
     assert torch.equal(model.state_dict()[key], again.state_dict()[key])
 
 
-def test_default_weights_offline_is_one_clear_line(monkeypatch):
+def test_resnet18_trains_one_step_on_feature_maps_of_strides_4_to_32():
+    import dataclasses
+
+    config = dataclasses.replace(_config("resnet18"), trainable_layers=5)  # from scratch
+    model, _ = E.build_model(config, weights=None, seed=1)
+    features = model.backbone(torch.rand(1, 3, 64, 64))
+    assert {k: tuple(v.shape[-2:]) for k, v in features.items()} == {
+        "0": (16, 16), "1": (8, 8), "2": (4, 4), "3": (2, 2), "pool": (1, 1)}
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 10:40, 20:50] = 1
+    target = {"boxes": torch.tensor([[20.0, 10.0, 50.0, 40.0]]), "labels": torch.tensor([2]),
+              "masks": masks}
+    losses = model([torch.rand(3, 64, 64)], [target])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                           "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+    grad = model.backbone.body.conv1.weight.grad  # the stem trains too (trainable_layers 5)
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("backbone", "name"), [("mobilenet_v3", "mobilenet_v3_large"),
+                                                ("resnet18", "resnet18")])
+def test_default_weights_offline_is_one_clear_line(monkeypatch, backbone, name):
     import torchvision.models._api as api
 
     def offline(*args, **kwargs):
@@ -48,9 +70,9 @@ def test_default_weights_offline_is_one_clear_line(monkeypatch):
 
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     with pytest.raises(WeakpasteError) as err:
-        E.build_model(_config(frozen=True), weights="DEFAULT")
+        E.build_model(_config(backbone, frozen=True), weights="DEFAULT")
     assert str(err.value) == (
-        "could not load torchvision's DEFAULT weights for mobilenet_v3_large (<urlopen error "
+        f"could not load torchvision's DEFAULT weights for {name} (<urlopen error "
         "[Errno -3] Temporary failure in name resolution>); on a machine without internet pass "
         "--weights PATH to a local state_dict or --weights none")
 
@@ -67,6 +89,25 @@ def test_weights_from_a_torchvision_backbone_state_dict(tmp_path):
     assert notes == [f"backbone initialised from {path} (262 tensors)"]
     torch.testing.assert_close(model.backbone.body.state_dict()["1.block.0.0.weight"],
                                classifier.state_dict()["features.1.block.0.0.weight"])
+
+
+def test_weights_from_a_torchvision_resnet18_state_dict(tmp_path):
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        classifier = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(classifier.state_dict(), path)
+    model, notes = E.build_model(_config("resnet18", frozen=True), weights=str(path))
+    # 20 convolutions + 20 BatchNorms (4 tensors each, FrozenBatchNorm2d keeps no counter).
+    assert notes == [f"backbone initialised from {path} (100 tensors)"]
+    torch.testing.assert_close(model.backbone.body.state_dict()["layer2.0.conv1.weight"],
+                               classifier.state_dict()["layer2.0.conv1.weight"])
+    with pytest.raises(WeakpasteError) as err:
+        E.build_model(_config("resnet50", frozen=True), weights=str(path))
+    assert str(err.value).startswith(f"{path}: neither a Mask R-CNN state_dict nor one of "
+                                     "torchvision's resnet50 (")
 
 
 def test_weights_from_a_detector_with_other_classes(tmp_path):
@@ -133,6 +174,9 @@ def test_model_config_for_a_run():
     assert (pretrained.frozen_bn, pretrained.trainable_layers) == (True, 3)
     scratch = E.model_config_for(tiny_train_config(trainable_layers=None), ("a", "b"))
     assert (scratch.frozen_bn, scratch.trainable_layers, scratch.num_classes) == (False, 6, 3)
+    light = E.model_config_for(tiny_train_config(backbone="resnet18", trainable_layers=None),
+                               ("a",))
+    assert (light.frozen_bn, light.trainable_layers) == (False, 5)
     assert E.model_config_for(tiny_train_config(trainable_layers=2), ("a",)).trainable_layers == 2
 
 

@@ -24,9 +24,9 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.models.weights import parse_weights
 from weakpaste.options import Config, Opt, flag_of, option, parse_float_pair
 
-BACKBONES: tuple[str, ...] = ("resnet50", "mobilenet_v3")
-# Backbone stages torchvision can train: ResNet-50 has 5, MobileNetV3-Large 6.
-_MAX_LAYERS = {"resnet50": 5, "mobilenet_v3": 6}
+BACKBONES: tuple[str, ...] = ("resnet50", "resnet34", "resnet18", "mobilenet_v3")
+# Backbone stages torchvision can train: a ResNet has 5, MobileNetV3-Large 6.
+_MAX_LAYERS = {"resnet50": 5, "resnet34": 5, "resnet18": 5, "mobilenet_v3": 6}
 
 
 def _outside_below(value: float, hi: float) -> bool:
@@ -103,7 +103,9 @@ def check_device(device: str) -> None:
 # The model's options, shared by TrainConfig (the command line) and ModelConfig (checkpoints).
 _MODEL: dict[str, dict[str, Any]] = {
     "backbone": dict(choices=BACKBONES,
-                     help="ResNet-50 FPN or the light MobileNetV3-Large FPN"),
+                     help="ResNet-50 FPN (the papers' R-50), the lighter ResNet-34 or ResNet-18 "
+                          "FPN (strides 4-32, for small images on a CPU), or MobileNetV3-Large "
+                          "FPN (strides 32 only: for large images)"),
     "image_size": dict(range=(32, None),
                        help="training crop side; test images are resized to fit in it"),
     "trainable_layers": dict(range=(0, 6),
@@ -128,7 +130,7 @@ class ModelConfig(_Checked):
     """Everything needed to rebuild a trained model (stored in each checkpoint).
 
     Attributes:
-        backbone: "resnet50" or "mobilenet_v3".
+        backbone: one of ``BACKBONES``.
         class_names: the K classes; label k (1..K) is ``class_names[k - 1]``, 0 is background.
         image_size: training crops are size x size; test images are resized to fit in it.
         frozen_bn: FrozenBatchNorm2d in the backbone (pre-trained weights) instead of

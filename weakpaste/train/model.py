@@ -1,7 +1,9 @@
 """Mask R-CNN: construction, initial weights, checkpoints and the device.
 
 * ``build_model``: torchvision's Mask R-CNN on a ResNet-50 FPN (``resnet50``, the papers'
-  R-50) or a MobileNetV3-Large FPN (``mobilenet_v3``, light) backbone. Weights (resolved by
+  R-50), a ResNet-34 or ResNet-18 FPN (``resnet34``, ``resnet18``: light, with the same
+  strides 4-32, for small images on a CPU) or a MobileNetV3-Large FPN (``mobilenet_v3``: light,
+  but both its levels have stride 32, a 4 x 4 map at 128 pixels) backbone. Weights (resolved by
   ``weakpaste.models.weights.resolve_weights``, as for the mining classifier): ``DEFAULT``
   (torchvision's ImageNet backbone weights: the weakly-supervised setting of EM-Paste §4.1; a
   detector pre-trained on COCO masks would leak mask supervision), a local file (a weakpaste
@@ -42,14 +44,15 @@ CHECKPOINT_FIX = ("pass a checkpoint written by 'weakpaste train' "
                   "(e.g. OUT/checkpoints/last.pt)")
 # torchvision's anchor sizes for 800-pixel inputs; scaled with --image-size.
 _BASE_ANCHORS = (32, 64, 128, 256, 512)
-_TORCHVISION_NAMES = {"resnet50": "resnet50", "mobilenet_v3": "mobilenet_v3_large"}
+_TORCHVISION_NAMES = {"resnet50": "resnet50", "resnet34": "resnet34", "resnet18": "resnet18",
+                      "mobilenet_v3": "mobilenet_v3_large"}
 
 
 def default_trainable_layers(backbone: str, pretrained: bool) -> int:
     """torchvision's choice: 3 stages with pre-trained weights, all of them without."""
     if pretrained:
         return 3
-    return 5 if backbone == "resnet50" else 6
+    return 6 if backbone == "mobilenet_v3" else 5
 
 
 def model_config_for(config: TrainConfig, class_names: tuple[str, ...]) -> ModelConfig:
@@ -72,11 +75,9 @@ def _anchor_sizes(image_size: int) -> tuple[int, ...]:
 
 
 def _imagenet_weights(backbone: str):
-    from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
+    from torchvision.models import get_model_weights
 
-    if backbone == "resnet50":
-        return ResNet50_Weights.DEFAULT
-    return MobileNet_V3_Large_Weights.DEFAULT
+    return get_model_weights(_TORCHVISION_NAMES[backbone]).DEFAULT
 
 
 def _backbone(config: ModelConfig, imagenet) -> tuple[nn.Module, Any, list[str]]:
@@ -87,8 +88,8 @@ def _backbone(config: ModelConfig, imagenet) -> tuple[nn.Module, Any, list[str]]
 
     norm = FrozenBatchNorm2d if config.frozen_bn else nn.BatchNorm2d
     sizes = _anchor_sizes(config.image_size)
-    if config.backbone == "resnet50":
-        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=imagenet,
+    if config.backbone.startswith("resnet"):
+        backbone = resnet_fpn_backbone(backbone_name=config.backbone, weights=imagenet,
                                        norm_layer=norm, trainable_layers=config.trainable_layers)
         return (backbone, AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * 5),
                 ["0", "1", "2", "3"])
@@ -151,8 +152,8 @@ def load_weights_file(model: nn.Module, path: Path, backbone: str) -> str:
 
     Accepted: a weakpaste checkpoint, a Mask R-CNN state_dict (class-specific head tensors
     whose shape differs, e.g. another number of classes, keep their initial values), or a
-    torchvision classification state_dict of the backbone (``torchvision.models.resnet50``
-    or ``mobilenet_v3_large``; its classifier is ignored).
+    torchvision classification state_dict of the backbone (``torchvision.models.resnet50``,
+    ``resnet34``, ``resnet18`` or ``mobilenet_v3_large``; its classifier is ignored).
 
     Raises:
         WeakpasteError: missing or unreadable file, or neither kind of state_dict.
