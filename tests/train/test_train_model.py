@@ -77,14 +77,20 @@ def test_default_weights_offline_is_one_clear_line(monkeypatch, backbone, name):
         "--weights PATH to a local state_dict or --weights none")
 
 
-def test_weights_from_a_torchvision_backbone_state_dict(tmp_path):
+def _saved_classifier(tmp_path, name: str):
+    """A seeded torchvision classifier ``name`` and the path of its saved state_dict."""
     import torchvision
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        classifier = torchvision.models.mobilenet_v3_large(weights=None)
-    path = tmp_path / "mbv3.pth"
+        classifier = getattr(torchvision.models, name)(weights=None)
+    path = tmp_path / f"{name}.pth"
     torch.save(classifier.state_dict(), path)
+    return classifier, path
+
+
+def test_weights_from_a_torchvision_backbone_state_dict(tmp_path):
+    classifier, path = _saved_classifier(tmp_path, "mobilenet_v3_large")
     model, notes = E.build_model(_config(frozen=True), weights=str(path))
     assert notes == [f"backbone initialised from {path} (262 tensors)"]
     torch.testing.assert_close(model.backbone.body.state_dict()["1.block.0.0.weight"],
@@ -92,13 +98,7 @@ def test_weights_from_a_torchvision_backbone_state_dict(tmp_path):
 
 
 def test_weights_from_a_torchvision_resnet18_state_dict(tmp_path):
-    import torchvision
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        classifier = torchvision.models.resnet18(weights=None)
-    path = tmp_path / "resnet18.pth"
-    torch.save(classifier.state_dict(), path)
+    classifier, path = _saved_classifier(tmp_path, "resnet18")
     model, notes = E.build_model(_config("resnet18", frozen=True), weights=str(path))
     # 20 convolutions + 20 BatchNorms (4 tensors each, FrozenBatchNorm2d keeps no counter).
     assert notes == [f"backbone initialised from {path} (100 tensors)"]
