@@ -328,9 +328,7 @@ def _generate(config: BackgroundsConfig, lines: list[dict], out: Path,
     seeds = seed.spawn(len(lines))
     tasks = [(d, seeds[d["index"]], str(out)) for d in todo]
     here = workers <= 1 and executor.executor == "local"
-    if here:
-        models.t2i(), models.clip()
-    else:
+    if not here:
         _check_pool_device(config, executor)
         models.drop_generation()  # every worker loads its own
     initargs = (config, models, None) if here else (config, None, 1)
