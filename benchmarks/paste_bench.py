@@ -128,23 +128,19 @@ def machine_scaling(data_dir: Path, n: int = 300) -> float:
     return 2 * one / two
 
 
-def pool_phase(data_dir: Path, bank: Path, num_images: int, workers: int, out: Path,
-               cache: str) -> tuple[float, float]:
+def pool_phase(backgrounds: list, bank: Path, num_images: int, workers: int, out: Path,
+               warm: bool) -> tuple[float, float]:
     """(seconds, CPU seconds of all processes) of the paste items alone, as ``run_paste``
-    maps them. ``cache``: "cold" (each worker decodes the segments it meets, as in a real
-    run) or "warm" (every segment decoded before the workers fork, which then inherit them:
-    nothing is decoded while pasting)."""
-    warm = cache == "warm"
+    maps them. ``warm``: every segment decoded before the workers fork, which then inherit
+    them (nothing decoded while pasting); else each worker decodes the segments it meets, as
+    in a real run."""
     from weakpaste.bank import SegmentBank
     from weakpaste.runners import map_items
 
     config = PasteConfig(num_images=num_images, seed=0, objects=(4, 4), blend=("gaussian",),
                          image_format="jpg")
-    backgrounds = paste_run.load_backgrounds(str(data_dir / "instances.json"),
-                                             str(data_dir / "images"), []).backgrounds
     table = SegmentBank(bank).table(None)
-    probs = paste_run.plan_mod.class_probabilities(table.class_idx, len(table.classes),
-                                                   config.selection, None)
+    probs = paste_run._class_probabilities(config, table, str(bank))
     (out / "images").mkdir(parents=True)
     tasks = paste_run._tasks(config, out, backgrounds)
     paste_run.clear_segment_cache()
@@ -172,12 +168,14 @@ def scaling(data_dir: Path, bank: Path, num_images: int, repeats: int, tmp: Path
     """Where 2 workers lose against 1: the machine, and the pool phase with each cache."""
     best: dict[str, tuple[float, float]] = {}
     caches = ("cold", "warm")
+    backgrounds = paste_run.load_backgrounds(str(data_dir / "instances.json"),
+                                             str(data_dir / "images"), []).backgrounds
     for r in range(repeats):
         for cache in caches:
             for workers in (1, 2):
                 key = f"{cache}_{workers}"
-                got = pool_phase(data_dir, bank, num_images, workers,
-                                 tmp / f"pool_{key}_{r}", cache)
+                got = pool_phase(backgrounds, bank, num_images, workers,
+                                 tmp / f"pool_{key}_{r}", warm=cache == "warm")
                 best[key] = min(best.get(key, got), got)
     out = {"machine_2_vs_1_process_jpeg": round(machine_scaling(data_dir), 3)}
     for cache in caches:
