@@ -7,6 +7,7 @@ import pytest
 from weakpaste.cli import main
 from weakpaste.errors import WeakpasteError
 from weakpaste.manifest import (
+    check_output_dir,
     is_weakpaste_manifest,
     prepare_output_dir,
     read_weakpaste_manifest,
@@ -54,6 +55,31 @@ def test_overwrite_refuses_a_folder_with_someone_elses_manifest(tmp_path):
     with pytest.raises(WeakpasteError, match=r"nothing to resume \(no viz manifest.json "
                                              r"written by weakpaste\)"):
         prepare_output_dir(app, resume=True, stage="viz")
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({}, "output folder is not empty; pass --overwrite"),
+    ({"resume": True}, r"nothing to resume \(no paste manifest.json"),
+])
+def test_check_output_dir_refuses_what_prepare_refuses_and_changes_nothing(tmp_path, flags,
+                                                                           message):
+    out = tmp_path / "out"
+    out.mkdir()
+    write_manifest(out, stage="viz", config={})
+    (out / "old.png").write_bytes(b"x")
+    before = sorted(p.name for p in out.iterdir())
+    for check in (check_output_dir, prepare_output_dir):
+        with pytest.raises(WeakpasteError, match=message):
+            check(out, stage="paste", **flags)
+    assert sorted(p.name for p in out.iterdir()) == before
+    # Allowed: --overwrite of a weakpaste output; checking it deletes nothing, preparing does.
+    assert check_output_dir(out, overwrite=True, stage="paste") == out
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert not (tmp_path / "new").exists()
+    check_output_dir(tmp_path / "new", stage="paste")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(WeakpasteError, match=r"is, contains or lies inside|input"):
+        check_output_dir(out, overwrite=True, stage="paste", inputs=[out / "old.png"])
 
 
 def test_overwrite_deletes_a_weakpaste_output(tmp_path):

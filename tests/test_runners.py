@@ -44,8 +44,16 @@ def test_ray_missing_is_one_line(monkeypatch):
                               "install ray)")
 
 
-def test_bad_input_fails_before_ray_is_started_or_joined(monkeypatch, tiny_coco, tmp_path):
-    """A typo costs no Ray start-up (seconds for a local Ray): the inputs are read first."""
+@pytest.mark.parametrize("bad, message", [
+    ("backgrounds", r"missing.json: no such file"),
+    ("images", r"nope: images folder not found"),
+    ("extra", r"nope: not a folder; pass a folder of images"),
+    ("out", r"output folder is not empty; pass --overwrite"),
+])
+def test_a_typo_fails_before_ray_is_started_or_joined(monkeypatch, tiny_coco, tmp_path, bad,
+                                                      message):
+    """A typo costs no Ray start-up (seconds for a local Ray): missing inputs and an unusable
+    --out are refused before the workers start (which then boot while the inputs are read)."""
     import weakpaste.runners as runners
 
     def no_ray():
@@ -54,13 +62,46 @@ def test_bad_input_fails_before_ray_is_started_or_joined(monkeypatch, tiny_coco,
     monkeypatch.setattr(runners, "import_ray", no_ray)
     path, images = tiny_coco
     run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
-    missing = tmp_path / "missing.json"
-    with pytest.raises(WeakpasteError, match="missing.json: no such file"):
-        run_paste(PasteConfig(num_images=2), bank=str(tmp_path / "bank"),
-                  out_dir=str(tmp_path / "out"), backgrounds_json=str(missing),
-                  images_dir=str(images), workers=2, progress=False,
-                  executor=ExecutorConfig(executor="ray"))
-    assert not (tmp_path / "out").exists()
+    args = {"backgrounds_json": str(path), "images_dir": str(images), "extra_backgrounds": []}
+    out = tmp_path / "out"
+    if bad == "backgrounds":
+        args["backgrounds_json"] = str(tmp_path / "missing.json")
+    elif bad == "images":
+        args["images_dir"] = str(tmp_path / "nope")
+    elif bad == "extra":
+        args["extra_backgrounds"] = [str(tmp_path / "nope")]
+    else:
+        out.mkdir()
+        (out / "mine.txt").write_text("x")
+    with pytest.raises(WeakpasteError, match=message):
+        run_paste(PasteConfig(num_images=2), bank=str(tmp_path / "bank"), out_dir=str(out),
+                  workers=2, progress=False, executor=ExecutorConfig(executor="ray"), **args)
+    assert (out / "mine.txt").exists() if bad == "out" else not out.exists()
+
+
+def test_the_driver_reports_no_task_events_unless_the_user_asked(monkeypatch):
+    """Ray's disconnect waits ~0.25 s for a last task-event flush: weakpaste's driver turns
+    the reports off while it connects (and restores the environment); a user's value wins."""
+    import os
+
+    import weakpaste.runners as runners
+
+    seen = []
+
+    class FakeRay:
+        def is_initialized(self):
+            return False
+
+        def init(self, **kwargs):
+            seen.append(os.environ.get("RAY_task_events_report_interval_ms"))
+
+    name = "RAY_task_events_report_interval_ms"
+    monkeypatch.delenv(name, raising=False)
+    assert runners._connect(FakeRay(), None) is True
+    assert seen == ["0"] and name not in os.environ
+    monkeypatch.setenv(name, "1000")
+    runners._connect(FakeRay(), None)
+    assert seen == ["0", "1000"] and os.environ[name] == "1000"
 
 
 def test_executor_options_are_validated():

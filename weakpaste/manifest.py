@@ -96,6 +96,35 @@ def check_not_an_input(out_dir: str | os.PathLike,
                                  "choose an --out outside every input")
 
 
+def check_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
+                     resume: bool = False, stage: str,
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Check that ``prepare_output_dir`` may use ``out_dir``, changing nothing.
+
+    A stage calls it before costly start-up (a Ray cluster), so that a wrong ``--out`` is
+    refused at once; the arguments and errors are ``prepare_output_dir``'s.
+    """
+    out = Path(out_dir)
+    check_not_an_input(out, inputs)
+    if out.exists() and not out.is_dir():
+        raise WeakpasteError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        manifest = read_weakpaste_manifest(out)
+        if resume:
+            if manifest is None or manifest.get("stage") != stage:
+                raise WeakpasteError(f"{out}: nothing to resume (no {stage} manifest.json "
+                                     "written by weakpaste); drop --resume or choose another "
+                                     "--out")
+        elif not overwrite:
+            raise WeakpasteError(f"{out}: output folder is not empty; pass --overwrite to "
+                                 "replace it, --resume to continue it, or choose another --out")
+        elif manifest is None:
+            raise WeakpasteError(f"{out}: not a weakpaste output (no manifest.json written by "
+                                 "weakpaste), so --overwrite will not delete it; choose "
+                                 "another --out")
+    return out
+
+
 def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
                        resume: bool = False, stage: str,
                        inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
@@ -116,26 +145,12 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
             was asked for a folder weakpaste did not make, or the folder cannot be deleted or
             created (read-only file system, permissions).
     """
-    out = Path(out_dir)
-    check_not_an_input(out, inputs)
-    if out.exists() and not out.is_dir():
-        raise WeakpasteError(f"{out}: exists and is not a folder; choose another --out")
+    out = check_output_dir(out_dir, overwrite=overwrite, resume=resume, stage=stage,
+                           inputs=inputs)
     if out.is_dir() and any(out.iterdir()):
-        manifest = read_weakpaste_manifest(out)
         if resume:
-            if manifest is None or manifest.get("stage") != stage:
-                raise WeakpasteError(f"{out}: nothing to resume (no {stage} manifest.json "
-                                     "written by weakpaste); drop --resume or choose another "
-                                     "--out")
             return out
-        if not overwrite:
-            raise WeakpasteError(f"{out}: output folder is not empty; pass --overwrite to "
-                                 "replace it, --resume to continue it, or choose another --out")
-        if manifest is None:
-            raise WeakpasteError(f"{out}: not a weakpaste output (no manifest.json written by "
-                                 "weakpaste), so --overwrite will not delete it; choose "
-                                 "another --out")
-        _remove_tree(out)
+        _remove_tree(out)  # check_output_dir allowed it: --overwrite of a weakpaste output
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

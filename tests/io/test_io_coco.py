@@ -8,7 +8,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from weakpaste.errors import WeakpasteError
-from weakpaste.io.coco import assign_category_ids, load_coco, write_coco
+from weakpaste.io.coco import assign_category_ids, check_present, load_coco, write_coco
 from weakpaste.ops import masks as mask_ops
 from weakpaste.structures import ImageRecord, Instances
 
@@ -184,6 +184,29 @@ def test_reader_missing_file_and_images(tmp_path):
     # Labels only: masks not required.
     data = load_coco(_bad(tmp_path, _with(annotations__segmentation=None)), require_masks=False)
     assert data.records[0].labels == ("a",) and len(data.records[0].instances) == 0
+
+
+def test_check_present_raises_the_readers_messages_without_reading(tmp_path):
+    for call in (check_present, load_coco):
+        with pytest.raises(WeakpasteError, match=r"nope.json: no such file; pass the path of "
+                                                 r"a COCO instances JSON$"):
+            call(tmp_path / "nope.json")
+    path = tmp_path / "garbage.json"
+    path.write_text("{not json")
+    check_present(path)  # it exists: reading it is load_coco's job
+    with pytest.raises(WeakpasteError, match=r"imgs: images folder not found; pass the folder "
+                                             r"that holds the images of garbage.json with "
+                                             r"--images$"):
+        check_present(path, tmp_path / "imgs")
+
+
+def test_polygons_of_float_subclasses_are_numbers_and_bools_are_not():
+    from weakpaste.io.coco import _check_polygons
+
+    poly = [np.float64(0), np.float64(0), 4, 0.0, 4, 4]  # np.float64 subclasses float
+    assert _check_polygons([poly], 10, 20) == [poly]
+    with pytest.raises(ValueError, match="polygon 0 is not a list of numbers"):
+        _check_polygons([[0, 0, 4, 0, True, 4]], 10, 20)
 
 
 def test_reader_accepts_a_byte_order_mark(tmp_path):

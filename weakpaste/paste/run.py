@@ -39,6 +39,7 @@ from weakpaste.io.images import (
 )
 from weakpaste.io.jsonfile import read_json
 from weakpaste.manifest import (
+    check_output_dir,
     check_resume,
     file_sha256,
     prepare_output_dir,
@@ -431,31 +432,50 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
     probs = _class_probabilities(config, table, bank)
     ctx = PasteContext(bank_root=str(bank), table=table, probabilities=probs, config=config,
                        out_dir=str(Path(out_dir)))
-    bg_set = load_backgrounds(backgrounds_json, images_dir, extra_backgrounds or [])
-    backgrounds, inputs = bg_set.backgrounds, bg_set.inputs
-    inputs["bank_index"] = file_sha256(Path(bank) / "index.jsonl")
-    run_config = {**asdict(config), "bank": str(bank), "backgrounds": backgrounds_json,
-                  "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
-    out = Path(out_dir)
-    if resume:
-        _check_resume(out, run_config, inputs)
-    out = _prepare(out, config, run_config, inputs, overwrite=overwrite, resume=resume,
-                   inputs_paths=[bank, backgrounds_json, images_dir, *(extra_backgrounds or []),
-                                 getattr(config.class_weights, "path", None)])
-    tasks = _tasks(config, out, backgrounds)
-    readable = [bank, out, images_dir, *(extra_backgrounds or [])]
-    # The workers start only now: bad input fails before a Ray cluster is started or joined.
-    with _write_errors(out), Workers(workers, init=_init_worker, initargs=(ctx,),
-                                     executor=executor,
-                                     check=[p for p in readable if p]) as pool:
-        try:
-            for _ in tqdm(pool.map(_run_task, tasks), total=len(tasks), desc="paste",
-                          unit="img", disable=not progress):
-                pass
-        finally:
-            _close_journal()
+    inputs_paths = [bank, backgrounds_json, images_dir, *(extra_backgrounds or []),
+                    getattr(config.class_weights, "path", None)]
+    _check_present(backgrounds_json, images_dir, extra_backgrounds or [], out_dir,
+                   overwrite=overwrite, resume=resume, inputs_paths=inputs_paths)
+    readable = [bank, out_dir, images_dir, *(extra_backgrounds or [])]
+    # The workers start before the backgrounds are read: Ray's actors take ~0.4 s to boot,
+    # which then overlaps the reading. A missing input or an unusable --out was refused above,
+    # so a typo costs no Ray start-up.
+    with Workers(workers, init=_init_worker, initargs=(ctx,), executor=executor,
+                 check=[p for p in readable if p]) as pool:
+        bg_set = load_backgrounds(backgrounds_json, images_dir, extra_backgrounds or [])
+        inputs = bg_set.inputs
+        inputs["bank_index"] = file_sha256(Path(bank) / "index.jsonl")
+        run_config = {**asdict(config), "bank": str(bank), "backgrounds": backgrounds_json,
+                      "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
+        out = Path(out_dir)
+        if resume:
+            _check_resume(out, run_config, inputs)
+        out = _prepare(out, config, run_config, inputs, overwrite=overwrite, resume=resume,
+                       inputs_paths=inputs_paths)
+        tasks = _tasks(config, out, bg_set.backgrounds)
+        with _write_errors(out):
+            try:
+                for _ in tqdm(pool.map(_run_task, tasks), total=len(tasks), desc="paste",
+                              unit="img", disable=not progress):
+                    pass
+            finally:
+                _close_journal()
     with _write_errors(out):
         return _finalize(out, config, run_config, inputs, table, bg_set)
+
+
+def _check_present(backgrounds_json: str | None, images_dir: str | None, extra_dirs: list[str],
+                   out_dir: str, *, overwrite: bool, resume: bool,
+                   inputs_paths: list) -> None:
+    """Refuse missing inputs and an unusable --out without reading anything (the reading
+    refuses the same, later: this is only so that a typo is refused before workers start)."""
+    if backgrounds_json:
+        coco.check_present(backgrounds_json, images_dir)
+    for folder in extra_dirs:
+        if not Path(folder).is_dir():
+            list_images(folder)  # its one-line error for a missing folder
+    check_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="paste",
+                     inputs=inputs_paths)
 
 
 def _class_probabilities(config: PasteConfig, table: BankTable, bank: str) -> np.ndarray:
