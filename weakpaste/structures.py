@@ -62,10 +62,17 @@ class Instances:
 
     @classmethod
     def from_rles(cls, height: int, width: int, classes: tuple[str, ...] | list[str],
-                  rles: list[dict], scores: np.ndarray | None = None) -> Instances:
-        """Build from compressed masks; boxes are computed from the RLEs."""
-        return cls(height=height, width=width, classes=tuple(classes),
-                   boxes=mask_ops.rle_boxes(list(rles)), rles=tuple(rles),
+                  rles: list[dict], scores: np.ndarray | None = None,
+                  xywh: list | None = None) -> Instances:
+        """Build from compressed masks; boxes are computed from the RLEs, or converted from
+        ``xywh``, their tight ``[x, y, w, h]`` boxes when already known."""
+        if xywh is None:
+            boxes = mask_ops.rle_boxes(list(rles))
+        else:
+            boxes = np.array(xywh, dtype=np.float64).reshape(-1, 4)
+            boxes[:, 2:] += boxes[:, :2]
+        return cls(height=height, width=width, classes=tuple(classes), boxes=boxes,
+                   rles=tuple(rles),
                    scores=None if scores is None else np.asarray(scores, dtype=np.float64))
 
     @classmethod

@@ -8,7 +8,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from weakpaste.errors import WeakpasteError
-from weakpaste.io.coco import assign_category_ids, check_present, load_coco, write_coco
+from weakpaste.io.coco import (
+    annotations_from_rles,
+    assign_category_ids,
+    check_present,
+    load_coco,
+    mask_stats,
+    write_coco,
+)
 from weakpaste.ops import masks as mask_ops
 from weakpaste.structures import ImageRecord, Instances
 
@@ -207,6 +214,27 @@ def test_polygons_of_float_subclasses_are_numbers_and_bools_are_not():
     assert _check_polygons([poly], 10, 20) == [poly]
     with pytest.raises(ValueError, match="polygon 0 is not a list of numbers"):
         _check_polygons([[0, 0, 4, 0, True, 4]], 10, 20)
+
+
+def test_mask_stats_are_the_areas_and_boxes_written():
+    masks = np.zeros((2, 4, 5), dtype=bool)
+    masks[0, 1:3, 2:5] = True  # 2 x 3 at x=2, y=1
+    masks[1, 3, 0] = True
+    rles = mask_ops.encode_many(masks)
+    areas, boxes = mask_stats(rles)
+    assert areas == [6, 1] and all(type(a) is int for a in areas)
+    assert boxes == [[2.0, 1.0, 3.0, 2.0], [0.0, 3.0, 1.0, 1.0]]
+    assert mask_stats([]) == ([], [])
+    rec = ImageRecord(image_id=7, file_name="x.jpg", width=5, height=4,
+                      instances=Instances.from_rles(4, 5, ["a", "b"], rles))
+    cats = assign_category_ids(["a", "b"])
+    computed = annotations_from_rles(rec, ["a", "b"], rles, cats, 1)
+    given = annotations_from_rles(rec, ["a", "b"], rles, cats, 1, stats=(areas, boxes))
+    assert computed == given and [e["area"] for e in given] == [6, 1]
+    assert Instances.from_rles(4, 5, ["a", "b"], rles, xywh=boxes).boxes.tolist() == \
+        rec.instances.boxes.tolist() == [[2, 1, 5, 3], [0, 3, 1, 4]]
+    with pytest.raises(ValueError, match=r"^2 masks of image 'x.jpg' but stats for 1$"):
+        annotations_from_rles(rec, ["a", "b"], rles, cats, 1, stats=([6], [boxes[0]]))
 
 
 def test_reader_accepts_a_byte_order_mark(tmp_path):

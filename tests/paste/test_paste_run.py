@@ -117,6 +117,14 @@ def test_resume_after_interruption(bank_and_bg, tmp_path, monkeypatch):
                               "--resume")
     stale = out / "images" / ".000004.jpg.4242.tmp"  # a worker killed mid-write
     stale.write_bytes(b"half an image")
+    # Journal lines of a weakpaste that stored no areas and boxes: computed when resuming.
+    lines = journal.read_text().splitlines(keepends=True)
+    old = [json.loads(line) for line in lines[:-1]]
+    assert all("area" in a and "bbox" in a for part in old for a in part["annotations"])
+    for part in old:
+        for a in part["annotations"]:
+            del a["area"], a["bbox"]
+    journal.write_text("".join(json.dumps(part) + "\n" for part in old) + lines[-1])
     _paste(bank, coco, images, out, resume=True)
     assert not stale.exists()
     assert _snapshot(out) == _snapshot(tmp_path / "ref")

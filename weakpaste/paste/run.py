@@ -6,10 +6,12 @@ order fixed before any work starts, so the same seed gives byte-identical images
 annotations for any number of workers.
 
 Each finished item leaves ``images/<i>.jpg`` (written atomically) and one line in its worker
-process's journal ``.parts-<pid>.jsonl`` (its annotations, appended and flushed), so the main
-process only counts progress. ``annotations.json`` is assembled from the journals at the end.
-An interrupted run therefore loses nothing and ``--resume`` continues it; a torn last line
-(a process killed mid-write) is ignored and that item is simply made again.
+process's journal ``.parts-<pid>.jsonl`` (its annotations with their areas and boxes,
+appended and flushed), and the same record goes back to the main process, which only has to
+number and write them: ``annotations.json`` is assembled at the end from what came back (and
+from the journals, for a resumed run's earlier items). An interrupted run therefore loses
+nothing and ``--resume`` continues it; a torn last line (a process killed mid-write) is
+ignored and that item is simply made again.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ class ItemResult:
     file_name: str
     width: int
     height: int
-    annotations: list[dict] = field(default_factory=list)  # class, rle, pasted
+    annotations: list[dict] = field(default_factory=list)  # class, rle, pasted, area, bbox
     dropped: dict[str, int] = field(default_factory=dict)
     outside: int = 0
     skipped: int = 0
@@ -208,10 +210,10 @@ def _close_journal() -> None:
 
 
 def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
-               background: Background) -> int:
+               background: Background) -> dict:
     """Make output image ``index``: select, plan, render, write the image and its journal line.
 
-    Pure but for its own files; returns ``index``.
+    Pure but for its own files; returns the journal record (``ItemResult`` as a dict).
     """
     cfg = ctx.config
     rng = np.random.default_rng(seed)
@@ -242,16 +244,20 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     atomic_write_bytes(out_dir / "images" / file_name,
                        encode_image(out.image, cfg.image_format, cfg.jpeg_quality))
     rles = out.rles()
+    # The annotation's area and box are computed here, in parallel, not by the main process
+    # when it writes annotations.json: its serial work per image bounds a cluster's speed.
+    areas, boxes = coco.mask_stats(rles)
     result = ItemResult(index=index, file_name=file_name, width=W, height=H,
-                        annotations=[{"class": c, "rle": r, "pasted": bool(p)}
-                                     for c, r, p in zip(out.classes, rles, out.pasted,
-                                                        strict=True)],
+                        annotations=[{"class": c, "rle": r, "pasted": bool(p), "area": a,
+                                      "bbox": b}
+                                     for c, r, p, a, b in zip(out.classes, rles, out.pasted,
+                                                              areas, boxes, strict=True)],
                         dropped=dict(out.dropped), outside=out.outside, skipped=plan.skipped,
                         background=background.path)
     journal = _journal(out_dir)
     journal.write(json.dumps(vars(result), separators=(",", ":")) + "\n")
     journal.flush()
-    return index
+    return vars(result)
 
 
 # Decoded segments of this process, most recently used last: a bank is usually much smaller
@@ -296,7 +302,7 @@ def _init_worker(ctx: PasteContext) -> None:
     _CTX = ctx
 
 
-def _run_task(task: tuple[int, np.random.SeedSequence, Background]) -> int:
+def _run_task(task: tuple[int, np.random.SeedSequence, Background]) -> dict:
     if _CTX is None:  # pragma: no cover - the executor always runs _init_worker first
         raise RuntimeError("paste worker used before _init_worker")
     return paste_item(_CTX, *task)
@@ -453,15 +459,16 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
         out = _prepare(out, config, run_config, inputs, overwrite=overwrite, resume=resume,
                        inputs_paths=inputs_paths)
         tasks = _tasks(config, out, bg_set.backgrounds)
+        made: dict[int, dict] = {}
         with _write_errors(out):
             try:
-                for _ in tqdm(pool.map(_run_task, tasks), total=len(tasks), desc="paste",
-                              unit="img", disable=not progress):
-                    pass
+                for part in tqdm(pool.map(_run_task, tasks), total=len(tasks), desc="paste",
+                                 unit="img", disable=not progress):
+                    made[part["index"]] = part
             finally:
                 _close_journal()
     with _write_errors(out):
-        return _finalize(out, config, run_config, inputs, table, bg_set)
+        return _finalize(out, config, run_config, inputs, table, bg_set, made)
 
 
 def _check_present(backgrounds_json: str | None, images_dir: str | None, extra_dirs: list[str],
@@ -577,10 +584,12 @@ def _remove_stale_temporaries(images: Path) -> None:
 
 
 def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
-              table: BankTable, bg_set: BackgroundSet) -> dict:
-    """Assemble ``annotations.json`` from the journals, write the manifest, drop them."""
+              table: BankTable, bg_set: BackgroundSet, made: dict[int, dict]) -> dict:
+    """Assemble ``annotations.json`` from the items' records (``made`` by this run, the
+    journals for a resumed run's earlier items), write the manifest, drop the journals."""
     _remove_stale_temporaries(out / "images")
-    parts = _read_journals(out)
+    parts = made if len(made) == config.num_images else {**_read_journals(out), **made}
+    stats: dict[int, coco.MaskStats] = {}
     categories = coco.assign_category_ids(sorted(table.classes), keep=bg_set.categories)
     lvis_out = (config.annotation_format or bg_set.format or "coco") == "lvis"
     federated: dict[int, coco.Federated] | None = {} if lvis_out else None
@@ -604,18 +613,20 @@ def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
             if federated is not None:
                 federated[i + 1] = _federated_labels(by_path.get(part["background"]), part,
                                                      bg_set.categories)
+            stats[i + 1] = _part_stats(anns)  # write_coco reads it after this yield
             yield ImageRecord(image_id=i + 1, file_name=part["file_name"], width=part["width"],
                               height=part["height"],
                               instances=Instances.from_rles(
                                   part["height"], part["width"], [a["class"] for a in anns],
-                                  [a["rle"] for a in anns]))
+                                  [a["rle"] for a in anns], xywh=stats[i + 1][1]))
 
     lvis_counts = None
     if lvis_out:
         categories, lvis_counts = _lvis_categories(categories, parts, bg_set)
     written = coco.write_coco(out / "annotations.json", records(), categories,
                               info={"description": "weakpaste paste output",
-                                    "seed": config.seed}, federated=federated)
+                                    "seed": config.seed}, federated=federated,
+                              stats=stats)
     if lvis_counts is not None:
         lvis_counts["negative_labels"] = sum(len(f.negative) for f in federated.values())
         lvis_counts["not_exhaustive_labels"] = sum(len(f.not_exhaustive)
@@ -632,6 +643,14 @@ def _finalize(out: Path, config: PasteConfig, run_config: dict, inputs: dict,
     for path in out.glob(PARTS_GLOB):
         path.unlink()
     return manifest
+
+
+def _part_stats(anns: list[dict]) -> coco.MaskStats:
+    """The areas and COCO boxes a worker stored with an item's annotations (computed here
+    for a journal written by a weakpaste that did not store them)."""
+    if all("area" in a and "bbox" in a for a in anns):
+        return [a["area"] for a in anns], [a["bbox"] for a in anns]
+    return coco.mask_stats([a["rle"] for a in anns])
 
 
 def _federated_labels(background: Background | None, part: dict,
