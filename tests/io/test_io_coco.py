@@ -225,6 +225,8 @@ def test_mask_stats_are_the_areas_and_boxes_written():
     assert areas == [6, 1] and all(type(a) is int for a in areas)
     assert boxes == [[2.0, 1.0, 3.0, 2.0], [0.0, 3.0, 1.0, 1.0]]
     assert mask_stats([]) == ([], [])
+    many = mask_stats(rles * 150)  # pycocotools' area() alone fails on 256 masks or more
+    assert many == ([6, 1] * 150, boxes * 150)
     rec = ImageRecord(image_id=7, file_name="x.jpg", width=5, height=4,
                       instances=Instances.from_rles(4, 5, ["a", "b"], rles))
     cats = assign_category_ids(["a", "b"])

@@ -467,8 +467,10 @@ def mask_stats(rles: Sequence[dict]) -> MaskStats:
     if not rles:
         return [], []
     brles = [_bytes_rle(r) for r in rles]
-    return ([int(a) for a in mask_utils.area(brles)],
-            [[float(v) for v in box] for box in mask_utils.toBbox(brles)])
+    # pycocotools 2.0.11's area() fails on 256 or more masks in one call (it sizes its output
+    # with a uint8 array): at most 255 at a time.
+    areas = [int(a) for i in range(0, len(brles), 255) for a in mask_utils.area(brles[i:i + 255])]
+    return areas, [[float(v) for v in box] for box in mask_utils.toBbox(brles)]
 
 
 def annotations_from_rles(record: ImageRecord, classes: Sequence[str], rles: Sequence[dict],
