@@ -14,7 +14,9 @@ a whole process: interpreter start, imports, index and COCO loading, pool start,
 ``--scaling`` adds where two workers lose against one: the machine's own 2-process scaling
 (JPEG decode + encode, the bulk of a paste), and the pool phase alone (no start-up, loading or
 final write) with each worker's segment cache cold, as in a real run, or filled before the
-workers fork (nothing decoded while pasting).
+workers fork (nothing decoded while pasting), and from these the best whole-process ratio
+Amdahl's law allows: the command's serial part (its 1-worker time less its items' time, both
+measured in the same repeats) plus items run at the warm pool phase's 2-worker ratio.
 
 Usage:
     python benchmarks/paste_bench.py [--data ../shared/data/coco_mini] [--num-images 600]
@@ -164,8 +166,17 @@ def pool_phase(backgrounds: list, bank: Path, num_images: int, workers: int, out
     return seconds, cpu
 
 
+def startup_seconds() -> float:
+    """Wall time of a Python process that only imports what ``weakpaste paste`` imports."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import weakpaste.cli, weakpaste.paste.run"],
+                   check=True)
+    return time.perf_counter() - start
+
+
 def scaling(data_dir: Path, bank: Path, num_images: int, repeats: int, tmp: Path) -> dict:
-    """Where 2 workers lose against 1: the machine, and the pool phase with each cache."""
+    """Where 2 workers lose against 1: the machine, the pool phase with each cache, and the
+    best whole-process ratio that this machine's 2-worker item rate allows."""
     best: dict[str, tuple[float, float]] = {}
     caches = ("cold", "warm")
     backgrounds = paste_run.load_backgrounds(str(data_dir / "instances.json"),
@@ -177,13 +188,39 @@ def scaling(data_dir: Path, bank: Path, num_images: int, repeats: int, tmp: Path
                 got = pool_phase(backgrounds, bank, num_images, workers,
                                  tmp / f"pool_{key}_{r}", warm=cache == "warm")
                 best[key] = min(best.get(key, got), got)
+        # The whole command and a bare start-up, interleaved with the pool phases they are
+        # compared with.
+        whole = num_images / cli_rate(data_dir, bank, num_images, 1, tmp / f"pool_cli_{r}")
+        best["cli_1"] = min(best.get("cli_1", (whole, 0.0)), (whole, 0.0))
+        best["startup"] = min(best.get("startup", (9e9, 0.0)), (startup_seconds(), 0.0))
     out = {"machine_2_vs_1_process_jpeg": round(machine_scaling(data_dir), 3)}
     for cache in caches:
         (one, cpu_one), (two, cpu_two) = best[f"{cache}_1"], best[f"{cache}_2"]
         out[f"pool_phase_{cache}_cache"] = {
             "1_worker_s": round(one, 3), "2_workers_s": round(two, 3),
             "2_vs_1": round(one / two, 3), "cpu_2_workers_vs_1": round(cpu_two / cpu_one, 3)}
+    out["whole_process_ceiling"] = ceiling(best["cli_1"][0], best["cold_1"][0],
+                                           best["startup"][0],
+                                           best["warm_1"][0] / best["warm_2"][0])
     return out
+
+
+def ceiling(whole_1: float, items_1: float, startup: float, items_2_vs_1: float) -> dict:
+    """The best 2-worker over 1-worker ratio of the whole command (Amdahl's law).
+
+    The command is a serial part (start-up, reading the inputs, writing annotations.json:
+    the whole 1-worker time less its items' time) plus the items, which two workers run at
+    best ``items_2_vs_1`` times as fast: the measured ratio with nothing decoded twice (warm
+    caches), so it is the machine's 2-process rate on this work. The second figure keeps only
+    the interpreter's start-up and imports serial, as if everything else overlapped the items.
+    """
+    serial = whole_1 - items_1
+    return {"whole_1_worker_s": round(whole_1, 3), "items_1_worker_s": round(items_1, 3),
+            "serial_s": round(serial, 3), "startup_s": round(startup, 3),
+            "items_2_vs_1_warm": round(items_2_vs_1, 3),
+            "best_2_vs_1": round(whole_1 / (serial + items_1 / items_2_vs_1), 3),
+            "best_2_vs_1_if_only_startup_were_serial": round(
+                (startup + items_1) / (startup + items_1 / items_2_vs_1), 3)}
 
 
 def main() -> None:
