@@ -147,9 +147,9 @@ def pool_phase(backgrounds: list, bank: Path, num_images: int, workers: int, out
     tasks = paste_run._tasks(config, out, backgrounds)
     paste_run.clear_segment_cache()
     if warm:
-        opened = paste_run._open_bank(str(bank))
-        for i in table.segment_id:
-            paste_run._read_cached(opened, int(i))
+        opened = paste_run._worker_bank(str(bank))
+        for row in range(len(table)):
+            paste_run._read_cached(opened, table, row)
     ctx = paste_run.PasteContext(bank_root=str(bank), table=table, probabilities=probs,
                                  config=config, out_dir=str(out))
     before = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]

@@ -48,6 +48,31 @@ def test_append_and_read_back(tmp_path):
     assert clone.read_pixels(3)[1].shape == (3, 4)
 
 
+def test_the_table_says_where_each_blob_is_and_reading_there_scans_nothing(tmp_path,
+                                                                          monkeypatch):
+    with BankWriter(tmp_path / "b") as w:
+        for v, cls in ((10, "a"), (20, "b"), (30, "a")):
+            w.add(_segment(cls, value=v))
+    bank = SegmentBank(tmp_path / "b")
+    table = bank.table(["a"])
+    entries = [e for e in bank.iter_index() if e["class"] == "a"]
+    assert table.segment_id.tolist() == [1, 3]
+    assert table.shard.tolist() == [e["shard"] for e in entries]
+    assert table.offset.tolist() == [e["offset"] for e in entries]
+    assert table.length.tolist() == [e["length"] for e in entries]
+    assert all(c.dtype == np.int64 for c in (table.shard, table.offset, table.length))
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the index was scanned")
+
+    fresh = SegmentBank(tmp_path / "b")
+    monkeypatch.setattr(SegmentBank, "_scan", no_scan)
+    rgb, mask = fresh.read_pixels_at(3, table.shard[1], table.offset[1], table.length[1])
+    assert rgb[1, 1, 0] == 30 and mask.sum() == 20
+    with pytest.raises(AssertionError, match="scanned"):
+        fresh.read_pixels(3)
+
+
 def test_interrupted_writer_recovers(tmp_path):
     with BankWriter(tmp_path / "b") as w:
         w.add(_segment("a"))

@@ -261,3 +261,29 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_completes(bank_and_bg, tmp_p
     monkeypatch.setattr(paste_run, "atomic_write_bytes", real)
     assert main(argv + ["--resume"]) == 0
     assert _snapshot(out) == _snapshot(tmp_path / "ref")
+
+
+def test_workers_read_by_the_table_and_a_rebuilt_bank_is_read_afresh(bank_and_bg, tmp_path,
+                                                                      monkeypatch):
+    """The index is parsed once per run (by the main process), and a bank rebuilt at the
+    same path between two runs of one process is read anew (no stale locations or files)."""
+    import shutil
+
+    from weakpaste.bank import SegmentBank
+
+    bank, coco, images = bank_and_bg
+    scans = []
+    real_scan = SegmentBank._scan
+    monkeypatch.setattr(SegmentBank, "_scan",
+                        lambda self, *a, **k: scans.append(1) or real_scan(self, *a, **k))
+    _paste(bank, coco, images, tmp_path / "first")
+    assert len(scans) == 1
+    # Rebuilt with other segments at the same path: its shard is a new file.
+    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1, classes=("a",)),
+                       overwrite=True, progress=False)
+    _paste(bank, coco, images, tmp_path / "again")
+    shutil.copytree(bank, tmp_path / "copy")
+    _paste(str(tmp_path / "copy"), coco, images, tmp_path / "fresh")
+    assert _snapshot(tmp_path / "again") == _snapshot(tmp_path / "fresh")
+    assert _snapshot(tmp_path / "again") != _snapshot(tmp_path / "first")
+

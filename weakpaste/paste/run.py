@@ -17,7 +17,6 @@ ignored and that item is simply made again.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -176,10 +175,25 @@ class ItemResult:
     background: str = ""
 
 
-@functools.lru_cache(maxsize=4)
-def _open_bank(root: str) -> SegmentBank:
-    # One open bank per process and path: file handles stay open across items.
-    return SegmentBank(root)
+# This process's open bank: (pid, root, bank). Its file handles stay open across items; it
+# never scans the index (the run's table says where each blob is), and a new run opens the
+# bank again (``clear_segment_cache``), since its shards may have been rebuilt meanwhile.
+_BANK: tuple[int, str, SegmentBank] | None = None
+
+
+def _worker_bank(root: str) -> SegmentBank:
+    global _BANK
+    if _BANK is None or _BANK[0] != os.getpid() or _BANK[1] != root:
+        _close_bank()
+        _BANK = (os.getpid(), root, SegmentBank(root))
+    return _BANK[2]
+
+
+def _close_bank() -> None:
+    global _BANK
+    if _BANK is not None and _BANK[0] == os.getpid():
+        _BANK[2].close()  # a forked child must not close its parent's descriptors
+    _BANK = None
 
 
 # This process's journal: (pid, output folder, open file). A forked worker must not reuse
@@ -225,10 +239,10 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
                              f"{inst.width}x{inst.height}; fix 'width'/'height'")
     bg_masks = mask_ops.RleStack(inst.rles if inst is not None else (), H, W)
     bg_classes = inst.classes if inst is not None else ()
-    bank = _open_bank(ctx.bank_root)
+    bank = _worker_bank(ctx.bank_root)
     picks = plan_mod.select_segments(rng, ctx.probabilities, cfg.objects)
     ids = ctx.table.segment_id[picks]
-    pixels = [_read_cached(bank, int(i)) for i in ids]
+    pixels = [_read_cached(bank, ctx.table, int(p)) for p in picks]
     occupied = None
     if cfg.placement == "space-max" and len(bg_masks):
         occupied = bg_masks.any()
@@ -268,20 +282,25 @@ _cache_bytes = 0
 
 
 def clear_segment_cache() -> None:
-    """Forget decoded segments (a bank rebuilt at the same path reuses segment ids)."""
+    """Forget decoded segments and close the open bank (a bank rebuilt at the same path
+    reuses segment ids and shard names)."""
     global _cache_bytes
     _SEGMENT_CACHE.clear()
     _cache_bytes = 0
+    _close_bank()
 
 
-def _read_cached(bank: SegmentBank, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_cached(bank: SegmentBank, table: BankTable, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels of the segment in ``table``'s ``row``, decoded once per process."""
     global _cache_bytes
+    segment_id = int(table.segment_id[row])
     key = (str(bank.root), segment_id)
     hit = _SEGMENT_CACHE.get(key)
     if hit is not None:
         _SEGMENT_CACHE.move_to_end(key)
         return hit
-    rgb, mask = bank.read_pixels(segment_id)
+    rgb, mask = bank.read_pixels_at(segment_id, table.shard[row], table.offset[row],
+                                    table.length[row])
     rgb.flags.writeable = mask.flags.writeable = False  # shared between items
     _SEGMENT_CACHE[key] = (rgb, mask)
     _cache_bytes += rgb.nbytes + mask.nbytes
