@@ -90,9 +90,10 @@ def cli_rate(data_dir: Path, bank: Path, num_images: int, workers: int, out: Pat
     env = None
     if ray_address:
         cmd += ["--executor", "ray", "--ray-address", ray_address]
-        # Ray >= 2.59 clusters started with 'ray start' check a token: a driver naming the
-        # address sends ~/.ray/auth_token only with RAY_AUTH_MODE=token.
-        env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        # A 'ray start' that made a token (Ray >= 2.59, token authentication on) checks it: a
+        # driver naming the address sends ~/.ray/auth_token only with RAY_AUTH_MODE=token.
+        if (Path.home() / ".ray" / "auth_token").exists():
+            env = {**os.environ, "RAY_AUTH_MODE": "token"}
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     wall = time.perf_counter() - start

@@ -328,3 +328,31 @@ def test_bank_from_coco_is_the_same_bytes_for_any_executor(ray_cluster, tiny_coc
 
     assert files(tmp_path / "one") == files(tmp_path / "pool") == files(tmp_path / "ray")
     assert len((tmp_path / "one" / "index.jsonl").read_text().splitlines()) == 5
+
+
+def test_a_missing_ray_token_is_one_line_naming_the_fix():
+    """Ray raises its own AuthenticationError (a RayError, not a ConnectionError) when token
+    authentication is on and no token is found: it must not reach the user as a traceback."""
+    ray = pytest.importorskip("ray")
+    import weakpaste.runners as runners
+
+    if not hasattr(ray.exceptions, "AuthenticationError"):
+        pytest.skip("this Ray has no token authentication")
+
+    class FakeRay:
+        exceptions = ray.exceptions
+
+        def is_initialized(self):
+            return False
+
+        def init(self, **kwargs):
+            raise ray.exceptions.AuthenticationError(
+                "Token authentication is enabled but no authentication token was found. "
+                "Ensure that the token for the cluster is available in a local file.")
+
+    with pytest.raises(WeakpasteError, match=(
+            r"^cannot reach the Ray cluster at 10\.0\.0\.1:6379 \(Token authentication is "
+            r"enabled but no authentication token was found\); copy the cluster's token to "
+            r"~/\.ray/auth_token \(or set RAY_AUTH_TOKEN\), or unset RAY_AUTH_MODE for a "
+            r"cluster started without token authentication$")):
+        runners._connect(FakeRay(), "10.0.0.1:6379")

@@ -206,13 +206,17 @@ def _connect(ray, address: str | None) -> bool:
         with _task_events_off():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, ignore_reinit_error=True)
-    except (ConnectionError, ValueError, RuntimeError) as err:
+    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as err:
         from weakpaste.errors import reason
 
+        if type(err).__name__ == "AuthenticationError":  # newer Rays only
+            fix = ("copy the cluster's token to ~/.ray/auth_token (or set RAY_AUTH_TOKEN), or "
+                   "unset RAY_AUTH_MODE for a cluster started without token authentication")
+        else:
+            fix = ("check --ray-address, start one with 'ray start --head', and for a cluster "
+                   "with token authentication (Ray >= 2.59) set RAY_AUTH_MODE=token here")
         raise WeakpasteError(f"cannot reach the Ray cluster at {address or 'auto'} "
-                             f"({reason(err)}); check --ray-address, start one with 'ray start "
-                             "--head', and for a cluster with token authentication (Ray >= "
-                             "2.59) set RAY_AUTH_MODE=token here") from None
+                             f"({reason(err)}); {fix}") from None
     return True
 
 
