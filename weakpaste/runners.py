@@ -202,22 +202,100 @@ def _connect(ray, address: str | None) -> bool:
     """Connect to Ray unless this process already is; True if this call connected."""
     if ray.is_initialized():
         return False
+    _probe(address)
+    held = _Held()
     try:
-        with _task_events_off():
+        with _task_events_off(), _stderr_held(held, address not in (None, "local")):
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, ignore_reinit_error=True)
     except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as err:
+        raise WeakpasteError(_connect_error(err, address, held.text)) from None
+    held.release()
+    return True
+
+
+def _probe(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse at once an address ``host:port`` where nothing listens.
+
+    Ray itself retries such an address for about 12 minutes (20 attempts of 35 s, Ray 2.60).
+    Other forms (``auto``, ``ray://``) are left to Ray.
+    """
+    host, _, port = (address or "").rpartition(":")
+    if not host or not port.isdigit() or "://" in host:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
         from weakpaste.errors import reason
 
-        if type(err).__name__ == "AuthenticationError":  # newer Rays only
-            fix = ("copy the cluster's token to ~/.ray/auth_token (or set RAY_AUTH_TOKEN), or "
-                   "unset RAY_AUTH_MODE for a cluster started without token authentication")
-        else:
-            fix = ("check --ray-address, start one with 'ray start --head', and for a cluster "
-                   "with token authentication (Ray >= 2.59) set RAY_AUTH_MODE=token here")
-        raise WeakpasteError(f"cannot reach the Ray cluster at {address or 'auto'} "
-                             f"({reason(err)}); {fix}") from None
-    return True
+        raise WeakpasteError(f"cannot reach the Ray cluster at {address} (nothing answers "
+                             f"there: {reason(err)}); check --ray-address, or start one with "
+                             "'ray start --head'") from None
+
+
+def _connect_error(err: BaseException, address: str | None, logged: str) -> str:
+    """The one line for a failed ``ray.init``: what Ray said and the fix.
+
+    Ray wraps a refused token in a ConnectionError; its AuthenticationError (newer Rays only)
+    is the cause, and its C++ client logs "InvalidAuthToken" once a second meanwhile.
+    """
+    from weakpaste.errors import reason
+
+    chain, cause = [], err
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    said = " ".join([logged] + [str(e) for e in chain])
+    why, fix = reason(err), ("check --ray-address, start one with 'ray start --head', and for "
+                             "a cluster with token authentication (Ray >= 2.59) set "
+                             "RAY_AUTH_MODE=token here")
+    if "InvalidAuthToken" in said:
+        why = "the cluster refused this driver's authentication token"
+        fix = ("set RAY_AUTH_MODE=token here, with the cluster's token in ~/.ray/auth_token or "
+               "RAY_AUTH_TOKEN ('ray get-auth-token' on the head node prints it)")
+    elif any(type(e).__name__ == "AuthenticationError" for e in chain):
+        fix = ("copy the cluster's token to ~/.ray/auth_token (or set RAY_AUTH_TOKEN), or unset "
+               "RAY_AUTH_MODE for a cluster started without token authentication")
+    return f"cannot reach the Ray cluster at {address or 'auto'} ({why}); {fix}"
+
+
+class _Held:
+    """Text ``_stderr_held`` held back; ``release`` writes it to standard error."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def release(self) -> None:
+        if self.text:
+            os.write(2, self.text.encode())
+
+
+@contextlib.contextmanager
+def _stderr_held(held: _Held, hold: bool) -> Iterator[None]:
+    """Hold back what is written to file descriptor 2 into ``held`` while joining a cluster.
+
+    Ray's C++ client logs every failed attempt to reach the cluster there (a line a second,
+    for about 20 s: e.g. a refused authentication token) around weakpaste's one-line error.
+    The text is kept: the error reads it, and a successful join writes it out afterwards.
+    Only for joining: a new local Ray's processes would inherit the held descriptor.
+    """
+    if not hold:
+        yield
+        return
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryFile() as file:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(file.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            file.seek(0)
+            held.text = file.read().decode(errors="replace")
 
 
 @contextlib.contextmanager
