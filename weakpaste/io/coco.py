@@ -156,12 +156,18 @@ def _segmentation_to_rle(seg: object, height: int, width: int) -> dict | None:
             "counts": counts.decode() if isinstance(counts, bytes) else counts}
 
 
+def _is_compressed(seg: object) -> bool:
+    """Whether a ``segmentation`` is a compressed RLE (a ``counts`` string) as read."""
+    return isinstance(seg, dict) and isinstance(seg.get("counts"), str | bytes)
+
+
 def _check_rles(path: Path, found: list[tuple[str, dict]]) -> None:
     """Decode every compressed RLE of a file at once; fail on the first corrupt one.
 
     Args:
         path: the file, for the message.
-        found: (where, RLE from ``_segmentation_to_rle``) pairs.
+        found: (where, RLE) pairs of the RLEs the file holds as compressed strings (those
+            pycocotools made from polygons and run lists are valid by construction).
 
     Raises:
         WeakpasteError: naming the first annotation whose RLE does not decode into H*W pixels.
@@ -315,8 +321,8 @@ def _parse_annotations(path: Path, anns: list, images: dict[int, dict],
         except (ValueError, TypeError) as err:
             raise _fail(path, f"{where} has a malformed segmentation ({err}); fix or remove "
                               "the annotation") from None
-        if rle is not None:
-            found.append((where, rle))
+        if rle is not None and _is_compressed(ann.get("segmentation")):
+            found.append((where, rle))  # pycocotools made the others: valid by construction
         if ann.get("iscrowd", 0):
             crowd += 1
         elif rle is not None:
