@@ -342,6 +342,17 @@ def listening():
         yield f"127.0.0.1:{s.getsockname()[1]}"
 
 
+def _fake_ray(init):
+    """Just enough of ``ray`` for ``_connect``, with ``init`` as ``ray.init``."""
+    import types
+
+    try:
+        import ray.exceptions as exceptions
+    except ImportError:  # only a failing init reads it
+        exceptions = None
+    return types.SimpleNamespace(exceptions=exceptions, is_initialized=lambda: False, init=init)
+
+
 def test_a_missing_ray_token_is_one_line_naming_the_fix(listening):
     """Ray raises its own AuthenticationError (a RayError, not a ConnectionError) when token
     authentication is on and no token is found: it must not reach the user as a traceback."""
@@ -351,71 +362,51 @@ def test_a_missing_ray_token_is_one_line_naming_the_fix(listening):
     if not hasattr(ray.exceptions, "AuthenticationError"):
         pytest.skip("this Ray has no token authentication")
 
-    class FakeRay:
-        exceptions = ray.exceptions
-
-        def is_initialized(self):
-            return False
-
-        def init(self, **kwargs):
-            raise ray.exceptions.AuthenticationError(
-                "Token authentication is enabled but no authentication token was found. "
-                "Ensure that the token for the cluster is available in a local file.")
+    def init(**kwargs):
+        raise ray.exceptions.AuthenticationError(
+            "Token authentication is enabled but no authentication token was found. "
+            "Ensure that the token for the cluster is available in a local file.")
 
     with pytest.raises(WeakpasteError, match=(
             rf"^cannot reach the Ray cluster at {re.escape(listening)} \(Token authentication is "
             r"enabled but no authentication token was found\); copy the cluster's token to "
             r"~/\.ray/auth_token \(or set RAY_AUTH_TOKEN\), or unset RAY_AUTH_MODE for a "
             r"cluster started without token authentication$")):
-        runners._connect(FakeRay(), listening)
+        runners._connect(_fake_ray(init), listening)
 
 
 def test_a_refused_token_is_one_line_and_ray_s_log_lines_are_held_back(capfd, listening):
     """Ray's C++ client logs a line a second while a cluster refuses the driver's token, then
     Ray raises a ConnectionError caused by an AuthenticationError: the user sees one line."""
-    import os
-
+    pytest.importorskip("ray")
     import weakpaste.runners as runners
 
-    class FakeRay:
-        exceptions = pytest.importorskip("ray").exceptions
-
-        def is_initialized(self):
-            return False
-
-        def init(self, **kwargs):
-            for _ in range(3):
-                os.write(2, b"gcs_client.cc:210: Failed to get cluster ID from GCS server: "
-                            b"Unauthenticated: RPC error: InvalidAuthToken\n")
-            try:
-                raise RuntimeError("Failed to connect to GCS.")
-            except RuntimeError as err:
-                raise ConnectionError("Failed to connect to Ray cluster") \
-                    from err
+    def init(**kwargs):
+        for _ in range(3):
+            os.write(2, b"gcs_client.cc:210: Failed to get cluster ID from GCS server: "
+                        b"Unauthenticated: RPC error: InvalidAuthToken\n")
+        try:
+            raise RuntimeError("Failed to connect to GCS.")
+        except RuntimeError as err:
+            raise ConnectionError("Failed to connect to Ray cluster") from err
 
     with pytest.raises(WeakpasteError, match=(
             rf"^cannot reach the Ray cluster at {re.escape(listening)} \(the cluster refused this "
             r"driver's authentication token\); set RAY_AUTH_MODE=token here, with the "
             r"cluster's token in ~/\.ray/auth_token or RAY_AUTH_TOKEN \('ray get-auth-token' "
             r"on the head node prints it\)$")):
-        runners._connect(FakeRay(), listening)
+        runners._connect(_fake_ray(init), listening)
     assert "gcs_client" not in capfd.readouterr().err
 
 
 def test_what_ray_logs_while_joining_is_written_out_when_the_join_succeeds(capfd,
                                                                            listening):
-    import os
-
     import weakpaste.runners as runners
 
-    class FakeRay:
-        def is_initialized(self):
-            return False
+    def init(**kwargs):
+        os.write(2, b"ray says hello\n")
 
-        def init(self, **kwargs):
-            os.write(2, b"ray says hello\n")
-
-    assert runners._connect(FakeRay(), listening) is True
+    assert runners._connect(_fake_ray(init), listening) is True
     assert capfd.readouterr().err == "ray says hello\n"
 
 
@@ -425,12 +416,8 @@ def test_an_address_where_nothing_listens_is_refused_at_once():
 
     import weakpaste.runners as runners
 
-    class FakeRay:
-        def is_initialized(self):
-            return False
-
-        def init(self, **kwargs):
-            raise AssertionError("Ray must not be asked to join a dead address")
+    def init(**kwargs):
+        raise AssertionError("Ray must not be asked to join a dead address")
 
     with socket.socket() as s:  # a port that was free a moment ago
         s.bind(("127.0.0.1", 0))
@@ -438,4 +425,4 @@ def test_an_address_where_nothing_listens_is_refused_at_once():
     with pytest.raises(WeakpasteError, match=(
             rf"^cannot reach the Ray cluster at 127\.0\.0\.1:{port} \(nothing answers there: "
             r".*\); check --ray-address, or start one with 'ray start --head'$")):
-        runners._connect(FakeRay(), f"127.0.0.1:{port}")
+        runners._connect(_fake_ray(init), f"127.0.0.1:{port}")
