@@ -426,3 +426,18 @@ def test_an_address_where_nothing_listens_is_refused_at_once():
             rf"^cannot reach the Ray cluster at 127\.0\.0\.1:{port} \(nothing answers there: "
             r".*\); check --ray-address, or start one with 'ray start --head'$")):
         runners._connect(_fake_ray(init), f"127.0.0.1:{port}")
+
+
+def test_an_ipv6_address_is_probed_without_its_brackets():
+    import socket
+
+    import weakpaste.runners as runners
+
+    try:
+        s = socket.socket(socket.AF_INET6)
+        s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with s:
+        s.listen()
+        runners._probe(f"[::1]:{s.getsockname()[1]}")  # raises if the brackets reach connect

@@ -218,13 +218,13 @@ def _probe(address: str | None, timeout: float = 5.0) -> None:
     """Refuse at once an address ``host:port`` where nothing listens.
 
     Ray itself retries such an address for about 12 minutes (20 attempts of 35 s, Ray 2.60).
-    Other forms (``auto``, ``ray://``) are left to Ray.
+    Other forms (``auto``, ``ray://``) are left to Ray; an IPv6 host is written ``[::1]:6379``.
     """
     host, _, port = (address or "").rpartition(":")
     if not host or not port.isdigit() or "://" in host:
         return
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
         from weakpaste.errors import reason
 
