@@ -19,6 +19,7 @@ journals) and the outputs are the same bytes for any executor and any number of 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -117,8 +118,9 @@ class Workers:
             # Ignoring it while the pool forks makes the workers ignore it from their first
             # instruction on.
             with _sigint_ignored():
-                self._pool = context.Pool(self.workers, initializer=_pool_init,
-                                          initargs=(self.init, self.initargs))
+                self._pool = _pool_class()(self.workers, initializer=_pool_init,
+                                           initargs=(self.init, self.initargs),
+                                           context=context)
         return self
 
     def map(self, fn: Callable[[Any], Any], items: Sequence) -> Iterator[Any]:
@@ -167,6 +169,31 @@ class Workers:
             # 600-image paste's 4.2 s (measured from the summary line to the process's end).
             ray.shutdown()
             self._connected = False
+
+
+@functools.cache
+def _pool_class() -> type:
+    """``multiprocessing.Pool`` whose worker-handler thread does not spin while results wait.
+
+    CPython's handler thread (3.8 to 3.13 at least) also waits on the result pipe, so from a
+    result's arrival until the result thread has read it, it keeps waking up and checking
+    the workers: in a 600-image paste with 2 workers the driver spent 0.23-0.28 CPU-s during
+    the pool phase, 0.11 with this class, and the pool phase took 3% less, since the driver's
+    CPU is taken from the workers. Like ``multiprocessing.pool.ThreadPool`` it waits on the
+    change notifier only (the handler adds the worker processes' sentinels itself), which is
+    signalled when the pool is closed, terminated or drained. Built on first use: importing
+    multiprocessing.pool takes 12 ms that single-process commands need not pay.
+    """
+    import multiprocessing.pool
+
+    class Pool(multiprocessing.pool.Pool):
+        def _get_sentinels(self) -> list:
+            notifier = getattr(self, "_change_notifier", None)
+            if notifier is None:  # another Python's Pool: keep its own behaviour
+                return super()._get_sentinels()
+            return [notifier._reader]
+
+    return Pool
 
 
 @contextlib.contextmanager
