@@ -377,48 +377,47 @@ def _fake_ray(init):
     return types.SimpleNamespace(exceptions=exceptions, is_initialized=lambda: False, init=init)
 
 
-def test_a_missing_ray_token_is_one_line_naming_the_fix(listening):
-    """Ray raises its own AuthenticationError (a RayError, not a ConnectionError) when token
-    authentication is on and no token is found: it must not reach the user as a traceback."""
+def _token_missing(**kwargs):
+    """Token authentication on here, no token: Ray raises its AuthenticationError."""
+    from ray.exceptions import AuthenticationError
+
+    raise AuthenticationError("Token authentication is enabled but no authentication token was "
+                              "found. Ensure that the token for the cluster is available in a "
+                              "local file.")
+
+
+def _token_refused(**kwargs):
+    """The cluster refuses the token: Ray's C++ client logs a line a second, then Ray raises
+    a ConnectionError (caused by an AuthenticationError in newer Rays)."""
+    for _ in range(3):
+        os.write(2, b"gcs_client.cc:210: Failed to get cluster ID from GCS server: "
+                    b"Unauthenticated: RPC error: InvalidAuthToken\n")
+    try:
+        raise RuntimeError("Failed to connect to GCS.")
+    except RuntimeError as err:
+        raise ConnectionError("Failed to connect to Ray cluster") from err
+
+
+@pytest.mark.parametrize("init, message", [
+    (_token_missing, r"\(Token authentication is enabled but no authentication token was "
+                     r"found\); copy the cluster's token to ~/\.ray/auth_token \(or set "
+                     r"RAY_AUTH_TOKEN\), or unset RAY_AUTH_MODE for a cluster started without "
+                     r"token authentication$"),
+    (_token_refused, r"\(the cluster refused this driver's authentication token\); set "
+                     r"RAY_AUTH_MODE=token here, with the cluster's token in ~/\.ray/auth_token "
+                     r"or RAY_AUTH_TOKEN \('ray get-auth-token' on the head node prints it\)$"),
+], ids=["missing", "refused"])
+def test_a_token_problem_is_one_line_naming_the_fix(capfd, listening, init, message):
+    """Neither reaches the user as a traceback (AuthenticationError is a RayError, not a
+    ConnectionError), and Ray's log lines while it retries are held back."""
     ray = pytest.importorskip("ray")
     import weakpaste.runners as runners
 
     if not hasattr(ray.exceptions, "AuthenticationError"):
         pytest.skip("this Ray has no token authentication")
-
-    def init(**kwargs):
-        raise ray.exceptions.AuthenticationError(
-            "Token authentication is enabled but no authentication token was found. "
-            "Ensure that the token for the cluster is available in a local file.")
-
-    with pytest.raises(WeakpasteError, match=(
-            rf"^cannot reach the Ray cluster at {re.escape(listening)} \(Token authentication is "
-            r"enabled but no authentication token was found\); copy the cluster's token to "
-            r"~/\.ray/auth_token \(or set RAY_AUTH_TOKEN\), or unset RAY_AUTH_MODE for a "
-            r"cluster started without token authentication$")):
-        runners._connect(_fake_ray(init), listening)
-
-
-def test_a_refused_token_is_one_line_and_ray_s_log_lines_are_held_back(capfd, listening):
-    """Ray's C++ client logs a line a second while a cluster refuses the driver's token, then
-    Ray raises a ConnectionError caused by an AuthenticationError: the user sees one line."""
-    pytest.importorskip("ray")
-    import weakpaste.runners as runners
-
-    def init(**kwargs):
-        for _ in range(3):
-            os.write(2, b"gcs_client.cc:210: Failed to get cluster ID from GCS server: "
-                        b"Unauthenticated: RPC error: InvalidAuthToken\n")
-        try:
-            raise RuntimeError("Failed to connect to GCS.")
-        except RuntimeError as err:
-            raise ConnectionError("Failed to connect to Ray cluster") from err
-
-    with pytest.raises(WeakpasteError, match=(
-            rf"^cannot reach the Ray cluster at {re.escape(listening)} \(the cluster refused this "
-            r"driver's authentication token\); set RAY_AUTH_MODE=token here, with the "
-            r"cluster's token in ~/\.ray/auth_token or RAY_AUTH_TOKEN \('ray get-auth-token' "
-            r"on the head node prints it\)$")):
+    with pytest.raises(WeakpasteError,
+                       match=rf"^cannot reach the Ray cluster at {re.escape(listening)} "
+                             + message):
         runners._connect(_fake_ray(init), listening)
     assert "gcs_client" not in capfd.readouterr().err
 
