@@ -175,11 +175,12 @@ class Workers:
 def _pool_class() -> type:
     """``multiprocessing.Pool`` whose worker-handler thread does not spin while results wait.
 
-    CPython's handler thread (3.8 to 3.13 at least) also waits on the result pipe, so from a
+    CPython's handler thread (read in CPython 3.11) also waits on the result pipe, so from a
     result's arrival until the result thread has read it, it keeps waking up and checking
     the workers: in a 600-image paste with 2 workers the driver spent 0.23-0.28 CPU-s during
-    the pool phase, 0.11 with this class, and the pool phase took 3% less, since the driver's
-    CPU is taken from the workers. Like ``multiprocessing.pool.ThreadPool`` it waits on the
+    the pool phase, 0.11 with this class (CPU taken from the workers on a 2-core machine),
+    and the whole command went from 1.58-1.65 to 1.82 times the 1-worker one
+    (benchmarks/paste_bench.py). Like ``multiprocessing.pool.ThreadPool`` it waits on the
     change notifier only (the handler adds the worker processes' sentinels itself), which is
     signalled when the pool is closed, terminated or drained. Built on first use: importing
     multiprocessing.pool takes 12 ms that single-process commands need not pay.
