@@ -113,19 +113,15 @@ def test_the_driver_reports_no_task_events_unless_the_user_asked(monkeypatch):
 
     seen = []
 
-    class FakeRay:
-        def is_initialized(self):
-            return False
-
-        def init(self, **kwargs):
-            seen.append(os.environ.get("RAY_task_events_report_interval_ms"))
+    def init(**kwargs):
+        seen.append(os.environ.get("RAY_task_events_report_interval_ms"))
 
     name = "RAY_task_events_report_interval_ms"
     monkeypatch.delenv(name, raising=False)
-    assert runners._connect(FakeRay(), None) is True
+    assert runners._connect(_fake_ray(init), None) is True
     assert seen == ["0"] and name not in os.environ
     monkeypatch.setenv(name, "1000")
-    runners._connect(FakeRay(), None)
+    runners._connect(_fake_ray(init), None)
     assert seen == ["0", "1000"] and os.environ[name] == "1000"
 
 

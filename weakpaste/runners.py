@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.errors import WeakpasteError, reason
 from weakpaste.options import Config, option
 
 EXECUTORS = ("local", "ray")
@@ -254,8 +254,6 @@ def _probe(address: str | None, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
-        from weakpaste.errors import reason
-
         raise WeakpasteError(f"cannot reach the Ray cluster at {address} (nothing answers "
                              f"there: {reason(err)}); check --ray-address, or start one with "
                              "'ray start --head'") from None
@@ -267,8 +265,6 @@ def _connect_error(err: BaseException, address: str | None, logged: str) -> str:
     Ray wraps a refused token in a ConnectionError; its AuthenticationError (newer Rays only)
     is the cause, and its C++ client logs "InvalidAuthToken" once a second meanwhile.
     """
-    from weakpaste.errors import reason
-
     chain, cause = [], err
     while cause is not None and len(chain) < 8:
         chain.append(cause)
