@@ -460,3 +460,30 @@ def test_an_ipv6_address_is_probed_without_its_brackets():
     with s:
         s.listen()
         runners._probe(f"[::1]:{s.getsockname()[1]}")  # raises if the brackets reach connect
+
+
+@pytest.mark.parametrize("stage", ["bank", "mine", "backgrounds"])
+def test_an_unreachable_cluster_is_refused_before_any_work_or_output(tiny_coco, tmp_path,
+                                                                    capsys, stage):
+    """Mining trains a classifier and ``backgrounds`` captions before their workers start, and
+    ``bank from-coco`` made its output folder first: a dead --ray-address must cost none of it
+    (no output folder to remove before the corrected command)."""
+    import socket
+
+    from weakpaste.cli import main
+
+    coco_json, images = tiny_coco
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    out = tmp_path / "out"
+    argv = {"bank": ["bank", "from-coco", str(coco_json), "--images", str(images)],
+            "mine": ["mine", "fem", "--images", str(images), "--labels", str(coco_json)],
+            "backgrounds": ["backgrounds", "--images", str(images), "--captions",
+                            str(tmp_path / "captions.json")]}[stage]
+    assert main([*argv, "--out", str(out), "--executor", "ray", "--ray-address", address,
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"weakpaste: error: cannot reach the Ray cluster at {address} "
+                          "(nothing answers there"), err
+    assert not out.exists()

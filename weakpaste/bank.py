@@ -699,9 +699,10 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
     from tqdm import tqdm
 
     from weakpaste.io.coco import load_coco
-    from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
-    from weakpaste.runners import map_items
+    from weakpaste.manifest import check_output_dir, file_sha256, prepare_output_dir, write_manifest
+    from weakpaste.runners import Workers, preflight
 
+    preflight(executor)  # before reading the COCO file (a minute for train2017's)
     config = config or BankConfig()
     min_area, classes = config.min_area, config.classes
     data = load_coco(coco_json, images_dir)
@@ -710,23 +711,26 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
         if unknown:
             raise WeakpasteError(f"{coco_json}: class {unknown[0]!r} is not among its categories; "
                                  "check --classes")
-    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="bank",
-                             inputs=[coco_json, images_dir])
-    config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
-              "min_area": min_area, "classes": classes}
-    inputs = {"coco_json": file_sha256(coco_json)}
-    write_manifest(out, stage="bank", config=config, inputs=inputs, status="running")
-    skipped = 0
-    with BankWriter(out) as writer:
-        items = _cut_items(data, coco_json, classes, min_area, writer.version)
-        results = map_items(_cut_item, items, workers=workers, executor=executor,
-                            check=[coco_json, images_dir, out])
-        for encoded, n_small in tqdm(results, total=len(items), desc="bank from-coco",
-                                     unit="img", disable=not progress):
-            skipped += n_small
-            for blob, meta in encoded:
-                writer.add_encoded(blob, meta)
-        counts = dict(sorted(writer.counts.items()))
+    check_output_dir(out_dir, overwrite=overwrite, stage="bank", inputs=[coco_json, images_dir])
+    # The workers start (Ray is joined) before the output folder is made: a cluster that
+    # cannot be reached leaves nothing to remove.
+    with Workers(workers, executor=executor, check=[coco_json, images_dir, out_dir]) as pool:
+        out = prepare_output_dir(out_dir, overwrite=overwrite, stage="bank",
+                                 inputs=[coco_json, images_dir])
+        config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
+                  "min_area": min_area, "classes": classes}
+        inputs = {"coco_json": file_sha256(coco_json)}
+        write_manifest(out, stage="bank", config=config, inputs=inputs, status="running")
+        skipped = 0
+        with BankWriter(out) as writer:
+            items = _cut_items(data, coco_json, classes, min_area, writer.version)
+            for encoded, n_small in tqdm(pool.map(_cut_item, items), total=len(items),
+                                         desc="bank from-coco", unit="img",
+                                         disable=not progress):
+                skipped += n_small
+                for blob, meta in encoded:
+                    writer.add_encoded(blob, meta)
+            counts = dict(sorted(writer.counts.items()))
     return write_manifest(out, stage="bank", config=config, inputs=inputs,
                           counts={"segments": sum(counts.values()), "per_class": counts,
                                   "skipped_small": skipped, "crowd_skipped": data.crowd_skipped})

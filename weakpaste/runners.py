@@ -242,6 +242,20 @@ def _connect(ray, address: str | None) -> bool:
     return True
 
 
+def preflight(executor: ExecutorConfig | None) -> None:
+    """Refuse an unusable executor before a stage computes or writes anything.
+
+    For Ray: Ray not installed, or a ``--ray-address`` where nothing listens (checked even
+    when this process is already connected: the user named that address). Stages that work
+    before their workers start (mining trains its classifier, ``backgrounds`` captions,
+    ``bank from-coco`` reads the COCO file) call it first, so that a typo costs neither that
+    work nor an output folder to remove.
+    """
+    if executor is not None and executor.executor == "ray":
+        import_ray()
+        _probe(executor.ray_address)
+
+
 def _probe(address: str | None, timeout: float = 5.0) -> None:
     """Refuse at once an address ``host:port`` where nothing listens.
 

@@ -39,7 +39,7 @@ from weakpaste.manifest import (
     write_manifest,
 )
 from weakpaste.options import Config, flags_of, option
-from weakpaste.runners import ExecutorConfig, Workers
+from weakpaste.runners import ExecutorConfig, Workers, preflight
 
 STAGE = "backgrounds"
 CAPTIONS_JSONL = "captions.jsonl"
@@ -235,6 +235,7 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
     if images_dir and not Path(images_dir).is_dir():
         raise WeakpasteError(f"{images_dir}: not a folder; pass --images, the folder of the "
                              "source images")
+    preflight(executor)  # before the captioning and the output folder
     extra = load_distractors(config.distractors) if config.distractors else None
     rewriter = CaptionRewriter(extra, config.classes)
     inputs: dict[str, str] = {}

@@ -618,6 +618,9 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
     Returns:
         The manifest.
     """
+    from weakpaste.runners import preflight
+
+    preflight(executor)  # before the output folder and the classifier's training
     timings: dict[str, float] = defaultdict(float)
     images_dir = Path(images_dir)
     cfg = miner.config
