@@ -207,3 +207,43 @@ def test_out_of_range_numbers_are_refused_at_parse_time(command, extra, message,
 def test_rules_across_options_are_one_line(command, extra, message, capsys):
     assert main([command, *_REQUIRED[command], *extra]) == 2
     assert capsys.readouterr().err.strip() == f"weakpaste: error: {message}"
+
+
+def test_train_mobilenet_v2_from_a_weights_file_then_eval(tmp_path, capsys):
+    """``--backbone mobilenet_v2 --weights PATH``: a torchvision MobileNetV2 state_dict (the
+    shared ImageNet file has this layout) initialises the FPN's trunk; a few iterations on a
+    tiny set, then the held-out evaluation."""
+    import torch
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        weights = tmp_path / "mobilenet_v2.pth"
+        torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), weights)
+    train, train_images = write_tiny_coco(tmp_path / "train")
+    val, val_images = write_tiny_coco(tmp_path / "val", seed=2)
+    out = tmp_path / "run"
+    argv = ["train", "--train", f"{train}:{train_images}", "--val", f"{val}:{val_images}",
+            "--out", str(out), "--iterations", "3", *TINY]
+    argv[argv.index("mobilenet_v3")] = "mobilenet_v2"
+    argv[argv.index("none")] = str(weights)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"weakpaste: note: backbone initialised from {weights} (260 tensors)" in captured.err
+    assert captured.out.startswith("trained 3 iterations (stage 1: 2 images) on 2 classes")
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(metrics["segm"]) >= {"AP", "AP50", "AP75"} and "AP50" in metrics["bbox"]
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["model_config"]["backbone"] == "mobilenet_v2"
+    assert ckpt["model_config"]["frozen_bn"] is True
+    # a file of the wrong backbone is one line, exit 2, and nothing is trained
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), wrong)
+    argv[argv.index(str(weights))] = str(wrong)
+    argv[argv.index(str(out))] = str(tmp_path / "run2")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"weakpaste: error: {wrong}: neither a Mask R-CNN state_dict nor one of torchvision's "
+        "mobilenet_v2 (")
+    assert not (tmp_path / "run2").exists()  # refused before the output folder is made

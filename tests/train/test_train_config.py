@@ -17,8 +17,8 @@ from weakpaste.train.config import (
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"backbone": "vgg"},
-     "backbone (--backbone) must be one of resnet50, resnet34, resnet18, mobilenet_v3; got "
-     "'vgg'"),
+     "backbone (--backbone) must be one of resnet50, resnet34, resnet18, mobilenet_v2, "
+     "mobilenet_v3; got 'vgg'"),
     ({"steps": (0.5, 2.0)}, "steps (--steps) must be in (0, 1), got 2.0"),
     ({"steps": (0.5, 1.0)}, "steps (--steps) must be in (0, 1), got 1.0"),
     ({"lr": 0.0}, "lr (--lr) must be > 0, got 0.0"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ def _config(backbone: str = "mobilenet_v3", frozen: bool = False) -> ModelConfig
                          frozen_bn=frozen, trainable_layers=3, roi_batch=32, rpn_proposals=64)
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v3", "resnet50", "resnet18"])
+@pytest.mark.parametrize("backbone", ["mobilenet_v3", "mobilenet_v2", "resnet50", "resnet18"])
 def test_build_model_predicts_masks_of_the_image_size(backbone):
     model, notes = E.build_model(_config(backbone), weights=None, seed=1)
     assert notes == []
@@ -61,6 +62,7 @@ def test_resnet18_trains_one_step_on_feature_maps_of_strides_4_to_32():
 
 
 @pytest.mark.parametrize(("backbone", "name"), [("mobilenet_v3", "mobilenet_v3_large"),
+                                                ("mobilenet_v2", "mobilenet_v2"),
                                                 ("resnet18", "resnet18")])
 def test_default_weights_offline_is_one_clear_line(monkeypatch, backbone, name):
     import torchvision.models._api as api
@@ -75,6 +77,55 @@ def test_default_weights_offline_is_one_clear_line(monkeypatch, backbone, name):
         f"could not load torchvision's DEFAULT weights for {name} (<urlopen error "
         "[Errno -3] Temporary failure in name resolution>); on a machine without internet pass "
         "--weights PATH to a local state_dict or --weights none")
+
+
+def _one_step(model, size: int = 64) -> dict:
+    """One training forward/backward on a 64-pixel image with one instance; the losses."""
+    masks = torch.zeros(1, size, size, dtype=torch.uint8)
+    masks[0, 10:40, 20:50] = 1
+    target = {"boxes": torch.tensor([[20.0, 10.0, 50.0, 40.0]]), "labels": torch.tensor([2]),
+              "masks": masks}
+    losses = model([torch.rand(3, size, size)], [target])
+    sum(losses.values()).backward()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def test_mobilenet_v2_fpn_levels_and_frozen_stages():
+    # FPN over the stride-8/16/32 stages (+ the max-pooled stride 64), 256 channels each.
+    model, _ = E.build_model(_config("mobilenet_v2", frozen=True), weights=None, seed=1)
+    features = model.backbone(torch.rand(1, 3, 64, 64))
+    assert {k: tuple(v.shape[1:]) for k, v in features.items()} == {
+        "0": (256, 8, 8), "1": (256, 4, 4), "2": (256, 2, 2), "pool": (256, 1, 1)}
+    # two anchor sizes per level (torchvision's five sizes, scaled to 64 px: 4 and 5 ... 41)
+    assert model.rpn.anchor_generator.sizes == ((4, 5), (5, 10), (10, 20), (20, 41))
+    body = model.backbone.body
+    # trainable_layers 3 of 5 stages: the stride-2 and stride-4 stages (blocks 0-3) are frozen
+    assert [any(p.requires_grad for p in body[str(i)].parameters()) for i in range(19)] == (
+        [False] * 4 + [True] * 15)
+    # frozen BatchNorm everywhere in the body (pre-trained weights)
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
+    losses = _one_step(model)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert body["3"].conv[0][0].weight.grad is None  # frozen
+    grad = body["4"].conv[0][0].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_mobilenet_v2_from_scratch_trains_every_stage():
+    import dataclasses
+
+    config = dataclasses.replace(_config("mobilenet_v2"), trainable_layers=5)
+    model, _ = E.build_model(config, weights=None, seed=1)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.body.modules())
+    _one_step(model)
+    grad = model.backbone.body["0"][0].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    with pytest.raises(WeakpasteError) as err:
+        dataclasses.replace(config, trainable_layers=6)
+    assert str(err.value) == ("trainable_layers (--trainable-layers) must be <= 5 for "
+                              "mobilenet_v2, got 6")
 
 
 def _saved_classifier(tmp_path, name: str):
@@ -95,6 +146,52 @@ def test_weights_from_a_torchvision_backbone_state_dict(tmp_path):
     assert notes == [f"backbone initialised from {path} (262 tensors)"]
     torch.testing.assert_close(model.backbone.body.state_dict()["1.block.0.0.weight"],
                                classifier.state_dict()["features.1.block.0.0.weight"])
+
+
+def test_weights_from_a_torchvision_mobilenet_v2_state_dict(tmp_path):
+    classifier, path = _saved_classifier(tmp_path, "mobilenet_v2")
+    model, notes = E.build_model(_config("mobilenet_v2", frozen=True), weights=str(path))
+    # 52 convolutions (1 tensor) + 52 FrozenBatchNorm2d (4 tensors); the classifier is ignored
+    assert notes == [f"backbone initialised from {path} (260 tensors)"]
+    torch.testing.assert_close(model.backbone.body.state_dict()["7.conv.1.0.weight"],
+                               classifier.state_dict()["features.7.conv.1.0.weight"])
+    # a MobileNetV3 file for a MobileNetV2 model: one line
+    _, v3 = _saved_classifier(tmp_path, "mobilenet_v3_large")
+    with pytest.raises(WeakpasteError) as err:
+        E.build_model(_config("mobilenet_v2", frozen=True), weights=str(v3))
+    assert str(err.value).startswith(
+        f"{v3}: neither a Mask R-CNN state_dict nor one of torchvision's mobilenet_v2 (")
+    assert str(err.value).endswith("pass a matching --backbone, a weakpaste checkpoint, "
+                                   "DEFAULT or none")
+
+
+SHARED_MOBILENET = (Path(__file__).resolve().parents[3] / "shared" / "weights"
+                    / "mobilenet_v2_imagenet.pth")
+
+
+@pytest.mark.skipif(not SHARED_MOBILENET.is_file(), reason="../shared/weights is absent")
+def test_mobilenet_v2_loads_the_shared_imagenet_file():
+    model, notes = E.build_model(_config("mobilenet_v2", frozen=True),
+                                 weights=str(SHARED_MOBILENET))
+    assert notes == [f"backbone initialised from {SHARED_MOBILENET} (260 tensors)"]
+    state = torch.load(SHARED_MOBILENET, weights_only=True)
+    for key in ("0.0.weight", "18.0.weight", "18.1.bias"):
+        assert torch.equal(model.backbone.body.state_dict()[key], state["features." + key])
+    # The GroupNorm FPN hands the heads unit-scale features (MobileNetV2's linear bottlenecks
+    # gave level standard deviations of several units and a mask loss near 20 without it).
+    with torch.inference_mode():
+        features = model.backbone(torch.rand(1, 3, 128, 128))
+    assert [round(float(v.std()), 1) for v in features.values()] == [1.0] * 4
+    losses = _one_step(model)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_missing_weights_file_is_one_line(tmp_path):
+    with pytest.raises(WeakpasteError) as err:
+        E.build_model(_config("mobilenet_v2", frozen=True), weights=str(tmp_path / "nope.pth"))
+    assert str(err.value) == (
+        f"{tmp_path / 'nope.pth'}: weights file not found; pass --weights PATH to a "
+        "torchvision state_dict, --weights DEFAULT or --weights none")
 
 
 def test_weights_from_a_torchvision_resnet18_state_dict(tmp_path):

@@ -3,7 +3,8 @@
 * ``weakpaste.train.data``: COCO sets as torch data, class mapping by name, augmentation
   (large-scale jittering, brightness/contrast), repeat-factor sampling.
 * ``weakpaste.train.config``: the options of ``train``, ``eval`` and ``longtail`` (no torch).
-* ``weakpaste.train.model``: the model (ResNet-50 / MobileNetV3 FPN), its weights,
+* ``weakpaste.train.model``: the model (ResNet-50/34/18, MobileNetV2 or MobileNetV3 FPN), its
+  weights,
   checkpoints and the device.
 * ``weakpaste.train.loop``: the SGD schedule, resume and the two-stage loop (``run_train``).
 * ``weakpaste.train.evaluation``: COCOeval bbox/segm, per-class and rare/common/frequent AP

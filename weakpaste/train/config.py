@@ -24,9 +24,10 @@ from weakpaste.errors import WeakpasteError
 from weakpaste.models.weights import parse_weights
 from weakpaste.options import Config, Opt, flag_of, option, parse_float_pair
 
-BACKBONES: tuple[str, ...] = ("resnet50", "resnet34", "resnet18", "mobilenet_v3")
-# Backbone stages torchvision can train: a ResNet has 5, MobileNetV3-Large 6.
-_MAX_LAYERS = {"resnet50": 5, "resnet34": 5, "resnet18": 5, "mobilenet_v3": 6}
+BACKBONES: tuple[str, ...] = ("resnet50", "resnet34", "resnet18", "mobilenet_v2", "mobilenet_v3")
+# Backbone stages that can be trained: a ResNet and MobileNetV2 have 5, MobileNetV3-Large 6.
+_MAX_LAYERS = {"resnet50": 5, "resnet34": 5, "resnet18": 5, "mobilenet_v2": 5,
+               "mobilenet_v3": 6}
 
 
 def _outside_below(value: float, hi: float) -> bool:
@@ -104,7 +105,8 @@ def check_device(device: str) -> None:
 _MODEL: dict[str, dict[str, Any]] = {
     "backbone": dict(choices=BACKBONES,
                      help="ResNet-50 FPN (the papers' R-50), the lighter ResNet-34 or ResNet-18 "
-                          "FPN (strides 4-32, for small images on a CPU), or MobileNetV3-Large "
+                          "FPN (strides 4-32, for small images on a CPU), MobileNetV2 FPN "
+                          "(strides 8-32, light: a CPU or small GPU), or MobileNetV3-Large "
                           "FPN (strides 32 only: for large images)"),
     "image_size": dict(range=(32, None),
                        help="training crop side; test images are resized to fit in it"),

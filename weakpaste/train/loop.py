@@ -28,7 +28,13 @@ from torch import nn
 from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.errors import reason as _reason
-from weakpaste.manifest import file_sha256, jsonable, prepare_output_dir, write_manifest
+from weakpaste.manifest import (
+    check_output_dir,
+    file_sha256,
+    jsonable,
+    prepare_output_dir,
+    write_manifest,
+)
 from weakpaste.models.weights import is_default, is_none
 from weakpaste.train import data as tdata
 from weakpaste.train.config import EvalConfig, ModelConfig, TrainConfig
@@ -384,11 +390,13 @@ def _tell(messages: Sequence[str], on_note: Notify) -> None:
 
 
 def _initial_model(run_config: TrainConfig, model_config: ModelConfig, resume_from,
-                   out: Path, total: int, notes: list[str], on_note: Notify
-                   ) -> tuple[nn.Module, int]:
-    """The model to start from (built, or restored from ``resume_from``) and its iteration."""
+                   out: Path, total: int, notes: list[str], on_note: Notify,
+                   built: tuple[nn.Module, list[str]] | None = None) -> tuple[nn.Module, int]:
+    """The model to start from (``built``, built here, or restored from ``resume_from``) and
+    its iteration."""
     weights = None if resume_from is not None else run_config.weights
-    model, build_notes = build_model(model_config, weights=weights, seed=run_config.seed)
+    model, build_notes = built or build_model(model_config, weights=weights,
+                                              seed=run_config.seed)
     notes += build_notes
     _tell(build_notes, on_note)
     if resume_from is None:
@@ -442,8 +450,14 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
     device = resolve_device(config.device)
     plan = _plan(config, train_sets, stage2, val)
     model_config = model_config_for(config, plan.names)
+    inputs = [*plan.input_paths(), _weights_path(config.weights)]
+    check_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="train", inputs=inputs)
+    # A new run builds its model before it makes its folder: an unusable --weights file is
+    # refused with nothing written (it left a 'running' run behind).
+    built = None if resume else build_model(model_config, weights=config.weights,
+                                            seed=config.seed)
     out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="train",
-                             inputs=[*plan.input_paths(), _weights_path(config.weights)])
+                             inputs=inputs)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     notes = list(plan.notes)
@@ -461,7 +475,7 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
     write_manifest(out, **manifest, status="running", extra={"notes": notes})
 
     model, start = _initial_model(config, model_config, resume_from, out, plan.total, notes,
-                                  on_note)
+                                  on_note, built)
     model.to(device).train()
     base = {"format": FORMAT, "format_version": FORMAT_VERSION, "weakpaste_version": __version__,
             "model_config": model_config.to_dict(), "config": run_config,

@@ -2,8 +2,9 @@
 
 * ``build_model``: torchvision's Mask R-CNN on a ResNet-50 FPN (``resnet50``, the papers'
   R-50), a ResNet-34 or ResNet-18 FPN (``resnet34``, ``resnet18``: light, with the same
-  strides 4-32, for small images on a CPU) or a MobileNetV3-Large FPN (``mobilenet_v3``: light,
-  but both its levels have stride 32, a 4 x 4 map at 128 pixels) backbone. Weights (resolved by
+  strides 4-32, for small images on a CPU), a MobileNetV2 FPN (``mobilenet_v2``: strides
+  8-32, light, GroupNorm in the FPN) or a MobileNetV3-Large FPN (``mobilenet_v3``: light, but
+  both its levels have stride 32, a 4 x 4 map at 128 pixels) backbone. Weights (resolved by
   ``weakpaste.models.weights.resolve_weights``, as for the mining classifier): ``DEFAULT``
   (torchvision's ImageNet backbone weights: the weakly-supervised setting of EM-Paste §4.1; a
   detector pre-trained on COCO masks would leak mask supervision), a local file (a weakpaste
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Mapping
@@ -36,7 +38,7 @@ from weakpaste.models.backbones import (
     seeded,
 )
 from weakpaste.models.weights import WeightsArg, is_none, resolve_weights
-from weakpaste.train.config import BACKBONES, ModelConfig, TrainConfig, check_device
+from weakpaste.train.config import _MAX_LAYERS, BACKBONES, ModelConfig, TrainConfig, check_device
 
 FORMAT = "weakpaste-maskrcnn"
 FORMAT_VERSION = 1
@@ -45,14 +47,21 @@ CHECKPOINT_FIX = ("pass a checkpoint written by 'weakpaste train' "
 # torchvision's anchor sizes for 800-pixel inputs; scaled with --image-size.
 _BASE_ANCHORS = (32, 64, 128, 256, 512)
 _TORCHVISION_NAMES = {"resnet50": "resnet50", "resnet34": "resnet34", "resnet18": "resnet18",
-                      "mobilenet_v3": "mobilenet_v3_large"}
+                      "mobilenet_v2": "mobilenet_v2", "mobilenet_v3": "mobilenet_v3_large"}
+# MobileNetV2's ``features``: the first block of each of its 5 stages (strides 2, 4, 8, 16, 32;
+# --trainable-layers counts them from the top) and the last block of the stride-8, -16 and -32
+# stages, whose outputs (32, 96 and 1280 channels) feed the FPN.
+_MNV2_STAGES = (0, 2, 4, 7, 14)
+_MNV2_RETURNED = (6, 13, 18)
+# Backbones whose torchvision classifier keeps its trunk under "features." (the rest: the root).
+_FEATURES_PREFIX = ("mobilenet_v2", "mobilenet_v3")
 
 
 def default_trainable_layers(backbone: str, pretrained: bool) -> int:
     """torchvision's choice: 3 stages with pre-trained weights, all of them without."""
     if pretrained:
         return 3
-    return 6 if backbone == "mobilenet_v3" else 5
+    return _MAX_LAYERS[backbone]
 
 
 def model_config_for(config: TrainConfig, class_names: tuple[str, ...]) -> ModelConfig:
@@ -88,6 +97,14 @@ def _backbone(config: ModelConfig, imagenet) -> tuple[nn.Module, Any, list[str]]
 
     norm = FrozenBatchNorm2d if config.frozen_bn else nn.BatchNorm2d
     sizes = _anchor_sizes(config.image_size)
+    if config.backbone == "mobilenet_v2":
+        # Levels of strides 8, 16, 32 (+ 64 from max-pooling): MobileNetV2's three deepest
+        # stages. torchvision's five anchor sizes (32-512 at 800 px) on four levels: two per
+        # level, (32, 64) at stride 8 up to (256, 512) at stride 64, so that the smallest
+        # objects keep an anchor without a stride-4 level.
+        pairs = tuple((a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        return (_mobilenet_v2_fpn(imagenet, norm, config.trainable_layers),
+                AnchorGenerator(pairs, ((0.5, 1.0, 2.0),) * 4), ["0", "1", "2"])
     if config.backbone.startswith("resnet"):
         backbone = resnet_fpn_backbone(backbone_name=config.backbone, weights=imagenet,
                                        norm_layer=norm, trainable_layers=config.trainable_layers)
@@ -97,6 +114,31 @@ def _backbone(config: ModelConfig, imagenet) -> tuple[nn.Module, Any, list[str]]
                                   fpn=True, norm_layer=norm,
                                   trainable_layers=config.trainable_layers)
     return backbone, AnchorGenerator((sizes,) * 3, ((0.5, 1.0, 2.0),) * 3), ["0", "1"]
+
+
+def _mobilenet_v2_fpn(imagenet, norm: type[nn.Module], trainable_layers: int) -> nn.Module:
+    """An FPN (256 channels) over MobileNetV2's stride-8/16/32 stages.
+
+    torchvision's ``mobilenet_backbone`` finds stages by the ``_is_cn`` mark that only
+    MobileNetV3's blocks carry, so for MobileNetV2 it would return the stem and the last layer
+    only; the stages are named here instead.
+    """
+    from torchvision.models import mobilenet_v2
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    features = mobilenet_v2(weights=imagenet, norm_layer=norm).features
+    stages = len(_MNV2_STAGES)
+    frozen = len(features) if trainable_layers == 0 else _MNV2_STAGES[stages - trainable_layers]
+    for block in features[:frozen]:
+        block.requires_grad_(False)
+    channels = [features[i].out_channels for i in _MNV2_RETURNED]
+    # GroupNorm in the FPN: MobileNetV2's stage outputs are linear bottlenecks (no ReLU), 5-10x
+    # larger than a ResNet's; un-normalised, they gave mask logits of +-20 at initialisation
+    # (mask loss 19.6, not 0.69) and the loss diverged within 15 iterations at lr 0.02.
+    return BackboneWithFPN(features, {str(i): str(k) for k, i in enumerate(_MNV2_RETURNED)},
+                           channels, 256, extra_blocks=LastLevelMaxPool(),
+                           norm_layer=functools.partial(nn.GroupNorm, 32))
 
 
 def build_model(config: ModelConfig, *, weights: WeightsArg = None,
@@ -153,7 +195,8 @@ def load_weights_file(model: nn.Module, path: Path, backbone: str) -> str:
     Accepted: a weakpaste checkpoint, a Mask R-CNN state_dict (class-specific head tensors
     whose shape differs, e.g. another number of classes, keep their initial values), or a
     torchvision classification state_dict of the backbone (``torchvision.models.resnet50``,
-    ``resnet34``, ``resnet18`` or ``mobilenet_v3_large``; its classifier is ignored).
+    ``resnet34``, ``resnet18``, ``mobilenet_v2`` or ``mobilenet_v3_large``; its classifier is
+    ignored).
 
     Raises:
         WeakpasteError: missing or unreadable file, or neither kind of state_dict.
@@ -169,7 +212,7 @@ def load_weights_file(model: nn.Module, path: Path, backbone: str) -> str:
                 + (f"; {other} with another shape (class-specific heads) keep their initial "
                    "values" if other else ""))
     body = model.backbone.body
-    prefix = "features." if backbone == "mobilenet_v3" else ""
+    prefix = "features." if backbone in _FEATURES_PREFIX else ""
     mapped = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     want = body.state_dict()
     bad = [k for k, v in want.items()
