@@ -4,8 +4,7 @@
   (large-scale jittering, brightness/contrast), repeat-factor sampling.
 * ``weakpaste.train.config``: the options of ``train``, ``eval`` and ``longtail`` (no torch).
 * ``weakpaste.train.model``: the model (ResNet-50/34/18, MobileNetV2 or MobileNetV3 FPN), its
-  weights,
-  checkpoints and the device.
+  weights, checkpoints and the device.
 * ``weakpaste.train.loop``: the SGD schedule, resume and the two-stage loop (``run_train``).
 * ``weakpaste.train.evaluation``: COCOeval bbox/segm, per-class and rare/common/frequent AP
   (``run_eval``); it depends on ``model`` only, ``loop`` depends on it.
