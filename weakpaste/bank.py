@@ -57,6 +57,7 @@ import zstandard
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes, write_error
+from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.manifest import read_manifest
 from weakpaste.options import Config, option
 from weakpaste.structures import Segment
@@ -96,10 +97,9 @@ def _index_entry(root: Path, number: int, line: str | bytes) -> dict:
         WeakpasteError: the line is not a valid index entry.
     """
     try:
-        entry = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        problem = f"not JSON: {err.msg}" if isinstance(err, json.JSONDecodeError) \
-            else "not UTF-8"
+        entry = parse_json(line)
+    except JsonError as err:
+        problem = "not UTF-8" if err.what == "not UTF-8" else f"not JSON: {err.what}"
     else:
         problem = _bad_entry(entry)
     if problem is not None:
@@ -163,8 +163,8 @@ def bank_version(root: str | os.PathLike) -> int:
     """
     marker = Path(root) / MARKER
     try:
-        meta = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = parse_json(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, JsonError):
         meta = None
     if not isinstance(meta, dict):
         raise WeakpasteError(f"{marker}: corrupt bank marker; {bank_fix(root)}")

@@ -21,6 +21,7 @@ from typing import Any
 from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes
+from weakpaste.io.jsonfile import JsonError, parse_json
 
 MANIFEST = "manifest.json"
 # The marker that makes a folder weakpaste's: only such a folder may be deleted by --overwrite
@@ -57,8 +58,8 @@ def read_manifest(out_dir: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, JsonError):
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -76,6 +77,18 @@ def read_weakpaste_manifest(out_dir: str | os.PathLike) -> dict | None:
     return doc if is_weakpaste_manifest(doc) else None
 
 
+def _overlapping(out: Path, inputs: Iterable[str | os.PathLike | None]) -> str | None:
+    """The first input that ``out`` is, contains or lies inside (symbolic links resolved)."""
+    target = out.resolve()
+    for item in inputs:
+        if item is None or str(item) == "":
+            continue
+        path = Path(item).resolve()
+        if target == path or target in path.parents or path in target.parents:
+            return str(item)
+    return None
+
+
 def check_not_an_input(out_dir: str | os.PathLike,
                        inputs: Iterable[str | os.PathLike | None]) -> None:
     """Refuse an output folder that is, contains, or lies inside one of the inputs.
@@ -86,14 +99,40 @@ def check_not_an_input(out_dir: str | os.PathLike,
     Raises:
         WeakpasteError: naming the output, the input and the fix.
     """
-    out = Path(out_dir).resolve()
-    for item in inputs:
-        if item is None or str(item) == "":
-            continue
-        path = Path(item).resolve()
-        if out == path or out in path.parents or path in out.parents:
-            raise WeakpasteError(f"{out_dir}: the output folder overlaps the input {item}; "
-                                 "choose an --out outside every input")
+    item = _overlapping(Path(out_dir), inputs)
+    if item is not None:
+        raise WeakpasteError(f"{out_dir}: the output folder overlaps the input {item}; "
+                             "choose an --out outside every input")
+
+
+def check_output_file(out_file: str | os.PathLike, *, overwrite: bool,
+                      inputs: Iterable[str | os.PathLike | None]) -> Path:
+    """Refuse an output file (a report, a subset) that would change an input or a file the
+    user did not give up.
+
+    Args:
+        out_file: the file the command will write (atomically).
+        overwrite: an existing file may be replaced.
+        inputs: the command's input files and folders: the output may not be one of them,
+            nor lie inside one (``evaluate-masks BANK --out BANK/index.jsonl`` replaced the
+            bank's index), nor contain one.
+
+    Raises:
+        WeakpasteError: one line naming the file and the fix.
+    """
+    out = Path(out_file)
+    item = _overlapping(out, inputs)
+    if item is not None and out.resolve() == Path(item).resolve():
+        raise WeakpasteError(f"{out}: --out would overwrite an input; choose another file")
+    if item is not None:
+        raise WeakpasteError(f"{out}: --out lies inside the input {item}, which the command "
+                             "must not change; choose a file outside every input")
+    if out.is_dir():
+        raise WeakpasteError(f"{out}: is a folder; --out names the file to write")
+    if out.exists() and not overwrite:
+        raise WeakpasteError(f"{out}: already exists; pass --overwrite to replace it or choose "
+                             "another --out")
+    return out
 
 
 def check_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,

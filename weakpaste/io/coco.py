@@ -29,6 +29,7 @@ from weakpaste.errors import WeakpasteError, reason
 from weakpaste.io import lvis
 from weakpaste.io import rle as rle_check
 from weakpaste.io.images import atomic_write_bytes
+from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.io.lvis import Federated, frequency_bucket
 from weakpaste.io.lvis import complete_categories as complete_lvis_categories
 from weakpaste.structures import ImageRecord, Instances
@@ -194,13 +195,9 @@ def _read_json(path: Path) -> dict:
         raise _fail(path, f"cannot read the file ({reason(err)}); pass a readable UTF-8 COCO "
                           "JSON") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _fail(path, f"not valid JSON ({err.msg} at line {err.lineno}, column "
-                          f"{err.colno}); repair or regenerate the file") from None
-    except RecursionError:
-        raise _fail(path, "not valid JSON (nested too deeply); repair or regenerate the "
-                          "file") from None
+        data = parse_json(text)
+    except JsonError as err:
+        raise _fail(path, f"not valid JSON ({err}); repair or regenerate the file") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("categories"), list):
         raise _fail(path, "not a COCO instances file; it needs 'images' and 'categories' lists "

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from weakpaste.errors import WeakpasteError
+from weakpaste.io.jsonfile import JsonError, parse_json
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,10 @@ def load_coco_captions(path: str | os.PathLike,
     """
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WeakpasteError(f"{path}: captions file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (JsonError, UnicodeDecodeError) as err:
         raise WeakpasteError(f"{path}: not valid JSON ({err}); pass a COCO captions file "
                              "(captions_train2017.json)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) \

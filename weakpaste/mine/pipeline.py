@@ -28,7 +28,11 @@ are part of the cache key) that writes two pure functions::
 
         def mine_image(self, models, image, item):
             # models["classifier"]: a Classifier; image: uint8 (H, W, 3); item: an Item.
-            # Returns a picklable result with ``seconds: dict[str, float]`` (cached on disk).
+            # Returns a dataclass listed in result_types with ``seconds: dict[str, float]``,
+            # cached on disk as data (weakpaste.mine.cache: plain values, tuples, dicts,
+            # NumPy arrays and the dataclasses of result_types).
+        result_types = (MyResult,)  # the dataclasses a cached result may hold
+
         def select(self, results, plan):
             # results: a lazy Sequence of the per-image results in ``plan.items`` order.
             # Returns a Selection: per image the picked segments of every variant.
@@ -42,9 +46,9 @@ files: hashed into the manifest and the cache key, never overlapped by ``--out``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import pickle
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -58,6 +62,7 @@ import numpy as np
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes, read_image
 from weakpaste.manifest import jsonable
+from weakpaste.mine import cache as result_cache
 from weakpaste.mine.config import ClassifierSpec
 from weakpaste.options import Config, flags_of
 
@@ -156,6 +161,9 @@ class Miner:
 
     name = "miner"
     title = "miner"
+    # The dataclasses a per-image result is made of: the only classes its cache file may
+    # rebuild (weakpaste.mine.cache).
+    result_types: tuple[type, ...] = ()
 
     def __init__(self, config: Config):
         self.config = config
@@ -184,7 +192,8 @@ class Miner:
         return {}
 
     def mine_image(self, models: dict, image: np.ndarray, item: Item):
-        """The pure per-image function (uint8 (H, W, 3) ``image``): a picklable result."""
+        """The pure per-image function (uint8 (H, W, 3) ``image``): a result made of
+        ``result_types`` (see ``weakpaste.mine.cache``)."""
         raise NotImplementedError
 
     def select(self, results: Sequence, plan: Plan) -> Selection:
@@ -196,8 +205,14 @@ class Miner:
 # Shared helpers
 
 
-def _unpickle(path: Path):
-    return pickle.loads(Path(path).read_bytes())
+def _read_result(path: Path, types: tuple[type, ...]):
+    """A cached per-image result; ``mine_images`` checked it before, so a failure here means
+    the file changed meanwhile."""
+    try:
+        return result_cache.read(path, types)
+    except (OSError, result_cache.CacheError) as err:
+        raise WeakpasteError(f"{path}: the cached mining result cannot be read ({err}); run "
+                             "the command again with --resume to mine that image again") from None
 
 
 class LazyFiles(Sequence):
@@ -212,9 +227,9 @@ class LazyFiles(Sequence):
         self.paths, self.load = paths, load
 
     @classmethod
-    def results(cls, files: list[Path]) -> LazyFiles:
-        """The per-image results, unpickled from their cache files."""
-        return cls(files, _unpickle)
+    def results(cls, files: list[Path], types: tuple[type, ...]) -> LazyFiles:
+        """The per-image results, read from their cache files (``weakpaste.mine.cache``)."""
+        return cls(files, functools.partial(_read_result, types=types))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -339,6 +354,31 @@ def _input_hashes(miner: Miner, labels: str | None, hashes: dict[str, str]) -> d
     return inputs
 
 
+def input_paths(miner: Miner, images_dir: Path, labels: str | None) -> list[str | Path]:
+    """Every file and folder the run reads, which ``--out`` may not overlap: the images, the
+    labels, the classifier, its ``--weights`` file, the miner's model files and folders, and
+    a ``--saliency-cache`` (read as well as written).
+
+    Raises:
+        WeakpasteError: the saliency cache lies inside a folder of images, where its maps
+            would be listed as images (folder-per-class labels, ``--negatives``).
+    """
+    from weakpaste.models.weights import is_default, is_none
+
+    spec = miner.config.model
+    weights = None if is_none(spec.weights) or is_default(spec.weights) else spec.weights
+    cache = getattr(miner.config, "saliency_cache", None)
+    inputs = miner.inputs()
+    if cache:
+        for folder in (images_dir, inputs.get("negatives")):
+            if folder and Path(folder).resolve() in (Path(cache).resolve(),
+                                                     *Path(cache).resolve().parents):
+                raise WeakpasteError(f"{cache}: the saliency cache lies inside the images "
+                                     f"folder {folder}, where its maps would be read as images; "
+                                     "choose a --saliency-cache outside it")
+    return [images_dir, labels, spec.classifier, weights, *inputs.values(), cache]
+
+
 def folder_sha256(folder: str | Path) -> str:
     """SHA-256 naming a folder of images: every image's relative path and contents."""
     from weakpaste.io.images import list_images
@@ -446,7 +486,7 @@ def _worker_init(miner: Miner, classifier_path: str, out: str, threads: int | No
 def _mine_task(task: tuple[Item, str]) -> dict[str, float]:
     item, cache_file = task
     result = _WORKER["miner"].mine_image(_WORKER["models"], read_image(item.path), item)
-    atomic_write_bytes(cache_file, pickle.dumps(result, protocol=5))
+    atomic_write_bytes(cache_file, result_cache.dumps(result))
     return result.seconds
 
 
@@ -472,9 +512,12 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
 
     executor = executor or ExecutorConfig()
     cache.mkdir(parents=True, exist_ok=True)
-    files = [cache / (hashlib.sha1(it.file_name.encode()).hexdigest() + ".pkl")
+    files = [cache / (hashlib.sha1(it.file_name.encode()).hexdigest() + result_cache.SUFFIX)
              for it in plan.items]
-    tasks = [(it, str(f)) for it, f in zip(plan.items, files, strict=True) if not f.is_file()]
+    # A missing, truncated or damaged entry is mined again (the pickle files that earlier
+    # versions left have another suffix and are never read).
+    tasks = [(it, str(f)) for it, f in zip(plan.items, files, strict=True)
+             if not result_cache.is_valid(f)]
     here = workers <= 1 and executor.executor == "local"
     initargs = (miner, str(clf_path), str(out), *((None, models) if here else (1, None)))
     if not here:
@@ -486,7 +529,7 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
         for k, v in secs.items():
             timings[k] += v
     timings["per_image_wall"] = time.perf_counter() - t
-    return LazyFiles.results(files), len(tasks)
+    return LazyFiles.results(files, miner.result_types), len(tasks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,8 +626,7 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
     config = run_config(miner, images_dir, labels, described)
     inputs = _input_hashes(miner, labels, hashes)
     out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="mine",
-                             inputs=[images_dir, labels, miner.config.model.classifier,
-                                     *miner.inputs().values()])
+                             inputs=input_paths(miner, images_dir, labels))
     old = read_weakpaste_manifest(out) if resume else None
     if old is not None:
         check_resumable(out, old, config, inputs, option_flags(miner.config), hashes)

@@ -30,6 +30,7 @@ import numpy as np
 from weakpaste.bank import BankTable, SegmentBank
 from weakpaste.errors import WeakpasteError
 from weakpaste.io import coco
+from weakpaste.io import rle as rle_check
 from weakpaste.io.images import (
     WRITE_ERRNOS,
     atomic_write_bytes,
@@ -38,7 +39,7 @@ from weakpaste.io.images import (
     read_image,
     write_error,
 )
-from weakpaste.io.jsonfile import read_json
+from weakpaste.io.jsonfile import JsonError, parse_json, read_json
 from weakpaste.manifest import (
     check_output_dir,
     check_resume,
@@ -584,15 +585,56 @@ def _check_resume(out: Path, run_config: dict, inputs: dict[str, str]) -> None:
 
 
 def _read_journals(out: Path) -> dict[int, dict]:
-    """Finished items by index, from every journal; torn last lines are ignored."""
+    """Finished items by index, from every journal.
+
+    A torn last line (a killed worker) and any line that is not a valid record (a damaged
+    or edited journal) are ignored: their items are simply made again.
+    """
     parts: dict[int, dict] = {}
     for path in sorted(out.glob(PARTS_GLOB)):
-        with open(path, encoding="utf-8") as fh:
+        with open(path, "rb") as fh:
             for line in fh:
-                if line.endswith("\n"):
-                    part = json.loads(line)
+                part = _journal_record(line) if line.endswith(b"\n") else None
+                if part is not None:
                     parts[part["index"]] = part
     return parts
+
+
+_RECORD_FIELDS = {"index": int, "file_name": str, "width": int, "height": int,
+                  "annotations": list, "dropped": dict, "outside": int, "skipped": int,
+                  "background": str}
+_ANNOTATION_FIELDS = {"class": str, "rle": dict, "pasted": bool}
+
+
+def _journal_record(line: bytes) -> dict | None:
+    """The item record of a journal line (``ItemResult`` as a dict), or None when the line
+    is not one."""
+    try:
+        part = parse_json(line)
+    except JsonError:
+        return None
+    if not _typed(part, _RECORD_FIELDS) or part["index"] < 0 or part["width"] < 1 \
+            or part["height"] < 1:
+        return None
+    for ann in part["annotations"]:
+        if not _typed(ann, _ANNOTATION_FIELDS) or \
+                ann["rle"].get("size") != [part["height"], part["width"]] or \
+                not isinstance(ann["rle"].get("counts"), str):
+            return None
+    if not all(isinstance(k, str) and _typed_value(v, int) for k, v in part["dropped"].items()):
+        return None
+    rles = [a["rle"]["counts"] for a in part["annotations"]]
+    size = (part["height"], part["width"])
+    return part if rle_check.first_bad_compressed(rles, [size] * len(rles)) is None else None
+
+
+def _typed(doc: object, fields: dict[str, type]) -> bool:
+    return isinstance(doc, dict) and all(_typed_value(doc.get(k), t) for k, t in fields.items())
+
+
+def _typed_value(value: object, kind: type) -> bool:
+    # JSON's true/false are Python ints too: a bool field must be a bool and vice versa.
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def _remove_stale_temporaries(images: Path) -> None:

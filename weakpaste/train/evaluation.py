@@ -55,6 +55,7 @@ from weakpaste.io.coco import (
     lvis_ground_truth,
 )
 from weakpaste.io.images import atomic_write_bytes, read_image
+from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.manifest import (
     check_not_an_input,
     file_sha256,
@@ -284,11 +285,11 @@ def read_predictions(path: str | os.PathLike, gt: CocoDataset) -> tuple[list[dic
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WeakpasteError(f"{path}: no such file; pass a COCO results JSON "
                              "(e.g. OUT/predictions.json of 'weakpaste eval')") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, JsonError) as err:
         raise WeakpasteError(f"{path}: not a readable JSON file ({err}); pass a COCO results "
                              "JSON") from None
     default_score = None

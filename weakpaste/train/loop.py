@@ -28,6 +28,7 @@ from torch import nn
 from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.errors import reason as _reason
+from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.manifest import file_sha256, jsonable, prepare_output_dir, write_manifest
 from weakpaste.models.weights import is_default, is_none
 from weakpaste.train import data as tdata
@@ -222,12 +223,14 @@ def _trim_metrics(path: Path, iteration: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            if json.loads(line).get("iteration", 0) <= iteration:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
+            record = parse_json(line)
+        except JsonError:
+            continue  # a damaged line: the log is a record, not an input
+        step = record.get("iteration", 0) if isinstance(record, dict) else None
+        if isinstance(step, int | float) and step <= iteration:
+            keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))
 
 
