@@ -216,6 +216,9 @@ def _parse_categories(path: Path, cats: list) -> tuple[dict[str, dict], dict[int
         if not isinstance(cat, dict) or not _is_id(cat.get("id")) or \
                 not isinstance(cat.get("name"), str):
             raise _fail(path, f"categories[{i}] needs an integer 'id' and a string 'name'")
+        if not cat["name"].strip():
+            raise _fail(path, f"categories[{i}] (id {cat['id']}) has an empty 'name'; weakpaste "
+                              "identifies classes by name: give it one")
         if cat["id"] in cat_by_id:
             raise _fail(path, f"duplicate category id {cat['id']} (categories[{i}]); "
                               "ids must be unique")
@@ -286,11 +289,11 @@ def _annotation_target(path: Path, i: int, ann: object, images: dict[int, dict],
         raise _fail(path, f"duplicate annotation id {ann_id} (annotations[{i}]); ids must "
                           "be unique")
     seen.add(ann_id)
-    img = images.get(ann.get("image_id"))
+    img = images.get(ann.get("image_id")) if _is_id(ann.get("image_id")) else None
     if img is None:
         raise _fail(path, f"{where} refers to image id {ann.get('image_id')!r}, which is "
                           "not in 'images'")
-    name = cat_by_id.get(ann.get("category_id"))
+    name = cat_by_id.get(ann.get("category_id")) if _is_id(ann.get("category_id")) else None
     if name is None:
         raise _fail(path, f"{where} has category id {ann.get('category_id')!r}, which is "
                           "not in 'categories'")

@@ -301,7 +301,7 @@ def _read_cached(bank: SegmentBank, table: BankTable, row: int) -> tuple[np.ndar
         _SEGMENT_CACHE.move_to_end(key)
         return hit
     rgb, mask = bank.read_pixels_at(segment_id, table.shard[row], table.offset[row],
-                                    table.length[row])
+                                    table.length[row], (table.height[row], table.width[row]))
     rgb.flags.writeable = mask.flags.writeable = False  # shared between items
     _SEGMENT_CACHE[key] = (rgb, mask)
     _cache_bytes += rgb.nbytes + mask.nbytes
