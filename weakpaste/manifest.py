@@ -38,6 +38,58 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def file_fingerprints(paths: Iterable[str | os.PathLike]) -> dict[str, list[int]]:
+    """path -> [size, modification time in ns] of each file: cheap for thousands of images,
+    and changed by any edit, copy or regeneration (``stat`` only, nothing read)."""
+    out = {}
+    for path in paths:
+        st = os.stat(path)
+        out[str(path)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def fingerprints_sha256(fingerprints: dict[str, list[int]]) -> str:
+    """SHA-256 naming a ``file_fingerprints`` listing (for the manifest's inputs)."""
+    h = hashlib.sha256()
+    for path, (size, mtime) in fingerprints.items():
+        h.update(f"{path}\t{size}\t{mtime}\n".encode())
+    return h.hexdigest()
+
+
+def first_change(old: dict | None, new: dict) -> str:
+    """`` (a.png differs)``, `` (b.png is new)`` or `` (c.png is gone)``: the first entry
+    two listings (name -> hash or fingerprint) disagree on, for a resume refusal; "" when
+    ``old`` is unknown or they agree."""
+    if not isinstance(old, dict) or not old:
+        return ""
+    gone = [f for f in old if f not in new]
+    added = [f for f in new if f not in old]
+    edited = [f for f in new if f in old and old[f] != new[f]]
+    for files, what in ((edited, "differs"), (added, "is new"), (gone, "is gone")):
+        if files:
+            return f" ({files[0]} {what})"
+    return ""
+
+
+def record_listing(out_dir: str | os.PathLike, name: str, listing: dict) -> None:
+    """Keep a listing of a run's inputs (file -> hash or fingerprint) in
+    ``OUT/.cache/<name>.json``, so that a refused ``--resume`` can name the file that changed
+    (the manifest holds only the listing's hash)."""
+    folder = Path(out_dir) / ".cache"
+    folder.mkdir(exist_ok=True)
+    atomic_write_bytes(folder / f"{name}.json", json.dumps(listing).encode())
+
+
+def recorded_listing(out_dir: str | os.PathLike, name: str) -> dict | None:
+    """The listing ``record_listing`` kept, or None (absent or damaged: it only names
+    files)."""
+    try:
+        found = parse_json((Path(out_dir) / ".cache" / f"{name}.json").read_bytes())
+    except (OSError, JsonError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def jsonable(obj: Any) -> Any:
     """``obj`` with arrays as lists and anything else unknown as strings (for manifests)."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist")
@@ -187,7 +239,9 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
     out = check_output_dir(out_dir, overwrite=overwrite, resume=resume, stage=stage,
                            inputs=inputs)
     if out.is_dir() and any(out.iterdir()):
+        lock_output_dir(out)  # before anything in it is deleted or continued
         if resume:
+            _check_no_links(out)
             return out
         _remove_tree(out)  # check_output_dir allowed it: --overwrite of a weakpaste output
     try:
@@ -195,7 +249,70 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
     except OSError as err:
         raise WeakpasteError(f"{out}: cannot create the output folder ({_why(err)}); choose a "
                              "writable --out") from None
+    lock_output_dir(out)
     return out
+
+
+# Output folders this process holds locked: resolved path -> (descriptor, the folder's inode).
+_LOCKS: dict[str, tuple[int, int]] = {}
+
+
+def lock_output_dir(out: Path) -> None:
+    """Hold an exclusive lock on the output folder until its run completes (``write_manifest``
+    with ``status="complete"``) or this process ends.
+
+    Two runs resuming (or overwriting) one ``--out`` at once would write the same files and
+    journals. The lock is ``flock`` on the folder itself, so it leaves no file behind and the
+    kernel drops it with the process, however that ends. Taking it again in this process is a
+    no-op; a file system without ``flock`` on folders goes unlocked.
+
+    Raises:
+        WeakpasteError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return
+    key = str(out.resolve())
+    try:
+        inode = os.stat(out).st_ino
+    except OSError:
+        return
+    held = _LOCKS.get(key)
+    if held is not None:
+        if held[1] == inode:
+            return
+        release_output_dir(out)  # the folder was deleted and made again (--overwrite)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WeakpasteError(f"{out}: another weakpaste run is using this output folder; wait "
+                             "for it to finish, or choose another --out") from None
+    except OSError:
+        os.close(fd)
+        return
+    _LOCKS[key] = (fd, inode)
+
+
+def release_output_dir(out: str | os.PathLike | None = None) -> None:
+    """Release the lock of ``lock_output_dir`` on ``out`` (on every folder when None)."""
+    keys = list(_LOCKS) if out is None else [str(Path(out).resolve())]
+    for key in keys:
+        held = _LOCKS.pop(key, None)
+        if held is not None:
+            os.close(held[0])
+
+
+def _check_no_links(out: Path) -> None:
+    """Refuse to resume into a folder whose entries are symbolic links: the run would write
+    through them, outside ``--out`` (an ``OUT/images`` linked to the user's photos)."""
+    for entry in sorted(out.iterdir()):
+        if entry.is_symlink():
+            raise WeakpasteError(f"{entry}: is a symbolic link, and a resumed run writes only "
+                                 "inside --out; replace it with the folder it points to, or "
+                                 "pass --overwrite instead of --resume")
 
 
 def _why(err: OSError) -> str:
@@ -236,6 +353,8 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, config: dict,
            "inputs": inputs or {}, "counts": counts or {}}
     doc.update(extra or {})
     atomic_write_bytes(Path(out_dir) / MANIFEST, json.dumps(doc, indent=2).encode())
+    if status == "complete":
+        release_output_dir(out_dir)
     return doc
 
 

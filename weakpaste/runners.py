@@ -199,19 +199,36 @@ def _pool_class() -> type:
 
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C meanwhile (only the main thread may change signal handlers)."""
+    """Ignore Ctrl-C and hold SIGTERM back meanwhile (only the main thread may change signal
+    handlers).
+
+    A worker forked meanwhile starts with both so: it resets SIGTERM to the default in
+    ``_pool_init`` before it lets one in, so the driver's handler (``weakpaste.cli``'s, which
+    raises an interrupt) never runs in a worker, whose traceback it would print.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _sigterm_mask(signal.SIG_BLOCK)
     try:
         yield
     finally:
+        _sigterm_mask(signal.SIG_UNBLOCK)
         signal.signal(signal.SIGINT, previous)
+
+
+def _sigterm_mask(how: int) -> None:
+    if hasattr(signal, "pthread_sigmask"):  # POSIX
+        signal.pthread_sigmask(how, {signal.SIGTERM})
 
 
 def _pool_init(init: Callable[..., None] | None, initargs: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # spawn-started workers did not inherit it
+    # The pool ends its workers with SIGTERM, and SIGTERM sent to the whole process group
+    # (timeout, SLURM) reaches them too: either way they end silently.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _sigterm_mask(signal.SIG_UNBLOCK)
     if init is not None:
         init(*initargs)
 

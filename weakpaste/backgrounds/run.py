@@ -34,7 +34,9 @@ from weakpaste.io.images import atomic_write_bytes, list_images
 from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.manifest import (
     check_resume,
+    file_fingerprints,
     file_sha256,
+    fingerprints_sha256,
     prepare_output_dir,
     read_manifest,
     write_manifest,
@@ -265,6 +267,8 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
         inputs["captions"] = file_sha256(captions)
     if config.distractors:
         inputs["distractors"] = file_sha256(config.distractors)
+    if images_dir:  # captioned: an image edited before a --resume would mix two captionings
+        inputs["images"] = fingerprints_sha256(file_fingerprints(list_images(images_dir)))
     run_config = {**asdict(config), "images": images_dir, "captions": captions}
     out = Path(out_dir)
     if resume:

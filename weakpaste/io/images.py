@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import io
 import os
 import threading
@@ -46,6 +47,30 @@ def write_error(folder: str | os.PathLike, err: OSError) -> WeakpasteError:
     return WeakpasteError(f"{folder}: cannot write ({why}); free some space or choose a "
                           "writable --out, then run the command again (with --resume where "
                           "offered: finished work is kept)")
+
+
+def write_failure(folder: str | os.PathLike, size: int) -> OSError | None:
+    """Why writing ``size`` bytes into ``folder`` fails, for writers that do not say
+    (``torch.save`` reports a short write as ``RuntimeError: ... unexpected pos``), or None
+    when the folder looks writable.
+
+    Checked in order: a read-only file system, no write permission, less free space than
+    ``size``, a file size limit (``ulimit -f``) below ``size``.
+    """
+    import resource
+
+    try:
+        fs = os.statvfs(folder)
+    except OSError as err:
+        return err
+    checks = ((fs.f_flag & os.ST_RDONLY, errno.EROFS),
+              (not os.access(folder, os.W_OK), errno.EACCES),
+              (fs.f_bavail * fs.f_frsize < size, errno.ENOSPC),
+              (0 <= resource.getrlimit(resource.RLIMIT_FSIZE)[0] < size, errno.EFBIG))
+    for failed, code in checks:
+        if failed:
+            return OSError(code, os.strerror(code))
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -205,7 +230,16 @@ def decode_image(data: np.ndarray, path: str | os.PathLike, flags: int = cv2.IMR
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB.
+    """Read an image file as RGB (``read_image_sha256`` without the hash)."""
+    return read_image_sha256(path, digest=False)[0]
+
+
+def read_image_sha256(path: str | os.PathLike, *, digest: bool = True
+                      ) -> tuple[np.ndarray, str | None]:
+    """Read an image file as RGB, with the SHA-256 of the bytes decoded.
+
+    The hash costs little next to the decoding, and proves which bytes a run used (a
+    resumed paste compares it with the interrupted run's).
 
     Grayscale, RGBA, palette and CMYK files are converted to RGB (alpha dropped). The file's
     EXIF orientation is ignored so that the pixels match the width/height that annotation
@@ -213,9 +247,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Args:
         path: image file.
+        digest: compute the hash (else None).
 
     Returns:
-        uint8 (H, W, 3) RGB.
+        (uint8 (H, W, 3) RGB, hex SHA-256 of the file's bytes or None).
 
     Raises:
         WeakpasteError: the file is missing, cannot be decoded, is of no format in
@@ -230,11 +265,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except OSError as err:
         raise WeakpasteError(f"{path}: cannot read image ({err.strerror}); check the file's "
                              "permissions") from None
+    sha = hashlib.sha256(data).hexdigest() if digest else None
     bgr = decode_image(data, path)
     if bgr is not None:
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), sha
     # OpenCV does not decode every format (e.g. some CMYK or palette files); Pillow may.
-    return _decode_pillow(path, data)
+    return _decode_pillow(path, data), sha
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:

@@ -296,18 +296,6 @@ def _flat(config: dict) -> dict:
     return out
 
 
-def _changed_image(old_hashes: dict | None, new_hashes: dict) -> str:
-    if not old_hashes:
-        return ""
-    gone = [f for f in old_hashes if f not in new_hashes]
-    new = [f for f in new_hashes if f not in old_hashes]
-    edited = [f for f in new_hashes if f in old_hashes and old_hashes[f] != new_hashes[f]]
-    for files, what in ((edited, "differs"), (new, "is new"), (gone, "is gone")):
-        if files:
-            return f" ({files[0]} {what})"
-    return ""
-
-
 def check_resumable(out: Path, old: dict, config: dict, inputs: dict[str, str],
                     flags: dict[str, str], hashes: dict[str, str]) -> None:
     """Refuse to resume a run made with another method, other options or other inputs.
@@ -322,7 +310,7 @@ def check_resumable(out: Path, old: dict, config: dict, inputs: dict[str, str],
     Raises:
         WeakpasteError: one line naming what changed (``manifest.check_resume``).
     """
-    from weakpaste.manifest import RESUME_FIX, check_resume
+    from weakpaste.manifest import RESUME_FIX, check_resume, first_change, recorded_listing
 
     before, now = _flat(old.get("config", {})), _flat(config)
     if before.get("method") != now.get("method"):
@@ -333,9 +321,7 @@ def check_resumable(out: Path, old: dict, config: dict, inputs: dict[str, str],
     def describe(key: str) -> tuple[str, str]:
         if key != "images":
             return "the " + key.replace("_", " ") + (" file" if key == "labels" else ""), ""
-        recorded = out / ".cache" / "images.json"
-        return "the images", _changed_image(json.loads(recorded.read_text())
-                                            if recorded.is_file() else None, hashes)
+        return "the images", first_change(recorded_listing(out, "images"), hashes)
 
     check_resume(out, {**old, "config": before}, now, inputs, flags=flags, describe=describe)
 
@@ -613,7 +599,7 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
     """Everything before the first write: labels, plan, models check, hashes, output folder,
     resume check."""
     from weakpaste.io.labels import load_labels
-    from weakpaste.manifest import prepare_output_dir, read_weakpaste_manifest
+    from weakpaste.manifest import prepare_output_dir, read_weakpaste_manifest, record_listing
 
     records, classes = load_labels(labels, images_dir)
     plan = miner.plan(records, classes, str(labels or images_dir))
@@ -630,8 +616,7 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
     old = read_weakpaste_manifest(out) if resume else None
     if old is not None:
         check_resumable(out, old, config, inputs, option_flags(miner.config), hashes)
-    (out / ".cache").mkdir(exist_ok=True)
-    atomic_write_bytes(out / ".cache" / "images.json", json.dumps(hashes).encode())
+    record_listing(out, "images", hashes)
     extra = (*described.values(), *(inputs[k] for k in miner.inputs() if k in inputs))
     return _Prepared(out, plan, models, config, inputs, extra)
 
@@ -661,8 +646,10 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
         The manifest.
     """
     from weakpaste.runners import preflight
+    from weakpaste.train.model import resolve_device
 
     preflight(executor)  # before the output folder and the classifier's training
+    resolve_device(miner.config.model.device)  # --device cuda where torch has no GPU
     timings: dict[str, float] = defaultdict(float)
     images_dir = Path(images_dir)
     cfg = miner.config

@@ -29,7 +29,17 @@ from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.errors import reason as _reason
 from weakpaste.io.jsonfile import JsonError, parse_json
-from weakpaste.manifest import file_sha256, jsonable, prepare_output_dir, write_manifest
+from weakpaste.manifest import (
+    check_resume,
+    file_fingerprints,
+    file_sha256,
+    fingerprints_sha256,
+    jsonable,
+    prepare_output_dir,
+    read_weakpaste_manifest,
+    write_manifest,
+)
+from weakpaste.models.backbones import torch_write_errors
 from weakpaste.models.weights import is_default, is_none
 from weakpaste.train import data as tdata
 from weakpaste.train.config import EvalConfig, ModelConfig, TrainConfig
@@ -128,6 +138,9 @@ class _Plan:
         inputs.update({f"stage2:{s.json}": file_sha256(s.json) for s in self.specs2})
         if self.val is not None:
             inputs[f"val:{self.val.json}"] = file_sha256(self.val.json)
+        for st in self.stages:  # the images read: sizes and modification times (a stat each)
+            inputs[f"images:{st.name}"] = fingerprints_sha256(file_fingerprints(
+                Path(folder) / rec.file_name for folder, rec in st.items))
         return inputs
 
 
@@ -216,6 +229,12 @@ def _resume_point(ckpt_dir: Path, model_config: ModelConfig, config: TrainConfig
     ckpt = load_checkpoint(last)
     _check_resumable(last, ckpt, model_config, config)
     return ckpt
+
+
+def _input_name(key: str) -> tuple[str, str]:
+    """How a resume refusal names an input of ``_Plan.input_hashes``."""
+    kind, _, name = key.partition(":")
+    return (f"the {name} images" if kind == "images" else f"the --{kind} file {name}"), ""
 
 
 def _trim_metrics(path: Path, iteration: int) -> None:
@@ -366,11 +385,11 @@ def _train_stage(run: _Run, stage: _Stage, index: int) -> None:
             window = _LogWindow()
         if run.iteration % config.checkpoint_every == 0 or run.iteration == stage.end:
             path = run.ckpt_dir / _checkpoint_name(run.iteration)
-            save_checkpoint(path, {**run.checkpoint_base, "iteration": run.iteration,
-                                   "stage": index, "model": run.model.state_dict(),
-                                   "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(),
-                                   "sampler": stream.state_dict()})
+            payload = {**run.checkpoint_base, "iteration": run.iteration, "stage": index,
+                       "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "sampler": stream.state_dict()}
+            with torch_write_errors(run.ckpt_dir, payload):
+                save_checkpoint(path, payload)
             link_or_copy(path, run.ckpt_dir / "last.pt")
         fetch_start = time.perf_counter()
 
@@ -447,6 +466,10 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
     model_config = model_config_for(config, plan.names)
     out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="train",
                              inputs=[*plan.input_paths(), _weights_path(config.weights)])
+    inputs = plan.input_hashes()
+    old = read_weakpaste_manifest(out) if resume else None
+    if old is not None:  # the options are checked against the checkpoint (_resume_point)
+        check_resume(out, {**old, "config": {}}, {}, inputs, describe=_input_name)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     notes = list(plan.notes)
@@ -459,8 +482,8 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
         "classes": len(plan.names), "iterations": plan.total,
         "images": {st.name: len(st.items) for st in plan.stages},
         "instances_per_class": plan.instances, "train_images_per_class": plan.train_image_counts}
-    manifest = dict(stage="train", config=run_config, seed=config.seed,
-                    inputs=plan.input_hashes(), counts=counts)
+    manifest = dict(stage="train", config=run_config, seed=config.seed, inputs=inputs,
+                    counts=counts)
     write_manifest(out, **manifest, status="running", extra={"notes": notes})
 
     model, start = _initial_model(config, model_config, resume_from, out, plan.total, notes,
