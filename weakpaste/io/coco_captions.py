@@ -55,15 +55,15 @@ def load_coco_captions(path: str | os.PathLike,
                              "'annotations' lists)")
     files: dict[int, str] = {}
     for img in doc["images"]:
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise WeakpasteError(f"{path}: every image needs 'id' and 'file_name'")
+        if not isinstance(img, dict) or not _is_id(img.get("id")) or "file_name" not in img:
+            raise WeakpasteError(f"{path}: every image needs an integer 'id' and a 'file_name'")
         files[img["id"]] = str(img["file_name"])
     by_image: dict[int, list[Caption]] = {i: [] for i in files}
     for ann in doc["annotations"]:
         if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str):
             raise WeakpasteError(f"{path}: every annotation needs a 'caption' string")
         image_id = ann.get("image_id")
-        if image_id not in files:
+        if not _is_id(image_id) or image_id not in files:
             raise WeakpasteError(f"{path}: caption {ann.get('id')} names image_id {image_id}, "
                                  "which is not in 'images'")
         text = " ".join(ann["caption"].split())
@@ -73,3 +73,7 @@ def load_coco_captions(path: str | os.PathLike,
     for caps in by_image.values():
         out.extend(caps if per_image is None else caps[:per_image])
     return out
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
