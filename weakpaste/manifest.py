@@ -176,11 +176,11 @@ def check_output_file(out_file: str | os.PathLike, *, overwrite: bool,
     item = _overlapping(out, inputs)
     if item is not None and out.resolve() == Path(item).resolve():
         raise WeakpasteError(f"{out}: --out would overwrite an input; choose another file")
+    if out.is_dir():  # also one that holds an input
+        raise WeakpasteError(f"{out}: is a folder; --out names the file to write")
     if item is not None:
         raise WeakpasteError(f"{out}: --out lies inside the input {item}, which the command "
                              "must not change; choose a file outside every input")
-    if out.is_dir():
-        raise WeakpasteError(f"{out}: is a folder; --out names the file to write")
     if out.exists() and not overwrite:
         raise WeakpasteError(f"{out}: already exists; pass --overwrite to replace it or choose "
                              "another --out")

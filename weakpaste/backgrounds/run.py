@@ -267,7 +267,7 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
         inputs["captions"] = file_sha256(captions)
     if config.distractors:
         inputs["distractors"] = file_sha256(config.distractors)
-    if images_dir:  # captioned: an image edited before a --resume would mix two captionings
+    if captions is None:  # captioned: an image edited before --resume would mix two captionings
         inputs["images"] = fingerprints_sha256(file_fingerprints(list_images(images_dir)))
     run_config = {**asdict(config), "images": images_dir, "captions": captions}
     out = Path(out_dir)

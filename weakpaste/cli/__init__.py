@@ -73,8 +73,9 @@ def _sigterm_interrupts() -> Iterator[None]:
     """Make SIGTERM raise ``Terminated`` meanwhile (Python's default ends the process at once,
     without a word and with files half-made; only the main thread may set handlers).
 
-    Worker processes set it back to the default (``weakpaste.runners``), so that a pool can
-    still end them and they print nothing.
+    Pool workers ignore it, as they ignore Ctrl-C, and the driver ends them
+    (``weakpaste.runners``); torch's data-loader workers take it as the Ctrl-C they already
+    handle (the exception derives from KeyboardInterrupt).
     """
     if threading.current_thread() is not threading.main_thread():
         yield

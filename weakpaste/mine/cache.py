@@ -82,11 +82,10 @@ def read(path: str | Path, types: Iterable[type]) -> Any:
     return loads(Path(path).read_bytes(), types)
 
 
-def is_valid(path: str | Path) -> bool:
-    """Whether ``path`` is a cache file of this version whose checksum matches (cheap: the
-    payload is hashed, not decoded)."""
+def is_valid(path: str | Path, types: Iterable[type]) -> bool:
+    """Whether ``path`` holds a result ``read`` can give (absent, damaged, forged: False)."""
     try:
-        _checked_payload(Path(path).read_bytes())
+        read(path, types)
     except (OSError, CacheError):
         return False
     return True

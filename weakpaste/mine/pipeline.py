@@ -500,10 +500,10 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
     cache.mkdir(parents=True, exist_ok=True)
     files = [cache / (hashlib.sha1(it.file_name.encode()).hexdigest() + result_cache.SUFFIX)
              for it in plan.items]
-    # A missing, truncated or damaged entry is mined again (the pickle files that earlier
-    # versions left have another suffix and are never read).
+    # A missing, truncated, damaged or forged entry is mined again (the pickle files that
+    # earlier versions left have another suffix and are never read).
     tasks = [(it, str(f)) for it, f in zip(plan.items, files, strict=True)
-             if not result_cache.is_valid(f)]
+             if not result_cache.is_valid(f, miner.result_types)]
     here = workers <= 1 and executor.executor == "local"
     initargs = (miner, str(clf_path), str(out), *((None, models) if here else (1, None)))
     if not here:

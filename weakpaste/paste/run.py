@@ -618,9 +618,6 @@ def _check_resume(out: Path, run_config: dict, inputs: dict[str, str],
                  flags=flags_of(PasteConfig), describe=describe)
 
 
-
-
-
 def _read_journals(out: Path) -> dict[int, dict]:
     """Finished items by index, from every journal.
 
@@ -656,13 +653,24 @@ def _journal_record(line: bytes) -> dict | None:
     for ann in part["annotations"]:
         if not _typed(ann, _ANNOTATION_FIELDS) or \
                 ann["rle"].get("size") != [part["height"], part["width"]] or \
-                not isinstance(ann["rle"].get("counts"), str):
+                not isinstance(ann["rle"].get("counts"), str) or \
+                not _optional_stats(ann.get("area"), ann.get("bbox")):
             return None
     if not all(isinstance(k, str) and _typed_value(v, int) for k, v in part["dropped"].items()):
         return None
     rles = [a["rle"]["counts"] for a in part["annotations"]]
     size = (part["height"], part["width"])
     return part if rle_check.first_bad_compressed(rles, [size] * len(rles)) is None else None
+
+
+def _optional_stats(area: object, bbox: object) -> bool:
+    """An annotation's stored area and box, when present (older journals have none), are
+    numbers."""
+    def number(v: object) -> bool:
+        return _typed_value(v, int) or _typed_value(v, float)
+
+    return (area is None or number(area)) and (bbox is None or (
+        isinstance(bbox, list) and len(bbox) == 4 and all(number(v) for v in bbox)))
 
 
 def _typed(doc: object, fields: dict[str, type]) -> bool:
