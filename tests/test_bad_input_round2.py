@@ -352,6 +352,37 @@ def test_paste_resume_refuses_other_bytes_behind_the_same_size_and_time(own_worl
                     "--resume")
 
 
+TRAIN_TINY = ["--backbone", "mobilenet_v3", "--weights", "none", "--image-size", "64",
+              "--batch-size", "2", "--warmup", "0", "--steps", "none", "--roi-batch", "32",
+              "--rpn-proposals", "64", "--jitter", "1,1", "--threads", "1", "--quiet"]
+
+
+def _train_argv(world, out: Path, iterations: int = 1, *extra: str) -> list[str]:
+    return ["train", "--train", f"{world['coco']}:{world['images']}", "--out", str(out),
+            "--iterations", str(iterations), *TRAIN_TINY, *extra]
+
+
+@pytest.fixture
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model on a shared machine: more threads only spin
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_resume_refuses_an_edited_training_image(own_world, tmp_path, capfd,
+                                                       one_torch_thread):
+    out = tmp_path / "run"
+    assert main(_train_argv(own_world, out)) == 0
+    edited = own_world["images"] / "img1.png"
+    _edit(edited, keep_stat=False)
+    line = _refused(_train_argv(own_world, out, 1, "--resume"), capfd)
+    assert line == (f"weakpaste: error: {out}: cannot resume: the stage 1 images changed since "
+                    f"that run ({edited} differs); {FIX}")
+
+
 def test_a_damaged_journal_line_is_made_again(world, tmp_path, capfd, monkeypatch):
     ref = tmp_path / "ref"
     assert main(_paste_argv(world, ref)) == 0

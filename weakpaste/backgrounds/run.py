@@ -37,8 +37,11 @@ from weakpaste.manifest import (
     file_fingerprints,
     file_sha256,
     fingerprints_sha256,
+    first_change,
     prepare_output_dir,
     read_manifest,
+    record_listing,
+    recorded_listing,
     write_manifest,
 )
 from weakpaste.options import Config, flags_of, option
@@ -267,17 +270,26 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
         inputs["captions"] = file_sha256(captions)
     if config.distractors:
         inputs["distractors"] = file_sha256(config.distractors)
-    if captions is None:  # captioned: an image edited before --resume would mix two captionings
-        inputs["images"] = fingerprints_sha256(file_fingerprints(list_images(images_dir)))
+    # Captioned: an image edited before --resume would mix two captionings. Each is
+    # fingerprinted (size, mtime), the listing kept in OUT/.cache/images.json to name it.
+    fingerprints = file_fingerprints(list_images(images_dir)) if captions is None else {}
+    if captions is None:
+        inputs["images"] = fingerprints_sha256(fingerprints)
     run_config = {**asdict(config), "images": images_dir, "captions": captions}
     out = Path(out_dir)
     if resume:
         old = read_manifest(out)
         if old is not None:
+            def describe(key: str) -> tuple[str, str]:
+                if key == "images":
+                    return "the images", first_change(recorded_listing(out, "images"),
+                                                      fingerprints)
+                return f"the {key}", ""
+
             # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
             check_resume(out, {**old, "config": {**old.get("config", {}), "rewrite_only": None}},
                          json.loads(json.dumps({**run_config, "rewrite_only": None})), inputs,
-                         flags=flags_of(BackgroundsConfig))
+                         flags=flags_of(BackgroundsConfig), describe=describe)
     models = _Models(config)
     if not resume:  # fail on a missing model before making the output folder
         if captions is None:
@@ -289,6 +301,8 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
                              inputs=[images_dir, captions, config.distractors,
                                      *_local_models(config)])
     (out / "images").mkdir(exist_ok=True)
+    if fingerprints:
+        record_listing(out, "images", fingerprints)
     write_manifest(out, stage=STAGE, config=run_config, seed=config.seed, inputs=inputs,
                    status="running")
 

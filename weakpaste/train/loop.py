@@ -34,9 +34,12 @@ from weakpaste.manifest import (
     file_fingerprints,
     file_sha256,
     fingerprints_sha256,
+    first_change,
     jsonable,
     prepare_output_dir,
     read_weakpaste_manifest,
+    record_listing,
+    recorded_listing,
     write_manifest,
 )
 from weakpaste.models.backbones import torch_write_errors
@@ -133,14 +136,18 @@ class _Plan:
         specs = self.specs1 + self.specs2 + ([self.val] if self.val is not None else [])
         return [p for s in specs for p in (s.json, s.images)]
 
-    def input_hashes(self) -> dict[str, str]:
+    def image_fingerprints(self) -> dict[str, dict[str, list[int]]]:
+        """Each stage's images read: path -> [size, modification time] (a stat each)."""
+        return {st.name: file_fingerprints(Path(folder) / rec.file_name
+                                           for folder, rec in st.items) for st in self.stages}
+
+    def input_hashes(self, fingerprints: dict[str, dict[str, list[int]]]) -> dict[str, str]:
         inputs = {f"train:{s.json}": file_sha256(s.json) for s in self.specs1}
         inputs.update({f"stage2:{s.json}": file_sha256(s.json) for s in self.specs2})
         if self.val is not None:
             inputs[f"val:{self.val.json}"] = file_sha256(self.val.json)
-        for st in self.stages:  # the images read: sizes and modification times (a stat each)
-            inputs[f"images:{st.name}"] = fingerprints_sha256(file_fingerprints(
-                Path(folder) / rec.file_name for folder, rec in st.items))
+        for name, listing in fingerprints.items():
+            inputs[f"images:{name}"] = fingerprints_sha256(listing)
         return inputs
 
 
@@ -231,10 +238,21 @@ def _resume_point(ckpt_dir: Path, model_config: ModelConfig, config: TrainConfig
     return ckpt
 
 
-def _input_name(key: str) -> tuple[str, str]:
-    """How a resume refusal names an input of ``_Plan.input_hashes``."""
-    kind, _, name = key.partition(":")
-    return (f"the {name} images" if kind == "images" else f"the --{kind} file {name}"), ""
+def _check_inputs(out: Path, old: dict, inputs: dict[str, str],
+                  fingerprints: dict[str, dict[str, list[int]]]) -> None:
+    """Refuse to resume with other data than the run's (``_Plan.input_hashes``), naming the
+    image that changed from the listing kept in ``OUT/.cache/images.json``; the options are
+    checked against the checkpoint (``_check_resumable``)."""
+    recorded = recorded_listing(out, "images") or {}
+
+    def describe(key: str) -> tuple[str, str]:
+        kind, _, name = key.partition(":")
+        if kind == "images":
+            return f"the {name} images", first_change(recorded.get(name),
+                                                      fingerprints.get(name, {}))
+        return f"the --{kind} file {name}", ""
+
+    check_resume(out, {**old, "config": {}}, {}, inputs, describe=describe)
 
 
 def _trim_metrics(path: Path, iteration: int) -> None:
@@ -466,10 +484,12 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
     model_config = model_config_for(config, plan.names)
     out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="train",
                              inputs=[*plan.input_paths(), _weights_path(config.weights)])
-    inputs = plan.input_hashes()
+    fingerprints = plan.image_fingerprints()
+    inputs = plan.input_hashes(fingerprints)
     old = read_weakpaste_manifest(out) if resume else None
-    if old is not None:  # the options are checked against the checkpoint (_resume_point)
-        check_resume(out, {**old, "config": {}}, {}, inputs, describe=_input_name)
+    if old is not None:
+        _check_inputs(out, old, inputs, fingerprints)
+    record_listing(out, "images", fingerprints)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     notes = list(plan.notes)
