@@ -14,6 +14,7 @@ The files are made here from tiny generated data; nothing binary is stored in th
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -629,6 +630,54 @@ def test_a_full_disk_while_saving_the_classifier_is_one_line(world, tmp_path):
         "writable --out, then run the command again (with --resume where offered: finished "
         "work is kept)"]
     assert not list(out.glob("*.tmp")) and not (out / "classifier.pt").exists()
+
+
+# What torch.save raises when the disk fills up under it (its zip writer, not an OSError).
+TORCH_SHORT_WRITE = ("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed "
+                     "writing file data/3: file write failed")
+
+
+@pytest.mark.parametrize("failure", ["oserror", "torch-zip-writer"])
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_one(world, tmp_path, capfd,
+                                                                  monkeypatch, one_torch_thread,
+                                                                  failure):
+    import torch
+
+    from weakpaste.train.model import load_checkpoint
+
+    out = tmp_path / "run"
+    ckpt = out / "checkpoints"
+    real_save, saves = torch.save, []
+
+    def no_room(path: str) -> os.statvfs_result:
+        fields = list(real_statvfs(path))
+        fields[3] = fields[4] = 0  # no free block
+        return os.statvfs_result(fields)
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(f)
+        if len(saves) < 2:
+            return real_save(obj, f, *args, **kwargs)
+        Path(f).write_bytes(b"PK\x03\x04")  # the second checkpoint fills the disk, half-made
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(os, "statvfs", no_room)
+        raise RuntimeError(TORCH_SHORT_WRITE)
+
+    real_statvfs = os.statvfs
+    monkeypatch.setattr(torch, "save", save)
+    argv = _train_argv(world, out, 2, "--checkpoint-every", "1")
+    line = _refused(argv, capfd)
+    assert line == (f"weakpaste: error: {ckpt}: cannot write (No space left on device); free "
+                    "some space or choose a writable --out, then run the command again (with "
+                    "--resume where offered: finished work is kept)")
+    assert len(saves) == 2
+    assert sorted(p.name for p in ckpt.iterdir()) == ["iter_000001.pt", "last.pt"]  # no .tmp
+    assert (ckpt / "last.pt").read_bytes() == (ckpt / "iter_000001.pt").read_bytes()
+    assert load_checkpoint(ckpt / "last.pt")["iteration"] == 1
+    monkeypatch.undo()  # room again: the run resumes from that checkpoint
+    assert main([*argv, "--resume"]) == 0
+    assert load_checkpoint(ckpt / "last.pt")["iteration"] == 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from torch import nn
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.errors import reason as _reason
-from weakpaste.io.images import write_error, write_failure
+from weakpaste.io.images import WRITE_ERRNOS, write_error, write_failure
 from weakpaste.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from weakpaste.models.weights import WEIGHTS_FIX, WeightsArg, resolve_weights
 
@@ -125,10 +125,15 @@ def torch_write_errors(folder: str | os.PathLike, payload: object) -> Iterator[N
     disk, a quota, a read-only folder) into the one-line ``write_error`` other files give.
 
     torch reports such a failure as a RuntimeError about its zip writer, not as an OSError;
-    ``write_failure`` finds the cause. Any other error passes through unchanged.
+    ``write_failure`` finds the cause. An OSError (a file object's write) names ``folder`` too.
+    Any other error passes through unchanged.
     """
     try:
         yield
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(folder, err) from None
     except RuntimeError:
         cause = write_failure(folder, _tensor_bytes(payload))
         if cause is None:
