@@ -384,6 +384,41 @@ def test_train_resume_refuses_an_edited_training_image(own_world, tmp_path, capf
                     f"that run ({edited} differs); {FIX}")
 
 
+OLDER = ("cannot resume: that run was made by an older weakpaste, which did not record its "
+         "images' fingerprints, so whether they changed since cannot be checked; pass "
+         "--overwrite instead of --resume to start again")
+
+
+def _as_older(out: Path, key: str, listing: str) -> None:
+    """``out`` as a weakpaste from before issue 22 left it: no fingerprint of its images in
+    the manifest's inputs, and no listing of them in ``OUT/.cache``."""
+    doc = json.loads((out / "manifest.json").read_text())
+    del doc["inputs"][key]
+    (out / "manifest.json").write_text(json.dumps(doc, indent=2))
+    (out / ".cache" / f"{listing}.json").unlink()
+
+
+def test_paste_resume_of_a_run_without_image_fingerprints_says_so(world, tmp_path, capfd):
+    out = tmp_path / "out"
+    assert main(_paste_argv(world, out, 10)) == 0
+    _as_older(out, "background_images", "backgrounds")
+    before = _tree(out)
+    assert _refused(_paste_argv(world, out, 10, "--resume"), capfd) == \
+        f"weakpaste: error: {out}: {OLDER}"
+    assert _tree(out) == before
+
+
+def test_train_resume_of_a_run_without_image_fingerprints_says_so(world, tmp_path, capfd,
+                                                                  one_torch_thread):
+    out = tmp_path / "run"
+    assert main(_train_argv(world, out)) == 0
+    _as_older(out, "images:stage 1", "images")
+    before = _tree(out)
+    assert _refused(_train_argv(world, out, 1, "--resume"), capfd) == \
+        f"weakpaste: error: {out}: {OLDER}"
+    assert _tree(out) == before
+
+
 def test_a_damaged_journal_line_is_made_again(world, tmp_path, capfd, monkeypatch):
     ref = tmp_path / "ref"
     assert main(_paste_argv(world, ref)) == 0

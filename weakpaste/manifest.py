@@ -363,7 +363,8 @@ RESUME_FIX = "; rerun with that run's options and inputs, or pass --overwrite in
 
 def check_resume(out: Path, old: dict, config: dict, inputs: dict[str, str], *,
                  flags: dict[str, str] | None = None,
-                 describe: Callable[[str], tuple[str, str]] | None = None) -> None:
+                 describe: Callable[[str], tuple[str, str]] | None = None,
+                 fingerprints: Iterable[str] = ()) -> None:
     """Refuse to resume a run made with other options or other inputs (one line saying which).
 
     Resuming with anything changed would mix two settings or two data sets in one output.
@@ -376,10 +377,15 @@ def check_resume(out: Path, old: dict, config: dict, inputs: dict[str, str], *,
         flags: option name -> command-line flag, to name an option both ways.
         describe: input name -> (how to name it, a detail after "since that run"), e.g.
             ("the images", " (a.png differs)"); default ("the <name>", "").
+        fingerprints: the names among ``inputs`` that fingerprint image files, which
+            earlier weakpaste versions did not record: a manifest without them was written
+            by such a version, and nothing tells whether its images changed since.
 
     Raises:
-        WeakpasteError: ``OUT: cannot resume: blur_sigma (--blur-sigma) was 2.0, now 1.0; ...``
-            or ``OUT: cannot resume: the bank B changed since that run; ...``.
+        WeakpasteError: ``OUT: cannot resume: blur_sigma (--blur-sigma) was 2.0, now 1.0; ...``,
+            ``OUT: cannot resume: the bank B changed since that run; ...`` or, options and
+            files being the same, ``OUT: cannot resume: that run was made by an older
+            weakpaste ...``.
     """
     flags = flags or {}
     before = old.get("config", {})
@@ -390,8 +396,14 @@ def check_resume(out: Path, old: dict, config: dict, inputs: dict[str, str], *,
             raise WeakpasteError(f"{out}: cannot resume: {name} was {json.dumps(a)}, now "
                                  f"{json.dumps(b)}{RESUME_FIX}")
     old_inputs = old.get("inputs", {})
+    unrecorded = {k for k in fingerprints if k in inputs and k not in old_inputs}
     for key in [*inputs, *(k for k in old_inputs if k not in inputs)]:
-        if old_inputs.get(key) != inputs.get(key):
+        if key not in unrecorded and old_inputs.get(key) != inputs.get(key):
             what, detail = describe(key) if describe else (f"the {key.replace('_', ' ')}", "")
             raise WeakpasteError(f"{out}: cannot resume: {what} changed since that run"
                                  f"{detail}{RESUME_FIX}")
+    if unrecorded:
+        raise WeakpasteError(f"{out}: cannot resume: that run was made by an older weakpaste, "
+                             "which did not record its images' fingerprints, so whether they "
+                             "changed since cannot be checked; pass --overwrite instead of "
+                             "--resume to start again")

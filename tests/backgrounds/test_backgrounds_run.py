@@ -353,3 +353,20 @@ def test_resume_refuses_an_edited_captioned_image(tiny_blip, captions_file, tmp_
     assert capsys.readouterr().err == (f"weakpaste: error: {out}: cannot resume: the images "
                                        f"changed since that run ({edited} differs); "
                                        f"{RESUME_FIX}\n")
+
+
+def test_resume_of_a_run_without_image_fingerprints_says_so(tiny_blip, captions_file, tmp_path,
+                                                            capsys):
+    _, images = captions_file
+    out = tmp_path / "bg"
+    assert main(_captioned(tiny_blip, images, out)) == 0
+    doc = json.loads((out / "manifest.json").read_text())
+    del doc["inputs"]["images"]  # as a weakpaste from before issue 22 wrote it
+    (out / "manifest.json").write_text(json.dumps(doc))
+    (out / ".cache" / "images.json").unlink()
+    capsys.readouterr()
+    assert main(_captioned(tiny_blip, images, out, "--resume")) == 2
+    assert capsys.readouterr().err == (
+        f"weakpaste: error: {out}: cannot resume: that run was made by an older weakpaste, "
+        "which did not record its images' fingerprints, so whether they changed since cannot "
+        "be checked; pass --overwrite instead of --resume to start again\n")

@@ -289,7 +289,8 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
             # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
             check_resume(out, {**old, "config": {**old.get("config", {}), "rewrite_only": None}},
                          json.loads(json.dumps({**run_config, "rewrite_only": None})), inputs,
-                         flags=flags_of(BackgroundsConfig), describe=describe)
+                         flags=flags_of(BackgroundsConfig), describe=describe,
+                         fingerprints=["images"])
     models = _Models(config)
     if not resume:  # fail on a missing model before making the output folder
         if captions is None:

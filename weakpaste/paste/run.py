@@ -17,7 +17,6 @@ ignored and that item is simply made again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections import Counter, OrderedDict
@@ -380,14 +379,13 @@ def load_backgrounds(coco_json: str | None, images_dir: str | None,
                              "--extra-backgrounds DIR")
     # Every image read is fingerprinted (size, mtime: a stat each), so that --resume refuses
     # an image edited in between; the workers also hash the bytes they decode (paste_item).
-    # The file's images count as part of "backgrounds".
+    # "extra_backgrounds" was always so; "background_images" is newer than "backgrounds".
     fingerprints = {}
-    for source, name in (("coco", "backgrounds"), ("extra", "extra_backgrounds")):
+    for source, name, given in (("coco", "background_images", coco_json),
+                                ("extra", "extra_backgrounds", extra_dirs)):
         found = file_fingerprints(b.path for b in backgrounds if b.source == source)
-        if found:
-            listing = fingerprints_sha256(found)
-            inputs[name] = listing if name not in inputs else hashlib.sha256(
-                f"{inputs[name]}\n{listing}".encode()).hexdigest()
+        if given:
+            inputs[name] = fingerprints_sha256(found)
             fingerprints.update(found)
     return BackgroundSet(backgrounds, categories, inputs, fmt, fingerprints)
 
@@ -606,16 +604,18 @@ def _check_resume(out: Path, run_config: dict, inputs: dict[str, str],
         return  # prepare_output_dir says there is nothing to resume
     names = {"bank_index": f"the bank {run_config['bank']}",
              "backgrounds": f"the backgrounds file {run_config['backgrounds']}",
+             "background_images": "the background images",
              "extra_backgrounds": "the --extra-backgrounds images"}
 
     def describe(key: str) -> tuple[str, str]:
-        changed = first_change(recorded_listing(out, "backgrounds"), fingerprints)
-        if key == "backgrounds" and changed:  # the file's images, not the file
-            return "the background images", changed
-        return names.get(key, key), changed if key == "extra_backgrounds" else ""
+        if key not in ("background_images", "extra_backgrounds"):
+            return names.get(key, key), ""
+        # The file's images are compared first: a change left is among the extra images.
+        return names[key], first_change(recorded_listing(out, "backgrounds"), fingerprints)
 
     check_resume(out, old, json.loads(json.dumps(run_config)), inputs,
-                 flags=flags_of(PasteConfig), describe=describe)
+                 flags=flags_of(PasteConfig), describe=describe,
+                 fingerprints=["background_images"])
 
 
 def _read_journals(out: Path) -> dict[int, dict]:

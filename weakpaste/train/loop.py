@@ -252,7 +252,8 @@ def _check_inputs(out: Path, old: dict, inputs: dict[str, str],
                                                       fingerprints.get(name, {}))
         return f"the --{kind} file {name}", ""
 
-    check_resume(out, {**old, "config": {}}, {}, inputs, describe=describe)
+    check_resume(out, {**old, "config": {}}, {}, inputs, describe=describe,
+                 fingerprints=[k for k in inputs if k.startswith("images:")])
 
 
 def _trim_metrics(path: Path, iteration: int) -> None:
