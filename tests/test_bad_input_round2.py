@@ -465,6 +465,24 @@ def test_a_symlinked_entry_of_out_is_refused_on_resume(world, tmp_path, capfd, m
     assert _tree(elsewhere) == before
 
 
+def test_a_symlink_deeper_in_out_is_refused_on_resume(world, tmp_path, capfd, monkeypatch):
+    """A made image swapped for a link to another picture: a resumed run would count that
+    picture as the image it made, with the annotations of another."""
+    out = _paste_with_journal(world, tmp_path, monkeypatch)
+    photo = tmp_path / "my_photos" / "holiday.jpg"
+    photo.parent.mkdir()
+    shutil.copy(out / "images" / "000003.jpg", photo)
+    link = out / "images" / "000003.jpg"
+    link.unlink()
+    link.symlink_to(photo)
+    before = _tree(photo.parent)
+    line = _refused(_paste_argv(world, out, 40, "--resume"), capfd)
+    assert line == (f"weakpaste: error: {link}: is a symbolic link, and a resumed run writes only "
+                    "inside --out; replace it with the file it points to, or pass --overwrite "
+                    "instead of --resume")
+    assert _tree(photo.parent) == before and link.is_symlink()
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. Decompression bombs and size lies, refused before anything is allocated
 

@@ -306,13 +306,25 @@ def release_output_dir(out: str | os.PathLike | None = None) -> None:
 
 
 def _check_no_links(out: Path) -> None:
-    """Refuse to resume into a folder whose entries are symbolic links: the run would write
-    through them, outside ``--out`` (an ``OUT/images`` linked to the user's photos)."""
-    for entry in sorted(out.iterdir()):
-        if entry.is_symlink():
-            raise WeakpasteError(f"{entry}: is a symbolic link, and a resumed run writes only "
-                                 "inside --out; replace it with the folder it points to, or "
-                                 "pass --overwrite instead of --resume")
+    """Refuse to resume into a folder that holds a symbolic link anywhere: the run would write
+    through it, outside ``--out`` (``OUT/images`` linked to the user's photos), or take the file
+    it points to for one it made (``OUT/images/000012.jpg``). Every entry at every depth is
+    looked at (a ``scandir`` of each folder, no file read): weakpaste makes only real files
+    and folders.
+    """
+    folders = [out]
+    while folders:
+        with os.scandir(folders.pop()) as found:
+            entries = sorted(found, key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_symlink():
+                what = "folder" if entry.is_dir() else "file"
+                raise WeakpasteError(f"{entry.path}: is a symbolic link, and a resumed run "
+                                     f"writes only inside --out; replace it with the {what} it "
+                                     "points to, or pass --overwrite instead of --resume")
+        # Name order, a folder's own entries before its subfolders': the same link is
+        # named on every run.
+        folders.extend(e.path for e in reversed(entries) if e.is_dir(follow_symlinks=False))
 
 
 def _why(err: OSError) -> str:
