@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from conftest import png_header, square_masks
@@ -107,6 +108,27 @@ def _frequency(value: str) -> Callable[[dict], None]:
     return change
 
 
+def _huge_integer(world, where):
+    """An id of 5001 digits: more than CPython converts (a ValueError, not a JSON error)."""
+    path = where / "bad.json"
+    doc = json.loads(world["coco"].read_text())
+    doc["images"][0]["id"] = 0  # a placeholder, replaced by the long number below
+    path.write_text(json.dumps(doc).replace('"id": 0', '"id": 1' + "0" * 5000, 1))
+    return {"coco": path, "culprit": path}
+
+
+def _annotation_image_id(value: object) -> Callable[[dict], None]:
+    def change(doc: dict) -> None:
+        doc["annotations"][0]["image_id"] = value
+    return change
+
+
+def _category_name(value: str) -> Callable[[dict], None]:
+    def change(doc: dict) -> None:
+        doc["categories"][0]["name"] = value
+    return change
+
+
 def _missing_coco(world, where):
     return {"coco": where / "nowhere.json", "culprit": where / "nowhere.json"}
 
@@ -163,6 +185,33 @@ def _corrupt_index_line(bank: Path) -> None:
     index.write_text("".join(lines))
 
 
+def _index_huge_integer(bank: Path) -> None:
+    index = bank / "index.jsonl"
+    lines = index.read_text().splitlines(keepends=True)
+    lines[1] = '{"id": 1' + "0" * 5000 + "}\n"
+    index.write_text("".join(lines))
+
+
+def _index_size_lie(bank: Path) -> None:
+    """Every index entry claims other crop sizes than its blob holds."""
+    index = bank / "index.jsonl"
+    entries = [json.loads(line) for line in index.read_text().splitlines()]
+    index.write_text("".join(json.dumps({**e, "height": e["height"] + 1}) + "\n"
+                             for e in entries))
+
+
+def _damaged_png(path: Path) -> None:
+    """A PNG whose image data fails its CRC: libpng prints its own error on stderr."""
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _radiance_hdr(path: Path) -> None:
+    """An image OpenCV decodes but whose size no header check here reads (Radiance HDR)."""
+    path.write_bytes(cv2.imencode(".hdr", np.zeros((H, W, 3), np.float32))[1].tobytes())
+
+
 def _not_a_bank(world, where):
     (where / "empty").mkdir()
     return {"bank": where / "empty", "culprit": where / "empty"}
@@ -182,6 +231,12 @@ def _out_decoy(world, where):
 
 def _out_images(world, where):
     return {"out": world["images"], "overwrite": True, "culprit": world["images"]}
+
+
+def _out_inside_the_bank(world, where):
+    bank = where / "bank"
+    shutil.copytree(world["bank"], bank)
+    return {"bank": bank, "out": bank, "culprit": bank}
 
 
 def _out_file_exists(world, where):
@@ -204,6 +259,9 @@ COCO_CASES: dict[str, Case] = {
     "lvis-negative-unknown-id": _coco_with(_lvis_negative(99)),
     "lvis-negative-but-annotated": _coco_with(_lvis_negative(1)),
     "lvis-frequency-invalid": _coco_with(_frequency("rare")),
+    "json-huge-integer": _huge_integer,
+    "image-id-a-list": _coco_with(_annotation_image_id([1])),
+    "category-name-empty": _coco_with(_category_name("")),
 }
 # eval reads the broken file as predictions, whose images and categories it does not read
 # (LVIS ground truth with broken fields: tests/test_lvis.py).
@@ -214,6 +272,8 @@ IMAGE_CASES: dict[str, Case] = {
     "image-wrong-size": _images_with(lambda p: write_image(p, np.zeros((H, W + 1, 3),
                                                                        np.uint8))),
     "images-dir-missing": _no_images_dir,
+    "image-damaged-png": _images_with(_damaged_png),
+    "image-unchecked-format": _images_with(_radiance_hdr),
 }
 BANK_CASES: dict[str, Case] = {
     "bank-incomplete": _bank_with(_set_running),
@@ -221,6 +281,8 @@ BANK_CASES: dict[str, Case] = {
     "bank-shard-missing": _bank_with(lambda b: (b / "segments" / "shard-00000.bin").unlink()),
     "bank-index-line-corrupt": _bank_with(_corrupt_index_line),
     "bank-not-a-bank": _not_a_bank,
+    "bank-index-huge-integer": _bank_with(_index_huge_integer),
+    "bank-blob-size-lie": _bank_with(_index_size_lie),
 }
 LABEL_CASES: dict[str, Case] = {
     "labels-latin1-csv": _labels("image,labels\nimg0.png,caf\u00e9\n", "latin-1"),
@@ -230,6 +292,7 @@ OUT_CASES: dict[str, Case] = {
     "out-user-folder": _out_decoy,
     "out-overlaps-input": _out_images,
     "out-file-exists": _out_file_exists,
+    "out-inside-an-input": _out_inside_the_bank,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -270,12 +333,15 @@ COMMANDS_READING = {
 }
 # Image-level labels record no image size, so mining cannot find a size mismatch.
 NOT_APPLICABLE = {("mine-fem", "image-wrong-size"), ("mine-freeseg", "image-wrong-size"),
-                  *(("eval-predictions", case) for case in LVIS_CASES)}
+                  *(("eval-predictions", case) for case in LVIS_CASES),
+                  # predictions name no categories; bank info reads no pixels
+                  ("eval-predictions", "category-name-empty"), ("bank-info", "bank-blob-size-lie")}
 OUT_COMMANDS = {
     "out-user-folder": ["bank-from-coco", "paste", "viz", "eval-predictions", "mine-fem",
                         "mine-freeseg"],
     "out-overlaps-input": ["bank-from-coco", "paste", "viz"],
     "out-file-exists": ["evaluate-masks", "longtail"],
+    "out-inside-an-input": ["evaluate-masks"],
 }
 
 

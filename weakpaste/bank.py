@@ -56,7 +56,13 @@ import numpy as np
 import zstandard
 
 from weakpaste.errors import WeakpasteError
-from weakpaste.io.images import atomic_write_bytes, write_error
+from weakpaste.io.images import (
+    atomic_write_bytes,
+    codec_output_dropped,
+    max_image_pixels,
+    write_error,
+)
+from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.manifest import read_manifest
 from weakpaste.options import Config, option
 from weakpaste.structures import Segment
@@ -96,10 +102,9 @@ def _index_entry(root: Path, number: int, line: str | bytes) -> dict:
         WeakpasteError: the line is not a valid index entry.
     """
     try:
-        entry = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        problem = f"not JSON: {err.msg}" if isinstance(err, json.JSONDecodeError) \
-            else "not UTF-8"
+        entry = parse_json(line)
+    except JsonError as err:
+        problem = "not UTF-8" if err.what == "not UTF-8" else f"not JSON: {err.what}"
     else:
         problem = _bad_entry(entry)
     if problem is not None:
@@ -163,8 +168,8 @@ def bank_version(root: str | os.PathLike) -> int:
     """
     marker = Path(root) / MARKER
     try:
-        meta = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = parse_json(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, JsonError):
         meta = None
     if not isinstance(meta, dict):
         raise WeakpasteError(f"{marker}: corrupt bank marker; {bank_fix(root)}")
@@ -229,17 +234,36 @@ def segment_meta(seg: Segment) -> dict:
             "scores": {k: float(v) for k, v in seg.scores.items()}, "miner": seg.miner}
 
 
-def _decode_png(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    bgra = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+def _check_size(h: int, w: int, size: tuple[int, int] | None) -> None:
+    """Refuse a blob's declared ``h`` x ``w`` before anything is allocated for it: it must be
+    the index's ``size`` (when known) and within ``max_image_pixels()``.
+
+    Raises:
+        ValueError: "corrupt segment blob".
+    """
+    if (size is not None and (h, w) != tuple(size)) or h * w > max_image_pixels():
+        raise ValueError("corrupt segment blob")
+
+
+def _decode_png(data: bytes, size: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise ValueError("corrupt segment blob")
+    w, h = struct.unpack(">II", data[16:24])  # the first chunk, IHDR: width, height
+    _check_size(h, w, size)
+    with codec_output_dropped():
+        bgra = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
         raise ValueError("corrupt segment blob")
     return np.ascontiguousarray(bgra[..., 2::-1]), bgra[..., 3] >= 128
 
 
-def _decode_wpz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _decode_wpz(data: bytes, size: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     if len(data) <= _WPZ_HEADER.size:
         raise ValueError("corrupt segment blob")
     _, h, w = _WPZ_HEADER.unpack_from(data)
+    _check_size(h, w, size)
     n = h * w
     size = 3 * n + (n + 7) // 8
     frame = memoryview(data)[_WPZ_HEADER.size:]
@@ -259,16 +283,23 @@ def _decode_wpz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return rgb, mask
 
 
-def _decode_segment(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _decode_segment(data: bytes, size: tuple[int, int] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """A blob's pixels, in either codec: (rgb uint8 (h, w, 3), mask bool (h, w)).
 
+    Args:
+        data: the blob.
+        size: (height, width) its index entry gives; the blob's own header must agree, and
+            be within the pixel limit, before anything is decompressed.
+
     Raises:
-        ValueError: "corrupt segment blob" (truncated, damaged, or of no known codec).
+        ValueError: "corrupt segment blob" (truncated, damaged, of no known codec, or of
+            another size than ``size``).
     """
     if data[:4] == _WPZ_MAGIC:
-        return _decode_wpz(data)
+        return _decode_wpz(data, size)
     if data[:8] == _PNG_MAGIC:
-        return _decode_png(data)
+        return _decode_png(data, size)
     raise ValueError("corrupt segment blob")
 
 
@@ -324,7 +355,7 @@ class SegmentBank:
         bank_version(self.root)  # refuses a corrupt marker or a newer format
         if not allow_incomplete:
             self._check_complete()
-        self._locations: dict[int, tuple[int, int, int]] | None = None
+        self._locations: dict[int, tuple[int, int, int, int, int]] | None = None
         self._handles: dict[tuple[int, int], int] = {}
 
     def __getstate__(self) -> dict:
@@ -369,7 +400,8 @@ class SegmentBank:
         """
         locations, ends, kept = {}, {}, []
         for e in self.iter_index():
-            locations[e["id"]] = (e["shard"], e["offset"], e["length"])
+            locations[e["id"]] = (e["shard"], e["offset"], e["length"], e["height"],
+                                  e["width"])
             ends[e["shard"]] = max(ends.get(e["shard"], 0), e["offset"] + e["length"])
             if keep is None or keep(e):
                 kept.append(e)
@@ -419,7 +451,7 @@ class SegmentBank:
     def __len__(self) -> int:
         return sum(1 for _ in self.iter_index())
 
-    def _location(self, segment_id: int) -> tuple[int, int, int]:
+    def _location(self, segment_id: int) -> tuple[int, int, int, int, int]:
         if self._locations is None:
             self._scan()  # also checks the shards once, before the first read
         try:
@@ -429,12 +461,14 @@ class SegmentBank:
 
     def read_pixels(self, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixels of one segment: (rgb uint8 (h, w, 3), mask bool (h, w))."""
-        return self.read_pixels_at(segment_id, *self._location(segment_id))
+        shard, offset, length, height, width = self._location(segment_id)
+        return self.read_pixels_at(segment_id, shard, offset, length, (height, width))
 
-    def read_pixels_at(self, segment_id: int, shard: int, offset: int,
-                       length: int) -> tuple[np.ndarray, np.ndarray]:
+    def read_pixels_at(self, segment_id: int, shard: int, offset: int, length: int,
+                       size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``read_pixels`` given where the blob is (a ``BankTable`` row of this bank as it is
-        now): nothing is scanned. ``segment_id`` only names the segment in errors."""
+        now): nothing is scanned. ``segment_id`` only names the segment in errors; ``size``
+        is the (height, width) its index entry gives, which the blob must have."""
         shard, offset, length = int(shard), int(offset), int(length)
         # Descriptors are per process (a forked worker must not share its parent's) and read
         # with pread, which has no shared file position to race on.
@@ -444,7 +478,8 @@ class SegmentBank:
             if fd is None:
                 fd = self._handles[key] = os.open(self.root / _shard_name(shard), os.O_RDONLY)
             data = os.pread(fd, length, offset)
-            return _decode_segment(data)
+            return _decode_segment(data, None if size is None else (int(size[0]),
+                                                                    int(size[1])))
         except (OSError, ValueError) as err:
             why = err.strerror if isinstance(err, OSError) and err.strerror else "corrupt"
             raise WeakpasteError(f"{self.root}: segment {segment_id} cannot be read ({why}; "

@@ -5,6 +5,11 @@ class WeakpasteError(Exception):
     """A user-facing error. ``str(err)`` is a single line suitable for the terminal."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by ``timeout``, SLURM and Kubernetes) as an interrupt: the command stops
+    as for Ctrl-C, keeping what it wrote, and exits with 143."""
+
+
 def reason(err: BaseException, max_len: int = 120) -> str:
     """One short line describing ``err``, for the parenthesis of a WeakpasteError.
 

@@ -21,6 +21,7 @@ from typing import Any
 from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes
+from weakpaste.io.jsonfile import JsonError, parse_json
 
 MANIFEST = "manifest.json"
 # The marker that makes a folder weakpaste's: only such a folder may be deleted by --overwrite
@@ -35,6 +36,58 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_fingerprints(paths: Iterable[str | os.PathLike]) -> dict[str, list[int]]:
+    """path -> [size, modification time in ns] of each file: cheap for thousands of images,
+    and changed by any edit, copy or regeneration (``stat`` only, nothing read)."""
+    out = {}
+    for path in paths:
+        st = os.stat(path)
+        out[str(path)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def fingerprints_sha256(fingerprints: dict[str, list[int]]) -> str:
+    """SHA-256 naming a ``file_fingerprints`` listing (for the manifest's inputs)."""
+    h = hashlib.sha256()
+    for path, (size, mtime) in fingerprints.items():
+        h.update(f"{path}\t{size}\t{mtime}\n".encode())
+    return h.hexdigest()
+
+
+def first_change(old: dict | None, new: dict) -> str:
+    """`` (a.png differs)``, `` (b.png is new)`` or `` (c.png is gone)``: the first entry
+    two listings (name -> hash or fingerprint) disagree on, for a resume refusal; "" when
+    ``old`` is unknown or they agree."""
+    if not isinstance(old, dict) or not old:
+        return ""
+    gone = [f for f in old if f not in new]
+    added = [f for f in new if f not in old]
+    edited = [f for f in new if f in old and old[f] != new[f]]
+    for files, what in ((edited, "differs"), (added, "is new"), (gone, "is gone")):
+        if files:
+            return f" ({files[0]} {what})"
+    return ""
+
+
+def record_listing(out_dir: str | os.PathLike, name: str, listing: dict) -> None:
+    """Keep a listing of a run's inputs (file -> hash or fingerprint) in
+    ``OUT/.cache/<name>.json``, so that a refused ``--resume`` can name the file that changed
+    (the manifest holds only the listing's hash)."""
+    folder = Path(out_dir) / ".cache"
+    folder.mkdir(exist_ok=True)
+    atomic_write_bytes(folder / f"{name}.json", json.dumps(listing).encode())
+
+
+def recorded_listing(out_dir: str | os.PathLike, name: str) -> dict | None:
+    """The listing ``record_listing`` kept, or None (absent or damaged: it only names
+    files)."""
+    try:
+        found = parse_json((Path(out_dir) / ".cache" / f"{name}.json").read_bytes())
+    except (OSError, JsonError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def jsonable(obj: Any) -> Any:
@@ -57,8 +110,8 @@ def read_manifest(out_dir: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, JsonError):
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -76,6 +129,18 @@ def read_weakpaste_manifest(out_dir: str | os.PathLike) -> dict | None:
     return doc if is_weakpaste_manifest(doc) else None
 
 
+def _overlapping(out: Path, inputs: Iterable[str | os.PathLike | None]) -> str | None:
+    """The first input that ``out`` is, contains or lies inside (symbolic links resolved)."""
+    target = out.resolve()
+    for item in inputs:
+        if item is None or str(item) == "":
+            continue
+        path = Path(item).resolve()
+        if target == path or target in path.parents or path in target.parents:
+            return str(item)
+    return None
+
+
 def check_not_an_input(out_dir: str | os.PathLike,
                        inputs: Iterable[str | os.PathLike | None]) -> None:
     """Refuse an output folder that is, contains, or lies inside one of the inputs.
@@ -86,14 +151,40 @@ def check_not_an_input(out_dir: str | os.PathLike,
     Raises:
         WeakpasteError: naming the output, the input and the fix.
     """
-    out = Path(out_dir).resolve()
-    for item in inputs:
-        if item is None or str(item) == "":
-            continue
-        path = Path(item).resolve()
-        if out == path or out in path.parents or path in out.parents:
-            raise WeakpasteError(f"{out_dir}: the output folder overlaps the input {item}; "
-                                 "choose an --out outside every input")
+    item = _overlapping(Path(out_dir), inputs)
+    if item is not None:
+        raise WeakpasteError(f"{out_dir}: the output folder overlaps the input {item}; "
+                             "choose an --out outside every input")
+
+
+def check_output_file(out_file: str | os.PathLike, *, overwrite: bool,
+                      inputs: Iterable[str | os.PathLike | None]) -> Path:
+    """Refuse an output file (a report, a subset) that would change an input or a file the
+    user did not give up.
+
+    Args:
+        out_file: the file the command will write (atomically).
+        overwrite: an existing file may be replaced.
+        inputs: the command's input files and folders: the output may not be one of them,
+            nor lie inside one (``evaluate-masks BANK --out BANK/index.jsonl`` replaced the
+            bank's index), nor contain one.
+
+    Raises:
+        WeakpasteError: one line naming the file and the fix.
+    """
+    out = Path(out_file)
+    item = _overlapping(out, inputs)
+    if item is not None and out.resolve() == Path(item).resolve():
+        raise WeakpasteError(f"{out}: --out would overwrite an input; choose another file")
+    if out.is_dir():  # also one that holds an input
+        raise WeakpasteError(f"{out}: is a folder; --out names the file to write")
+    if item is not None:
+        raise WeakpasteError(f"{out}: --out lies inside the input {item}, which the command "
+                             "must not change; choose a file outside every input")
+    if out.exists() and not overwrite:
+        raise WeakpasteError(f"{out}: already exists; pass --overwrite to replace it or choose "
+                             "another --out")
+    return out
 
 
 def check_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
@@ -148,7 +239,9 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
     out = check_output_dir(out_dir, overwrite=overwrite, resume=resume, stage=stage,
                            inputs=inputs)
     if out.is_dir() and any(out.iterdir()):
+        lock_output_dir(out)  # before anything in it is deleted or continued
         if resume:
+            _check_no_links(out)
             return out
         _remove_tree(out)  # check_output_dir allowed it: --overwrite of a weakpaste output
     try:
@@ -156,7 +249,82 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
     except OSError as err:
         raise WeakpasteError(f"{out}: cannot create the output folder ({_why(err)}); choose a "
                              "writable --out") from None
+    lock_output_dir(out)
     return out
+
+
+# Output folders this process holds locked: resolved path -> (descriptor, the folder's inode).
+_LOCKS: dict[str, tuple[int, int]] = {}
+
+
+def lock_output_dir(out: Path) -> None:
+    """Hold an exclusive lock on the output folder until its run completes (``write_manifest``
+    with ``status="complete"``) or this process ends.
+
+    Two runs resuming (or overwriting) one ``--out`` at once would write the same files and
+    journals. The lock is ``flock`` on the folder itself, so it leaves no file behind and the
+    kernel drops it with the process, however that ends. Taking it again in this process is a
+    no-op; a file system without ``flock`` on folders goes unlocked.
+
+    Raises:
+        WeakpasteError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return
+    key = str(out.resolve())
+    try:
+        inode = os.stat(out).st_ino
+    except OSError:
+        return
+    held = _LOCKS.get(key)
+    if held is not None:
+        if held[1] == inode:
+            return
+        release_output_dir(out)  # the folder was deleted and made again (--overwrite)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WeakpasteError(f"{out}: another weakpaste run is using this output folder; wait "
+                             "for it to finish, or choose another --out") from None
+    except OSError:
+        os.close(fd)
+        return
+    _LOCKS[key] = (fd, inode)
+
+
+def release_output_dir(out: str | os.PathLike | None = None) -> None:
+    """Release the lock of ``lock_output_dir`` on ``out`` (on every folder when None)."""
+    keys = list(_LOCKS) if out is None else [str(Path(out).resolve())]
+    for key in keys:
+        held = _LOCKS.pop(key, None)
+        if held is not None:
+            os.close(held[0])
+
+
+def _check_no_links(out: Path) -> None:
+    """Refuse to resume into a folder that holds a symbolic link anywhere: the run would write
+    through it, outside ``--out`` (``OUT/images`` linked to the user's photos), or take the file
+    it points to for one it made (``OUT/images/000012.jpg``). Every entry at every depth is
+    looked at (a ``scandir`` of each folder, no file read): weakpaste makes only real files
+    and folders.
+    """
+    folders = [out]
+    while folders:
+        with os.scandir(folders.pop()) as found:
+            entries = sorted(found, key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_symlink():
+                what = "folder" if entry.is_dir() else "file"
+                raise WeakpasteError(f"{entry.path}: is a symbolic link, and a resumed run "
+                                     f"writes only inside --out; replace it with the {what} it "
+                                     "points to, or pass --overwrite instead of --resume")
+        # Name order, a folder's own entries before its subfolders': the same link is
+        # named on every run.
+        folders.extend(e.path for e in reversed(entries) if e.is_dir(follow_symlinks=False))
 
 
 def _why(err: OSError) -> str:
@@ -197,6 +365,8 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, config: dict,
            "inputs": inputs or {}, "counts": counts or {}}
     doc.update(extra or {})
     atomic_write_bytes(Path(out_dir) / MANIFEST, json.dumps(doc, indent=2).encode())
+    if status == "complete":
+        release_output_dir(out_dir)
     return doc
 
 
@@ -205,7 +375,8 @@ RESUME_FIX = "; rerun with that run's options and inputs, or pass --overwrite in
 
 def check_resume(out: Path, old: dict, config: dict, inputs: dict[str, str], *,
                  flags: dict[str, str] | None = None,
-                 describe: Callable[[str], tuple[str, str]] | None = None) -> None:
+                 describe: Callable[[str], tuple[str, str]] | None = None,
+                 fingerprints: Iterable[str] = ()) -> None:
     """Refuse to resume a run made with other options or other inputs (one line saying which).
 
     Resuming with anything changed would mix two settings or two data sets in one output.
@@ -218,10 +389,15 @@ def check_resume(out: Path, old: dict, config: dict, inputs: dict[str, str], *,
         flags: option name -> command-line flag, to name an option both ways.
         describe: input name -> (how to name it, a detail after "since that run"), e.g.
             ("the images", " (a.png differs)"); default ("the <name>", "").
+        fingerprints: the names among ``inputs`` that fingerprint image files, which
+            earlier weakpaste versions did not record: a manifest without them was written
+            by such a version, and nothing tells whether its images changed since.
 
     Raises:
-        WeakpasteError: ``OUT: cannot resume: blur_sigma (--blur-sigma) was 2.0, now 1.0; ...``
-            or ``OUT: cannot resume: the bank B changed since that run; ...``.
+        WeakpasteError: ``OUT: cannot resume: blur_sigma (--blur-sigma) was 2.0, now 1.0; ...``,
+            ``OUT: cannot resume: the bank B changed since that run; ...`` or, options and
+            files being the same, ``OUT: cannot resume: that run was made by an older
+            weakpaste ...``.
     """
     flags = flags or {}
     before = old.get("config", {})
@@ -232,8 +408,14 @@ def check_resume(out: Path, old: dict, config: dict, inputs: dict[str, str], *,
             raise WeakpasteError(f"{out}: cannot resume: {name} was {json.dumps(a)}, now "
                                  f"{json.dumps(b)}{RESUME_FIX}")
     old_inputs = old.get("inputs", {})
+    unrecorded = {k for k in fingerprints if k in inputs and k not in old_inputs}
     for key in [*inputs, *(k for k in old_inputs if k not in inputs)]:
-        if old_inputs.get(key) != inputs.get(key):
+        if key not in unrecorded and old_inputs.get(key) != inputs.get(key):
             what, detail = describe(key) if describe else (f"the {key.replace('_', ' ')}", "")
             raise WeakpasteError(f"{out}: cannot resume: {what} changed since that run"
                                  f"{detail}{RESUME_FIX}")
+    if unrecorded:
+        raise WeakpasteError(f"{out}: cannot resume: that run was made by an older weakpaste, "
+                             "which did not record its images' fingerprints, so whether they "
+                             "changed since cannot be checked; pass --overwrite instead of "
+                             "--resume to start again")

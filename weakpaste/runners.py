@@ -194,24 +194,50 @@ def _pool_class() -> type:
                 return super()._get_sentinels()
             return [notifier._reader]
 
+        @staticmethod
+        def Process(ctx, *args, **kwds):  # noqa: N802 - multiprocessing's name
+            # Workers ignore SIGTERM (_pool_init): the pool ends them with SIGKILL instead,
+            # which it sends only once it no longer needs the locks its queues share.
+            process = ctx.Process(*args, **kwds)
+            process.terminate = process.kill
+            return process
+
     return Pool
 
 
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C meanwhile (only the main thread may change signal handlers)."""
+    """Ignore Ctrl-C and hold SIGTERM back meanwhile (only the main thread may change signal
+    handlers).
+
+    A worker forked meanwhile starts with both so: it ignores SIGTERM (``_pool_init``) before
+    it lets one in, so the driver's handler (``weakpaste.cli``'s, which raises an interrupt)
+    never runs in a worker, whose traceback it would print.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _sigterm_mask(signal.SIG_BLOCK)
     try:
         yield
     finally:
+        _sigterm_mask(signal.SIG_UNBLOCK)
         signal.signal(signal.SIGINT, previous)
+
+
+def _sigterm_mask(how: int) -> None:
+    if hasattr(signal, "pthread_sigmask"):  # POSIX
+        signal.pthread_sigmask(how, {signal.SIGTERM})
 
 
 def _pool_init(init: Callable[..., None] | None, initargs: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # spawn-started workers did not inherit it
+    # SIGTERM sent to the whole process group (timeout, SLURM) is the driver's to handle, as
+    # Ctrl-C is: a worker killed by it while holding a lock of the pool's queues (sending a
+    # result, taking a task) would leave the driver's pool shutdown waiting for ever.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _sigterm_mask(signal.SIG_UNBLOCK)
     if init is not None:
         init(*initargs)
 

@@ -320,3 +320,53 @@ def test_local_pool_refuses_the_gpu_in_one_line():
                               "--executor ray --gpus-per-worker 1 for one GPU per worker")
     _check_pool_device(BackgroundsConfig(device="cuda"), ExecutorConfig(executor="ray"))
     _check_pool_device(BackgroundsConfig(device="cpu"), ExecutorConfig())
+
+
+# Resuming proves the captioned images are the same (issue 22)
+
+RESUME_FIX = "rerun with that run's options and inputs, or pass --overwrite instead of --resume"
+
+
+@pytest.fixture(scope="module")
+def tiny_blip(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")
+    from tiny_models import build_blip
+
+    return build_blip(tmp_path_factory.mktemp("tiny_blip") / "blip")
+
+
+def _captioned(blip: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    """Caption ``images`` with the tiny captioner and rewrite the captions (no generation)."""
+    return ["backgrounds", "--images", str(images), "--out", str(out), "--captioner",
+            str(blip), "--rewrite-only", "--max-caption-tokens", "6", "--device", "cpu",
+            "--quiet", *extra]
+
+
+def test_resume_refuses_an_edited_captioned_image(tiny_blip, captions_file, tmp_path, capsys):
+    _, images = captions_file
+    out = tmp_path / "bg"
+    assert main(_captioned(tiny_blip, images, out)) == 0
+    edited = images / "b.jpg"
+    write_image(edited, 255 - read_image(edited))
+    capsys.readouterr()
+    assert main(_captioned(tiny_blip, images, out, "--resume")) == 2
+    assert capsys.readouterr().err == (f"weakpaste: error: {out}: cannot resume: the images "
+                                       f"changed since that run ({edited} differs); "
+                                       f"{RESUME_FIX}\n")
+
+
+def test_resume_of_a_run_without_image_fingerprints_says_so(tiny_blip, captions_file, tmp_path,
+                                                            capsys):
+    _, images = captions_file
+    out = tmp_path / "bg"
+    assert main(_captioned(tiny_blip, images, out)) == 0
+    doc = json.loads((out / "manifest.json").read_text())
+    del doc["inputs"]["images"]  # as a weakpaste from before issue 22 wrote it
+    (out / "manifest.json").write_text(json.dumps(doc))
+    (out / ".cache" / "images.json").unlink()
+    capsys.readouterr()
+    assert main(_captioned(tiny_blip, images, out, "--resume")) == 2
+    assert capsys.readouterr().err == (
+        f"weakpaste: error: {out}: cannot resume: that run was made by an older weakpaste, "
+        "which did not record its images' fingerprints, so whether they changed since cannot "
+        "be checked; pass --overwrite instead of --resume to start again\n")

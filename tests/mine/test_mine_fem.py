@@ -196,7 +196,7 @@ def test_cli_mine_fem_skips_a_1x1_image(cli_run):
 
 def _drop_half_the_cache(out):
     """Make a finished run look interrupted half-way (as Ctrl-C after some images)."""
-    cached = sorted((out / ".cache").glob("*/*.pkl"))
+    cached = sorted((out / ".cache").glob("*/*.wpc"))
     for f in cached[::2]:
         f.unlink()
     manifest = json.loads((out / "manifest.json").read_text())

@@ -69,7 +69,7 @@ def test_output_is_a_valid_coco_set(bank_and_bg, tmp_path):
     assert c["images"] == 6 and c["annotations"] == len(doc["annotations"])
     assert sum(c["per_class"].values()) == c["annotations"]
     assert manifest["status"] == "complete" and manifest["seed"] == 3
-    assert set(manifest["inputs"]) == {"backgrounds", "bank_index"}
+    assert set(manifest["inputs"]) == {"backgrounds", "background_images", "bank_index"}
     # Background instances are kept as labels: every output has at least one instance.
     assert all(len(r.instances) > 0 for r in data.records)
 

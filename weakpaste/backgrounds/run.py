@@ -31,11 +31,17 @@ from weakpaste.backgrounds.rewrite import CaptionRewriter, load_distractors, rew
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco_captions import Caption, load_coco_captions
 from weakpaste.io.images import atomic_write_bytes, list_images
+from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.manifest import (
     check_resume,
+    file_fingerprints,
     file_sha256,
+    fingerprints_sha256,
+    first_change,
     prepare_output_dir,
     read_manifest,
+    record_listing,
+    recorded_listing,
     write_manifest,
 )
 from weakpaste.options import Config, flags_of, option
@@ -101,16 +107,36 @@ class BackgroundsConfig(Config):
                                  f"(--images-per-caption) {self.images_per_caption}")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """Complete lines of a journal (a torn last line of a killed run is ignored)."""
+# The fields (and JSON types) a journal line must have: the captions journal's and the
+# generation journal's. A line without them is damaged and its item is made again.
+_CAPTION_FIELDS = {"image": str, "captions": list}
+_GENERATED_FIELDS = {"index": int, "caption_scores": list, "rejected": list,
+                     "kept_files": list}
+
+
+def _read_jsonl(path: Path, fields: dict[str, type]) -> list[dict]:
+    """Complete, valid lines of a journal: a torn last line of a killed run, or a damaged
+    line anywhere, is ignored (its item is made again)."""
     if not path.is_file():
         return []
     out = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         for line in fh:
-            if line.endswith("\n"):
-                out.append(json.loads(line))
+            try:
+                doc = parse_json(line) if line.endswith(b"\n") else None
+            except JsonError:
+                continue
+            if isinstance(doc, dict) and all(isinstance(doc.get(k), t) and not
+                                             isinstance(doc.get(k), bool)
+                                             for k, t in fields.items()):
+                out.append(doc)
     return out
+
+
+def _local_models(config: BackgroundsConfig) -> list[str]:
+    """The captioner, generator and CLIP given as local folders (not hub names): inputs that
+    ``--out`` may not overlap."""
+    return [m for m in (config.captioner, config.generator, config.clip) if Path(m).exists()]
 
 
 def _append(path: Path, doc: dict) -> None:
@@ -190,7 +216,7 @@ def _model_captions(config: BackgroundsConfig, images_dir: str, out: Path,
     paths = [p for p, r in zip(paths, rel, strict=True) if r in keep]
     rel = [r for r in rel if r in keep]
     journal = out / RAW_CAPTIONS
-    done = {d["image"]: d["captions"] for d in _read_jsonl(journal)}
+    done = {d["image"]: d["captions"] for d in _read_jsonl(journal, _CAPTION_FIELDS)}
     todo = [i for i, r in enumerate(rel) if r not in done]
     if todo:
         from weakpaste.backgrounds.captions import caption_folder
@@ -244,15 +270,27 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
         inputs["captions"] = file_sha256(captions)
     if config.distractors:
         inputs["distractors"] = file_sha256(config.distractors)
+    # Captioned: an image edited before --resume would mix two captionings. Each is
+    # fingerprinted (size, mtime), the listing kept in OUT/.cache/images.json to name it.
+    fingerprints = file_fingerprints(list_images(images_dir)) if captions is None else {}
+    if captions is None:
+        inputs["images"] = fingerprints_sha256(fingerprints)
     run_config = {**asdict(config), "images": images_dir, "captions": captions}
     out = Path(out_dir)
     if resume:
         old = read_manifest(out)
         if old is not None:
+            def describe(key: str) -> tuple[str, str]:
+                if key == "images":
+                    return "the images", first_change(recorded_listing(out, "images"),
+                                                      fingerprints)
+                return f"the {key}", ""
+
             # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
             check_resume(out, {**old, "config": {**old.get("config", {}), "rewrite_only": None}},
                          json.loads(json.dumps({**run_config, "rewrite_only": None})), inputs,
-                         flags=flags_of(BackgroundsConfig))
+                         flags=flags_of(BackgroundsConfig), describe=describe,
+                         fingerprints=["images"])
     models = _Models(config)
     if not resume:  # fail on a missing model before making the output folder
         if captions is None:
@@ -261,8 +299,11 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
             models.t2i()
             models.clip()
     out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage=STAGE,
-                             inputs=[images_dir, captions, config.distractors])
+                             inputs=[images_dir, captions, config.distractors,
+                                     *_local_models(config)])
     (out / "images").mkdir(exist_ok=True)
+    if fingerprints:
+        record_listing(out, "images", fingerprints)
     write_manifest(out, stage=STAGE, config=run_config, seed=config.seed, inputs=inputs,
                    status="running")
 
@@ -292,7 +333,8 @@ def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: 
     if not config.rewrite_only:
         _generate(config, lines, out, generate_seed, progress, models, workers=workers,
                   executor=executor)
-        results = sorted(_read_jsonl(out / GENERATED_JSONL), key=lambda d: d["index"])
+        results = {d["index"]: d for d in _read_jsonl(out / GENERATED_JSONL, _GENERATED_FIELDS)}
+        results = [results[i] for i in sorted(results)]
         kept = [f for d in results for f in d["kept_files"]]
         counts.update(generated=sum(len(d["caption_scores"]) for d in results),
                       rejected_by_class=sum(sum(d["rejected"]) for d in results),
@@ -318,7 +360,7 @@ def _generate(config: BackgroundsConfig, lines: list[dict], out: Path,
 
     executor = executor or ExecutorConfig()
     journal = out / GENERATED_JSONL
-    done = {d["index"] for d in _read_jsonl(journal)}
+    done = {d["index"] for d in _read_jsonl(journal, _GENERATED_FIELDS)}
     if journal.is_file():  # cut a torn last line off before appending
         raw = journal.read_bytes()
         with open(journal, "r+b") as fh:

@@ -9,13 +9,17 @@ that ``weakpaste --help`` answers at once and the paste/bank/viz/stats stages ne
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from weakpaste import __version__
 from weakpaste.cli import backgrounds, data, demo, mine, train
 from weakpaste.cli.common import build_commands
-from weakpaste.errors import WeakpasteError
+from weakpaste.errors import Terminated, WeakpasteError
 from weakpaste.options import ArgumentParser
 
 
@@ -35,7 +39,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point. Returns the exit code (0 ok, 2 bad input, 130 interrupted).
+    """Entry point. Returns the exit code (0 ok, 2 bad input, 130 interrupted by Ctrl-C, 143
+    by SIGTERM).
 
     Every failure the user can fix is one line on stderr: a ``WeakpasteError``, and a write
     that fails because the disk is full or read-only wherever it was not already named
@@ -44,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = mine.rewrite_alias(sys.argv[1:] if argv is None else list(argv))
     args = None
     try:
-        args = build_parser(argv).parse_args(argv)
-        return int(args.func(args) or 0)
+        with _sigterm_interrupts():
+            args = build_parser(argv).parse_args(argv)
+            return int(args.func(args) or 0)
     except WeakpasteError as err:
         return _fail(str(err))
     except OSError as err:
@@ -55,10 +61,36 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = Path(err.filename or getattr(args, "out", None) or ".")
         return _fail(str(write_error(where if where.is_dir() else where.parent, err)))
-    except KeyboardInterrupt:
-        print("weakpaste: interrupted; everything written so far is kept (rerun the same "
+    except KeyboardInterrupt as err:
+        how = " by SIGTERM" if isinstance(err, Terminated) else ""
+        print(f"weakpaste: interrupted{how}; everything written so far is kept (rerun the same "
               "command with --resume where offered)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(err, Terminated) else 130
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Make SIGTERM raise ``Terminated`` meanwhile (Python's default ends the process at once,
+    without a word and with files half-made; only the main thread may set handlers).
+
+    Pool workers ignore it, as they ignore Ctrl-C, and the driver ends them
+    (``weakpaste.runners``); torch's data-loader workers take it as the Ctrl-C they already
+    handle (the exception derives from KeyboardInterrupt).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        # A second SIGTERM must not interrupt the cleanup that the first one started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str) -> int:

@@ -29,6 +29,7 @@ from weakpaste.errors import WeakpasteError, reason
 from weakpaste.io import lvis
 from weakpaste.io import rle as rle_check
 from weakpaste.io.images import atomic_write_bytes
+from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.io.lvis import Federated, frequency_bucket
 from weakpaste.io.lvis import complete_categories as complete_lvis_categories
 from weakpaste.structures import ImageRecord, Instances
@@ -194,13 +195,9 @@ def _read_json(path: Path) -> dict:
         raise _fail(path, f"cannot read the file ({reason(err)}); pass a readable UTF-8 COCO "
                           "JSON") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _fail(path, f"not valid JSON ({err.msg} at line {err.lineno}, column "
-                          f"{err.colno}); repair or regenerate the file") from None
-    except RecursionError:
-        raise _fail(path, "not valid JSON (nested too deeply); repair or regenerate the "
-                          "file") from None
+        data = parse_json(text)
+    except JsonError as err:
+        raise _fail(path, f"not valid JSON ({err}); repair or regenerate the file") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("categories"), list):
         raise _fail(path, "not a COCO instances file; it needs 'images' and 'categories' lists "
@@ -219,6 +216,9 @@ def _parse_categories(path: Path, cats: list) -> tuple[dict[str, dict], dict[int
         if not isinstance(cat, dict) or not _is_id(cat.get("id")) or \
                 not isinstance(cat.get("name"), str):
             raise _fail(path, f"categories[{i}] needs an integer 'id' and a string 'name'")
+        if not cat["name"].strip():
+            raise _fail(path, f"categories[{i}] (id {cat['id']}) has an empty 'name'; weakpaste "
+                              "identifies classes by name: give it one")
         if cat["id"] in cat_by_id:
             raise _fail(path, f"duplicate category id {cat['id']} (categories[{i}]); "
                               "ids must be unique")
@@ -289,11 +289,11 @@ def _annotation_target(path: Path, i: int, ann: object, images: dict[int, dict],
         raise _fail(path, f"duplicate annotation id {ann_id} (annotations[{i}]); ids must "
                           "be unique")
     seen.add(ann_id)
-    img = images.get(ann.get("image_id"))
+    img = images.get(ann.get("image_id")) if _is_id(ann.get("image_id")) else None
     if img is None:
         raise _fail(path, f"{where} refers to image id {ann.get('image_id')!r}, which is "
                           "not in 'images'")
-    name = cat_by_id.get(ann.get("category_id"))
+    name = cat_by_id.get(ann.get("category_id")) if _is_id(ann.get("category_id")) else None
     if name is None:
         raise _fail(path, f"{where} has category id {ann.get('category_id')!r}, which is "
                           "not in 'categories'")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from weakpaste.errors import WeakpasteError
+from weakpaste.io.jsonfile import JsonError, parse_json
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,10 @@ def load_coco_captions(path: str | os.PathLike,
     """
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WeakpasteError(f"{path}: captions file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (JsonError, UnicodeDecodeError) as err:
         raise WeakpasteError(f"{path}: not valid JSON ({err}); pass a COCO captions file "
                              "(captions_train2017.json)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) \
@@ -55,15 +55,15 @@ def load_coco_captions(path: str | os.PathLike,
                              "'annotations' lists)")
     files: dict[int, str] = {}
     for img in doc["images"]:
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise WeakpasteError(f"{path}: every image needs 'id' and 'file_name'")
+        if not isinstance(img, dict) or not _is_id(img.get("id")) or "file_name" not in img:
+            raise WeakpasteError(f"{path}: every image needs an integer 'id' and a 'file_name'")
         files[img["id"]] = str(img["file_name"])
     by_image: dict[int, list[Caption]] = {i: [] for i in files}
     for ann in doc["annotations"]:
         if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str):
             raise WeakpasteError(f"{path}: every annotation needs a 'caption' string")
         image_id = ann.get("image_id")
-        if image_id not in files:
+        if not _is_id(image_id) or image_id not in files:
             raise WeakpasteError(f"{path}: caption {ann.get('id')} names image_id {image_id}, "
                                  "which is not in 'images'")
         text = " ".join(ann["caption"].split())
@@ -73,3 +73,7 @@ def load_coco_captions(path: str | os.PathLike,
     for caps in by_image.values():
         out.extend(caps if per_image is None else caps[:per_image])
     return out
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

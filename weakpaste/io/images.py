@@ -2,16 +2,25 @@
 
 Limits: an image larger than ``max_image_pixels()`` (2**28 pixels by default, 805 MB as RGB;
 raise it with the environment variable ``WEAKPASTE_MAX_IMAGE_PIXELS``) is refused from its
-header, before anything is decoded. Writes that fail because the disk is full or read-only
-raise one ``WeakpasteError`` naming the folder (``write_error``).
+header, before anything is decoded, and so is a file whose header tells no size (a format
+outside ``PIL_FORMATS``): nothing is decoded whose size was not checked. OpenCV's own limit
+is set to the same number when weakpaste is imported (``weakpaste/__init__.py``), for a file
+whose header Pillow and OpenCV would read differently. The codecs' own messages on standard
+error are dropped. Writes that fail because the disk is full or read-only raise one
+``WeakpasteError`` naming the folder (``write_error``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
+import hashlib
 import io
 import os
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -38,6 +47,30 @@ def write_error(folder: str | os.PathLike, err: OSError) -> WeakpasteError:
     return WeakpasteError(f"{folder}: cannot write ({why}); free some space or choose a "
                           "writable --out, then run the command again (with --resume where "
                           "offered: finished work is kept)")
+
+
+def write_failure(folder: str | os.PathLike, size: int) -> OSError | None:
+    """Why writing ``size`` bytes into ``folder`` fails, for writers that do not say
+    (``torch.save`` reports a short write as ``RuntimeError: ... unexpected pos``), or None
+    when the folder looks writable.
+
+    Checked in order: a read-only file system, no write permission, less free space than
+    ``size``, a file size limit (``ulimit -f``) below ``size``.
+    """
+    import resource
+
+    try:
+        fs = os.statvfs(folder)
+    except OSError as err:
+        return err
+    checks = ((fs.f_flag & os.ST_RDONLY, errno.EROFS),
+              (not os.access(folder, os.W_OK), errno.EACCES),
+              (fs.f_bavail * fs.f_frsize < size, errno.ENOSPC),
+              (0 <= resource.getrlimit(resource.RLIMIT_FSIZE)[0] < size, errno.EFBIG))
+    for failed, code in checks:
+        if failed:
+            return OSError(code, os.strerror(code))
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -81,8 +114,25 @@ def max_image_pixels() -> int:
     return value
 
 
-def _header_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from an image file's header without decoding it; None if unknown."""
+# The formats whose header gives the size before anything is decoded, and that Pillow may
+# decode itself when OpenCV cannot. Anything else (Radiance HDR, PAM, PFM, OpenEXR: formats
+# OpenCV decodes but no header check here covers; EPS, which Pillow hands to Ghostscript) is
+# refused unread.
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM", "JPEG2000")
+
+
+@functools.cache
+def _pil_formats() -> tuple[str, ...]:
+    """``PIL_FORMATS`` that this Pillow build opens (naming another one is an error)."""
+    from PIL import Image
+
+    Image.init()
+    return tuple(f for f in PIL_FORMATS if f in Image.OPEN)
+
+
+def header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from an image file's header without decoding it; None when it is not
+    one of ``PIL_FORMATS``."""
     from PIL import Image
 
     saved = Image.MAX_IMAGE_PIXELS
@@ -90,18 +140,24 @@ def _header_size(data: np.ndarray) -> tuple[int, int] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data.tobytes())) as im:
+            with Image.open(io.BytesIO(data.tobytes()), formats=_pil_formats()) as im:
                 return int(im.size[0]), int(im.size[1])
-    except Exception:  # not a format Pillow knows: OpenCV may still decode it
+    except Exception:  # not an image of those formats, or a damaged header
         return None
     finally:
         Image.MAX_IMAGE_PIXELS = saved
 
 
 def _check_pixels(path: Path, data: np.ndarray) -> None:
-    size = _header_size(data)
+    """Refuse, before decoding, a file whose size its header does not tell, or whose size is
+    over ``max_image_pixels()``."""
+    size = header_size(data)
+    if size is None:
+        raise WeakpasteError(f"{path}: cannot decode image (not a JPEG, PNG, BMP, WebP, TIFF, "
+                             "GIF, PNM or JPEG 2000 file); the file is corrupt or not an image: "
+                             "re-export it as JPEG or PNG")
     limit = max_image_pixels()
-    if size is not None and size[0] * size[1] > limit:
+    if size[0] * size[1] > limit:
         raise WeakpasteError(f"{path}: image is {size[0]}x{size[1]} pixels, more than the limit "
                              f"of {limit}; shrink it, or raise the limit with {MAX_PIXELS_ENV} "
                              "if the file is genuine")
@@ -113,7 +169,7 @@ def _decode_pillow(path: Path, data: np.ndarray) -> np.ndarray:
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the size was checked against max_image_pixels()
     try:
-        with Image.open(io.BytesIO(data.tobytes())) as im:
+        with Image.open(io.BytesIO(data.tobytes()), formats=_pil_formats()) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except Exception as err:
         raise WeakpasteError(f"{path}: cannot decode image ({type(err).__name__}); the file is "
@@ -122,8 +178,68 @@ def _decode_pillow(path: Path, data: np.ndarray) -> np.ndarray:
         Image.MAX_IMAGE_PIXELS = saved
 
 
+_QUIET_LOCK = threading.Lock()
+_DEVNULL: list[int] = []
+
+
+@contextlib.contextmanager
+def codec_output_dropped() -> Iterator[None]:
+    """Drop what is written to file descriptor 2 meanwhile.
+
+    libpng and libjpeg print their warnings and errors there themselves ("libpng error: IDAT:
+    CRC error", "Corrupt JPEG data: 12 extraneous bytes"), around weakpaste's one-line error or
+    for an image that decodes all the same. The lock keeps two threads from swapping the
+    descriptor under each other.
+    """
+    with _QUIET_LOCK:
+        if not _DEVNULL:
+            _DEVNULL.append(os.open(os.devnull, os.O_WRONLY))
+        saved = os.dup(2)
+        os.dup2(_DEVNULL[0], 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def decode_image(data: np.ndarray, path: str | os.PathLike, flags: int = cv2.IMREAD_COLOR
+                 ) -> np.ndarray | None:
+    """OpenCV's decoding of an image file's bytes, after the header checks of ``read_image``
+    (size known, within ``max_image_pixels()``), with the codecs' own messages dropped.
+
+    Args:
+        data: the file's bytes as uint8.
+        path: the file, for messages.
+        flags: ``cv2.imdecode`` flags.
+
+    Returns:
+        OpenCV's array (BGR or grayscale), or None when OpenCV cannot decode it.
+
+    Raises:
+        WeakpasteError: no size in the header, or too many pixels.
+    """
+    _check_pixels(Path(path), data)
+    if not data.size:
+        return None
+    try:
+        with codec_output_dropped():
+            return cv2.imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:  # e.g. above OpenCV's own pixel limit, raised by the user's setting
+        return None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB.
+    """Read an image file as RGB (``read_image_sha256`` without the hash)."""
+    return read_image_sha256(path, digest=False)[0]
+
+
+def read_image_sha256(path: str | os.PathLike, *, digest: bool = True
+                      ) -> tuple[np.ndarray, str | None]:
+    """Read an image file as RGB, with the SHA-256 of the bytes decoded.
+
+    The hash costs little next to the decoding, and proves which bytes a run used (a
+    resumed paste compares it with the interrupted run's).
 
     Grayscale, RGBA, palette and CMYK files are converted to RGB (alpha dropped). The file's
     EXIF orientation is ignored so that the pixels match the width/height that annotation
@@ -131,13 +247,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Args:
         path: image file.
+        digest: compute the hash (else None).
 
     Returns:
-        uint8 (H, W, 3) RGB.
+        (uint8 (H, W, 3) RGB, hex SHA-256 of the file's bytes or None).
 
     Raises:
-        WeakpasteError: the file is missing, cannot be decoded, or its header gives more
-            pixels than ``max_image_pixels()``.
+        WeakpasteError: the file is missing, cannot be decoded, is of no format in
+            ``PIL_FORMATS``, or its header gives more pixels than ``max_image_pixels()``.
     """
     path = Path(path)
     try:
@@ -148,16 +265,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except OSError as err:
         raise WeakpasteError(f"{path}: cannot read image ({err.strerror}); check the file's "
                              "permissions") from None
-    _check_pixels(path, data)
-    try:
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) \
-            if data.size else None
-    except cv2.error:  # e.g. above OpenCV's own pixel limit, raised by the user's setting
-        bgr = None
+    sha = hashlib.sha256(data).hexdigest() if digest else None
+    bgr = decode_image(data, path)
     if bgr is not None:
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), sha
     # OpenCV does not decode every format (e.g. some CMYK or palette files); Pillow may.
-    return _decode_pillow(path, data)
+    return _decode_pillow(path, data), sha
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
@@ -203,7 +316,8 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> 
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files below ``folder`` (recursively), sorted by relative path.
+    """Image files below ``folder`` (recursively, hidden files and folders left out), sorted
+    by relative path.
 
     Raises:
         WeakpasteError: the folder does not exist or holds no image.
@@ -211,9 +325,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise WeakpasteError(f"{folder}: not a folder; pass a folder of images")
+    # Hidden files and folders (macOS's ._photo.jpg resource forks, .thumbnails, .git) hold
+    # no images of the data set.
     files = sorted(p for p in folder.rglob("*")
                    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                   and not p.name.startswith("."))
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files:
         raise WeakpasteError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found; "
                              "pass a folder that holds images")

@@ -28,10 +28,15 @@ from weakpaste.io.jsonfile import read_json, read_text
 from weakpaste.structures import ImageRecord
 
 
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def _records_from_mapping(mapping: dict[str, list[str]], source: Path) -> list[ImageRecord]:
     records = []
     for i, (name, labels) in enumerate(mapping.items()):
-        if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+        if not isinstance(labels, list) or not all(isinstance(x, str) and x.strip()
+                                                   for x in labels):
             raise WeakpasteError(f"{source}: labels of {name!r} must be a list of class names")
         records.append(ImageRecord(image_id=i + 1, file_name=name, width=0, height=0,
                                    labels=tuple(sorted(set(labels)))))
@@ -79,8 +84,12 @@ def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike
         raise WeakpasteError(f"{images_dir}: images folder not found; pass it with --images")
     if labels is None:
         records, classes = [], []
-        for sub in sorted(p for p in images_dir.iterdir() if p.is_dir()):
-            files = sorted(f for f in sub.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        # Hidden folders and files (.git, macOS's ._photo.jpg resource forks) are not
+        # classes or images, as for --extra-backgrounds (list_images).
+        for sub in sorted(p for p in images_dir.iterdir()
+                          if p.is_dir() and not p.name.startswith(".")):
+            files = sorted(f for f in sub.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+                           and f.is_file() and not _hidden(f.relative_to(sub)))
             if files:
                 classes.append(sub.name)
             for f in files:

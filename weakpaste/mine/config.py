@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from weakpaste.errors import WeakpasteError
 from weakpaste.models.weights import parse_weights
 from weakpaste.options import Config, option
+from weakpaste.train.config import check_device
 
 METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
 """Proposal methods :func:`weakpaste.mine.proposals.generate_proposals` accepts."""
@@ -23,6 +24,9 @@ FEM_METHODS: tuple[str, ...] = (*METHODS, "saliency")
 
 MIN_IMAGE_SIDE = 16
 """Smallest image height or width proposals accept, in pixels."""
+
+MIN_CLASSIFIER_SIDE = 32
+"""Smallest classifier input and crop side (``Classifier.build`` refuses less)."""
 
 
 @dataclass(frozen=True)
@@ -52,14 +56,21 @@ class ClassifierSpec(Config):
     train_mode: str = option("linear", choices=("linear", "finetune"),
                              help="linear probe on a frozen backbone (fast on CPU) or full "
                                   "fine-tune")
-    epochs: int = option(30, range=(0, None), help="classifier training epochs")
+    epochs: int = option(30, range=(1, None), help="classifier training epochs")
     lr: float | None = option(None, range=(0, None), open_low=True,
                               help="classifier learning rate (default: 1e-2 for both modes; "
                                    "a small classifier trained from scratch wants more)")
     batch_size: int = option(32, range=(1, None), help="classifier training batch")
-    input_size: int = option(384, range=(1, None), help="classifier input (pixels)")
-    crop_size: int = option(224, range=(1, None), help="segment crop input (pixels)")
-    device: str = option("cpu", help="cpu or cuda")
+    # The classifiers' trunks downsample 32 times: a smaller input leaves no feature map.
+    input_size: int = option(384, range=(MIN_CLASSIFIER_SIDE, None),
+                             help="classifier input (pixels)")
+    crop_size: int = option(224, range=(MIN_CLASSIFIER_SIDE, None),
+                            help="segment crop input (pixels)")
+    device: str = option("cpu", help="cpu, cuda or cuda:N")
+
+    def check(self) -> None:
+        super().check()
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,7 @@ class FemConfig(Config):
 
     model: ClassifierSpec = option(factory=ClassifierSpec, help="the classifier")
     em_iters: int = option(2, range=(0, None), help="EM iterations j (0: step 1 only)")
-    keep: float = option(0.8, range=(0, 1), help="M-step inlier fraction k")
+    keep: float = option(0.8, range=(0, 1), open_low=True, help="M-step inlier fraction k")
     min_samples: int = option(5, range=(1, None),
                               help="fewer segments of a class: no covariance, keep step 1")
     score_threshold: float = option(0.1, range=(0, 1),

@@ -326,6 +326,7 @@ class FemMiner(Miner):
     name = "fem"
     title = "F-EM"
     config: FemConfig
+    result_types = (ImageMining, ClassMining)
 
     def plan(self, records: list, classes: list[str], source: str) -> Plan:
         """Every labelled image (all classes; the classifier trains on every image and on

@@ -389,6 +389,7 @@ class FreeSegMiner(Miner):
     name = MINER
     title = "FreeSeg"
     config: FreeSegConfig
+    result_types = (ImageFreeSeg, LoreResult)
 
     def plan(self, records: list, classes: list[str], source: str) -> Plan:
         """The object-centric images (exactly one class each) and their classes."""

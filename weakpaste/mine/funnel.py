@@ -201,15 +201,10 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
         WeakpasteError: bad input (see ``evaluate_masks``), ``out`` is one of the inputs,
             exists without ``overwrite``, or cannot be written.
     """
-    out_path = Path(out) if out is not None else None
-    if out_path is not None and out_path.exists():
-        for name in (pred, gt):
-            if Path(name).exists() and out_path.samefile(name):
-                raise WeakpasteError(f"{out_path}: --out would overwrite an input; choose "
-                                     "another file")
-        if not overwrite:
-            raise WeakpasteError(f"{out_path}: already exists; pass --overwrite to replace it "
-                                 "or choose another --out")
+    from weakpaste.manifest import check_output_file
+
+    out_path = None if out is None else check_output_file(out, overwrite=overwrite,
+                                                          inputs=[pred, gt])
     from weakpaste.mine.quality import evaluate_masks, format_table
 
     result = evaluate_masks(pred, gt)

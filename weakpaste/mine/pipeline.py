@@ -28,7 +28,11 @@ are part of the cache key) that writes two pure functions::
 
         def mine_image(self, models, image, item):
             # models["classifier"]: a Classifier; image: uint8 (H, W, 3); item: an Item.
-            # Returns a picklable result with ``seconds: dict[str, float]`` (cached on disk).
+            # Returns a dataclass listed in result_types with ``seconds: dict[str, float]``,
+            # cached on disk as data (weakpaste.mine.cache: plain values, tuples, dicts,
+            # NumPy arrays and the dataclasses of result_types).
+        result_types = (MyResult,)  # the dataclasses a cached result may hold
+
         def select(self, results, plan):
             # results: a lazy Sequence of the per-image results in ``plan.items`` order.
             # Returns a Selection: per image the picked segments of every variant.
@@ -42,9 +46,9 @@ files: hashed into the manifest and the cache key, never overlapped by ``--out``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import pickle
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -58,6 +62,7 @@ import numpy as np
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.images import atomic_write_bytes, read_image
 from weakpaste.manifest import jsonable
+from weakpaste.mine import cache as result_cache
 from weakpaste.mine.config import ClassifierSpec
 from weakpaste.options import Config, flags_of
 
@@ -156,6 +161,9 @@ class Miner:
 
     name = "miner"
     title = "miner"
+    # The dataclasses a per-image result is made of: the only classes its cache file may
+    # rebuild (weakpaste.mine.cache).
+    result_types: tuple[type, ...] = ()
 
     def __init__(self, config: Config):
         self.config = config
@@ -184,7 +192,8 @@ class Miner:
         return {}
 
     def mine_image(self, models: dict, image: np.ndarray, item: Item):
-        """The pure per-image function (uint8 (H, W, 3) ``image``): a picklable result."""
+        """The pure per-image function (uint8 (H, W, 3) ``image``): a result made of
+        ``result_types`` (see ``weakpaste.mine.cache``)."""
         raise NotImplementedError
 
     def select(self, results: Sequence, plan: Plan) -> Selection:
@@ -196,8 +205,14 @@ class Miner:
 # Shared helpers
 
 
-def _unpickle(path: Path):
-    return pickle.loads(Path(path).read_bytes())
+def _read_result(path: Path, types: tuple[type, ...]):
+    """A cached per-image result; ``mine_images`` checked it before, so a failure here means
+    the file changed meanwhile."""
+    try:
+        return result_cache.read(path, types)
+    except (OSError, result_cache.CacheError) as err:
+        raise WeakpasteError(f"{path}: the cached mining result cannot be read ({err}); run "
+                             "the command again with --resume to mine that image again") from None
 
 
 class LazyFiles(Sequence):
@@ -212,9 +227,9 @@ class LazyFiles(Sequence):
         self.paths, self.load = paths, load
 
     @classmethod
-    def results(cls, files: list[Path]) -> LazyFiles:
-        """The per-image results, unpickled from their cache files."""
-        return cls(files, _unpickle)
+    def results(cls, files: list[Path], types: tuple[type, ...]) -> LazyFiles:
+        """The per-image results, read from their cache files (``weakpaste.mine.cache``)."""
+        return cls(files, functools.partial(_read_result, types=types))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -281,18 +296,6 @@ def _flat(config: dict) -> dict:
     return out
 
 
-def _changed_image(old_hashes: dict | None, new_hashes: dict) -> str:
-    if not old_hashes:
-        return ""
-    gone = [f for f in old_hashes if f not in new_hashes]
-    new = [f for f in new_hashes if f not in old_hashes]
-    edited = [f for f in new_hashes if f in old_hashes and old_hashes[f] != new_hashes[f]]
-    for files, what in ((edited, "differs"), (new, "is new"), (gone, "is gone")):
-        if files:
-            return f" ({files[0]} {what})"
-    return ""
-
-
 def check_resumable(out: Path, old: dict, config: dict, inputs: dict[str, str],
                     flags: dict[str, str], hashes: dict[str, str]) -> None:
     """Refuse to resume a run made with another method, other options or other inputs.
@@ -307,7 +310,7 @@ def check_resumable(out: Path, old: dict, config: dict, inputs: dict[str, str],
     Raises:
         WeakpasteError: one line naming what changed (``manifest.check_resume``).
     """
-    from weakpaste.manifest import RESUME_FIX, check_resume
+    from weakpaste.manifest import RESUME_FIX, check_resume, first_change, recorded_listing
 
     before, now = _flat(old.get("config", {})), _flat(config)
     if before.get("method") != now.get("method"):
@@ -318,9 +321,7 @@ def check_resumable(out: Path, old: dict, config: dict, inputs: dict[str, str],
     def describe(key: str) -> tuple[str, str]:
         if key != "images":
             return "the " + key.replace("_", " ") + (" file" if key == "labels" else ""), ""
-        recorded = out / ".cache" / "images.json"
-        return "the images", _changed_image(json.loads(recorded.read_text())
-                                            if recorded.is_file() else None, hashes)
+        return "the images", first_change(recorded_listing(out, "images"), hashes)
 
     check_resume(out, {**old, "config": before}, now, inputs, flags=flags, describe=describe)
 
@@ -337,6 +338,31 @@ def _input_hashes(miner: Miner, labels: str | None, hashes: dict[str, str]) -> d
         elif path:
             inputs[name] = file_sha256(path)
     return inputs
+
+
+def input_paths(miner: Miner, images_dir: Path, labels: str | None) -> list[str | Path]:
+    """Every file and folder the run reads, which ``--out`` may not overlap: the images, the
+    labels, the classifier, its ``--weights`` file, the miner's model files and folders, and
+    a ``--saliency-cache`` (read as well as written).
+
+    Raises:
+        WeakpasteError: the saliency cache lies inside a folder of images, where its maps
+            would be listed as images (folder-per-class labels, ``--negatives``).
+    """
+    from weakpaste.models.weights import is_default, is_none
+
+    spec = miner.config.model
+    weights = None if is_none(spec.weights) or is_default(spec.weights) else spec.weights
+    cache = getattr(miner.config, "saliency_cache", None)
+    inputs = miner.inputs()
+    if cache:
+        for folder in (images_dir, inputs.get("negatives")):
+            if folder and Path(folder).resolve() in (Path(cache).resolve(),
+                                                     *Path(cache).resolve().parents):
+                raise WeakpasteError(f"{cache}: the saliency cache lies inside the images "
+                                     f"folder {folder}, where its maps would be read as images; "
+                                     "choose a --saliency-cache outside it")
+    return [images_dir, labels, spec.classifier, weights, *inputs.values(), cache]
 
 
 def folder_sha256(folder: str | Path) -> str:
@@ -446,7 +472,7 @@ def _worker_init(miner: Miner, classifier_path: str, out: str, threads: int | No
 def _mine_task(task: tuple[Item, str]) -> dict[str, float]:
     item, cache_file = task
     result = _WORKER["miner"].mine_image(_WORKER["models"], read_image(item.path), item)
-    atomic_write_bytes(cache_file, pickle.dumps(result, protocol=5))
+    atomic_write_bytes(cache_file, result_cache.dumps(result))
     return result.seconds
 
 
@@ -472,9 +498,12 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
 
     executor = executor or ExecutorConfig()
     cache.mkdir(parents=True, exist_ok=True)
-    files = [cache / (hashlib.sha1(it.file_name.encode()).hexdigest() + ".pkl")
+    files = [cache / (hashlib.sha1(it.file_name.encode()).hexdigest() + result_cache.SUFFIX)
              for it in plan.items]
-    tasks = [(it, str(f)) for it, f in zip(plan.items, files, strict=True) if not f.is_file()]
+    # A missing, truncated, damaged or forged entry is mined again (the pickle files that
+    # earlier versions left have another suffix and are never read).
+    tasks = [(it, str(f)) for it, f in zip(plan.items, files, strict=True)
+             if not result_cache.is_valid(f, miner.result_types)]
     here = workers <= 1 and executor.executor == "local"
     initargs = (miner, str(clf_path), str(out), *((None, models) if here else (1, None)))
     if not here:
@@ -486,7 +515,7 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
         for k, v in secs.items():
             timings[k] += v
     timings["per_image_wall"] = time.perf_counter() - t
-    return LazyFiles.results(files), len(tasks)
+    return LazyFiles.results(files, miner.result_types), len(tasks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,7 +599,7 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
     """Everything before the first write: labels, plan, models check, hashes, output folder,
     resume check."""
     from weakpaste.io.labels import load_labels
-    from weakpaste.manifest import prepare_output_dir, read_weakpaste_manifest
+    from weakpaste.manifest import prepare_output_dir, read_weakpaste_manifest, record_listing
 
     records, classes = load_labels(labels, images_dir)
     plan = miner.plan(records, classes, str(labels or images_dir))
@@ -583,13 +612,11 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
     config = run_config(miner, images_dir, labels, described)
     inputs = _input_hashes(miner, labels, hashes)
     out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="mine",
-                             inputs=[images_dir, labels, miner.config.model.classifier,
-                                     *miner.inputs().values()])
+                             inputs=input_paths(miner, images_dir, labels))
     old = read_weakpaste_manifest(out) if resume else None
     if old is not None:
         check_resumable(out, old, config, inputs, option_flags(miner.config), hashes)
-    (out / ".cache").mkdir(exist_ok=True)
-    atomic_write_bytes(out / ".cache" / "images.json", json.dumps(hashes).encode())
+    record_listing(out, "images", hashes)
     extra = (*described.values(), *(inputs[k] for k in miner.inputs() if k in inputs))
     return _Prepared(out, plan, models, config, inputs, extra)
 
@@ -619,8 +646,10 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
         The manifest.
     """
     from weakpaste.runners import preflight
+    from weakpaste.train.model import resolve_device
 
     preflight(executor)  # before the output folder and the classifier's training
+    resolve_device(miner.config.model.device)  # --device cuda where torch has no GPU
     timings: dict[str, float] = defaultdict(float)
     images_dir = Path(images_dir)
     cfg = miner.config

@@ -34,7 +34,6 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -46,6 +45,7 @@ from pycocotools import mask as mask_utils
 from weakpaste.bank import SegmentBank
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import CocoDataset, load_coco
+from weakpaste.io.jsonfile import JsonError, parse_json
 
 Prediction = tuple[str, dict, float | None]  # (class name, full-image RLE, score or None)
 Predictions = dict[str, list[Prediction]]
@@ -91,8 +91,8 @@ class _NameResolver:
 def _read_coco_doc(path: Path) -> dict | None:
     """The parsed JSON when ``path`` looks like a COCO instances file, else None."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, JsonError):
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) \
             or not isinstance(doc.get("categories"), list):

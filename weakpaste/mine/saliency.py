@@ -313,10 +313,17 @@ class SaliencyCache:
 
     def get(self, digest: str, shape: tuple[int, int]) -> np.ndarray | None:
         """The cached map as float32 (H, W) in [0, 1], or None (absent, unreadable, wrong size)."""
-        p = self.path(digest)
-        if not p.is_file():
+        from weakpaste.io.images import decode_image, header_size
+
+        try:
+            data = np.fromfile(self.path(digest), dtype=np.uint8)
+        except OSError:
             return None
-        m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        # The header must give the image's size before anything is decoded: the cache is a
+        # folder others may write to, and a damaged or planted map is computed again.
+        if header_size(data) != (shape[1], shape[0]):
+            return None
+        m = decode_image(data, self.path(digest), cv2.IMREAD_GRAYSCALE)
         if m is None or m.shape != tuple(shape):
             return None
         return m.astype(np.float32) / 255.0

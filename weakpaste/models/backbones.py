@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from weakpaste.errors import WeakpasteError
 from weakpaste.errors import reason as _reason
+from weakpaste.io.images import WRITE_ERRNOS, write_error, write_failure
 from weakpaste.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from weakpaste.models.weights import WEIGHTS_FIX, WeightsArg, resolve_weights
 
@@ -115,6 +117,40 @@ def read_state_dict(path, *, unpack: Mapping[str, str] | None = None
     if all(k.startswith("module.") for k in obj):
         return {k.removeprefix("module."): v for k, v in obj.items()}
     return dict(obj)
+
+
+@contextlib.contextmanager
+def torch_write_errors(folder: str | os.PathLike, payload: object) -> Iterator[None]:
+    """Turn a ``torch.save`` of ``payload`` into ``folder`` that fails for lack of room (a full
+    disk, a quota, a read-only folder) into the one-line ``write_error`` other files give.
+
+    torch reports such a failure as a RuntimeError about its zip writer, not as an OSError;
+    ``write_failure`` finds the cause. An OSError (a file object's write) names ``folder`` too.
+    Any other error passes through unchanged.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(folder, err) from None
+    except RuntimeError:
+        cause = write_failure(folder, _tensor_bytes(payload))
+        if cause is None:
+            raise
+        raise write_error(folder, cause) from None
+
+
+def _tensor_bytes(obj: object) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts and lists): what torch.save writes,
+    less a little metadata."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def read_weakpaste_file(path, fmt: str, *, what: str, foreign: str, fix: str,

@@ -51,6 +51,7 @@ from weakpaste.models.backbones import (
     pooled_net,
     read_weakpaste_file,
     to_tensor,
+    torch_write_errors,
     torchvision_model,
 )
 from weakpaste.models.gradcam import grad_cam
@@ -372,9 +373,13 @@ class Classifier:
             "state_dict": {k: v.detach().cpu() for k, v in self._net.state_dict().items()},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        tmp = path.with_name(path.name + ".tmp")  # its name is in the file: keep it
+        try:
+            with torch_write_errors(path.parent, payload):
+                torch.save(payload, tmp)
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> Classifier:

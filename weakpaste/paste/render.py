@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from weakpaste.errors import WeakpasteError
 from weakpaste.ops import blending, geometry
 from weakpaste.ops import masks as mask_ops
 from weakpaste.options import Config, option
 from weakpaste.paste.plan import ImagePlan, placement_matrix
+
+MAX_BLUR_SIGMA = 100.0
+"""Widest alpha blur, in pixels (``--blur-sigma``)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,13 @@ class RenderParams(Config):
     min_visible: float = option(0.25, range=(0, 1),
                                 help="drop instances with a smaller visible fraction")
     min_area: int = option(16, range=(0, None), help="drop smaller instances (pixels)")
+
+    def check(self) -> None:
+        super().check()
+        # The blur's kernel spans 6 sigma: 0 gives none and inf none that fits in memory.
+        if not 0 < self.blur_sigma <= MAX_BLUR_SIGMA:
+            raise WeakpasteError(f"blur_sigma (--blur-sigma) must be in (0, {MAX_BLUR_SIGMA:g}] "
+                                 f"pixels, got {self.blur_sigma}")
 
 
 @dataclass

@@ -17,12 +17,11 @@ ignored and that item is simply made again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,21 +29,27 @@ import numpy as np
 from weakpaste.bank import BankTable, SegmentBank
 from weakpaste.errors import WeakpasteError
 from weakpaste.io import coco
+from weakpaste.io import rle as rle_check
 from weakpaste.io.images import (
     WRITE_ERRNOS,
     atomic_write_bytes,
     encode_image,
     list_images,
-    read_image,
+    read_image_sha256,
     write_error,
 )
-from weakpaste.io.jsonfile import read_json
+from weakpaste.io.jsonfile import JsonError, parse_json, read_json
 from weakpaste.manifest import (
     check_output_dir,
     check_resume,
+    file_fingerprints,
     file_sha256,
+    fingerprints_sha256,
+    first_change,
     prepare_output_dir,
     read_weakpaste_manifest,
+    record_listing,
+    recorded_listing,
     write_manifest,
 )
 from weakpaste.ops import masks as mask_ops
@@ -55,6 +60,9 @@ from weakpaste.runners import ExecutorConfig, Workers, host_tag
 from weakpaste.structures import ImageRecord, Instances
 
 PARTS_GLOB = ".parts-*.jsonl"
+# Objects pasted per image at most: each one is a full-image composite, so a typo's extra
+# zeros would run for hours instead of being refused.
+MAX_OBJECTS = 1000
 
 
 class ClassWeights(dict):
@@ -86,7 +94,7 @@ class PasteConfig(plan_mod.PlanParams, RenderParams):
     num_images: int = option(help="output images", range=(1, None))
     seed: int = option(0, range=(0, None), help="the run's seed")
     objects: tuple[int, int] = option((4, 4), parse=plan_mod.parse_count_range,
-                                      metavar="N|LO-HI", range=(1, None),
+                                      metavar="N|LO-HI", range=(1, MAX_OBJECTS),
                                       help="objects pasted per image, fixed or a range")
     selection: str = option("uniform", choices=plan_mod.SELECTIONS,
                             help="uniform over segments, class-balanced, or per-class weights")
@@ -123,6 +131,8 @@ class Background:
         source: "coco" (from the --backgrounds file) or "extra".
         labels: the classes annotated in it (crowd regions too).
         federated: an LVIS background's negative and not-exhaustive classes.
+        sha256: the hash its bytes had when the run being resumed pasted onto it (None:
+            not yet used); ``paste_item`` refuses other bytes.
     """
 
     path: str
@@ -130,6 +140,7 @@ class Background:
     source: str = "extra"
     labels: tuple[str, ...] = ()
     federated: coco.Federated | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,12 +152,16 @@ class BackgroundSet:
         categories: the file's category table (with its LVIS fields), empty without one.
         inputs: input name -> hash, for the manifest.
         format: "coco" or "lvis", the file's; None without a file.
+        fingerprints: every background image's path -> [size, mtime in ns]
+            (``manifest.file_fingerprints``), kept in ``OUT/.cache/backgrounds.json`` to
+            name the image that changed when a resume is refused.
     """
 
     backgrounds: list[Background]
     categories: dict[str, dict]
     inputs: dict[str, str]
     format: str | None
+    fingerprints: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,7 @@ class ItemResult:
     outside: int = 0
     skipped: int = 0
     background: str = ""
+    background_sha256: str = ""  # of the bytes decoded: a resumed run checks it
 
 
 # This process's open bank: (pid, root, bank). Its file handles stay open across items; it
@@ -231,7 +247,12 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     """
     cfg = ctx.config
     rng = np.random.default_rng(seed)
-    image = read_image(background.path)
+    image, sha256 = read_image_sha256(background.path)
+    # A resumed run may not mix the pixels of two versions of one background.
+    if background.sha256 is not None and sha256 != background.sha256:
+        raise WeakpasteError(f"{background.path}: the background image changed since the run "
+                             "being resumed pasted onto it; restore it, or pass --overwrite "
+                             "instead of --resume")
     H, W = image.shape[:2]
     inst = background.instances
     if inst is not None and (inst.height, inst.width) != (H, W):
@@ -267,7 +288,7 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
                                      for c, r, p, a, b in zip(out.classes, rles, out.pasted,
                                                               areas, boxes, strict=True)],
                         dropped=dict(out.dropped), outside=out.outside, skipped=plan.skipped,
-                        background=background.path)
+                        background=background.path, background_sha256=sha256)
     journal = _journal(out_dir)
     journal.write(json.dumps(vars(result), separators=(",", ":")) + "\n")
     journal.flush()
@@ -300,7 +321,7 @@ def _read_cached(bank: SegmentBank, table: BankTable, row: int) -> tuple[np.ndar
         _SEGMENT_CACHE.move_to_end(key)
         return hit
     rgb, mask = bank.read_pixels_at(segment_id, table.shard[row], table.offset[row],
-                                    table.length[row])
+                                    table.length[row], (table.height[row], table.width[row]))
     rgb.flags.writeable = mask.flags.writeable = False  # shared between items
     _SEGMENT_CACHE[key] = (rgb, mask)
     _cache_bytes += rgb.nbytes + mask.nbytes
@@ -353,23 +374,20 @@ def load_backgrounds(coco_json: str | None, images_dir: str | None,
         listed = background_files(folder)
         for p in listed if listed is not None else list_images(folder):
             backgrounds.append(Background(path=str(p), instances=None, source="extra"))
-    if extra_dirs:
-        inputs["extra_backgrounds"] = _listing_hash([b.path for b in backgrounds
-                                                     if b.source == "extra"])
     if not backgrounds:
         raise WeakpasteError("no backgrounds: pass --backgrounds COCO_JSON --images DIR and/or "
                              "--extra-backgrounds DIR")
-    return BackgroundSet(backgrounds, categories, inputs, fmt)
-
-
-def _listing_hash(paths: list[str]) -> str:
-    """SHA-256 of image files' names, sizes and modification times: cheap to compute for
-    thousands of images, and it changes when a folder is regenerated."""
-    h = hashlib.sha256()
-    for path in paths:
-        st = os.stat(path)
-        h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    # Every image read is fingerprinted (size, mtime: a stat each), so that --resume refuses
+    # an image edited in between; the workers also hash the bytes they decode (paste_item).
+    # "extra_backgrounds" was always so; "background_images" is newer than "backgrounds".
+    fingerprints = {}
+    for source, name, given in (("coco", "background_images", coco_json),
+                                ("extra", "extra_backgrounds", extra_dirs)):
+        found = file_fingerprints(b.path for b in backgrounds if b.source == source)
+        if given:
+            inputs[name] = fingerprints_sha256(found)
+            fingerprints.update(found)
+    return BackgroundSet(backgrounds, categories, inputs, fmt, fingerprints)
 
 
 def background_order(seed: np.random.SeedSequence, num_backgrounds: int,
@@ -474,9 +492,10 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
                       "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
         out = Path(out_dir)
         if resume:
-            _check_resume(out, run_config, inputs)
+            _check_resume(out, run_config, inputs, bg_set.fingerprints)
         out = _prepare(out, config, run_config, inputs, overwrite=overwrite, resume=resume,
                        inputs_paths=inputs_paths)
+        record_listing(out, "backgrounds", bg_set.fingerprints)
         tasks = _tasks(config, out, bg_set.backgrounds)
         made: dict[int, dict] = {}
         with _write_errors(out):
@@ -536,7 +555,8 @@ def _prepare(out: Path, config: PasteConfig, run_config: dict, inputs: dict, *,
 
 
 def _tasks(config: PasteConfig, out: Path, backgrounds: list[Background]) -> list[tuple]:
-    """(index, seed, background) of every image still to make (all but a resumed run's)."""
+    """(index, seed, background) of every image still to make (all but a resumed run's);
+    a background an earlier item used carries that item's hash of its bytes."""
     root = np.random.SeedSequence(config.seed)
     bg_seed, items_seed = root.spawn(2)
     if config.extra_ratio is None:
@@ -546,7 +566,12 @@ def _tasks(config: PasteConfig, out: Path, backgrounds: list[Background]) -> lis
             bg_seed, np.array([b.source == "extra" for b in backgrounds], dtype=bool),
             config.num_images, config.extra_ratio)
     item_seeds = items_seed.spawn(config.num_images)
-    done = set(_read_journals(out))
+    done = _read_journals(out)
+    # The bytes each background had when earlier items were pasted onto it.
+    seen = {p["background"]: p["background_sha256"] for p in done.values()
+            if isinstance(p.get("background_sha256"), str)}
+    if seen:
+        backgrounds = [replace(b, sha256=seen.get(b.path)) for b in backgrounds]
     return [(i, item_seeds[i], backgrounds[order[i]]) for i in range(config.num_images)
             if i not in done or not (out / "images" / f"{i:06d}.{config.image_format}").exists()]
 
@@ -566,33 +591,95 @@ def _write_errors(out: Path) -> Iterator[None]:
         raise
 
 
-def _check_resume(out: Path, run_config: dict, inputs: dict[str, str]) -> None:
+def _check_resume(out: Path, run_config: dict, inputs: dict[str, str],
+                  fingerprints: dict[str, list[int]]) -> None:
     """Refuse to resume with other options or other inputs than the interrupted run's.
 
-    A bank or backgrounds file rebuilt at the same path would otherwise mix two data sets in
-    one output (and reuse segment ids that now mean other segments).
+    A bank or backgrounds file rebuilt at the same path, or a background image edited, would
+    otherwise mix two data sets in one output (and reuse segment ids that now mean other
+    segments). ``fingerprints`` (the background images' now) name the image that changed.
     """
     old = read_weakpaste_manifest(out)
     if old is None:
         return  # prepare_output_dir says there is nothing to resume
     names = {"bank_index": f"the bank {run_config['bank']}",
              "backgrounds": f"the backgrounds file {run_config['backgrounds']}",
+             "background_images": "the background images",
              "extra_backgrounds": "the --extra-backgrounds images"}
+
+    def describe(key: str) -> tuple[str, str]:
+        if key not in ("background_images", "extra_backgrounds"):
+            return names.get(key, key), ""
+        # The file's images are compared first: a change left is among the extra images.
+        return names[key], first_change(recorded_listing(out, "backgrounds"), fingerprints)
+
     check_resume(out, old, json.loads(json.dumps(run_config)), inputs,
-                 flags=flags_of(PasteConfig),
-                 describe=lambda key: (names.get(key, key), ""))
+                 flags=flags_of(PasteConfig), describe=describe,
+                 fingerprints=["background_images"])
 
 
 def _read_journals(out: Path) -> dict[int, dict]:
-    """Finished items by index, from every journal; torn last lines are ignored."""
+    """Finished items by index, from every journal.
+
+    A torn last line (a killed worker) and any line that is not a valid record (a damaged
+    or edited journal) are ignored: their items are simply made again.
+    """
     parts: dict[int, dict] = {}
     for path in sorted(out.glob(PARTS_GLOB)):
-        with open(path, encoding="utf-8") as fh:
+        with open(path, "rb") as fh:
             for line in fh:
-                if line.endswith("\n"):
-                    part = json.loads(line)
+                part = _journal_record(line) if line.endswith(b"\n") else None
+                if part is not None:
                     parts[part["index"]] = part
     return parts
+
+
+_RECORD_FIELDS = {"index": int, "file_name": str, "width": int, "height": int,
+                  "annotations": list, "dropped": dict, "outside": int, "skipped": int,
+                  "background": str}
+_ANNOTATION_FIELDS = {"class": str, "rle": dict, "pasted": bool}
+
+
+def _journal_record(line: bytes) -> dict | None:
+    """The item record of a journal line (``ItemResult`` as a dict), or None when the line
+    is not one."""
+    try:
+        part = parse_json(line)
+    except JsonError:
+        return None
+    if not _typed(part, _RECORD_FIELDS) or part["index"] < 0 or part["width"] < 1 \
+            or part["height"] < 1:
+        return None
+    for ann in part["annotations"]:
+        if not _typed(ann, _ANNOTATION_FIELDS) or \
+                ann["rle"].get("size") != [part["height"], part["width"]] or \
+                not isinstance(ann["rle"].get("counts"), str) or \
+                not _optional_stats(ann.get("area"), ann.get("bbox")):
+            return None
+    if not all(isinstance(k, str) and _typed_value(v, int) for k, v in part["dropped"].items()):
+        return None
+    rles = [a["rle"]["counts"] for a in part["annotations"]]
+    size = (part["height"], part["width"])
+    return part if rle_check.first_bad_compressed(rles, [size] * len(rles)) is None else None
+
+
+def _optional_stats(area: object, bbox: object) -> bool:
+    """An annotation's stored area and box, when present (older journals have none), are
+    numbers."""
+    def number(v: object) -> bool:
+        return _typed_value(v, int) or _typed_value(v, float)
+
+    return (area is None or number(area)) and (bbox is None or (
+        isinstance(bbox, list) and len(bbox) == 4 and all(number(v) for v in bbox)))
+
+
+def _typed(doc: object, fields: dict[str, type]) -> bool:
+    return isinstance(doc, dict) and all(_typed_value(doc.get(k), t) for k, t in fields.items())
+
+
+def _typed_value(value: object, kind: type) -> bool:
+    # JSON's true/false are Python ints too: a bool field must be a bool and vice versa.
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def _remove_stale_temporaries(images: Path) -> None:

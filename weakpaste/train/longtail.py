@@ -43,7 +43,7 @@ import numpy as np
 from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.io.coco import load_coco, write_coco_subset
-from weakpaste.manifest import file_sha256
+from weakpaste.manifest import check_output_file, file_sha256
 from weakpaste.train.config import LongtailConfig
 
 PARETO_TAIL = 0.99
@@ -150,12 +150,8 @@ def run_longtail(config: LongtailConfig, coco_json: str | os.PathLike,
         WeakpasteError: unreadable input, no instances, or an existing output without
             ``overwrite``.
     """
-    src, dst = Path(coco_json), Path(out_json)
-    if dst.exists() and not overwrite:
-        raise WeakpasteError(f"{dst}: already exists; pass --overwrite to replace it or choose "
-                             "another --out")
-    if dst.resolve() == src.resolve():
-        raise WeakpasteError(f"{dst}: is the input file; choose another --out")
+    src = Path(coco_json)
+    dst = check_output_file(out_json, overwrite=overwrite, inputs=[src])
     data = load_coco(src, require_masks=False, check_files=False)
     image_classes = {r.image_id: (r.instances.classes if r.instances is not None else ())
                      for r in data.records}

@@ -28,13 +28,22 @@ from torch import nn
 from weakpaste import __version__
 from weakpaste.errors import WeakpasteError
 from weakpaste.errors import reason as _reason
+from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.manifest import (
     check_output_dir,
+    check_resume,
+    file_fingerprints,
     file_sha256,
+    fingerprints_sha256,
+    first_change,
     jsonable,
     prepare_output_dir,
+    read_weakpaste_manifest,
+    record_listing,
+    recorded_listing,
     write_manifest,
 )
+from weakpaste.models.backbones import torch_write_errors
 from weakpaste.models.weights import is_default, is_none
 from weakpaste.train import data as tdata
 from weakpaste.train.config import EvalConfig, ModelConfig, TrainConfig
@@ -128,11 +137,18 @@ class _Plan:
         specs = self.specs1 + self.specs2 + ([self.val] if self.val is not None else [])
         return [p for s in specs for p in (s.json, s.images)]
 
-    def input_hashes(self) -> dict[str, str]:
+    def image_fingerprints(self) -> dict[str, dict[str, list[int]]]:
+        """Each stage's images read: path -> [size, modification time] (a stat each)."""
+        return {st.name: file_fingerprints(Path(folder) / rec.file_name
+                                           for folder, rec in st.items) for st in self.stages}
+
+    def input_hashes(self, fingerprints: dict[str, dict[str, list[int]]]) -> dict[str, str]:
         inputs = {f"train:{s.json}": file_sha256(s.json) for s in self.specs1}
         inputs.update({f"stage2:{s.json}": file_sha256(s.json) for s in self.specs2})
         if self.val is not None:
             inputs[f"val:{self.val.json}"] = file_sha256(self.val.json)
+        for name, listing in fingerprints.items():
+            inputs[f"images:{name}"] = fingerprints_sha256(listing)
         return inputs
 
 
@@ -223,17 +239,37 @@ def _resume_point(ckpt_dir: Path, model_config: ModelConfig, config: TrainConfig
     return ckpt
 
 
+def _check_inputs(out: Path, old: dict, inputs: dict[str, str],
+                  fingerprints: dict[str, dict[str, list[int]]]) -> None:
+    """Refuse to resume with other data than the run's (``_Plan.input_hashes``), naming the
+    image that changed from the listing kept in ``OUT/.cache/images.json``; the options are
+    checked against the checkpoint (``_check_resumable``)."""
+    recorded = recorded_listing(out, "images") or {}
+
+    def describe(key: str) -> tuple[str, str]:
+        kind, _, name = key.partition(":")
+        if kind == "images":
+            return f"the {name} images", first_change(recorded.get(name),
+                                                      fingerprints.get(name, {}))
+        return f"the --{kind} file {name}", ""
+
+    check_resume(out, {**old, "config": {}}, {}, inputs, describe=describe,
+                 fingerprints=[k for k in inputs if k.startswith("images:")])
+
+
 def _trim_metrics(path: Path, iteration: int) -> None:
     """Drop log lines written after the checkpoint a run resumes from."""
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            if json.loads(line).get("iteration", 0) <= iteration:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
+            record = parse_json(line)
+        except JsonError:
+            continue  # a damaged line: the log is a record, not an input
+        step = record.get("iteration", 0) if isinstance(record, dict) else None
+        if isinstance(step, int | float) and step <= iteration:
+            keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))
 
 
@@ -369,11 +405,11 @@ def _train_stage(run: _Run, stage: _Stage, index: int) -> None:
             window = _LogWindow()
         if run.iteration % config.checkpoint_every == 0 or run.iteration == stage.end:
             path = run.ckpt_dir / _checkpoint_name(run.iteration)
-            save_checkpoint(path, {**run.checkpoint_base, "iteration": run.iteration,
-                                   "stage": index, "model": run.model.state_dict(),
-                                   "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(),
-                                   "sampler": stream.state_dict()})
+            payload = {**run.checkpoint_base, "iteration": run.iteration, "stage": index,
+                       "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "sampler": stream.state_dict()}
+            with torch_write_errors(run.ckpt_dir, payload):
+                save_checkpoint(path, payload)
             link_or_copy(path, run.ckpt_dir / "last.pt")
         fetch_start = time.perf_counter()
 
@@ -450,14 +486,21 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
     device = resolve_device(config.device)
     plan = _plan(config, train_sets, stage2, val)
     model_config = model_config_for(config, plan.names)
-    inputs = [*plan.input_paths(), _weights_path(config.weights)]
-    check_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="train", inputs=inputs)
+    input_paths = [*plan.input_paths(), _weights_path(config.weights)]
+    check_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="train",
+                     inputs=input_paths)
     # A new run builds its model before it makes its folder: an unusable --weights file is
     # refused with nothing written (it left a 'running' run behind).
     built = None if resume else build_model(model_config, weights=config.weights,
                                             seed=config.seed)
     out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="train",
-                             inputs=inputs)
+                             inputs=input_paths)
+    fingerprints = plan.image_fingerprints()
+    inputs = plan.input_hashes(fingerprints)
+    old = read_weakpaste_manifest(out) if resume else None
+    if old is not None:
+        _check_inputs(out, old, inputs, fingerprints)
+    record_listing(out, "images", fingerprints)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     notes = list(plan.notes)
@@ -470,8 +513,8 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
         "classes": len(plan.names), "iterations": plan.total,
         "images": {st.name: len(st.items) for st in plan.stages},
         "instances_per_class": plan.instances, "train_images_per_class": plan.train_image_counts}
-    manifest = dict(stage="train", config=run_config, seed=config.seed,
-                    inputs=plan.input_hashes(), counts=counts)
+    manifest = dict(stage="train", config=run_config, seed=config.seed, inputs=inputs,
+                    counts=counts)
     write_manifest(out, **manifest, status="running", extra={"notes": notes})
 
     model, start = _initial_model(config, model_config, resume_from, out, plan.total, notes,
