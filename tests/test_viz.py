@@ -286,3 +286,72 @@ def test_run_viz_never_writes_into_its_inputs(tiny_coco, tmp_path) -> None:
         with pytest.raises(WeakpasteError, match=r"the output folder overlaps the input"):
             run_viz(path, images, out, overwrite=True, progress=False)
     assert sorted(p.name for p in images.iterdir()) == before
+
+
+# --- run_viz --predictions -----------------------------------------------------------------------
+
+def _results(masks: np.ndarray, image_id: int, scores: list[float], cat: int = 1) -> list[dict]:
+    from weakpaste.ops.masks import encode_many
+    return [{"image_id": image_id, "category_id": cat, "score": s, "bbox": [0, 0, 1, 1],
+             "segmentation": rle} for s, rle in zip(scores, encode_many(masks), strict=True)]
+
+
+def test_run_viz_draws_predictions_above_min_score(tmp_path: Path) -> None:
+    coco, images = make_coco(tmp_path)
+    masks = rect_masks(48, 64, [(10, 10, 30, 30), (40, 5, 60, 20), (0, 30, 8, 47)])
+    pred = tmp_path / "predictions.json"
+    pred.write_text(json.dumps(_results(masks, 1, [0.9, 0.3, 0.6])))
+    out = tmp_path / "viz"
+    manifest = run_viz(coco, images, out, VizConfig(num_images=2, seed=None, min_score=0.5),
+                       predictions=pred, progress=False)
+    # the 0.3 detection is not drawn; image 2 has no prediction, so nothing is drawn there
+    assert manifest["counts"] == {"images": 2, "instances": 2}
+    assert manifest["config"]["predictions"] == str(pred)
+    assert manifest["config"]["min_score"] == 0.5
+    rgb = read_image(images / "img0.png")
+    expected = draw_instances(rgb, masks[[0, 2]], np.array([[10.0, 10, 30, 30], [0, 30, 8, 47]]),
+                              ["a", "a"], scores=np.array([0.9, 0.6]))
+    assert np.array_equal(read_image(out / "images" / "img0.png"), expected)
+    assert np.array_equal(read_image(out / "images" / "img1.png"),
+                          read_image(images / "img1.png"))
+
+
+def test_run_viz_predictions_errors(tmp_path: Path) -> None:
+    coco, images = make_coco(tmp_path)
+    pred = tmp_path / "predictions.json"
+    pred.write_text(json.dumps(_results(rect_masks(48, 64, [(1, 1, 5, 5)]), 99, [0.9])))
+    with pytest.raises(WeakpasteError) as err:
+        run_viz(coco, images, tmp_path / "viz", predictions=pred, progress=False)
+    assert str(err.value) == (f"{pred}: entry 0 is for image id 99, which is not in {coco}; "
+                              "evaluate against the data set the predictions were made on")
+    bad = _results(rect_masks(48, 64, [(1, 1, 5, 5)]), 1, [0.9])
+    bad[0]["segmentation"]["counts"] = "zz"
+    pred.write_text(json.dumps(bad))
+    with pytest.raises(WeakpasteError) as err:
+        run_viz(coco, images, tmp_path / "viz", predictions=pred, progress=False)
+    assert str(err.value) == (f"{pred}: result for image 1 has a corrupt RLE "
+                              "segmentation (compressed RLE counts hold characters outside "
+                              "pycocotools' alphabet '0'..'o'); fix the predictions file")
+    assert not (tmp_path / "viz").exists()
+    pred.write_text(json.dumps(_results(rect_masks(48, 64, [(1, 1, 5, 5)]), 1, [0.9])))
+    with pytest.raises(WeakpasteError, match=r"the output folder overlaps the input"):
+        run_viz(coco, images, pred, predictions=pred, overwrite=True, progress=False)
+    assert pred.is_file()
+
+
+def test_viz_cli_predictions(tmp_path: Path, capsys) -> None:
+    from weakpaste.cli import main
+
+    coco, images = make_coco(tmp_path)
+    pred = tmp_path / "predictions.json"
+    pred.write_text(json.dumps(_results(rect_masks(48, 64, [(1, 1, 9, 9)]), 2, [0.7])))
+    out = tmp_path / "viz"
+    assert main(["viz", str(coco), "--images", str(images), "--out", str(out), "--predictions",
+                 str(pred), "--min-score", "0.6", "--num-images", "3", "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"images": 3, "instances": 1}
+    with pytest.raises(SystemExit) as exit_:
+        main(["viz", str(coco), "--images", str(images), "--out", str(out), "--predictions",
+              str(pred), "--min-score", "1.5", "--overwrite"])
+    assert exit_.value.code == 2
+    assert "argument --min-score: must be in [0, 1], got 1.5" in capsys.readouterr().err

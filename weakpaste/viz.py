@@ -7,6 +7,7 @@ at once and runs on machines without a deep-learning stack.
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -276,6 +277,19 @@ def contact_sheet(images: Sequence[np.ndarray], *, columns: int = 4, thumb: int 
     return sheet
 
 
+def _predicted(data, predictions: str | os.PathLike | None,
+               min_score: float) -> dict | None:
+    """Image id -> the predicted ``Instances`` to draw, or None to draw the annotations."""
+    if predictions is None:
+        return None
+    from weakpaste.io.results import read_predictions, results_instances
+
+    results, notes = read_predictions(predictions, data)
+    for note in notes:
+        print(f"weakpaste: note: {note}", file=sys.stderr)
+    return results_instances(results, data, min_score=min_score, source=predictions)
+
+
 def _pick(n_records: int, num_images: int, seed: int | None) -> list[int]:
     """Indices of the records to draw, in file order."""
     k = min(num_images, n_records)
@@ -293,12 +307,15 @@ class VizConfig(Config):
     columns: int = option(4, range=(1, None), help="columns of the contact sheet")
     seed: int | None = option(0, range=(0, None),
                               help="seed of the random choice of images (None: the first ones)")
+    min_score: float = option(0.5, range=(0.0, 1.0),
+                              help="with --predictions: the lowest score drawn")
 
 
 def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
             out_dir: str | os.PathLike, config: VizConfig | None = None, *,
-            overwrite: bool = False, progress: bool = True) -> dict:
-    """Draw a sample of a COCO set and write the drawings and a contact sheet.
+            predictions: str | os.PathLike | None = None, overwrite: bool = False,
+            progress: bool = True) -> dict:
+    """Draw a sample of a COCO set, or of a detector's predictions on it, and a contact sheet.
 
     Writes ``OUT/images/<stem>.png`` per drawn image (``<stem>_<image id>`` when two files
     share a stem), ``OUT/contact_sheet.png`` and ``OUT/manifest.json``.
@@ -309,6 +326,9 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
         out_dir: output folder; must be empty or absent unless ``overwrite``.
         config: how many images to draw (fewer when the set is smaller), the seed of their
             random choice (None takes the first ones) and the contact sheet's columns.
+        predictions: a COCO results file of detections on ``coco_json``'s images (e.g.
+            ``weakpaste eval``'s ``predictions.json``): its masks scoring at least
+            ``config.min_score`` are drawn, with their scores, instead of the annotations.
         overwrite: replace an existing weakpaste output folder.
         progress: show a progress bar.
 
@@ -331,12 +351,17 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
     if not data.records:
         raise WeakpasteError(f"{coco_json}: no images to draw; its 'images' list is empty")
     picked = _pick(len(data.records), num_images, seed)
+    drawn_sets = _predicted(data, predictions, cfg.min_score)
 
     out = prepare_output_dir(out_dir, overwrite=overwrite, stage="viz",
-                             inputs=[coco_json, images_dir])
+                             inputs=[coco_json, images_dir]
+                             + ([predictions] if predictions is not None else []))
     config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
               "num_images": num_images, "seed": seed, "columns": columns}
     inputs = {"coco_json": file_sha256(coco_json)}
+    if predictions is not None:
+        config.update(predictions=str(predictions), min_score=cfg.min_score)
+        inputs["predictions"] = file_sha256(predictions)
     write_manifest(out, stage="viz", config=config, seed=seed, inputs=inputs, status="running")
     (out / "images").mkdir(exist_ok=True)
 
@@ -347,7 +372,7 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
         rec = data.records[idx]
         path = Path(images_dir) / rec.file_name
         rgb = read_image_of_size(path, rec.width, rec.height, str(coco_json))
-        inst = rec.instances
+        inst = rec.instances if drawn_sets is None else drawn_sets.get(rec.image_id)
         if inst is None or len(inst) == 0:
             drawn, k = rgb, 0
         else:
@@ -362,7 +387,8 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
         write_image(out / "images" / f"{stem}.png", drawn)
         # Keep only thumbnails: a large sample of big photos would not fit in memory.
         thumbs.append(_fit(drawn, _inner(thumb)))
-        captions.append(f"{rec.file_name}, {k} inst.")
+        captions.append(f"{rec.file_name}, {k} inst." if drawn_sets is None else
+                        f"{rec.file_name}, {k} pred. >= {cfg.min_score:g}")
 
     write_image(out / "contact_sheet.png",
                 contact_sheet(thumbs, columns=columns, thumb=thumb, captions=captions))

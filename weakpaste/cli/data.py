@@ -60,7 +60,7 @@ def _cmd_viz(args: argparse.Namespace) -> int:
     from weakpaste.viz import VizConfig, run_viz
 
     run_viz(args.coco_json, args.images, args.out, from_args(VizConfig, args),
-            overwrite=args.overwrite, progress=not args.quiet)
+            predictions=args.predictions, overwrite=args.overwrite, progress=not args.quiet)
     print(f"contact sheet: {Path(args.out) / 'contact_sheet.png'}")
     return 0
 
@@ -121,6 +121,10 @@ def _build_viz(p: argparse.ArgumentParser) -> None:
     p.add_argument("coco_json")
     p.add_argument("--images", required=True, help="folder of the images")
     p.add_argument("--out", required=True)
+    p.add_argument("--predictions", metavar="RESULTS_JSON",
+                   help="draw these detections on the images of coco_json instead of its "
+                        "annotations (COCO results format, e.g. 'weakpaste eval' OUT/"
+                        "predictions.json)")
     add_options(p, VizConfig)
     common(p)
     p.set_defaults(func=_cmd_viz)
