@@ -110,6 +110,29 @@ def test_demo_runs(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
+def test_demo_viz_and_bank_twice_name_their_own_choices(tiny_coco, tmp_path, capsys):
+    """demo, viz and bank from-coco have no --resume: the refusal of a second run into the
+    same folder must not send a new user to it."""
+    path, images = tiny_coco
+    out = tmp_path / "demo"
+    argv = ["demo", "--from-gt", "--out", str(out), "--num-scenes", "4", "--num-images", "2",
+            "--quiet"]
+    bank = str(tmp_path / "bank")
+    runs = [argv, ["bank", "from-coco", str(path), "--images", str(images), "--out", bank,
+                   "--quiet"],
+            ["viz", str(path), "--images", str(images), "--out", str(tmp_path / "viz"),
+             "--quiet"]]
+    for run in runs:
+        assert main(run) == 0
+        capsys.readouterr()
+        assert main(run) == 2
+        folder = run[run.index("--out") + 1]
+        assert capsys.readouterr().err.strip() == (
+            f"weakpaste: error: {folder}: output folder is not empty; pass --overwrite to "
+            "replace it or choose another --out")
+    assert main(argv + ["--overwrite"]) == 0
+
+
 def test_a_write_failing_anywhere_is_one_line(tmp_path, monkeypatch, capsys):
     """The last net in main: a full or read-only disk met by code that did not name it."""
     import errno

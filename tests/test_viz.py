@@ -252,7 +252,8 @@ def test_run_viz_refuses_non_empty_out_without_overwrite(tmp_path: Path) -> None
     run_viz(coco, images, out, VizConfig(num_images=1), progress=False)
     with pytest.raises(WeakpasteError) as err:
         run_viz(coco, images, out, VizConfig(num_images=1), progress=False)
-    assert str(err.value).startswith(f"{out}: output folder is not empty")
+    assert str(err.value) == (f"{out}: output folder is not empty; pass --overwrite to "
+                              "replace it or choose another --out")
     run_viz(coco, images, out, VizConfig(num_images=3), overwrite=True, progress=False)
     assert len(list((out / "images").iterdir())) == 3
 

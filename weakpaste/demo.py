@@ -194,7 +194,7 @@ def run_demo(config: DemoConfig, out_dir: str | os.PathLike, *, workers: int = 2
 
         raise WeakpasteError("demo --train compares mined with ground-truth masks; drop "
                              "--from-gt")
-    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="demo")
+    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="demo", resumable=False)
     mine_config = demo_mine_config(backbone=backbone, weights=weights, epochs=epochs,
                                    seed=seed) if mine else None
     config = {"num_scenes": num_scenes, "num_images": num_images, "seed": seed, "mine": mine,

@@ -333,7 +333,7 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
     picked = _pick(len(data.records), num_images, seed)
 
     out = prepare_output_dir(out_dir, overwrite=overwrite, stage="viz",
-                             inputs=[coco_json, images_dir])
+                             inputs=[coco_json, images_dir], resumable=False)
     config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
               "num_images": num_images, "seed": seed, "columns": columns}
     inputs = {"coco_json": file_sha256(coco_json)}
