@@ -153,3 +153,25 @@ def test_a_write_failing_anywhere_is_one_line(tmp_path, monkeypatch, capsys):
                         lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError, match="I/O error"):  # not a disk-space problem: a traceback
         main(["stats", "any.json"])
+
+
+@pytest.mark.parametrize("spelling", ["none", "None"])
+def test_viz_seed_none_as_its_help_says(tiny_coco, tmp_path, capsys, spelling):
+    """viz --help documents none (the first images); the parser must take it."""
+    from weakpaste.cli import build_parser
+
+    seed = next(a for a in build_parser(["viz"])._subparsers._group_actions[0]
+                .choices["viz"]._actions if a.dest == "seed")
+    assert seed.help == "seed of the random choice of images; none: the first ones (default: 0)"
+    assert seed.metavar == "N|none"
+    path, images = tiny_coco
+    out = tmp_path / "viz"
+    assert main(["viz", str(path), "--images", str(images), "--out", str(out), "--num-images",
+                 "2", "--seed", spelling, "--quiet"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["img0.png", "img1.png"]
+    assert json.loads((out / "manifest.json").read_text())["config"]["seed"] is None
+    with pytest.raises(SystemExit):
+        main(["viz", str(path), "--images", str(images), "--out", str(out), "--seed", "first"])
+    assert capsys.readouterr().err.strip() == (
+        "weakpaste viz: error: argument --seed: expected an integer or none, got 'first' "
+        "(see 'weakpaste viz --help')")

@@ -18,6 +18,7 @@ from weakpaste.options import (
     flag_of,
     from_args,
     option,
+    parse_int_or_none,
 )
 
 
@@ -130,3 +131,25 @@ def test_cli_refuses_out_of_range_numbers_in_one_line(capsys, tmp_path):
     assert exc.value.code == 2
     assert err == ("weakpaste paste: error: argument --blur-sigma: must be >= 0, got -1 "
                    "(see 'weakpaste paste --help')\n")
+
+
+def test_a_default_of_zero_is_shown_in_help():
+    @dataclass(frozen=True)
+    class Zeros(Config):
+        seed: int = option(0, help="a seed")
+        weight: float = option(0.0, help="a weight")
+        off: bool = option(False, help="a switch")
+
+    p = ArgumentParser(prog="t")
+    add_options(p, Zeros)
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["seed"] == "a seed (default: 0)"
+    assert helps["weight"] == "a weight (default: 0.0)"
+    assert helps["off"] == "a switch"
+
+
+def test_parse_int_or_none():
+    assert parse_int_or_none("7") == 7
+    assert parse_int_or_none("none") is None and parse_int_or_none("NONE") is None
+    with pytest.raises(ValueError, match=r"^expected an integer or none, got '1.5'$"):
+        parse_int_or_none("1.5")

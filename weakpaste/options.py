@@ -227,7 +227,8 @@ def _kwargs(f: dataclasses.Field, tp: Any, opt: Opt) -> dict:
         kw["nargs"] = opt.nargs
     if convert is not str or opt.range is not None:
         kw["type"] = _checked(convert, f.name, opt, flag)
-    if default not in (None, False, (), MISSING):
+    # By identity: ``0 in (False, ...)`` is true, which hid every default of 0 (the seeds).
+    if not (default is None or default is False or default is MISSING or default == ()):
         shown = ",".join(map(str, default)) if isinstance(default, tuple) and \
             opt.parse is not None else default
         shown = " ".join(map(str, shown)) if isinstance(shown, tuple) else shown
@@ -321,6 +322,17 @@ def parse_float_pair(text: str) -> tuple[float, float]:
     if hi < lo or lo <= 0:
         raise ValueError(f"expected 0 < LO <= HI, got {text!r}")
     return lo, hi
+
+
+def parse_int_or_none(text: str) -> int | None:
+    """'7' -> 7, 'none' (any case) -> None: an optional integer whose None is spelt on the
+    command line as ``--weights`` spells it. Raises ValueError with the expected form."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer or none, got {text!r}") from None
 
 
 class ArgumentParser(argparse.ArgumentParser):

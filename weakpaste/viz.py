@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from weakpaste.errors import WeakpasteError
-from weakpaste.options import Config, option
+from weakpaste.options import Config, option, parse_int_or_none
 
 # Bright, mutually distinct colours: every one carries a dark label text well and stands out on
 # typical photos. A fixed table (rather than a hue from the hash) keeps two classes from getting
@@ -291,8 +291,8 @@ class VizConfig(Config):
 
     num_images: int = option(16, range=(1, None), help="images to draw")
     columns: int = option(4, range=(1, None), help="columns of the contact sheet")
-    seed: int | None = option(0, range=(0, None),
-                              help="seed of the random choice of images (None: the first ones)")
+    seed: int | None = option(0, range=(0, None), parse=parse_int_or_none, metavar="N|none",
+                              help="seed of the random choice of images; none: the first ones")
 
 
 def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
