@@ -153,3 +153,34 @@ def test_parse_int_or_none():
     assert parse_int_or_none("none") is None and parse_int_or_none("NONE") is None
     with pytest.raises(ValueError, match=r"^expected an integer or none, got '1.5'$"):
         parse_int_or_none("1.5")
+
+
+def _commands(parser: argparse.ArgumentParser, path=()):
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        yield " ".join(path), parser
+        return
+    for name, child in sub.choices.items():
+        yield from _commands(child, (*path, name))
+
+
+def test_every_default_in_help_is_in_the_form_its_flag_reads():
+    """--objects showed its default (4, 4) as '4,4', which --objects refuses."""
+    import re
+
+    checked = 0
+    for command, parser in _commands(build_parser()):
+        for action in parser._actions:
+            found = re.search(r"\(default: (.*)\)$", action.help or "")
+            if found is None or action.default is None or action.type is None:
+                continue
+            words = found.group(1).split() if action.nargs == "+" else [found.group(1)]
+            read = [action.type(w) for w in words]
+            assert (read if action.nargs == "+" else read[0]) == (
+                list(action.default) if action.nargs == "+" else action.default), \
+                (command, action.dest, found.group(1))
+            checked += 1
+    assert checked > 50
+    paste = _subparser(build_parser(), "paste")
+    objects = next(a for a in paste._actions if a.dest == "objects")
+    assert objects.help == "objects pasted per image, fixed or a range (default: 4)"
