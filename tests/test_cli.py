@@ -175,3 +175,20 @@ def test_viz_seed_none_as_its_help_says(tiny_coco, tmp_path, capsys, spelling):
     assert capsys.readouterr().err.strip() == (
         "weakpaste viz: error: argument --seed: expected an integer or none, got 'first' "
         "(see 'weakpaste viz --help')")
+
+
+def test_bank_from_coco_has_no_gpus_per_worker(capsys):
+    """Cutting masks uses no GPU: the flag did nothing there but reserve GPUs on Ray."""
+    from weakpaste.cli import build_parser
+
+    bank = build_parser(["bank"])._subparsers._group_actions[0].choices["bank"]
+    from_coco = bank._subparsers._group_actions[0].choices["from-coco"]
+    flags = {s for a in from_coco._actions for s in a.option_strings}
+    assert "--gpus-per-worker" not in flags
+    assert {"--executor", "--ray-address", "--workers"} <= flags
+    with pytest.raises(SystemExit) as exc:
+        main(["bank", "from-coco", "c.json", "--images", "i", "--out", "o",
+              "--gpus-per-worker", "1"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == ("weakpaste: error: unrecognized arguments: "
+                                       "--gpus-per-worker 1 (see 'weakpaste --help')\n")

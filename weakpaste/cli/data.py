@@ -87,7 +87,8 @@ def _build_bank(p: argparse.ArgumentParser) -> None:
     q.add_argument("--out", required=True, help="bank folder to create")
     add_options(q, BankConfig)
     workers(q)
-    add_options(q, ExecutorConfig)
+    # Cutting masks uses no GPU: a reservation per Ray worker would only hold GPUs idle.
+    add_options(q, ExecutorConfig, exclude=("gpus_per_worker",))
     common(q)
     q.set_defaults(func=_cmd_bank_from_coco)
     q = bank_sub.add_parser("info", help="segments per class of a bank")
