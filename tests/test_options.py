@@ -184,3 +184,16 @@ def test_every_default_in_help_is_in_the_form_its_flag_reads():
     paste = _subparser(build_parser(), "paste")
     objects = next(a for a in paste._actions if a.dest == "objects")
     assert objects.help == "objects pasted per image, fixed or a range (default: 4)"
+
+
+def test_every_argument_of_every_command_has_help():
+    """bank info's BANK, viz's COCO_JSON and --out, stats' COCO_JSON had none."""
+    missing = [(command, action.dest) for command, parser in _commands(build_parser())
+               for action in parser._actions if not action.help]
+    assert missing == []
+    helps = {(c, a.dest): a.help for c, p in _commands(build_parser()) for a in p._actions}
+    assert helps["bank info", "bank"] == ("segment bank folder (made by 'bank from-coco' or "
+                                          "'mine')")
+    assert helps["viz", "out"] == "output folder: the drawn images and contact_sheet.png"
+    assert helps["viz", "coco_json"] == helps["stats", "coco_json"] == (
+        "COCO or LVIS instances JSON with masks (polygons or RLE)")

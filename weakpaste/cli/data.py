@@ -92,7 +92,7 @@ def _build_bank(p: argparse.ArgumentParser) -> None:
     common(q)
     q.set_defaults(func=_cmd_bank_from_coco)
     q = bank_sub.add_parser("info", help="segments per class of a bank")
-    q.add_argument("bank")
+    q.add_argument("bank", help="segment bank folder (made by 'bank from-coco' or 'mine')")
     q.set_defaults(func=_cmd_bank_info)
 
 
@@ -119,16 +119,17 @@ def _build_paste(p: argparse.ArgumentParser) -> None:
 def _build_viz(p: argparse.ArgumentParser) -> None:
     from weakpaste.viz import VizConfig
 
-    p.add_argument("coco_json")
+    p.add_argument("coco_json", help="COCO or LVIS instances JSON with masks (polygons or RLE)")
     p.add_argument("--images", required=True, help="folder of the images")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True,
+                   help="output folder: the drawn images and contact_sheet.png")
     add_options(p, VizConfig)
     common(p)
     p.set_defaults(func=_cmd_viz)
 
 
 def _build_stats(p: argparse.ArgumentParser) -> None:
-    p.add_argument("coco_json")
+    p.add_argument("coco_json", help="COCO or LVIS instances JSON with masks (polygons or RLE)")
     p.add_argument("--images", help="also check that the image files exist")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_stats)
