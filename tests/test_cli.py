@@ -192,3 +192,19 @@ def test_bank_from_coco_has_no_gpus_per_worker(capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err == ("weakpaste: error: unrecognized arguments: "
                                        "--gpus-per-worker 1 (see 'weakpaste --help')\n")
+
+
+def test_bank_from_coco_reports_skipped_crowd_regions(tiny_coco, tmp_path, capsys):
+    path, images = tiny_coco
+    doc = json.loads(path.read_text())
+    crowd = dict(doc["annotations"][0], id=1000, iscrowd=1)
+    doc["annotations"].append(crowd)
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "bank"
+    assert main(["bank", "from-coco", str(path), "--images", str(images), "--out", str(out),
+                 "--quiet", "--min-area", "300"]) == 0
+    assert capsys.readouterr().out == (
+        f"wrote 3 segments of 2 classes to {out} (2 smaller than 300 px and 1 crowd region "
+        "(iscrowd=1) skipped)\n")
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert (counts["segments"], counts["skipped_small"], counts["crowd_skipped"]) == (3, 2, 1)

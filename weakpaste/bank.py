@@ -729,7 +729,9 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
         executor: a ``weakpaste.runners.ExecutorConfig`` (local pool by default).
 
     Returns:
-        The manifest written to ``out_dir/manifest.json``.
+        The manifest written to ``out_dir/manifest.json``; its counts: ``segments``,
+        ``per_class``, ``skipped_small`` (masks under ``min_area`` pixels) and
+        ``crowd_skipped`` (the file's ``iscrowd=1`` regions, never cut).
     """
     from tqdm import tqdm
 

@@ -40,8 +40,10 @@ def _cmd_bank_from_coco(args: argparse.Namespace) -> int:
                                   progress=not args.quiet,
                                   executor=from_args(ExecutorConfig, args))
     c = manifest["counts"]
+    crowd = c["crowd_skipped"]
     print(f"wrote {c['segments']} segments of {len(c['per_class'])} classes to {args.out} "
-          f"({c['skipped_small']} smaller than {config.min_area} px skipped)")
+          f"({c['skipped_small']} smaller than {config.min_area} px and {crowd} crowd "
+          f"region{'' if crowd == 1 else 's'} (iscrowd=1) skipped)")
     return 0
 
 
