@@ -73,20 +73,39 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, num_scenes: int, seed
 
 def write_backgrounds(out_dir: str | os.PathLike, *, num: int, seed: int,
                       height: int = DEMO_SIDE, width: int = DEMO_SIDE) -> Path:
-    """Write ``num`` object-free synthetic backgrounds as ``OUT/*.png``; returns the folder."""
+    """Write ``num`` object-free synthetic backgrounds as ``OUT/*.png`` and
+    ``OUT/instances.json``, a COCO file of them without instances.
+
+    The COCO file carries the scenes' category table (``write_synthetic_dataset``'s), so that
+    a set pasted onto these backgrounds keeps the scenes' category ids (a paste numbers the
+    classes its backgrounds file does not know in name order: ``demo --train`` then noted
+    that its own files number the six classes differently).
+
+    Returns:
+        The path of ``instances.json``.
+    """
     import numpy as np
 
     from weakpaste import synthetic
+    from weakpaste.io.coco import write_coco
     from weakpaste.io.images import write_image
+    from weakpaste.structures import ImageRecord, Instances
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     children = np.random.SeedSequence([seed, 0xBAC6]).spawn(num)
+    records = []
     for i, child in enumerate(children):
-        write_image(out / f"background_{i:05d}.png",
-                    synthetic.make_background(np.random.default_rng(child), height=height,
-                                              width=width))
-    return out
+        name = f"background_{i:05d}.png"
+        write_image(out / name, synthetic.make_background(np.random.default_rng(child),
+                                                          height=height, width=width))
+        records.append(ImageRecord(image_id=i + 1, file_name=name, width=width, height=height,
+                                   instances=Instances.empty(height, width)))
+    path = out / "instances.json"
+    write_coco(path, records, list(synthetic.CLASSES),
+               info={"description": "weakpaste synthetic backgrounds (no objects)",
+                     "seed": seed})
+    return path
 
 
 def demo_mine_config(*, backbone: str | None = None, weights: str | None = None,
@@ -270,11 +289,13 @@ def _paste(out: Path, scenes: Path, gt: Path, mined: bool, *, num_images: int, s
     if mined:
         # The scenes' own objects are unlabelled under weak labels: pasting onto them would
         # teach a detector that objects are background. Object-free backgrounds play the
-        # part of EM-Paste's generated context backgrounds.
+        # part of EM-Paste's generated context backgrounds; given as a COCO file with the
+        # scenes' categories, so that the pasted set numbers the classes as the scenes do.
         folder = out / "backgrounds"
-        if not folder.is_dir():
+        listing = folder / "instances.json"
+        if not listing.is_file():
             write_backgrounds(folder, num=max(1, num_images // 2), seed=seed)
-        background = {"extra_backgrounds": [str(folder)]}
+        background = {"backgrounds_json": str(listing), "images_dir": str(folder)}
     else:
         background = {"backgrounds_json": str(gt), "images_dir": str(scenes / "images")}
     # One process: a few dozen small images take seconds, and a pool forked from this
