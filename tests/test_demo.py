@@ -56,6 +56,13 @@ def test_short_demo_mines_masks_well_above_chance(tmp_path, capsys, offline):
     assert funnel["kept"] == counts["pair_yield@0.5"]
     assert (out / "viz_mined" / "contact_sheet.png").is_file()
     assert (out / "viz" / "contact_sheet.png").is_file()
+    # One mask per (scene, class): the sheet of mined masks says so; the pasted one has no
+    # such limit.
+    viz_config = json.loads((out / "viz_mined" / "manifest.json").read_text())["config"]
+    assert viz_config["title"] == (
+        "F-EM mines one mask per (scene, class) label: a second object of a class in the same "
+        "scene is not mined and shows unlabelled.")
+    assert "title" not in json.loads((out / "viz" / "manifest.json").read_text())["config"]
     # One numbering of the six classes in every file the demo writes (demo --train noted
     # 'mapped by name' when the pasted set numbered them in name order).
     tables = {name: _category_ids(out / name) for name in (

@@ -43,6 +43,11 @@ DEMO_SCENES = 300
 DEMO_TRAIN_ITERATIONS = 600
 
 
+MINED_SHEET_TITLE = ("F-EM mines one mask per (scene, class) label: a second object of a "
+                     "class in the same scene is not mined and shows unlabelled.")
+"""The title of the mined masks' contact sheet (``OUT/viz_mined``)."""
+
+
 def write_synthetic_dataset(out_dir: str | os.PathLike, *, num_scenes: int, seed: int,
                             height: int = DEMO_SIDE, width: int = DEMO_SIDE) -> Path:
     """Write synthetic scenes as ``images/*.png`` + ``instances.json`` (ground truth).
@@ -265,7 +270,8 @@ def _mine(out: Path, scenes: Path, gt: Path, mine_config, *, workers: int,
     made = run_mine_fem(mine_config, str(scenes / "images"), str(gt), str(bank),
                         workers=workers, progress=progress, save_baselines=True)
     run_viz(bank / "pseudo_labels.json", scenes / "images", out / "viz_mined",
-            VizConfig(num_images=16, seed=mine_config.seed), progress=progress)
+            VizConfig(num_images=16, seed=mine_config.seed, title=MINED_SHEET_TITLE),
+            progress=progress)
     weights, backbone = mine_config.model.weights, mine_config.model.backbone
     how = (f"{backbone} trained from scratch" if weights is None else
            f"{backbone} with {'torchvision ImageNet' if weights == 'DEFAULT' else ''}"
