@@ -110,6 +110,29 @@ def test_demo_runs(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
+def test_demo_viz_and_bank_twice_name_their_own_choices(tiny_coco, tmp_path, capsys):
+    """demo, viz and bank from-coco have no --resume: the refusal of a second run into the
+    same folder must not send a new user to it."""
+    path, images = tiny_coco
+    out = tmp_path / "demo"
+    argv = ["demo", "--from-gt", "--out", str(out), "--num-scenes", "4", "--num-images", "2",
+            "--quiet"]
+    bank = str(tmp_path / "bank")
+    runs = [argv, ["bank", "from-coco", str(path), "--images", str(images), "--out", bank,
+                   "--quiet"],
+            ["viz", str(path), "--images", str(images), "--out", str(tmp_path / "viz"),
+             "--quiet"]]
+    for run in runs:
+        assert main(run) == 0
+        capsys.readouterr()
+        assert main(run) == 2
+        folder = run[run.index("--out") + 1]
+        assert capsys.readouterr().err.strip() == (
+            f"weakpaste: error: {folder}: output folder is not empty; pass --overwrite to "
+            "replace it or choose another --out")
+    assert main(argv + ["--overwrite"]) == 0
+
+
 def test_a_write_failing_anywhere_is_one_line(tmp_path, monkeypatch, capsys):
     """The last net in main: a full or read-only disk met by code that did not name it."""
     import errno
@@ -130,3 +153,58 @@ def test_a_write_failing_anywhere_is_one_line(tmp_path, monkeypatch, capsys):
                         lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError, match="I/O error"):  # not a disk-space problem: a traceback
         main(["stats", "any.json"])
+
+
+@pytest.mark.parametrize("spelling", ["none", "None"])
+def test_viz_seed_none_as_its_help_says(tiny_coco, tmp_path, capsys, spelling):
+    """viz --help documents none (the first images); the parser must take it."""
+    from weakpaste.cli import build_parser
+
+    seed = next(a for a in build_parser(["viz"])._subparsers._group_actions[0]
+                .choices["viz"]._actions if a.dest == "seed")
+    assert seed.help == "seed of the random choice of images; none: the first ones (default: 0)"
+    assert seed.metavar == "N|none"
+    path, images = tiny_coco
+    out = tmp_path / "viz"
+    assert main(["viz", str(path), "--images", str(images), "--out", str(out), "--num-images",
+                 "2", "--seed", spelling, "--quiet"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["img0.png", "img1.png"]
+    assert json.loads((out / "manifest.json").read_text())["config"]["seed"] is None
+    with pytest.raises(SystemExit):
+        main(["viz", str(path), "--images", str(images), "--out", str(out), "--seed", "first"])
+    assert capsys.readouterr().err.strip() == (
+        "weakpaste viz: error: argument --seed: expected an integer or none, got 'first' "
+        "(see 'weakpaste viz --help')")
+
+
+def test_bank_from_coco_has_no_gpus_per_worker(capsys):
+    """Cutting masks uses no GPU: the flag did nothing there but reserve GPUs on Ray."""
+    from weakpaste.cli import build_parser
+
+    bank = build_parser(["bank"])._subparsers._group_actions[0].choices["bank"]
+    from_coco = bank._subparsers._group_actions[0].choices["from-coco"]
+    flags = {s for a in from_coco._actions for s in a.option_strings}
+    assert "--gpus-per-worker" not in flags
+    assert {"--executor", "--ray-address", "--workers"} <= flags
+    with pytest.raises(SystemExit) as exc:
+        main(["bank", "from-coco", "c.json", "--images", "i", "--out", "o",
+              "--gpus-per-worker", "1"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == ("weakpaste: error: unrecognized arguments: "
+                                       "--gpus-per-worker 1 (see 'weakpaste --help')\n")
+
+
+def test_bank_from_coco_reports_skipped_crowd_regions(tiny_coco, tmp_path, capsys):
+    path, images = tiny_coco
+    doc = json.loads(path.read_text())
+    crowd = dict(doc["annotations"][0], id=1000, iscrowd=1)
+    doc["annotations"].append(crowd)
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "bank"
+    assert main(["bank", "from-coco", str(path), "--images", str(images), "--out", str(out),
+                 "--quiet", "--min-area", "300"]) == 0
+    assert capsys.readouterr().out == (
+        f"wrote 3 segments of 2 classes to {out} (2 smaller than 300 px and 1 crowd region "
+        "(iscrowd=1) skipped)\n")
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert (counts["segments"], counts["skipped_small"], counts["crowd_skipped"]) == (3, 2, 1)

@@ -18,6 +18,7 @@ from weakpaste.options import (
     flag_of,
     from_args,
     option,
+    parse_int_or_none,
 )
 
 
@@ -130,3 +131,69 @@ def test_cli_refuses_out_of_range_numbers_in_one_line(capsys, tmp_path):
     assert exc.value.code == 2
     assert err == ("weakpaste paste: error: argument --blur-sigma: must be >= 0, got -1 "
                    "(see 'weakpaste paste --help')\n")
+
+
+def test_a_default_of_zero_is_shown_in_help():
+    @dataclass(frozen=True)
+    class Zeros(Config):
+        seed: int = option(0, help="a seed")
+        weight: float = option(0.0, help="a weight")
+        off: bool = option(False, help="a switch")
+
+    p = ArgumentParser(prog="t")
+    add_options(p, Zeros)
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["seed"] == "a seed (default: 0)"
+    assert helps["weight"] == "a weight (default: 0.0)"
+    assert helps["off"] == "a switch"
+
+
+def test_parse_int_or_none():
+    assert parse_int_or_none("7") == 7
+    assert parse_int_or_none("none") is None and parse_int_or_none("NONE") is None
+    with pytest.raises(ValueError, match=r"^expected an integer or none, got '1.5'$"):
+        parse_int_or_none("1.5")
+
+
+def _commands(parser: argparse.ArgumentParser, path=()):
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        yield " ".join(path), parser
+        return
+    for name, child in sub.choices.items():
+        yield from _commands(child, (*path, name))
+
+
+def test_every_default_in_help_is_in_the_form_its_flag_reads():
+    """--objects showed its default (4, 4) as '4,4', which --objects refuses."""
+    import re
+
+    checked = 0
+    for command, parser in _commands(build_parser()):
+        for action in parser._actions:
+            found = re.search(r"\(default: (.*)\)$", action.help or "")
+            if found is None or action.default is None or action.type is None:
+                continue
+            words = found.group(1).split() if action.nargs == "+" else [found.group(1)]
+            read = [action.type(w) for w in words]
+            assert (read if action.nargs == "+" else read[0]) == (
+                list(action.default) if action.nargs == "+" else action.default), \
+                (command, action.dest, found.group(1))
+            checked += 1
+    assert checked > 50
+    paste = _subparser(build_parser(), "paste")
+    objects = next(a for a in paste._actions if a.dest == "objects")
+    assert objects.help == "objects pasted per image, fixed or a range (default: 4)"
+
+
+def test_every_argument_of_every_command_has_help():
+    """bank info's BANK, viz's COCO_JSON and --out, stats' COCO_JSON had none."""
+    missing = [(command, action.dest) for command, parser in _commands(build_parser())
+               for action in parser._actions if not action.help]
+    assert missing == []
+    helps = {(c, a.dest): a.help for c, p in _commands(build_parser()) for a in p._actions}
+    assert helps["bank info", "bank"] == ("segment bank folder (made by 'bank from-coco' or "
+                                          "'mine')")
+    assert helps["viz", "out"] == "output folder: the drawn images and contact_sheet.png"
+    assert helps["viz", "coco_json"] == helps["stats", "coco_json"] == (
+        "COCO or LVIS instances JSON with masks (polygons or RLE)")

@@ -187,6 +187,23 @@ def test_contact_sheet_captions() -> None:
     assert np.any(strip > 100)  # caption text is light on the dark strip
 
 
+def test_contact_sheet_title_is_a_wrapped_strip_above_the_grid() -> None:
+    images = [np.full((20, 20, 3), 80, dtype=np.uint8) for _ in range(3)]
+    plain = contact_sheet(images, columns=2, thumb=64, captions=["one", "two", "three"])
+    titled = contact_sheet(images, columns=2, thumb=64, captions=["one", "two", "three"],
+                           title="a note for the reader " * 4)
+    strip_h = titled.shape[0] - plain.shape[0]
+    assert titled.shape[1] == plain.shape[1] and strip_h > 0
+    assert np.array_equal(titled[strip_h:], plain)  # the grid is untouched
+    strip = titled[:strip_h]
+    assert np.any(strip > 100)  # light text on the dark strip
+    text_rows = np.flatnonzero((strip > 100).any(axis=(1, 2)))
+    gaps = np.flatnonzero(np.diff(text_rows) > 1)
+    assert len(gaps) >= 1  # 88 characters do not fit 128 pixels: wrapped onto several lines
+    assert np.array_equal(contact_sheet(images, columns=2, thumb=64, title=None),
+                          contact_sheet(images, columns=2, thumb=64))
+
+
 def test_contact_sheet_errors() -> None:
     with pytest.raises(ValueError) as err:
         contact_sheet([])
@@ -252,7 +269,8 @@ def test_run_viz_refuses_non_empty_out_without_overwrite(tmp_path: Path) -> None
     run_viz(coco, images, out, VizConfig(num_images=1), progress=False)
     with pytest.raises(WeakpasteError) as err:
         run_viz(coco, images, out, VizConfig(num_images=1), progress=False)
-    assert str(err.value).startswith(f"{out}: output folder is not empty")
+    assert str(err.value) == (f"{out}: output folder is not empty; pass --overwrite to "
+                              "replace it or choose another --out")
     run_viz(coco, images, out, VizConfig(num_images=3), overwrite=True, progress=False)
     assert len(list((out / "images").iterdir())) == 3
 
@@ -355,3 +373,14 @@ def test_viz_cli_predictions(tmp_path: Path, capsys) -> None:
               str(pred), "--min-score", "1.5", "--overwrite"])
     assert exit_.value.code == 2
     assert "argument --min-score: must be in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_run_viz_title_on_the_sheet_and_in_the_manifest(tmp_path: Path) -> None:
+    coco, images = make_coco(tmp_path)
+    plain = run_viz(coco, images, tmp_path / "v1", VizConfig(num_images=2), progress=False)
+    titled = run_viz(coco, images, tmp_path / "v2", VizConfig(num_images=2, title="a note"),
+                     progress=False)
+    assert "title" not in plain["config"] and titled["config"]["title"] == "a note"
+    a = read_image(tmp_path / "v1" / "contact_sheet.png")
+    b = read_image(tmp_path / "v2" / "contact_sheet.png")
+    assert b.shape[0] > a.shape[0] and np.array_equal(b[b.shape[0] - a.shape[0]:], a)

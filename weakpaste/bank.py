@@ -729,7 +729,9 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
         executor: a ``weakpaste.runners.ExecutorConfig`` (local pool by default).
 
     Returns:
-        The manifest written to ``out_dir/manifest.json``.
+        The manifest written to ``out_dir/manifest.json``; its counts: ``segments``,
+        ``per_class``, ``skipped_small`` (masks under ``min_area`` pixels) and
+        ``crowd_skipped`` (the file's ``iscrowd=1`` regions, never cut).
     """
     from tqdm import tqdm
 
@@ -746,12 +748,13 @@ def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLi
         if unknown:
             raise WeakpasteError(f"{coco_json}: class {unknown[0]!r} is not among its categories; "
                                  "check --classes")
-    check_output_dir(out_dir, overwrite=overwrite, stage="bank", inputs=[coco_json, images_dir])
+    check_output_dir(out_dir, overwrite=overwrite, stage="bank", inputs=[coco_json, images_dir],
+                     resumable=False)
     # The workers start (Ray is joined) before the output folder is made: a cluster that
     # cannot be reached leaves nothing to remove.
     with Workers(workers, executor=executor, check=[coco_json, images_dir, out_dir]) as pool:
         out = prepare_output_dir(out_dir, overwrite=overwrite, stage="bank",
-                                 inputs=[coco_json, images_dir])
+                                 inputs=[coco_json, images_dir], resumable=False)
         config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
                   "min_area": min_area, "classes": classes}
         inputs = {"coco_json": file_sha256(coco_json)}

@@ -43,6 +43,11 @@ DEMO_SCENES = 300
 DEMO_TRAIN_ITERATIONS = 600
 
 
+MINED_SHEET_TITLE = ("F-EM mines one mask per (scene, class) label: a second object of a "
+                     "class in the same scene is not mined and shows unlabelled.")
+"""The title of the mined masks' contact sheet (``OUT/viz_mined``)."""
+
+
 def write_synthetic_dataset(out_dir: str | os.PathLike, *, num_scenes: int, seed: int,
                             height: int = DEMO_SIDE, width: int = DEMO_SIDE) -> Path:
     """Write synthetic scenes as ``images/*.png`` + ``instances.json`` (ground truth).
@@ -73,20 +78,39 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, num_scenes: int, seed
 
 def write_backgrounds(out_dir: str | os.PathLike, *, num: int, seed: int,
                       height: int = DEMO_SIDE, width: int = DEMO_SIDE) -> Path:
-    """Write ``num`` object-free synthetic backgrounds as ``OUT/*.png``; returns the folder."""
+    """Write ``num`` object-free synthetic backgrounds as ``OUT/*.png`` and
+    ``OUT/instances.json``, a COCO file of them without instances.
+
+    The COCO file carries the scenes' category table (``write_synthetic_dataset``'s), so that
+    a set pasted onto these backgrounds keeps the scenes' category ids (a paste numbers the
+    classes its backgrounds file does not know in name order: ``demo --train`` then noted
+    that its own files number the six classes differently).
+
+    Returns:
+        The path of ``instances.json``.
+    """
     import numpy as np
 
     from weakpaste import synthetic
+    from weakpaste.io.coco import write_coco
     from weakpaste.io.images import write_image
+    from weakpaste.structures import ImageRecord, Instances
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     children = np.random.SeedSequence([seed, 0xBAC6]).spawn(num)
+    records = []
     for i, child in enumerate(children):
-        write_image(out / f"background_{i:05d}.png",
-                    synthetic.make_background(np.random.default_rng(child), height=height,
-                                              width=width))
-    return out
+        name = f"background_{i:05d}.png"
+        write_image(out / name, synthetic.make_background(np.random.default_rng(child),
+                                                          height=height, width=width))
+        records.append(ImageRecord(image_id=i + 1, file_name=name, width=width, height=height,
+                                   instances=Instances.empty(height, width)))
+    path = out / "instances.json"
+    write_coco(path, records, list(synthetic.CLASSES),
+               info={"description": "weakpaste synthetic backgrounds (no objects)",
+                     "seed": seed})
+    return path
 
 
 def demo_mine_config(*, backbone: str | None = None, weights: str | None = None,
@@ -194,7 +218,7 @@ def run_demo(config: DemoConfig, out_dir: str | os.PathLike, *, workers: int = 2
 
         raise WeakpasteError("demo --train compares mined with ground-truth masks; drop "
                              "--from-gt")
-    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="demo")
+    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="demo", resumable=False)
     mine_config = demo_mine_config(backbone=backbone, weights=weights, epochs=epochs,
                                    seed=seed) if mine else None
     config = {"num_scenes": num_scenes, "num_images": num_images, "seed": seed, "mine": mine,
@@ -246,7 +270,8 @@ def _mine(out: Path, scenes: Path, gt: Path, mine_config, *, workers: int,
     made = run_mine_fem(mine_config, str(scenes / "images"), str(gt), str(bank),
                         workers=workers, progress=progress, save_baselines=True)
     run_viz(bank / "pseudo_labels.json", scenes / "images", out / "viz_mined",
-            VizConfig(num_images=16, seed=mine_config.seed), progress=progress)
+            VizConfig(num_images=16, seed=mine_config.seed, title=MINED_SHEET_TITLE),
+            progress=progress)
     weights, backbone = mine_config.model.weights, mine_config.model.backbone
     how = (f"{backbone} trained from scratch" if weights is None else
            f"{backbone} with {'torchvision ImageNet' if weights == 'DEFAULT' else ''}"
@@ -270,11 +295,13 @@ def _paste(out: Path, scenes: Path, gt: Path, mined: bool, *, num_images: int, s
     if mined:
         # The scenes' own objects are unlabelled under weak labels: pasting onto them would
         # teach a detector that objects are background. Object-free backgrounds play the
-        # part of EM-Paste's generated context backgrounds.
+        # part of EM-Paste's generated context backgrounds; given as a COCO file with the
+        # scenes' categories, so that the pasted set numbers the classes as the scenes do.
         folder = out / "backgrounds"
-        if not folder.is_dir():
+        listing = folder / "instances.json"
+        if not listing.is_file():
             write_backgrounds(folder, num=max(1, num_images // 2), seed=seed)
-        background = {"extra_backgrounds": [str(folder)]}
+        background = {"backgrounds_json": str(listing), "images_dir": str(folder)}
     else:
         background = {"backgrounds_json": str(gt), "images_dir": str(scenes / "images")}
     # One process: a few dozen small images take seconds, and a pool forked from this

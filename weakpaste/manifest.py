@@ -189,7 +189,8 @@ def check_output_file(out_file: str | os.PathLike, *, overwrite: bool,
 
 def check_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
                      resume: bool = False, stage: str,
-                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+                     inputs: Iterable[str | os.PathLike | None] = (),
+                     resumable: bool = True) -> Path:
     """Check that ``prepare_output_dir`` may use ``out_dir``, changing nothing.
 
     A stage calls it before costly start-up (a Ray cluster), so that a wrong ``--out`` is
@@ -207,8 +208,12 @@ def check_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
                                      "written by weakpaste); drop --resume or choose another "
                                      "--out")
         elif not overwrite:
-            raise WeakpasteError(f"{out}: output folder is not empty; pass --overwrite to "
-                                 "replace it, --resume to continue it, or choose another --out")
+            # Name only the choices the stage's command has (demo, viz and bank have no
+            # --resume: suggesting it sent a new user to a flag that does not exist).
+            choices = ("pass --overwrite to replace it, --resume to continue it, or choose "
+                       "another --out" if resumable else
+                       "pass --overwrite to replace it or choose another --out")
+            raise WeakpasteError(f"{out}: output folder is not empty; {choices}")
         elif manifest is None:
             raise WeakpasteError(f"{out}: not a weakpaste output (no manifest.json written by "
                                  "weakpaste), so --overwrite will not delete it; choose "
@@ -218,7 +223,8 @@ def check_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
 
 def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
                        resume: bool = False, stage: str,
-                       inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+                       inputs: Iterable[str | os.PathLike | None] = (),
+                       resumable: bool = True) -> Path:
     """Create ``out_dir`` or check that it may be used.
 
     Args:
@@ -230,6 +236,8 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
         stage: the stage about to write.
         inputs: the run's input files and folders; ``out_dir`` may not be, contain or lie
             inside any of them (``check_not_an_input``).
+        resumable: whether the stage's command offers ``--resume`` (the refusal of a
+            non-empty folder suggests it only then).
 
     Raises:
         WeakpasteError: the folder is not empty and neither flag allows it, ``overwrite``
@@ -237,7 +245,7 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
             created (read-only file system, permissions).
     """
     out = check_output_dir(out_dir, overwrite=overwrite, resume=resume, stage=stage,
-                           inputs=inputs)
+                           inputs=inputs, resumable=resumable)
     if out.is_dir() and any(out.iterdir()):
         lock_output_dir(out)  # before anything in it is deleted or continued
         if resume:

@@ -41,6 +41,7 @@ class Opt:
     nargs: str | None = None
     cli: bool = True
     open_low: bool = False
+    show: Callable[[Any], str] | None = None
 
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None,
@@ -48,7 +49,7 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
            range: tuple[float | None, float | None] | None = None,
            parse: Callable[[str], Any] | None = None, nargs: str | None = None,
            cli: bool = True, factory: Callable[[], Any] | None = None,
-           open_low: bool = False) -> Any:
+           open_low: bool = False, show: Callable[[Any], str] | None = None) -> Any:
     """A dataclass field with its command-line description.
 
     Args:
@@ -65,13 +66,15 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
         cli: False for a setting that only the Python API sets.
         factory: a default factory (nested configs, mutable defaults).
         open_low: the range's lower bound is excluded (``> 0`` rather than ``>= 0``).
+        show: value -> the text ``parse`` reads, for the default in ``--help`` (by default a
+            tuple is shown as "A,B" when ``parse`` is given, as "A B" otherwise).
 
     Returns:
         A ``dataclasses.field``.
     """
     meta = {_KEY: Opt(help=help, flag=flag, metavar=metavar,
                       choices=tuple(choices) if choices is not None else None, range=range,
-                      parse=parse, nargs=nargs, cli=cli, open_low=open_low)}
+                      parse=parse, nargs=nargs, cli=cli, open_low=open_low, show=show)}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -227,10 +230,14 @@ def _kwargs(f: dataclasses.Field, tp: Any, opt: Opt) -> dict:
         kw["nargs"] = opt.nargs
     if convert is not str or opt.range is not None:
         kw["type"] = _checked(convert, f.name, opt, flag)
-    if default not in (None, False, (), MISSING):
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) and \
-            opt.parse is not None else default
-        shown = " ".join(map(str, shown)) if isinstance(shown, tuple) else shown
+    # By identity: ``0 in (False, ...)`` is true, which hid every default of 0 (the seeds).
+    if not (default is None or default is False or default is MISSING or default == ()):
+        if opt.show is not None:
+            shown = opt.show(default)
+        elif isinstance(default, tuple):
+            shown = ("," if opt.parse is not None else " ").join(map(str, default))
+        else:
+            shown = default
         kw["help"] = f"{opt.help} (default: {shown})".replace("%", "%%")
     else:
         kw["help"] = opt.help.replace("%", "%%")
@@ -321,6 +328,17 @@ def parse_float_pair(text: str) -> tuple[float, float]:
     if hi < lo or lo <= 0:
         raise ValueError(f"expected 0 < LO <= HI, got {text!r}")
     return lo, hi
+
+
+def parse_int_or_none(text: str) -> int | None:
+    """'7' -> 7, 'none' (any case) -> None: an optional integer whose None is spelt on the
+    command line as ``--weights`` spells it. Raises ValueError with the expected form."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer or none, got {text!r}") from None
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from weakpaste.errors import WeakpasteError
-from weakpaste.options import Config, option
+from weakpaste.options import Config, option, parse_int_or_none
 
 # Bright, mutually distinct colours: every one carries a dark label text well and stands out on
 # typical photos. A fixed table (rather than a hue from the hash) keeps two classes from getting
@@ -209,24 +209,54 @@ def _fit_text(text: str, max_w: int, scale: float, thick: int) -> str:
     return ""
 
 
+def _wrap_text(text: str, max_w: int, scale: float, thick: int) -> list[str]:
+    """``text`` broken at spaces into lines of at most ``max_w`` pixels (a word wider than
+    that is shortened by ``_fit_text``)."""
+    lines: list[str] = []
+    for word in text.encode("ascii", "replace").decode().split():
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(joined, _FONT, scale, thick)[0][0] <= max_w:
+            lines[-1] = joined
+        else:
+            lines.append(_fit_text(word, max_w, scale, thick))
+    return lines
+
+
+def _title_strip(title: str, width: int, scale: float, thick: int) -> np.ndarray:
+    """A dark strip ``width`` pixels wide holding ``title``, wrapped, left-aligned."""
+    (_, th), base = cv2.getTextSize("Ag", _FONT, scale, thick)
+    pad = max(4, round(th * 0.6))
+    line_h = th + base + pad // 2
+    lines = _wrap_text(title, width - 2 * pad, scale, thick)
+    strip = np.empty((len(lines) * line_h + 2 * pad - pad // 2, width, 3), dtype=np.uint8)
+    strip[:] = _SHEET_BACKGROUND
+    for k, line in enumerate(lines):
+        cv2.putText(strip, line, (pad, pad + k * line_h + th), _FONT, scale, _CAPTION_COLOR,
+                    thick, lineType=cv2.LINE_AA)
+    return strip
+
+
 def contact_sheet(images: Sequence[np.ndarray], *, columns: int = 4, thumb: int = 320,
-                  captions: Sequence[str] | None = None) -> np.ndarray:
+                  captions: Sequence[str] | None = None,
+                  title: str | None = None) -> np.ndarray:
     """Lay images out on a grid of thumbnails.
 
     Each image is scaled to fit its ``thumb`` x ``thumb`` cell (aspect ratio kept, a small
     margin left) on a dark background, centred, or bottom-aligned on a text strip added under
     every cell when ``captions`` are given. There are ``min(columns, len(images))`` columns
-    and as many rows as needed; unused cells of the last row stay dark.
+    and as many rows as needed; unused cells of the last row stay dark. A ``title`` is
+    written above the grid, wrapped to its width.
 
     Args:
         images: uint8 (h, w, 3) RGB images of any sizes.
         columns: maximum number of columns (>= 1).
         thumb: cell side in pixels (>= 8).
         captions: one text per image, or None.
+        title: a text for the whole sheet (what to know when reading it), or None.
 
     Returns:
-        uint8 (rows * (thumb + caption_h), cols * thumb, 3) RGB, where ``caption_h`` is 0
-        without captions.
+        uint8 (title_h + rows * (thumb + caption_h), cols * thumb, 3) RGB, where
+        ``caption_h`` is 0 without captions and ``title_h`` 0 without a title.
 
     Raises:
         ValueError: no images, a malformed image, captions of the wrong length, or a bad
@@ -274,6 +304,8 @@ def contact_sheet(images: Sequence[np.ndarray], *, columns: int = 4, thumb: int 
             ty = r * cell_h + thumb + (cap_h + th - base) // 2
             cv2.putText(sheet, text, (tx, ty), _FONT, scale, _CAPTION_COLOR, thick,
                         lineType=cv2.LINE_AA)
+    if title:
+        sheet = np.concatenate([_title_strip(title, sheet.shape[1], scale, thick), sheet])
     return sheet
 
 
@@ -305,8 +337,11 @@ class VizConfig(Config):
 
     num_images: int = option(16, range=(1, None), help="images to draw")
     columns: int = option(4, range=(1, None), help="columns of the contact sheet")
-    seed: int | None = option(0, range=(0, None),
-                              help="seed of the random choice of images (None: the first ones)")
+    seed: int | None = option(0, range=(0, None), parse=parse_int_or_none, metavar="N|none",
+                              help="seed of the random choice of images; none: the first ones")
+    title: str | None = option(None, metavar="TEXT",
+                               help="a line written above the contact sheet (what a reader "
+                                    "should know about the masks)")
     min_score: float = option(0.5, range=(0.0, 1.0),
                               help="with --predictions: the lowest score drawn")
 
@@ -325,7 +360,8 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
         images_dir: folder the JSON's ``file_name`` entries are relative to.
         out_dir: output folder; must be empty or absent unless ``overwrite``.
         config: how many images to draw (fewer when the set is smaller), the seed of their
-            random choice (None takes the first ones) and the contact sheet's columns.
+            random choice (None takes the first ones), the contact sheet's columns and
+            its title.
         predictions: a COCO results file of detections on ``coco_json``'s images (e.g.
             ``weakpaste eval``'s ``predictions.json``): its masks scoring at least
             ``config.min_score`` are drawn, with their scores, instead of the annotations.
@@ -355,9 +391,12 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
 
     out = prepare_output_dir(out_dir, overwrite=overwrite, stage="viz",
                              inputs=[coco_json, images_dir]
-                             + ([predictions] if predictions is not None else []))
+                             + ([predictions] if predictions is not None else []),
+                             resumable=False)
     config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
               "num_images": num_images, "seed": seed, "columns": columns}
+    if cfg.title:
+        config["title"] = cfg.title
     inputs = {"coco_json": file_sha256(coco_json)}
     if predictions is not None:
         config.update(predictions=str(predictions), min_score=cfg.min_score)
@@ -391,7 +430,8 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
                         f"{rec.file_name}, {k} pred. >= {cfg.min_score:g}")
 
     write_image(out / "contact_sheet.png",
-                contact_sheet(thumbs, columns=columns, thumb=thumb, captions=captions))
+                contact_sheet(thumbs, columns=columns, thumb=thumb, captions=captions,
+                              title=cfg.title))
     return write_manifest(out, stage="viz", config=config, seed=seed, inputs=inputs,
                           counts={"images": len(picked), "instances": n_instances})
 

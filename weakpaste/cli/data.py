@@ -40,8 +40,10 @@ def _cmd_bank_from_coco(args: argparse.Namespace) -> int:
                                   progress=not args.quiet,
                                   executor=from_args(ExecutorConfig, args))
     c = manifest["counts"]
+    crowd = c["crowd_skipped"]
     print(f"wrote {c['segments']} segments of {len(c['per_class'])} classes to {args.out} "
-          f"({c['skipped_small']} smaller than {config.min_area} px skipped)")
+          f"({c['skipped_small']} smaller than {config.min_area} px and {crowd} crowd "
+          f"region{'' if crowd == 1 else 's'} (iscrowd=1) skipped)")
     return 0
 
 
@@ -87,11 +89,12 @@ def _build_bank(p: argparse.ArgumentParser) -> None:
     q.add_argument("--out", required=True, help="bank folder to create")
     add_options(q, BankConfig)
     workers(q)
-    add_options(q, ExecutorConfig)
+    # Cutting masks uses no GPU: a reservation per Ray worker would only hold GPUs idle.
+    add_options(q, ExecutorConfig, exclude=("gpus_per_worker",))
     common(q)
     q.set_defaults(func=_cmd_bank_from_coco)
     q = bank_sub.add_parser("info", help="segments per class of a bank")
-    q.add_argument("bank")
+    q.add_argument("bank", help="segment bank folder (made by 'bank from-coco' or 'mine')")
     q.set_defaults(func=_cmd_bank_info)
 
 
@@ -118,9 +121,10 @@ def _build_paste(p: argparse.ArgumentParser) -> None:
 def _build_viz(p: argparse.ArgumentParser) -> None:
     from weakpaste.viz import VizConfig
 
-    p.add_argument("coco_json")
+    p.add_argument("coco_json", help="COCO or LVIS instances JSON with masks (polygons or RLE)")
     p.add_argument("--images", required=True, help="folder of the images")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True,
+                   help="output folder: the drawn images and contact_sheet.png")
     p.add_argument("--predictions", metavar="RESULTS_JSON",
                    help="draw these detections on the images of coco_json instead of its "
                         "annotations (COCO results format, e.g. 'weakpaste eval' OUT/"
@@ -131,7 +135,7 @@ def _build_viz(p: argparse.ArgumentParser) -> None:
 
 
 def _build_stats(p: argparse.ArgumentParser) -> None:
-    p.add_argument("coco_json")
+    p.add_argument("coco_json", help="COCO or LVIS instances JSON with masks (polygons or RLE)")
     p.add_argument("--images", help="also check that the image files exist")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_stats)

@@ -114,7 +114,7 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
 def _build_longtail(p: argparse.ArgumentParser) -> None:
     from weakpaste.train.config import LongtailConfig
 
-    p.add_argument("coco_json")
+    p.add_argument("coco_json", help="COCO instances JSON to take the subset from")
     p.add_argument("--out", required=True, metavar="COCO_JSON", help="the subset to write")
     add_options(p, LongtailConfig)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

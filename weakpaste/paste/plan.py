@@ -104,6 +104,12 @@ def parse_count_range(text: str | int) -> tuple[int, int]:
     return lo, hi
 
 
+def format_count_range(counts: tuple[int, int]) -> str:
+    """(4, 4) -> '4'; (1, 6) -> '1-6': the form ``parse_count_range`` reads."""
+    lo, hi = counts
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 def class_probabilities(class_idx: np.ndarray, num_classes: int, mode: str,
                         weights: np.ndarray | None = None) -> np.ndarray:
     """Per-segment selection probabilities.

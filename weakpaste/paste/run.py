@@ -94,6 +94,7 @@ class PasteConfig(plan_mod.PlanParams, RenderParams):
     num_images: int = option(help="output images", range=(1, None))
     seed: int = option(0, range=(0, None), help="the run's seed")
     objects: tuple[int, int] = option((4, 4), parse=plan_mod.parse_count_range,
+                                      show=plan_mod.format_count_range,
                                       metavar="N|LO-HI", range=(1, MAX_OBJECTS),
                                       help="objects pasted per image, fixed or a range")
     selection: str = option("uniform", choices=plan_mod.SELECTIONS,

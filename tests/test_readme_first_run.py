@@ -1,0 +1,29 @@
+"""What a new user reads first: the README's opening install lines."""
+
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _first_code_block() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("```bash\n") + len("```bash\n")
+    return text[start:text.index("```", start)].splitlines()
+
+
+def test_cpu_wheels_come_before_the_editable_install():
+    lines = _first_code_block()
+    cpu = next(i for i, line in enumerate(lines) if line.startswith("pip install torch "))
+    assert lines[cpu] == ("pip install torch torchvision --index-url "
+                          "https://download.pytorch.org/whl/cpu")
+    editable = next(i for i, line in enumerate(lines) if line.startswith("pip install -e . "))
+    assert cpu < editable
+    assert "without a CUDA GPU" in lines[cpu - 1]
+
+
+def test_the_test_command_says_how_long_it_takes():
+    line = next(x for x in _first_code_block() if "python -m pytest" in x)
+    assert "about 10-15 minutes on a 2-core machine" in line
+    development = README.read_text(encoding="utf-8").split("## Development", 1)[1]
+    line = next(x for x in development.splitlines() if x.startswith("python -m pytest"))
+    assert "about 10-15 minutes on a 2-core machine" in line
