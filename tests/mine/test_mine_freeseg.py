@@ -141,7 +141,12 @@ class _SquaresClassifier:
             x0, y0, x1, y1 = sq
             region = (image[y0:y1, x0:x1] != 124).any(-1)
             cam[y0:y1, x0:x1] = np.where(region, w, cam[y0:y1, x0:x1])
-        return cam[None] / max(cam.max(), 1e-9)
+        return (cam[None] / max(cam.max(), 1e-9))[:len(class_indices)]
+
+    def gradcam_outputs(self, image, class_indices):
+        """One 'forward pass': maps, probabilities and (fake) pooled features."""
+        p = self.predict_proba([image])[0]
+        return self.gradcam(image, class_indices), p, np.array([p[0], 1.0], np.float32)
 
 
 def test_lore_removes_the_known_square():
@@ -151,6 +156,9 @@ def test_lore_removes_the_known_square():
     np.testing.assert_array_equal(res.box, [10, 20, 30, 40])
     assert res.p_before == pytest.approx(0.9) and res.p_after == 0.0
     assert res.steps == 1 and res.drop_rate == pytest.approx(1.0)
+    assert clf.calls == 2  # one forward pass before, one after the removal
+    np.testing.assert_allclose(res.features_before, [0.9, 1.0])  # the passes' features
+    np.testing.assert_allclose(res.features_after, [0.0, 1.0])
 
 
 def test_lore_keeps_removing_until_the_class_is_gone():
@@ -160,7 +168,7 @@ def test_lore_keeps_removing_until_the_class_is_gone():
     clf = _SquaresClassifier([(5, 5, 15, 15), (40, 30, 60, 50), (2, 55, 8, 62)],
                              [0.4, 0.35, 0.2])
     res = lore_box(clf, image, 0, stop=0.5, fill=(124, 124, 124))
-    assert res.steps == 2
+    assert res.steps == 2 and clf.calls == 4  # before, after each removal, the union box
     assert res.boxes == [(5.0, 5.0, 15.0, 15.0), (40.0, 30.0, 60.0, 50.0)]
     np.testing.assert_array_equal(res.box, [5, 5, 60, 50])
     assert res.p_after == pytest.approx(0.2) and res.p_before == pytest.approx(0.95)

@@ -191,7 +191,8 @@ class FreeSegParams(Config):
     Attributes:
         saliency: ``spectral`` or the path of an ONNX salient-object model.
         saliency_convention: ``isnet`` or ``u2net`` preprocessing of an ONNX model.
-        saliency_size: input side of an ONNX model with dynamic dims (None: the convention's).
+        saliency_size: input side of the ONNX model (None: a fixed model's own, else the
+            convention's); a model with a fixed input is rewritten to run at it.
         cam_threshold: LORE's Grad-CAM binarisation, relative to its maximum.
         lore_steps: LORE's most removals.
         lore_stop: LORE stops when the class's probability falls below this.
@@ -203,9 +204,10 @@ class FreeSegParams(Config):
                                 "spectral residual")
     saliency_convention: str = option("isnet", choices=("isnet", "u2net"),
                                       help="input normalisation of the ONNX model")
-    saliency_size: int | None = option(None, range=(1, None),
-                                       help="input side of an ONNX model with dynamic "
-                                            "height/width")
+    saliency_size: int | None = option(None, range=(8, None),
+                                       help="run the ONNX model at this input side (a "
+                                            "fixed-size model is rewritten; IS-Net: 512 is "
+                                            "~4x faster than its 1024)")
     cam_threshold: float = option(0.5, range=(0, 1),
                                   help="LORE: Grad-CAM binarisation, relative to its maximum")
     lore_steps: int = option(5, range=(1, None), help="LORE: most regions removed")
@@ -231,6 +233,8 @@ class FreeSegConfig(Config):
         smooth: Gaussian sigma of the refinement (fraction of the shorter side).
         morph: erosion/dilation radius (fraction of the shorter side).
         raw_threshold: binarises the raw map for the ``raw`` baseline only.
+        stability_delta: the stability cue's threshold shift (map units; SAM's stability
+            score of the refined map).
         min_score: keep segments whose FreeSeg score is larger than this.
         min_drop: ... and whose image's drop rate is larger than this.
         saliency_cache: folder of cached saliency maps (None: ``OUT/.cache/saliency``).
@@ -250,6 +254,8 @@ class FreeSegConfig(Config):
     smooth: float = option(0.01, cli=False, help="refinement Gaussian sigma")
     morph: float = option(0.02, cli=False, help="refinement opening radius")
     raw_threshold: float = option(0.5, cli=False, help="the raw baseline's threshold")
+    stability_delta: float = option(0.1, range=(0, 1), open_low=True, cli=False,
+                                    help="threshold shift of the stability cue")
     min_score: float = option(0.5, flag="--min-freeseg-score", range=(0, 1),
                               help="keep segments whose mean(IoB, IoM) with the LORE box is "
                                    "larger")

@@ -49,7 +49,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -84,6 +84,23 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == best
 
 
+class Refined(NamedTuple):
+    """What the refinement made of a raw map (``refine_steps``).
+
+    Attributes:
+        mask: bool (H, W) segment, possibly empty.
+        threshold: Li's threshold on the smoothed map (NaN for a constant map).
+        smooth: float32 (H, W) the Gaussian-filtered raw map.
+        binary: bool (H, W) ``smooth > threshold`` (before the opening and the largest
+            component).
+    """
+
+    mask: np.ndarray
+    threshold: float
+    smooth: np.ndarray
+    binary: np.ndarray
+
+
 def refine_map(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02
                ) -> tuple[np.ndarray, float]:
     """Binarise a gray-scale foreground map as FreeSeg A.3 does.
@@ -106,6 +123,12 @@ def refine_map(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02
     Raises:
         ValueError: ``raw`` is not 2-D.
     """
+    refined = refine_steps(raw, sigma=sigma, morph=morph)
+    return refined.mask, refined.threshold
+
+
+def refine_steps(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02) -> Refined:
+    """``refine_map`` with its intermediate maps, which the ranking cues read."""
     from skimage.filters import threshold_li
 
     if raw.ndim != 2:
@@ -113,13 +136,14 @@ def refine_map(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02
     smooth = cv2.GaussianBlur(raw.astype(np.float32), (0, 0),
                               _side_pixels(raw.shape, sigma, 0.5))
     if not np.isfinite(smooth).all() or float(smooth.max() - smooth.min()) < 1e-6:
-        return np.zeros(raw.shape, dtype=bool), float("nan")
+        empty = np.zeros(raw.shape, dtype=bool)
+        return Refined(empty, float("nan"), smooth, empty)
     t = float(threshold_li(smooth))
     binary = smooth > t
     r = int(round(_side_pixels(raw.shape, morph, 1.0)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     opened = cv2.dilate(cv2.erode(binary.astype(np.uint8), kernel), kernel).astype(bool)
-    return largest_component(opened if opened.any() else binary), t
+    return Refined(largest_component(opened if opened.any() else binary), t, smooth, binary)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +160,9 @@ class LoreResult:
         p_after: the same after the whole box is filled with grey.
         steps: regions removed.
         boxes: the removed region boxes, in order (xyxy).
+        features_before: float32 (D,) pooled features of the image (None from a classifier
+            that gives none).
+        features_after: float32 (D,) pooled features of the image with the box filled.
     """
 
     box: np.ndarray
@@ -143,6 +170,8 @@ class LoreResult:
     p_after: float
     steps: int
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    features_before: np.ndarray | None = None
+    features_after: np.ndarray | None = None
 
     @property
     def drop_rate(self) -> float:
@@ -156,6 +185,18 @@ def _fill_box(image: np.ndarray, box, fill) -> np.ndarray:
     return out
 
 
+def _peak_region_box(cam: np.ndarray, cam_threshold: float) -> np.ndarray | None:
+    """Box of the connected region around the map's maximum above ``cam_threshold`` of it."""
+    peak = float(cam.max())
+    if peak <= 0:
+        return None
+    region = cam >= cam_threshold * peak
+    n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    region = labels == labels[y, x] if n > 1 else region
+    return mask_ops.mask_box(region)
+
+
 def lore_box(classifier, image: np.ndarray, class_index: int, *, cam_threshold: float = 0.5,
              max_steps: int = 5, stop: float = 0.5, fill=None) -> LoreResult:
     """LORE (MosaicOS): remove the most discriminative region until the class is not predicted.
@@ -164,11 +205,13 @@ def lore_box(classifier, image: np.ndarray, class_index: int, *, cam_threshold: 
     at ``cam_threshold`` of its maximum, takes the connected region holding the maximum and
     fills that region's box with grey. It stops when the probability of the class falls below
     ``stop``, after ``max_steps`` removals, or when the Grad-CAM is empty. At least one region
-    is removed. The pseudo box is the box of everything removed.
+    is removed. The pseudo box is the box of everything removed. One forward pass per image
+    state gives its probability and its Grad-CAM together (``gradcam_outputs``), plus one for
+    the union box when several regions were removed.
 
     Args:
-        classifier: an object with ``predict_proba(images) -> (N, K)`` and
-            ``gradcam(image, [k]) -> (1, H, W)`` in [0, 1] (``Classifier``).
+        classifier: an object with ``gradcam_outputs(image, [k]) -> ((1, H, W) map in [0, 1],
+            (K,) probabilities, (D,) pooled features)`` (``Classifier``).
         image: uint8 (H, W, 3) RGB.
         class_index: column of the class.
         cam_threshold: Grad-CAM binarisation, relative to its maximum.
@@ -178,7 +221,7 @@ def lore_box(classifier, image: np.ndarray, class_index: int, *, cam_threshold: 
             crops use, i.e. "nothing").
 
     Returns:
-        The pseudo box and the probabilities before / after removing it.
+        The pseudo box, the probabilities and pooled features before / after removing it.
     """
     if fill is None:
         from weakpaste.models.classifier import GREY
@@ -186,36 +229,32 @@ def lore_box(classifier, image: np.ndarray, class_index: int, *, cam_threshold: 
         fill = GREY
     fill = np.asarray(fill, dtype=np.uint8)
     H, W = image.shape[:2]
-    p_before = float(classifier.predict_proba([image])[0, class_index])
+    cams, probs, feats_before = classifier.gradcam_outputs(image, [class_index])
+    p_before = p = float(probs[class_index])
+    feats = feats_before
     current = image
     removed = np.zeros((H, W), dtype=bool)
     boxes: list[tuple[float, float, float, float]] = []
-    p = p_before
     for step in range(max(1, int(max_steps))):
         if step > 0 and p < stop:
             break
-        cam = classifier.gradcam(current, [class_index])[0]
-        peak = float(cam.max())
-        if peak <= 0:
+        box = _peak_region_box(cams[0], cam_threshold)
+        if box is None:
             break
-        region = cam >= cam_threshold * peak
-        n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
-        y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        region = labels == labels[y, x] if n > 1 else region
-        box = mask_ops.mask_box(region)
         x0, y0, x1, y1 = (int(v) for v in box)
         boxes.append((float(x0), float(y0), float(x1), float(y1)))
         removed[y0:y1, x0:x1] = True
         current = _fill_box(current, box, fill)
-        p = float(classifier.predict_proba([current])[0, class_index])
+        cams, probs, feats = classifier.gradcam_outputs(current, [class_index])
+        p = float(probs[class_index])
     if not removed.any():
-        return LoreResult(np.zeros(4, np.float64), p_before, p_before, 0, [])
+        return LoreResult(np.zeros(4, np.float64), p_before, p_before, 0, [],
+                          feats_before, feats_before)
     box = mask_ops.mask_box(removed).astype(np.float64)
-    if len(boxes) == 1:
-        p_after = p  # the union of one box is that box: no extra forward pass
-    else:
-        p_after = float(classifier.predict_proba([_fill_box(image, box, fill)])[0, class_index])
-    return LoreResult(box, p_before, p_after, len(boxes), boxes)
+    if len(boxes) > 1:  # the union of one box is that box: no extra forward pass
+        _, probs, feats = classifier.gradcam_outputs(_fill_box(image, box, fill), [])
+        p = float(probs[class_index])
+    return LoreResult(box, p_before, p, len(boxes), boxes, feats_before, feats)
 
 
 def box_mask(box, shape: tuple[int, int]) -> np.ndarray:
@@ -353,34 +392,41 @@ def _class_stage(results: list[ImageFreeSeg], indices: list[int], config: FreeSe
                          seed=config.seed)
     raws = [fuse_maps(c, s, config.coseg_weight) for c, s in zip(cos, sal, strict=True)]
     secs["coseg"] += time.perf_counter() - t
-    outcomes = []
-    for r, i, raw in zip(results, indices, raws, strict=True):
-        t = time.perf_counter()
-        out = _Outcome(index=i, fallback=fallback and config.coseg_weight > 0)
-        raw_mask = raw >= config.raw_threshold
-        if raw_mask.any():
-            out.raw_rle = mask_ops.encode(raw_mask)
-        mask, li = refine_map(raw, sigma=config.smooth, morph=config.morph)
-        t2 = time.perf_counter()
-        secs["refine"] += t2 - t
-        if not mask.any():
-            outcomes.append(out)
-            secs["rank"] += time.perf_counter() - t2
-            continue
-        out.refined_rle = mask_ops.encode(mask)
-        lore = r.lore
-        out.lore_box = tuple(float(v) for v in lore.box)
-        score, iob, iom = freeseg_score(mask, lore.box)
-        drop = lore.drop_rate
-        out.scores = {"freeseg": score, "iob": iob, "iom": iom, "drop_rate": drop,
-                      "p_before": lore.p_before, "p_after": lore.p_after,
-                      "lore_steps": float(lore.steps), "li_threshold": li,
-                      "coseg_fallback": float(out.fallback)}
-        out.kept = keep_segment(score, drop, config.min_score, config.min_drop)
-        outcomes.append(out)
-        secs["rank"] += time.perf_counter() - t2
+    outcomes = [_refine_and_measure(r, i, raw, s, fallback and config.coseg_weight > 0,
+                                    config, secs)
+                for r, i, raw, s in zip(results, indices, raws, sal, strict=True)]
     return outcomes, fallback, secs
 
+
+def _refine_and_measure(res: ImageFreeSeg, index: int, raw: np.ndarray, saliency: np.ndarray,
+                        fallback: bool, config: FreeSegConfig, secs: dict[str, float]
+                        ) -> _Outcome:
+    """One image's raw and refined segments and every score of the refined one: the paper's
+    (FreeSeg score, drop rate) and the label-free cues (``weakpaste.mine.ranking``)."""
+    from weakpaste.mine.ranking import segment_cues
+
+    t = time.perf_counter()
+    out = _Outcome(index=index, fallback=fallback)
+    raw_mask = raw >= config.raw_threshold
+    if raw_mask.any():
+        out.raw_rle = mask_ops.encode(raw_mask)
+    refined = refine_steps(raw, sigma=config.smooth, morph=config.morph)
+    t2 = time.perf_counter()
+    secs["refine"] += t2 - t
+    if refined.mask.any():
+        mask, lore = refined.mask, res.lore
+        out.refined_rle = mask_ops.encode(mask)
+        out.lore_box = tuple(float(v) for v in lore.box)
+        score, iob, iom = freeseg_score(mask, lore.box)
+        out.scores = {"freeseg": score, "iob": iob, "iom": iom, "drop_rate": lore.drop_rate,
+                      "p_before": lore.p_before, "p_after": lore.p_after,
+                      "lore_steps": float(lore.steps), "li_threshold": refined.threshold,
+                      "coseg_fallback": float(out.fallback),
+                      **segment_cues(saliency, refined.smooth, refined.threshold,
+                                     refined.binary, mask, delta=config.stability_delta)}
+        out.kept = keep_segment(score, lore.drop_rate, config.min_score, config.min_drop)
+    secs["rank"] += time.perf_counter() - t2
+    return out
 
 
 class FreeSegMiner(Miner):
@@ -416,7 +462,7 @@ class FreeSegMiner(Miner):
 
         p = self.config.params
         backend = make_saliency(p.saliency, convention=p.saliency_convention,
-                                size=p.saliency_size, threads=threads)
+                                size=p.saliency_size, threads=threads, rescale=True)
         root = self.config.saliency_cache or Path(out) / ".cache" / "saliency"
         return {"saliency": backend, "cache": SaliencyCache(root, backend.key)}
 
