@@ -484,6 +484,52 @@ def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
     assert resumed["counts"]["segments"] == expected == len(SegmentBank(tmp_path / "b"))
 
 
+def test_freeseg_ranking_options(objects, mined, tmp_path, capsys):
+    """--rank-by, --keep-top, --keep-per-class and --crossfit-folds: the ranking score is the
+    mean percentile rank of the chosen scores, and the kept segments are its top share."""
+    from weakpaste.mine.freeseg import drop_rate
+    from weakpaste.mine.ranking import CUES, keep_mask, rank_average
+
+    out, _, _, cache = mined
+    model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,
+                           classifier=str(out / "classifier.pt"))
+    # continuous cues: the file rounds to 6 decimals, which would tie saturated probabilities
+    cues = ("stability", "contrast", "centre")
+    config = FreeSegConfig(model=model, min_score=0, min_drop=0, rank_cues=cues, keep_top=0.5,
+                           keep_per_class=True, crossfit_folds=2, saliency_cache=str(cache))
+    m = run_mine_freeseg(config, str(objects), None, str(tmp_path / "r"), progress=False)
+    doc = json.loads((tmp_path / "r" / "freeseg_scores.json").read_text())
+    rows = doc["segments"]
+    assert doc["rank_by"] == list(cues) and doc["keep_top"] == 0.5
+    for r in rows:
+        assert 0 <= r["p_before_cf"] <= 1 and 0 <= r["p_after_cf"] <= 1
+        # (the file rounds to 6 decimals; the ratio divides their error by p_before_cf)
+        assert r["drop_rate_cf"] == pytest.approx(drop_rate(r["p_before_cf"], r["p_after_cf"]),
+                                                  abs=2e-6 / r["p_before_cf"])
+    rank = rank_average({c: [r[c] for r in rows] for c in cues}, {c: CUES[c] for c in cues})
+    np.testing.assert_allclose([r["rank"] for r in rows], rank, atol=1e-6)
+    keep = keep_mask(rank, keep_top=0.5, groups=[r["class"] for r in rows])
+    expected = keep & np.array([r["freeseg"] > 0 and r["drop_rate"] > 0 for r in rows])
+    assert [r["kept"] for r in rows] == expected.tolist()
+    assert m["counts"]["segments"] == int(expected.sum()) < len(rows)
+    assert set(m["timings_s"]) >= {"saliency_cpu", "features_cpu", "lore_cpu"}
+    # the option ranges, as the command line and the API check them
+    for flag, value, message in (("--keep-top", "0", "must be in (0, 1], got 0 "),
+                                 ("--min-score", "1.5", "must be in [0, 1], got 1.5"),
+                                 ("--crossfit-folds", "-1", "must be >= 0, got -1"),
+                                 ("--rank-by", "colour", "invalid choice: 'colour'")):
+        with pytest.raises(SystemExit) as exc:
+            _mine(objects, tmp_path / "bad", flag, value)
+        assert exc.value.code == 2 and not (tmp_path / "bad").exists()
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
+    with pytest.raises(WeakpasteError, match=r"^crossfit_folds \(--crossfit-folds\) must be 0 "
+                                             r"\(off\) or at least 2, got 1$"):
+        FreeSegConfig(crossfit_folds=1)
+    with pytest.raises(WeakpasteError, match=r"^keep_top \(--keep-top\) must be in \(0, 1\], "
+                                             r"got 1.5$"):
+        FreeSegConfig(keep_top=1.5)
+
+
 def test_cli_freeseg_bad_input(objects, tmp_path, capsys):
     bad = _onnx_model(tmp_path / "bad.onnx", channels=4, name="x")
     assert _mine(objects, tmp_path / "o1", "--saliency", str(bad)) == 2

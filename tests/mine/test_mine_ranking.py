@@ -6,10 +6,14 @@ import pytest
 from weakpaste.mine.ranking import (
     border_contact,
     centre_offset,
+    crossfit_folds,
+    crossfit_probabilities,
     fragment_share,
+    keep_mask,
     rank_average,
     saliency_contrast,
     threshold_stability,
+    top_count,
 )
 
 # ------------------------------------------------------------------ cues
@@ -94,3 +98,72 @@ def test_rank_average_errors():
         rank_average({"a": [1.0]}, {"b": 1})
     with pytest.raises(ValueError, match="one value per segment"):
         rank_average({"a": [1.0], "b": [1.0, 2.0]}, {"a": 1, "b": 1})
+
+
+# ------------------------------------------------------------------ cut-off
+
+
+def test_top_count_has_no_float_error():
+    assert top_count(0.55, 20) == 11 and top_count(0.5, 3) == 2 and top_count(1.0, 7) == 7
+    assert top_count(0.1, 0) == 0 and top_count(0.01, 5) == 1
+
+
+def test_keep_mask_global_per_group_and_min_score():
+    scores = [0.9, 0.2, 0.5, 0.5, 0.7, 0.1]
+    np.testing.assert_array_equal(keep_mask(scores), [True] * 6)
+    np.testing.assert_array_equal(keep_mask(scores, min_score=0.5),
+                                  [True, False, True, True, True, False])
+    # top half of 6: 0.9, 0.7 and the earlier of the tied 0.5s
+    np.testing.assert_array_equal(keep_mask(scores, keep_top=0.5),
+                                  [True, False, True, False, True, False])
+    # keep_top applies to the 4 that pass min_score: ceil(0.5 x 4) = 2
+    np.testing.assert_array_equal(keep_mask(scores, keep_top=0.5, min_score=0.5),
+                                  [True, False, False, False, True, False])
+    # per class: a keeps 2 of its 3 (0.9, 0.5), b keeps 2 of its 3 (0.5, 0.7)
+    groups = ["a", "a", "a", "b", "b", "b"]
+    np.testing.assert_array_equal(keep_mask(scores, keep_top=0.5, groups=groups),
+                                  [True, False, True, True, True, False])
+    assert keep_mask([], keep_top=0.5).shape == (0,)
+
+
+# ------------------------------------------------------------------ cross-fitting
+
+
+def test_crossfit_folds_deal_every_class_evenly():
+    labels = ["a"] * 4 + ["b"] * 3 + ["c"]
+    folds = crossfit_folds(labels, 2, seed=1)
+    assert folds.shape == (8,) and set(folds.tolist()) == {0, 1}
+    assert sorted(folds[:4].tolist()) == [0, 0, 1, 1]  # a: 2 and 2
+    assert sorted(folds[4:7].tolist()) in ([0, 0, 1], [0, 1, 1])
+    assert np.bincount(folds).tolist() == [4, 4]  # b continues where a stopped, c after b
+    np.testing.assert_array_equal(folds, crossfit_folds(labels, 2, seed=1))
+    with pytest.raises(ValueError, match="at least 2 folds, got 1"):
+        crossfit_folds(labels, 1)
+
+
+def test_crossfit_probabilities_grade_an_image_without_having_seen_it():
+    """Class a looks like e0, b like e1; image 0 is labelled a but looks like b, plus a trait
+    of its own (e3). A head trained on it learns to call it a from that trait; the head that
+    never saw it does not."""
+    from weakpaste.models.training import linear_probe
+
+    rng = np.random.default_rng(0)
+    labels = ["a"] * 8 + ["b"] * 8
+    feats = np.zeros((16, 4), np.float32)
+    feats[:8, 0] = 1.0
+    feats[8:, 1] = 1.0
+    feats[0] = [0.0, 1.0, 0.0, 1.0]
+    feats += rng.normal(0, 0.05, feats.shape).astype(np.float32)
+    targets = np.repeat(np.eye(2, dtype=np.float32), 8, axis=0)
+    weight, bias = linear_probe(feats, targets, epochs=300)
+    assert 1 / (1 + np.exp(-(feats[0] @ weight[0] + bias[0]))) > 0.9  # in-sample: sure
+    folds = crossfit_folds(labels, 4, seed=0)
+    p = crossfit_probabilities({"before": feats, "swapped": feats[:, [1, 0, 2, 3]]}, labels,
+                               ["a", "b"], folds, epochs=300, seed=0)
+    assert p["before"].shape == (16,) and p["before"].dtype == np.float64
+    assert p["before"][0] < 0.6 and p["before"][1:].min() > 0.7
+    assert p["swapped"][1:].max() < 0.3  # the same heads on other features
+    again = crossfit_probabilities({"before": feats}, labels, ["a", "b"], folds, epochs=300)
+    np.testing.assert_array_equal(again["before"], p["before"])
+    one = crossfit_probabilities({"before": feats[:1]}, ["a"], ["a", "b"], np.zeros(1, int))
+    assert np.isnan(one["before"]).all()

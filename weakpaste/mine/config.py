@@ -24,6 +24,19 @@ FEM_METHODS: tuple[str, ...] = (*METHODS, "saliency")
 MIN_IMAGE_SIDE = 16
 """Smallest image height or width proposals accept, in pixels."""
 
+RANK_CUES: dict[str, int] = {
+    # label-free cues of the maps (weakpaste.mine.ranking)
+    "stability": +1, "contrast": +1, "border": -1, "centre": -1, "fragments": +1,
+    # the paper's (FreeSeg §3.2): agreement with the LORE box, the classifier's drop rate
+    "freeseg": +1, "iob": +1, "iom": +1, "drop_rate": +1, "p_before": +1, "p_after": -1,
+    # the same classifier scores cross-fitted (--crossfit-folds): from heads that never
+    # trained on the image
+    "p_before_cf": +1, "p_after_cf": -1, "drop_rate_cf": +1,
+}
+"""The scores FreeSeg's ranking may combine and their direction (+1: larger is better, -1:
+smaller is better). Here, not in ``weakpaste.mine.ranking``, so that the command line lists
+them without importing NumPy."""
+
 
 @dataclass(frozen=True)
 class ClassifierSpec(Config):
@@ -237,8 +250,13 @@ class FreeSegConfig(Config):
             score of the refined map).
         min_score: keep segments whose FreeSeg score is larger than this.
         min_drop: ... and whose image's drop rate is larger than this.
+        rank_cues: the scores (``RANK_CUES``) whose mean percentile rank is the ranking score.
+        keep_top: the share of the segments kept, those of highest ranking score.
+        min_rank: the least ranking score kept.
+        keep_per_class: ``keep_top`` within each class instead of over all segments.
+        crossfit_folds: folds of the cross-fitted classifier scores (0: none).
         saliency_cache: folder of cached saliency maps (None: ``OUT/.cache/saliency``).
-        seed: k-means initialisation and the random baseline.
+        seed: k-means initialisation, the folds and the random baseline.
         params: per-image settings.
     """
 
@@ -262,6 +280,22 @@ class FreeSegConfig(Config):
     min_drop: float = option(0.5, flag="--min-drop-rate", range=(0, 1),
                              help="... and whose relative confidence drop without the LORE "
                                   "box is larger")
+    rank_cues: tuple[str, ...] = option(
+        ("stability", "contrast", "border", "centre", "freeseg"), flag="--rank-by",
+        choices=tuple(RANK_CUES),
+        help="the scores whose mean percentile rank orders the segments (the ranking score)")
+    keep_top: float = option(1.0, range=(0, 1), open_low=True,
+                             help="keep this fraction of the segments, those of highest "
+                                  "ranking score (precision over yield)")
+    min_rank: float = option(0.0, flag="--min-score", range=(0, 1),
+                             help="keep segments whose ranking score is at least this")
+    keep_per_class: bool = option(False,
+                                  help="apply --keep-top within each class instead of over "
+                                       "all segments")
+    crossfit_folds: int = option(0, range=(0, None),
+                                 help="also score each image with linear heads on the "
+                                      "classifier's features fitted on the other folds "
+                                      "(p_before_cf, p_after_cf, drop_rate_cf; 0: off)")
     saliency_cache: str | None = option(None, metavar="DIR",
                                         help="keep saliency maps here, keyed by image and "
                                              "model, to share them between runs (default: "
@@ -269,3 +303,9 @@ class FreeSegConfig(Config):
     seed: int = option(0, range=(0, None), help="k-means initialisation and the random "
                                                  "baseline")
     params: FreeSegParams = option(factory=FreeSegParams, help="per-image settings")
+
+    def check(self) -> None:
+        super().check()
+        if self.crossfit_folds == 1:
+            raise WeakpasteError("crossfit_folds (--crossfit-folds) must be 0 (off) or at "
+                                 "least 2, got 1")

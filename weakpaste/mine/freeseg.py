@@ -48,6 +48,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -342,22 +343,26 @@ def mine_image(classifier, saliency_backend, image: np.ndarray, label: str, file
     if min(H, W) < params.min_side:
         res.skipped = f"smaller than {params.min_side} px"
         return res
-    t0 = time.perf_counter()
+    # Wall and CPU seconds per step: on a shared machine the wall time measures the load,
+    # the CPU time (this process's, one thread per worker) what the step costs.
+    marks = [(time.perf_counter(), time.process_time())]
     sal, res.saliency_cached = cached_saliency(saliency_backend, image, digest,
                                                cache if digest else None)
     res.saliency = np.clip(np.rint(sal * 255.0), 0, 255).astype(np.uint8)
-    t1 = time.perf_counter()
+    marks.append((time.perf_counter(), time.process_time()))
     fmap = classifier.feature_maps([image])[0]
     d, h, w = fmap.shape
     flat = fmap.reshape(d, -1)
     flat = flat / np.maximum(np.linalg.norm(flat, axis=0, keepdims=True), 1e-8)
     res.features = flat.reshape(d, h, w).astype(np.float16)
-    t2 = time.perf_counter()
+    marks.append((time.perf_counter(), time.process_time()))
     k = list(classifier.classes).index(label)
     res.lore = lore_box(classifier, image, k, cam_threshold=params.cam_threshold,
                         max_steps=params.lore_steps, stop=params.lore_stop)
-    t3 = time.perf_counter()
-    res.seconds = {"saliency": t1 - t0, "features": t2 - t1, "lore": t3 - t2}
+    marks.append((time.perf_counter(), time.process_time()))
+    for step, (a, b) in zip(("saliency", "features", "lore"), pairwise(marks), strict=True):
+        res.seconds[step] = b[0] - a[0]
+        res.seconds[f"{step}_cpu"] = b[1] - a[1]
     return res
 
 
@@ -424,7 +429,6 @@ def _refine_and_measure(res: ImageFreeSeg, index: int, raw: np.ndarray, saliency
                       "coseg_fallback": float(out.fallback),
                       **segment_cues(saliency, refined.smooth, refined.threshold,
                                      refined.binary, mask, delta=config.stability_delta)}
-        out.kept = keep_segment(score, lore.drop_rate, config.min_score, config.min_drop)
     secs["rank"] += time.perf_counter() - t2
     return out
 
@@ -479,7 +483,7 @@ class FreeSegMiner(Miner):
         by_class: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(plan.items):
             by_class[item.labels[0]].append(i)
-        st = {"outcomes": {}, "dims": {}, "fallback": [], "skipped": Counter(),
+        st = {"outcomes": {}, "dims": {}, "fallback": [], "skipped": Counter(), "features": {},
               "seconds": defaultdict(float), "from_cache": 0,
               "per_class": {c: len(v) for c, v in sorted(by_class.items())}}
         for label in plan.classes:
@@ -493,6 +497,9 @@ class FreeSegMiner(Miner):
                     continue
                 usable.append(res)
                 idx.append(i)
+                if self.config.crossfit_folds and res.lore is not None \
+                        and res.lore.features_before is not None:
+                    st["features"][i] = (res.lore.features_before, res.lore.features_after)
             if not usable:
                 continue
             outs, fallback, secs = _class_stage(usable, idx, self.config)
@@ -508,12 +515,15 @@ class FreeSegMiner(Miner):
         return st
 
     def select(self, results: Sequence[ImageFreeSeg], plan: Plan) -> Selection:
-        """Per image the refined segment when it passes both thresholds (``final``), and the
+        """Per image the refined segment when the ranking keeps it (``final``), and the
         ``raw``, ``refined`` and ``random`` baselines; ``freeseg_scores.json``."""
         config = self.config
         st = self._outcomes(results, plan)
         outcomes: dict[int, _Outcome] = st["outcomes"]
         refined_ids = [i for i in sorted(outcomes) if outcomes[i].refined_rle is not None]
+        t = time.perf_counter()
+        self._rank(outcomes, refined_ids, plan, st["features"])
+        st["seconds"]["rank"] += time.perf_counter() - t
         kept_ids = [i for i in refined_ids if outcomes[i].kept]
         rng = np.random.default_rng(config.seed)
         random_ids = set(rng.choice(np.asarray(refined_ids, dtype=np.int64),
@@ -528,8 +538,9 @@ class FreeSegMiner(Miner):
                              "kept": o.kept, "lore_box": list(o.lore_box),
                              **{k: (None if not np.isfinite(v) else round(float(v), 6))
                                 for k, v in o.scores.items()}})
-        scores = json.dumps({"min_score": config.min_score, "min_drop": config.min_drop,
-                             "segments": rows}, indent=1).encode()
+        scores = json.dumps({"rank_by": list(config.rank_cues), "keep_top": config.keep_top,
+                             "min_rank": config.min_rank, "min_score": config.min_score,
+                             "min_drop": config.min_drop, "segments": rows}, indent=1).encode()
         counts = {"saliency_from_cache": st["from_cache"],
                   "raw_segments": sum(o.raw_rle is not None for o in outcomes.values()),
                   "refined_segments": len(refined_ids),
@@ -541,13 +552,59 @@ class FreeSegMiner(Miner):
                          skipped=st["skipped"], extra={"coseg": coseg},
                          files={"freeseg_scores.json": scores}, seconds=dict(st["seconds"]))
 
+    def _rank(self, outcomes: dict[int, _Outcome], ids: list[int], plan: Plan,
+              features: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Score every refined segment (``rank``: the mean percentile rank of the
+        ``rank_cues``) and decide which are kept: the cut-off (``keep_top``, ``min_rank``,
+        per class or global) and the paper's thresholds (FreeSeg score, drop rate)."""
+        from weakpaste.mine.ranking import CUES, keep_mask, rank_average
+
+        config = self.config
+        labels = [plan.items[i].labels[0] for i in ids]
+        if config.crossfit_folds and ids:
+            _crossfit(outcomes, ids, labels, plan.classes, features, config)
+        values = {c: [outcomes[i].scores.get(c, np.nan) for i in ids] for c in config.rank_cues}
+        rank = rank_average(values, {c: CUES[c] for c in config.rank_cues})
+        kept = keep_mask(rank, keep_top=config.keep_top, min_score=config.min_rank,
+                         groups=labels if config.keep_per_class else None)
+        for i, r, k in zip(ids, rank, kept, strict=True):
+            o = outcomes[i]
+            o.scores["rank"] = float(r)
+            o.kept = bool(k) and keep_segment(o.scores["freeseg"], o.scores["drop_rate"],
+                                              config.min_score, config.min_drop)
+
+
+def _crossfit(outcomes: dict[int, _Outcome], ids: list[int], labels: list[str],
+              classes: list[str], features: dict[int, tuple[np.ndarray, np.ndarray]],
+              config: FreeSegConfig) -> None:
+    """Add the cross-fitted classifier scores (``p_before_cf``, ``p_after_cf``,
+    ``drop_rate_cf``) of the segments whose image's pooled features are known."""
+    from weakpaste.mine.ranking import crossfit_folds, crossfit_probabilities
+
+    have = [n for n, i in enumerate(ids) if i in features]
+    if not have:
+        return
+    folds = crossfit_folds([labels[n] for n in have], config.crossfit_folds, config.seed)
+    feats = {"before": np.stack([features[ids[n]][0] for n in have]),
+             "after": np.stack([features[ids[n]][1] for n in have])}
+    spec = config.model
+    p = crossfit_probabilities(feats, [labels[n] for n in have], classes, folds,
+                               epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size,
+                               seed=config.seed)
+    for k, n in enumerate(have):
+        scores = outcomes[ids[n]].scores
+        before, after = float(p["before"][k]), float(p["after"][k])
+        scores.update(p_before_cf=before, p_after_cf=after,
+                      drop_rate_cf=drop_rate(before, after) if np.isfinite(before) else np.nan)
+
 
 def _picks(o: _Outcome | None, label: str, random: bool) -> dict[str, list[Pick]]:
     """One image's picks: its refined segment as ``final`` (when kept), ``refined`` and
-    ``random`` (when drawn), its raw map as ``raw``; every COCO score is the FreeSeg score."""
+    ``random`` (when drawn), its raw map as ``raw``; every COCO score is the ranking score
+    (``rank``), so that a file of picks ranks itself (``evaluate-masks`` prints its curve)."""
     if o is None:
         return {}
-    score = float(o.scores.get("freeseg", 1.0))
+    score = float(o.scores.get("rank", 0.0))
     picks = {}
     if o.raw_rle is not None:
         picks["raw"] = [Pick(label, o.raw_rle, score)]
@@ -557,8 +614,7 @@ def _picks(o: _Outcome | None, label: str, random: bool) -> dict[str, list[Pick]
             picks["random"] = [Pick(label, o.refined_rle, score)]
         if o.kept:
             bank = {k: float(v) for k, v in o.scores.items() if np.isfinite(v)}
-            picks["final"] = [Pick(label, o.refined_rle, score,
-                                   {**bank, "score": float(o.scores["freeseg"])})]
+            picks["final"] = [Pick(label, o.refined_rle, score, {**bank, "score": score})]
     return picks
 
 

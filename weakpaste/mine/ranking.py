@@ -23,7 +23,7 @@ Each cue is a number per segment; ``rank_average`` turns the columns into percen
 (direction: ``CUES``), so that no cue's scale or unit weighs, and averages them: an
 unsupervised combination with no weight fitted to any ground truth. ``keep_mask`` applies the
 user's cut-off (``--min-score`` on that average, ``--keep-top`` fraction, optionally per
-class) and ``precision_yield`` is the curve that shows what a cut-off buys.
+class) and ``weakpaste.mine.funnel.precision_yield`` is the curve that shows what a cut-off buys.
 """
 
 from __future__ import annotations
@@ -32,15 +32,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-CUES: dict[str, int] = {
-    "stability": +1,
-    "contrast": +1,
-    "border": -1,
-    "centre": -1,
-    "fragments": +1,
-}
-"""Label-free cues and their direction (+1: larger is better, -1: smaller is better)."""
+from weakpaste.mine.config import RANK_CUES as CUES  # every score a ranking may use
 
+__all__ = ["CUES", "border_contact", "centre_offset", "crossfit_folds", "crossfit_probabilities",
+           "fragment_share", "keep_mask", "rank_average", "saliency_contrast", "segment_cues",
+           "threshold_stability", "top_count"]
 
 def threshold_stability(smooth: np.ndarray, threshold: float, delta: float = 0.1) -> float:
     """SAM's stability score of a thresholded map: |map > t + d| / |map > t - d|.
@@ -182,10 +178,124 @@ def segment_cues(saliency: np.ndarray, smooth: np.ndarray, threshold: float,
         delta: the stability's threshold shift.
 
     Returns:
-        {cue name: value} for every name of ``CUES``.
+        {cue name: value} for the five label-free cues above.
     """
     return {"stability": threshold_stability(smooth, threshold, delta),
             "contrast": saliency_contrast(saliency, mask),
             "border": border_contact(mask),
             "centre": centre_offset(mask),
             "fragments": fragment_share(binary, mask)}
+
+
+def top_count(fraction: float, n: int) -> int:
+    """How many of ``n`` items the top ``fraction`` holds: ceil(fraction x n), without the
+    float error that would make ceil(0.55 x 20) 12."""
+    return min(n, int(np.ceil(fraction * n - 1e-9)))
+
+
+def keep_mask(scores: Sequence[float], *, keep_top: float = 1.0, min_score: float = 0.0,
+              groups: Sequence | None = None) -> np.ndarray:
+    """Which segments a cut-off keeps: score >= ``min_score``, and among those the
+    ``keep_top`` fraction of highest score, over all segments or within each group.
+
+    Args:
+        scores: N scores (larger = better).
+        keep_top: the share kept of the segments that pass ``min_score``, in (0, 1].
+        min_score: the least score kept.
+        groups: N group labels (e.g. classes): ``keep_top`` applies within each group, so
+            that every class keeps its share; None: one global cut-off.
+
+    Returns:
+        bool (N,); ties in score keep the earlier segment.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    ok = s >= min_score
+    if keep_top >= 1.0:
+        return ok
+    _, group = np.unique(np.asarray(groups if groups is not None else np.zeros(len(s))),
+                         return_inverse=True)
+    keep = np.zeros(len(s), dtype=bool)
+    for g in np.unique(group):
+        idx = np.flatnonzero(ok & (group == g))
+        best = idx[np.argsort(-s[idx], kind="stable")]
+        keep[best[:top_count(keep_top, len(idx))]] = True
+    return keep
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-fitting: classifier scores of images the scoring head never trained on
+
+
+def crossfit_folds(labels: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
+    """The fold of each image: every class's images, in a seeded random order, dealt out over
+    the folds in turn, each class starting where the previous one stopped (so that the folds
+    hold every class evenly and have equal sizes within one).
+
+    Args:
+        labels: N class names, one per image.
+        folds: number of folds (>= 2).
+        seed: seeds the order (``np.random.default_rng``).
+
+    Returns:
+        int64 (N,) fold indices in [0, folds).
+    """
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(labels), dtype=np.int64)
+    names, owner = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    start = 0
+    for c in range(len(names)):
+        idx = np.flatnonzero(owner == c)
+        idx = idx[rng.permutation(len(idx))]
+        out[idx] = (start + np.arange(len(idx))) % folds
+        start += len(idx)
+    return out
+
+
+def crossfit_probabilities(features: Mapping[str, np.ndarray], labels: Sequence[str],
+                           classes: Sequence[str], folds: np.ndarray, *, train: str = "before",
+                           epochs: int = 30, lr: float | None = None, batch_size: int = 32,
+                           seed: int = 0) -> dict[str, np.ndarray]:
+    """Each image's probability of its own class from a linear probe that never saw it.
+
+    For every fold, a linear head (``weakpaste.models.training.linear_probe``, the linear
+    mode's probe) is fitted on the pooled features ``features[train]`` of the other folds'
+    images, one-hot on ``classes``, and scores the fold's images; a classifier trained on an
+    image grades it near 1 whatever it shows, a held-out one says whether the image looks
+    like its class.
+
+    Args:
+        features: name -> float (N, D) pooled features, one row per image (e.g. "before":
+            the image, "after": the image with its LORE box filled).
+        labels: N class names.
+        classes: the K classes of the heads (every label among them).
+        folds: int (N,) fold of each image (``crossfit_folds``).
+        train: the features the heads are fitted on.
+        epochs, lr, batch_size, seed: the probe's training.
+
+    Returns:
+        name -> float64 (N,) probabilities of each image's own class, for every name of
+        ``features`` (NaN when every image is in one fold).
+    """
+    from weakpaste.models.training import linear_probe
+
+    column = {c: k for k, c in enumerate(classes)}
+    own = np.array([column[c] for c in labels], dtype=np.int64)
+    targets = np.zeros((len(own), len(classes)), dtype=np.float32)
+    targets[np.arange(len(own)), own] = 1.0
+    out = {name: np.zeros(len(own), dtype=np.float64) for name in features}
+    x = np.asarray(features[train], dtype=np.float32)
+    for f in np.unique(folds):
+        held = folds == f
+        if held.all():  # nothing left to train on: no evidence either way
+            for name in out:
+                out[name][held] = np.nan
+            continue
+        weight, bias = linear_probe(x[~held], targets[~held], epochs=epochs, lr=lr,
+                                    batch_size=batch_size, seed=seed)
+        for name, feats in features.items():
+            rows = np.asarray(feats, dtype=np.float32)[held]
+            logits = np.einsum("nd,nd->n", rows, weight[own[held]]) + bias[own[held]]
+            out[name][held] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return out
