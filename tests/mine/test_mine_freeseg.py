@@ -24,6 +24,7 @@ from weakpaste.mine.freeseg import (
     refine_map,
     run_mine_freeseg,
 )
+from weakpaste.mine.ranking import keep_mask
 from weakpaste.mine.saliency import (
     OnnxSaliency,
     SaliencyCache,
@@ -442,7 +443,11 @@ def test_cli_freeseg_end_to_end(mined):
     scores = json.loads((out / "freeseg_scores.json").read_text())["segments"]
     assert len(scores) == c["refined_segments"] == 12  # every usable image of every mode
     kept = [s for s in scores if s["kept"]]
-    assert all(s["kept"] == (s["freeseg"] > 0 and s["drop_rate"] > 0) for s in scores)
+    # the default cut-off: the top 70% by ranking score, then the paper's two thresholds
+    top = keep_mask([s["rank"] for s in scores], keep_top=0.7)
+    assert top.sum() == 9  # ceil(0.7 x 12)
+    assert [s["kept"] for s in scores] == [bool(t) and s["freeseg"] > 0 and s["drop_rate"] > 0
+                                           for t, s in zip(top, scores, strict=True)]
     bank = SegmentBank(out)
     assert c["segments"] == len(kept) == len(bank)
     seg = bank.read(next(iter(bank.iter_index())))
@@ -472,7 +477,9 @@ def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
     # thresholds keep a subset.
     assert [{k: v for k, v in r.items() if k != "kept"} for r in rows] == \
         [{k: v for k, v in r.items() if k != "kept"} for r in rows_b]
-    expected = sum(r["freeseg"] > 0.6 and r["drop_rate"] > 0.3 for r in rows)
+    top = keep_mask([r["rank"] for r in rows], keep_top=0.7)
+    expected = sum(bool(t) and r["freeseg"] > 0.6 and r["drop_rate"] > 0.3
+                   for t, r in zip(top, rows, strict=True))
     assert again["counts"]["segments"] == expected
     a = json.loads((out / "baselines" / "refined.json").read_text())["annotations"]
     b = json.loads((tmp_path / "b" / "baselines" / "refined.json").read_text())["annotations"]
@@ -488,7 +495,7 @@ def test_freeseg_ranking_options(objects, mined, tmp_path, capsys):
     """--rank-by, --keep-top, --keep-per-class and --crossfit-folds: the ranking score is the
     mean percentile rank of the chosen scores, and the kept segments are its top share."""
     from weakpaste.mine.freeseg import drop_rate
-    from weakpaste.mine.ranking import CUES, keep_mask, rank_average
+    from weakpaste.mine.ranking import CUES, rank_average
 
     out, _, _, cache = mined
     model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,

@@ -284,9 +284,9 @@ class FreeSegConfig(Config):
         ("stability", "contrast", "border", "centre", "freeseg"), flag="--rank-by",
         choices=tuple(RANK_CUES),
         help="the scores whose mean percentile rank orders the segments (the ranking score)")
-    keep_top: float = option(1.0, range=(0, 1), open_low=True,
+    keep_top: float = option(0.7, range=(0, 1), open_low=True,
                              help="keep this fraction of the segments, those of highest "
-                                  "ranking score (precision over yield)")
+                                  "ranking score (smaller: precision over yield; 1: all)")
     min_rank: float = option(0.0, flag="--min-score", range=(0, 1),
                              help="keep segments whose ranking score is at least this")
     keep_per_class: bool = option(False,
