@@ -532,6 +532,9 @@ def test_freeseg_ranking_options(objects, mined, tmp_path, capsys):
     with pytest.raises(WeakpasteError, match=r"^crossfit_folds \(--crossfit-folds\) must be 0 "
                                              r"\(off\) or at least 2, got 1$"):
         FreeSegConfig(crossfit_folds=1)
+    with pytest.raises(WeakpasteError, match=r"^rank_cues \(--rank-by\) p_after_cf needs "
+                                             r"cross-fitted scores: pass --crossfit-folds 5"):
+        FreeSegConfig(rank_cues=("stability", "p_after_cf"))
     with pytest.raises(WeakpasteError, match=r"^keep_top \(--keep-top\) must be in \(0, 1\], "
                                              r"got 1.5$"):
         FreeSegConfig(keep_top=1.5)

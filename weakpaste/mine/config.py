@@ -282,12 +282,15 @@ class FreeSegConfig(Config):
                                   "box is larger")
     rank_cues: tuple[str, ...] = option(
         ("stability", "contrast", "border", "centre", "freeseg"), flag="--rank-by",
-        choices=tuple(RANK_CUES),
-        help="the scores whose mean percentile rank orders the segments (the ranking score)")
+        choices=tuple(RANK_CUES), metavar="SCORE",
+        help="the scores whose mean percentile rank orders the segments (the ranking score): "
+             "label-free cues (stability, contrast, border, centre, fragments), the paper's "
+             "(freeseg, iob, iom, drop_rate, p_before, p_after) or cross-fitted ones "
+             "(p_before_cf, p_after_cf, drop_rate_cf; need --crossfit-folds)")
     keep_top: float = option(0.7, range=(0, 1), open_low=True,
                              help="keep this fraction of the segments, those of highest "
                                   "ranking score (smaller: precision over yield; 1: all)")
-    min_rank: float = option(0.0, flag="--min-score", range=(0, 1),
+    min_rank: float = option(0.0, flag="--min-score", range=(0, 1), metavar="X",
                              help="keep segments whose ranking score is at least this")
     keep_per_class: bool = option(False,
                                   help="apply --keep-top within each class instead of over "
@@ -309,3 +312,7 @@ class FreeSegConfig(Config):
         if self.crossfit_folds == 1:
             raise WeakpasteError("crossfit_folds (--crossfit-folds) must be 0 (off) or at "
                                  "least 2, got 1")
+        cf = [c for c in self.rank_cues if c.endswith("_cf")]
+        if cf and not self.crossfit_folds:
+            raise WeakpasteError(f"rank_cues (--rank-by) {cf[0]} needs cross-fitted scores: "
+                                 "pass --crossfit-folds 5 (or another K >= 2)")
