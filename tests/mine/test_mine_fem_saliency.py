@@ -195,7 +195,7 @@ def test_funnel_on_the_salient_run(salient_run, capsys):
     assert "funnel (recall@0.5 = share of the" in text and "pointing game" in text
 
 
-def test_precision_yield_and_pointing_values(tiny_coco, tmp_path):
+def test_precision_yield_and_pointing_values(tiny_coco, tmp_path, capsys):
     from weakpaste.io.coco import write_coco
     from weakpaste.mine.funnel import _pointing, precision_yield
     from weakpaste.mine.quality import _load_gt
@@ -221,6 +221,15 @@ def test_precision_yield_and_pointing_values(tiny_coco, tmp_path):
     assert [r["kept"] for r in rows] == [4, 2, 1]
     np.testing.assert_allclose([r["precision@0.5"] for r in rows], [0.5, 0.5, 1.0])
     np.testing.assert_allclose([r["pair_yield@0.5"] for r in rows], [2 / 5, 1 / 5, 1 / 5])
+    assert {r["random_precision@0.5"] for r in rows} == {0.5} and rows[0]["of"] == 4
+    # evaluate-masks prints the curve of scored predictions beside the random draw
+    assert main(["evaluate-masks", str(path), "--gt", str(gt_path)]) == 0
+    text = capsys.readouterr().out
+    assert ("precision-yield by score: the top q of the 4 predictions (a random draw of any "
+            "size: precision@0.5 50.0%)") in text
+    assert "   0.30      2          50.0%           20.0%      +0.0" in text
+    assert "   0.10      1         100.0%           20.0%     +50.0" in text
+    assert "   0.60      3          66.7%           40.0%     +16.7" in text
     # Pointing: a one-pixel mask inside img0's a, inside img1's b's box, outside img2's a.
     dots = []
     for k, (name, cls, (x, y)) in enumerate((("img0.png", "a", (10, 10)),

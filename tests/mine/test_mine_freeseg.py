@@ -24,6 +24,7 @@ from weakpaste.mine.freeseg import (
     refine_map,
     run_mine_freeseg,
 )
+from weakpaste.mine.ranking import keep_mask
 from weakpaste.mine.saliency import (
     OnnxSaliency,
     SaliencyCache,
@@ -141,7 +142,12 @@ class _SquaresClassifier:
             x0, y0, x1, y1 = sq
             region = (image[y0:y1, x0:x1] != 124).any(-1)
             cam[y0:y1, x0:x1] = np.where(region, w, cam[y0:y1, x0:x1])
-        return cam[None] / max(cam.max(), 1e-9)
+        return (cam[None] / max(cam.max(), 1e-9))[:len(class_indices)]
+
+    def gradcam_outputs(self, image, class_indices):
+        """One 'forward pass': maps, probabilities and (fake) pooled features."""
+        p = self.predict_proba([image])[0]
+        return self.gradcam(image, class_indices), p, np.array([p[0], 1.0], np.float32)
 
 
 def test_lore_removes_the_known_square():
@@ -151,6 +157,9 @@ def test_lore_removes_the_known_square():
     np.testing.assert_array_equal(res.box, [10, 20, 30, 40])
     assert res.p_before == pytest.approx(0.9) and res.p_after == 0.0
     assert res.steps == 1 and res.drop_rate == pytest.approx(1.0)
+    assert clf.calls == 2  # one forward pass before, one after the removal
+    np.testing.assert_allclose(res.features_before, [0.9, 1.0])  # the passes' features
+    np.testing.assert_allclose(res.features_after, [0.0, 1.0])
 
 
 def test_lore_keeps_removing_until_the_class_is_gone():
@@ -160,7 +169,7 @@ def test_lore_keeps_removing_until_the_class_is_gone():
     clf = _SquaresClassifier([(5, 5, 15, 15), (40, 30, 60, 50), (2, 55, 8, 62)],
                              [0.4, 0.35, 0.2])
     res = lore_box(clf, image, 0, stop=0.5, fill=(124, 124, 124))
-    assert res.steps == 2
+    assert res.steps == 2 and clf.calls == 4  # before, after each removal, the union box
     assert res.boxes == [(5.0, 5.0, 15.0, 15.0), (40.0, 30.0, 60.0, 50.0)]
     np.testing.assert_array_equal(res.box, [5, 5, 60, 50])
     assert res.p_after == pytest.approx(0.2) and res.p_before == pytest.approx(0.95)
@@ -434,7 +443,11 @@ def test_cli_freeseg_end_to_end(mined):
     scores = json.loads((out / "freeseg_scores.json").read_text())["segments"]
     assert len(scores) == c["refined_segments"] == 12  # every usable image of every mode
     kept = [s for s in scores if s["kept"]]
-    assert all(s["kept"] == (s["freeseg"] > 0 and s["drop_rate"] > 0) for s in scores)
+    # the default cut-off: the top 70% by ranking score, then the paper's two thresholds
+    top = keep_mask([s["rank"] for s in scores], keep_top=0.7)
+    assert top.sum() == 9  # ceil(0.7 x 12)
+    assert [s["kept"] for s in scores] == [bool(t) and s["freeseg"] > 0 and s["drop_rate"] > 0
+                                           for t, s in zip(top, scores, strict=True)]
     bank = SegmentBank(out)
     assert c["segments"] == len(kept) == len(bank)
     seg = bank.read(next(iter(bank.iter_index())))
@@ -464,7 +477,9 @@ def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
     # thresholds keep a subset.
     assert [{k: v for k, v in r.items() if k != "kept"} for r in rows] == \
         [{k: v for k, v in r.items() if k != "kept"} for r in rows_b]
-    expected = sum(r["freeseg"] > 0.6 and r["drop_rate"] > 0.3 for r in rows)
+    top = keep_mask([r["rank"] for r in rows], keep_top=0.7)
+    expected = sum(bool(t) and r["freeseg"] > 0.6 and r["drop_rate"] > 0.3
+                   for t, r in zip(top, rows, strict=True))
     assert again["counts"]["segments"] == expected
     a = json.loads((out / "baselines" / "refined.json").read_text())["annotations"]
     b = json.loads((tmp_path / "b" / "baselines" / "refined.json").read_text())["annotations"]
@@ -474,6 +489,55 @@ def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
                                resume=True)
     assert resumed["counts"]["mined_this_run"] == 0
     assert resumed["counts"]["segments"] == expected == len(SegmentBank(tmp_path / "b"))
+
+
+def test_freeseg_ranking_options(objects, mined, tmp_path, capsys):
+    """--rank-by, --keep-top, --keep-per-class and --crossfit-folds: the ranking score is the
+    mean percentile rank of the chosen scores, and the kept segments are its top share."""
+    from weakpaste.mine.freeseg import drop_rate
+    from weakpaste.mine.ranking import CUES, rank_average
+
+    out, _, _, cache = mined
+    model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,
+                           classifier=str(out / "classifier.pt"))
+    # continuous cues: the file rounds to 6 decimals, which would tie saturated probabilities
+    cues = ("stability", "contrast", "centre")
+    config = FreeSegConfig(model=model, min_score=0, min_drop=0, rank_cues=cues, keep_top=0.5,
+                           keep_per_class=True, crossfit_folds=2, saliency_cache=str(cache))
+    m = run_mine_freeseg(config, str(objects), None, str(tmp_path / "r"), progress=False)
+    doc = json.loads((tmp_path / "r" / "freeseg_scores.json").read_text())
+    rows = doc["segments"]
+    assert doc["rank_by"] == list(cues) and doc["keep_top"] == 0.5
+    for r in rows:
+        assert 0 <= r["p_before_cf"] <= 1 and 0 <= r["p_after_cf"] <= 1
+        # (the file rounds to 6 decimals; the ratio divides their error by p_before_cf)
+        assert r["drop_rate_cf"] == pytest.approx(drop_rate(r["p_before_cf"], r["p_after_cf"]),
+                                                  abs=2e-6 / r["p_before_cf"])
+    rank = rank_average({c: [r[c] for r in rows] for c in cues}, {c: CUES[c] for c in cues})
+    np.testing.assert_allclose([r["rank"] for r in rows], rank, atol=1e-6)
+    keep = keep_mask(rank, keep_top=0.5, groups=[r["class"] for r in rows])
+    expected = keep & np.array([r["freeseg"] > 0 and r["drop_rate"] > 0 for r in rows])
+    assert [r["kept"] for r in rows] == expected.tolist()
+    assert m["counts"]["segments"] == int(expected.sum()) < len(rows)
+    assert set(m["timings_s"]) >= {"saliency_cpu", "features_cpu", "lore_cpu"}
+    # the option ranges, as the command line and the API check them
+    for flag, value, message in (("--keep-top", "0", "must be in (0, 1], got 0 "),
+                                 ("--min-score", "1.5", "must be in [0, 1], got 1.5"),
+                                 ("--crossfit-folds", "-1", "must be >= 0, got -1"),
+                                 ("--rank-by", "colour", "invalid choice: 'colour'")):
+        with pytest.raises(SystemExit) as exc:
+            _mine(objects, tmp_path / "bad", flag, value)
+        assert exc.value.code == 2 and not (tmp_path / "bad").exists()
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
+    with pytest.raises(WeakpasteError, match=r"^crossfit_folds \(--crossfit-folds\) must be 0 "
+                                             r"\(off\) or at least 2, got 1$"):
+        FreeSegConfig(crossfit_folds=1)
+    with pytest.raises(WeakpasteError, match=r"^rank_cues \(--rank-by\) p_after_cf needs "
+                                             r"cross-fitted scores: pass --crossfit-folds 5"):
+        FreeSegConfig(rank_cues=("stability", "p_after_cf"))
+    with pytest.raises(WeakpasteError, match=r"^keep_top \(--keep-top\) must be in \(0, 1\], "
+                                             r"got 1.5$"):
+        FreeSegConfig(keep_top=1.5)
 
 
 def test_cli_freeseg_bad_input(objects, tmp_path, capsys):

@@ -38,7 +38,8 @@ def test_cli_defaults_equal_config_defaults(method, config):
 
 
 def test_each_method_lists_only_its_options(capsys):
-    for argv in (["mine", "freeseg", "--images", "i", "--out", "o", "--rank", "distance"],
+    # (F-EM's --rank would pass as an abbreviation of FreeSeg's --rank-by)
+    for argv in (["mine", "freeseg", "--images", "i", "--out", "o", "--pick", "evidence"],
                  ["mine", "--method", "freeseg", "--images", "i", "--out", "o", "--em-iters",
                   "1"],
                  ["mine", "fem", "--images", "i", "--out", "o", "--lore-steps", "2"]):

@@ -370,11 +370,17 @@ def test_run_evaluate_masks(tmp_path):
     pred = _write_pred_coco(tmp_path / "p.json")
     out = tmp_path / "reports" / "eval.json"
     text = run_evaluate_masks(pred, gt, out=str(out))
-    assert text == f"{pred} vs {gt}\n\n{TABLE}"
+    # the predictions carry scores that rank them: the table, then their curve
+    assert text.startswith(f"{pred} vs {gt}\n\n{TABLE}\n\nprecision-yield by score: the top q "
+                           "of the 6 predictions (a random draw of any size: precision@0.5 "
+                           "50.0%)")
     saved = json.loads(out.read_text())
+    curve = saved.pop("curve")
     assert saved == json.loads(json.dumps(evaluate_masks(pred, gt)))
+    assert [r["kept"] for r in curve] == [1, 2, 2, 3, 3, 4, 5, 5, 6, 6]  # ceil(q x 6)
+    assert curve[-1]["precision@0.5"] == 0.5 == curve[-1]["random_precision@0.5"]
     assert saved["overall"]["num_predictions"] == 6
-    assert json.loads(run_evaluate_masks(pred, gt, as_json=True)) == saved
+    assert json.loads(run_evaluate_masks(pred, gt, as_json=True)) == {**saved, "curve": curve}
     assert not list(out.parent.glob(".*.tmp"))
     with pytest.raises(WeakpasteError) as err:
         run_evaluate_masks(pred, gt, out=gt)
@@ -387,7 +393,7 @@ def test_run_evaluate_masks(tmp_path):
                               "choose another --out")
     assert out.read_text() == "my notes"
     run_evaluate_masks(pred, gt, out=str(out), overwrite=True)
-    assert json.loads(out.read_text()) == saved
+    assert json.loads(out.read_text()) == {**saved, "curve": curve}
 
 
 def test_evaluate_masks_cli_out_needs_overwrite(tmp_path, capsys):

@@ -21,6 +21,19 @@ def test_gradcam_shape_and_range():
         clf.gradcam(random_image(50, 70), [3])
 
 
+def test_gradcam_outputs_are_one_forward_pass_of_the_others():
+    clf = small(classes=["a", "b", "c"])
+    image = random_image(50, 70)
+    maps, probs, pooled = clf.gradcam_outputs(image, [1, 0])
+    np.testing.assert_array_equal(maps, clf.gradcam(image, [1, 0]))
+    np.testing.assert_allclose(probs, clf.predict_proba([image])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled, clf.features([image])[0], rtol=1e-4, atol=1e-5)
+    assert probs.shape == (3,) and pooled.dtype == np.float32
+    none, probs_none, _ = clf.gradcam_outputs(image, [])
+    assert none.shape == (0, 50, 70)
+    np.testing.assert_array_equal(probs_none, probs)
+
+
 class _RedGreen(nn.Module):
     """Channel 0 = how red, channel 1 = how green; the pooling makes an 8x8 map of 64 px."""
 

@@ -9,7 +9,7 @@ import torchvision
 from models_helpers import labels_of, small, tiny_scenes
 
 from weakpaste.models.classifier import Classifier
-from weakpaste.models.training import check_labels
+from weakpaste.models.training import check_labels, linear_probe
 from weakpaste.synthetic import CLASSES
 
 
@@ -38,6 +38,33 @@ def test_linear_probe_learns(scenes):
     assert result["loss"][-1] < 0.5 * result["loss"][0]
     probs = clf.predict_proba(images)
     assert probs[labels].mean() > probs[~labels].mean() + 0.3
+
+
+def test_linear_probe_on_features_is_the_linear_mode(scenes):
+    """linear_probe on the pooled features of the images and their flips (what the linear mode
+    computes) gives the head train() gives."""
+    clf = small()
+    images, labels = [s.image for s in scenes], labels_of(scenes)
+    feats = np.concatenate([clf.features(images), clf.features([im[:, ::-1] for im in images])])
+    weight, bias = linear_probe(feats, np.concatenate([labels, labels]), epochs=4,
+                                batch_size=32, seed=3)
+    clf.train(images, labels, epochs=4, batch_size=32, seed=3, progress=False)
+    assert weight.shape == (6, 512) and bias.shape == (6,) and weight.dtype == np.float32
+    np.testing.assert_allclose(weight, clf._net.head.weight.detach().numpy(), atol=1e-4)
+    np.testing.assert_allclose(bias, clf._net.head.bias.detach().numpy(), atol=1e-3)
+    again = linear_probe(feats, np.concatenate([labels, labels]), epochs=4, seed=3)
+    assert np.array_equal(again[0], weight)  # same seed, same bytes
+
+
+def test_linear_probe_errors():
+    with pytest.raises(ValueError, match=r"features must be a non-empty \(N, C\) array"):
+        linear_probe(np.zeros((0, 4)), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"targets must be an \(N, K\) array"):
+        linear_probe(np.zeros((3, 4)), np.zeros(3))
+    with pytest.raises(ValueError, match=r"labels must have shape \(N, K\) = \(3, 2\)"):
+        linear_probe(np.zeros((3, 4)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        linear_probe(np.zeros((3, 4)), np.zeros((3, 2)), epochs=0)
 
 
 @pytest.mark.parametrize("pretrained", [True, False])

@@ -88,8 +88,11 @@ def _cmd_mine_freeseg(args: argparse.Namespace) -> int:
         print(f"note: {len(fallback)} class(es) with a single image cannot be co-segmented; "
               f"their saliency map was used alone: {', '.join(fallback)}", file=sys.stderr)
     _print_skipped(c["skipped"], "")
-    print(f"kept {c['segments']} of {c['refined_segments']} segments (FreeSeg score > "
-          f"{config.min_score}, drop rate > {config.min_drop}) of {len(c['per_class'])} "
+    where = " per class" if config.keep_per_class else ""
+    print(f"kept {c['segments']} of {c['refined_segments']} segments (top "
+          f"{config.keep_top:.0%}{where} by {' + '.join(config.rank_cues)}, ranking score >= "
+          f"{config.min_rank}; FreeSeg score > {config.min_score}, drop rate > "
+          f"{config.min_drop}) of {len(c['per_class'])} "
           f"classes from {c['object_centric_images']} images into {args.out} "
           f"(pseudo-labels: {Path(args.out) / 'pseudo_labels.json'})")
     return 0

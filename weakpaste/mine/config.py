@@ -28,6 +28,19 @@ MIN_IMAGE_SIDE = 16
 MIN_CLASSIFIER_SIDE = 32
 """Smallest classifier input and crop side (``Classifier.build`` refuses less)."""
 
+RANK_CUES: dict[str, int] = {
+    # label-free cues of the maps (weakpaste.mine.ranking)
+    "stability": +1, "contrast": +1, "border": -1, "centre": -1, "fragments": +1,
+    # the paper's (FreeSeg §3.2): agreement with the LORE box, the classifier's drop rate
+    "freeseg": +1, "iob": +1, "iom": +1, "drop_rate": +1, "p_before": +1, "p_after": -1,
+    # the same classifier scores cross-fitted (--crossfit-folds): from heads that never
+    # trained on the image
+    "p_before_cf": +1, "p_after_cf": -1, "drop_rate_cf": +1,
+}
+"""The scores FreeSeg's ranking may combine and their direction (+1: larger is better, -1:
+smaller is better). Here, not in ``weakpaste.mine.ranking``, so that the command line lists
+them without importing NumPy."""
+
 
 @dataclass(frozen=True)
 class ClassifierSpec(Config):
@@ -202,7 +215,8 @@ class FreeSegParams(Config):
     Attributes:
         saliency: ``spectral`` or the path of an ONNX salient-object model.
         saliency_convention: ``isnet`` or ``u2net`` preprocessing of an ONNX model.
-        saliency_size: input side of an ONNX model with dynamic dims (None: the convention's).
+        saliency_size: input side of the ONNX model (None: a fixed model's own, else the
+            convention's); a model with a fixed input is rewritten to run at it.
         cam_threshold: LORE's Grad-CAM binarisation, relative to its maximum.
         lore_steps: LORE's most removals.
         lore_stop: LORE stops when the class's probability falls below this.
@@ -214,9 +228,10 @@ class FreeSegParams(Config):
                                 "spectral residual")
     saliency_convention: str = option("isnet", choices=("isnet", "u2net"),
                                       help="input normalisation of the ONNX model")
-    saliency_size: int | None = option(None, range=(1, None),
-                                       help="input side of an ONNX model with dynamic "
-                                            "height/width")
+    saliency_size: int | None = option(None, range=(8, None),
+                                       help="run the ONNX model at this input side (a "
+                                            "fixed-size model is rewritten; IS-Net: 512 is "
+                                            "~4x faster than its 1024)")
     cam_threshold: float = option(0.5, range=(0, 1),
                                   help="LORE: Grad-CAM binarisation, relative to its maximum")
     lore_steps: int = option(5, range=(1, None), help="LORE: most regions removed")
@@ -242,10 +257,17 @@ class FreeSegConfig(Config):
         smooth: Gaussian sigma of the refinement (fraction of the shorter side).
         morph: erosion/dilation radius (fraction of the shorter side).
         raw_threshold: binarises the raw map for the ``raw`` baseline only.
+        stability_delta: the stability cue's threshold shift (map units; SAM's stability
+            score of the refined map).
         min_score: keep segments whose FreeSeg score is larger than this.
         min_drop: ... and whose image's drop rate is larger than this.
+        rank_cues: the scores (``RANK_CUES``) whose mean percentile rank is the ranking score.
+        keep_top: the share of the segments kept, those of highest ranking score.
+        min_rank: the least ranking score kept.
+        keep_per_class: ``keep_top`` within each class instead of over all segments.
+        crossfit_folds: folds of the cross-fitted classifier scores (0: none).
         saliency_cache: folder of cached saliency maps (None: ``OUT/.cache/saliency``).
-        seed: k-means initialisation and the random baseline.
+        seed: k-means initialisation, the folds and the random baseline.
         params: per-image settings.
     """
 
@@ -261,12 +283,33 @@ class FreeSegConfig(Config):
     smooth: float = option(0.01, cli=False, help="refinement Gaussian sigma")
     morph: float = option(0.02, cli=False, help="refinement opening radius")
     raw_threshold: float = option(0.5, cli=False, help="the raw baseline's threshold")
+    stability_delta: float = option(0.1, range=(0, 1), open_low=True, cli=False,
+                                    help="threshold shift of the stability cue")
     min_score: float = option(0.5, flag="--min-freeseg-score", range=(0, 1),
                               help="keep segments whose mean(IoB, IoM) with the LORE box is "
                                    "larger")
     min_drop: float = option(0.5, flag="--min-drop-rate", range=(0, 1),
                              help="... and whose relative confidence drop without the LORE "
                                   "box is larger")
+    rank_cues: tuple[str, ...] = option(
+        ("stability", "contrast", "border", "centre", "freeseg"), flag="--rank-by",
+        choices=tuple(RANK_CUES), metavar="SCORE",
+        help="the scores whose mean percentile rank orders the segments (the ranking score): "
+             "label-free cues (stability, contrast, border, centre, fragments), the paper's "
+             "(freeseg, iob, iom, drop_rate, p_before, p_after) or cross-fitted ones "
+             "(p_before_cf, p_after_cf, drop_rate_cf; need --crossfit-folds)")
+    keep_top: float = option(0.7, range=(0, 1), open_low=True,
+                             help="keep this fraction of the segments, those of highest "
+                                  "ranking score (smaller: precision over yield; 1: all)")
+    min_rank: float = option(0.0, flag="--min-score", range=(0, 1), metavar="X",
+                             help="keep segments whose ranking score is at least this")
+    keep_per_class: bool = option(False,
+                                  help="apply --keep-top within each class instead of over "
+                                       "all segments")
+    crossfit_folds: int = option(0, range=(0, None),
+                                 help="also score each image with linear heads on the "
+                                      "classifier's features fitted on the other folds "
+                                      "(p_before_cf, p_after_cf, drop_rate_cf; 0: off)")
     saliency_cache: str | None = option(None, metavar="DIR",
                                         help="keep saliency maps here, keyed by image and "
                                              "model, to share them between runs (default: "
@@ -274,3 +317,13 @@ class FreeSegConfig(Config):
     seed: int = option(0, range=(0, None), help="k-means initialisation and the random "
                                                  "baseline")
     params: FreeSegParams = option(factory=FreeSegParams, help="per-image settings")
+
+    def check(self) -> None:
+        super().check()
+        if self.crossfit_folds == 1:
+            raise WeakpasteError("crossfit_folds (--crossfit-folds) must be 0 (off) or at "
+                                 "least 2, got 1")
+        cf = [c for c in self.rank_cues if c.endswith("_cf")]
+        if cf and not self.crossfit_folds:
+            raise WeakpasteError(f"rank_cues (--rank-by) {cf[0]} needs cross-fitted scores: "
+                                 "pass --crossfit-folds 5 (or another K >= 2)")

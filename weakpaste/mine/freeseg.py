@@ -48,8 +48,9 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -84,6 +85,23 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == best
 
 
+class Refined(NamedTuple):
+    """What the refinement made of a raw map (``refine_steps``).
+
+    Attributes:
+        mask: bool (H, W) segment, possibly empty.
+        threshold: Li's threshold on the smoothed map (NaN for a constant map).
+        smooth: float32 (H, W) the Gaussian-filtered raw map.
+        binary: bool (H, W) ``smooth > threshold`` (before the opening and the largest
+            component).
+    """
+
+    mask: np.ndarray
+    threshold: float
+    smooth: np.ndarray
+    binary: np.ndarray
+
+
 def refine_map(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02
                ) -> tuple[np.ndarray, float]:
     """Binarise a gray-scale foreground map as FreeSeg A.3 does.
@@ -106,6 +124,12 @@ def refine_map(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02
     Raises:
         ValueError: ``raw`` is not 2-D.
     """
+    refined = refine_steps(raw, sigma=sigma, morph=morph)
+    return refined.mask, refined.threshold
+
+
+def refine_steps(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02) -> Refined:
+    """``refine_map`` with its intermediate maps, which the ranking cues read."""
     from skimage.filters import threshold_li
 
     if raw.ndim != 2:
@@ -113,13 +137,14 @@ def refine_map(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02
     smooth = cv2.GaussianBlur(raw.astype(np.float32), (0, 0),
                               _side_pixels(raw.shape, sigma, 0.5))
     if not np.isfinite(smooth).all() or float(smooth.max() - smooth.min()) < 1e-6:
-        return np.zeros(raw.shape, dtype=bool), float("nan")
+        empty = np.zeros(raw.shape, dtype=bool)
+        return Refined(empty, float("nan"), smooth, empty)
     t = float(threshold_li(smooth))
     binary = smooth > t
     r = int(round(_side_pixels(raw.shape, morph, 1.0)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     opened = cv2.dilate(cv2.erode(binary.astype(np.uint8), kernel), kernel).astype(bool)
-    return largest_component(opened if opened.any() else binary), t
+    return Refined(largest_component(opened if opened.any() else binary), t, smooth, binary)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +161,9 @@ class LoreResult:
         p_after: the same after the whole box is filled with grey.
         steps: regions removed.
         boxes: the removed region boxes, in order (xyxy).
+        features_before: float32 (D,) pooled features of the image (None from a classifier
+            that gives none).
+        features_after: float32 (D,) pooled features of the image with the box filled.
     """
 
     box: np.ndarray
@@ -143,6 +171,8 @@ class LoreResult:
     p_after: float
     steps: int
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    features_before: np.ndarray | None = None
+    features_after: np.ndarray | None = None
 
     @property
     def drop_rate(self) -> float:
@@ -156,6 +186,18 @@ def _fill_box(image: np.ndarray, box, fill) -> np.ndarray:
     return out
 
 
+def _peak_region_box(cam: np.ndarray, cam_threshold: float) -> np.ndarray | None:
+    """Box of the connected region around the map's maximum above ``cam_threshold`` of it."""
+    peak = float(cam.max())
+    if peak <= 0:
+        return None
+    region = cam >= cam_threshold * peak
+    n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    region = labels == labels[y, x] if n > 1 else region
+    return mask_ops.mask_box(region)
+
+
 def lore_box(classifier, image: np.ndarray, class_index: int, *, cam_threshold: float = 0.5,
              max_steps: int = 5, stop: float = 0.5, fill=None) -> LoreResult:
     """LORE (MosaicOS): remove the most discriminative region until the class is not predicted.
@@ -164,11 +206,13 @@ def lore_box(classifier, image: np.ndarray, class_index: int, *, cam_threshold: 
     at ``cam_threshold`` of its maximum, takes the connected region holding the maximum and
     fills that region's box with grey. It stops when the probability of the class falls below
     ``stop``, after ``max_steps`` removals, or when the Grad-CAM is empty. At least one region
-    is removed. The pseudo box is the box of everything removed.
+    is removed. The pseudo box is the box of everything removed. One forward pass per image
+    state gives its probability and its Grad-CAM together (``gradcam_outputs``), plus one for
+    the union box when several regions were removed.
 
     Args:
-        classifier: an object with ``predict_proba(images) -> (N, K)`` and
-            ``gradcam(image, [k]) -> (1, H, W)`` in [0, 1] (``Classifier``).
+        classifier: an object with ``gradcam_outputs(image, [k]) -> ((1, H, W) map in [0, 1],
+            (K,) probabilities, (D,) pooled features)`` (``Classifier``).
         image: uint8 (H, W, 3) RGB.
         class_index: column of the class.
         cam_threshold: Grad-CAM binarisation, relative to its maximum.
@@ -178,7 +222,7 @@ def lore_box(classifier, image: np.ndarray, class_index: int, *, cam_threshold: 
             crops use, i.e. "nothing").
 
     Returns:
-        The pseudo box and the probabilities before / after removing it.
+        The pseudo box, the probabilities and pooled features before / after removing it.
     """
     if fill is None:
         from weakpaste.models.classifier import GREY
@@ -186,36 +230,32 @@ def lore_box(classifier, image: np.ndarray, class_index: int, *, cam_threshold: 
         fill = GREY
     fill = np.asarray(fill, dtype=np.uint8)
     H, W = image.shape[:2]
-    p_before = float(classifier.predict_proba([image])[0, class_index])
+    cams, probs, feats_before = classifier.gradcam_outputs(image, [class_index])
+    p_before = p = float(probs[class_index])
+    feats = feats_before
     current = image
     removed = np.zeros((H, W), dtype=bool)
     boxes: list[tuple[float, float, float, float]] = []
-    p = p_before
     for step in range(max(1, int(max_steps))):
         if step > 0 and p < stop:
             break
-        cam = classifier.gradcam(current, [class_index])[0]
-        peak = float(cam.max())
-        if peak <= 0:
+        box = _peak_region_box(cams[0], cam_threshold)
+        if box is None:
             break
-        region = cam >= cam_threshold * peak
-        n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
-        y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        region = labels == labels[y, x] if n > 1 else region
-        box = mask_ops.mask_box(region)
         x0, y0, x1, y1 = (int(v) for v in box)
         boxes.append((float(x0), float(y0), float(x1), float(y1)))
         removed[y0:y1, x0:x1] = True
         current = _fill_box(current, box, fill)
-        p = float(classifier.predict_proba([current])[0, class_index])
+        cams, probs, feats = classifier.gradcam_outputs(current, [class_index])
+        p = float(probs[class_index])
     if not removed.any():
-        return LoreResult(np.zeros(4, np.float64), p_before, p_before, 0, [])
+        return LoreResult(np.zeros(4, np.float64), p_before, p_before, 0, [],
+                          feats_before, feats_before)
     box = mask_ops.mask_box(removed).astype(np.float64)
-    if len(boxes) == 1:
-        p_after = p  # the union of one box is that box: no extra forward pass
-    else:
-        p_after = float(classifier.predict_proba([_fill_box(image, box, fill)])[0, class_index])
-    return LoreResult(box, p_before, p_after, len(boxes), boxes)
+    if len(boxes) > 1:  # the union of one box is that box: no extra forward pass
+        _, probs, feats = classifier.gradcam_outputs(_fill_box(image, box, fill), [])
+        p = float(probs[class_index])
+    return LoreResult(box, p_before, p, len(boxes), boxes, feats_before, feats)
 
 
 def box_mask(box, shape: tuple[int, int]) -> np.ndarray:
@@ -303,22 +343,26 @@ def mine_image(classifier, saliency_backend, image: np.ndarray, label: str, file
     if min(H, W) < params.min_side:
         res.skipped = f"smaller than {params.min_side} px"
         return res
-    t0 = time.perf_counter()
+    # Wall and CPU seconds per step: on a shared machine the wall time measures the load,
+    # the CPU time (this process's, one thread per worker) what the step costs.
+    marks = [(time.perf_counter(), time.process_time())]
     sal, res.saliency_cached = cached_saliency(saliency_backend, image, digest,
                                                cache if digest else None)
     res.saliency = np.clip(np.rint(sal * 255.0), 0, 255).astype(np.uint8)
-    t1 = time.perf_counter()
+    marks.append((time.perf_counter(), time.process_time()))
     fmap = classifier.feature_maps([image])[0]
     d, h, w = fmap.shape
     flat = fmap.reshape(d, -1)
     flat = flat / np.maximum(np.linalg.norm(flat, axis=0, keepdims=True), 1e-8)
     res.features = flat.reshape(d, h, w).astype(np.float16)
-    t2 = time.perf_counter()
+    marks.append((time.perf_counter(), time.process_time()))
     k = list(classifier.classes).index(label)
     res.lore = lore_box(classifier, image, k, cam_threshold=params.cam_threshold,
                         max_steps=params.lore_steps, stop=params.lore_stop)
-    t3 = time.perf_counter()
-    res.seconds = {"saliency": t1 - t0, "features": t2 - t1, "lore": t3 - t2}
+    marks.append((time.perf_counter(), time.process_time()))
+    for step, (a, b) in zip(("saliency", "features", "lore"), pairwise(marks), strict=True):
+        res.seconds[step] = b[0] - a[0]
+        res.seconds[f"{step}_cpu"] = b[1] - a[1]
     return res
 
 
@@ -353,34 +397,40 @@ def _class_stage(results: list[ImageFreeSeg], indices: list[int], config: FreeSe
                          seed=config.seed)
     raws = [fuse_maps(c, s, config.coseg_weight) for c, s in zip(cos, sal, strict=True)]
     secs["coseg"] += time.perf_counter() - t
-    outcomes = []
-    for r, i, raw in zip(results, indices, raws, strict=True):
-        t = time.perf_counter()
-        out = _Outcome(index=i, fallback=fallback and config.coseg_weight > 0)
-        raw_mask = raw >= config.raw_threshold
-        if raw_mask.any():
-            out.raw_rle = mask_ops.encode(raw_mask)
-        mask, li = refine_map(raw, sigma=config.smooth, morph=config.morph)
-        t2 = time.perf_counter()
-        secs["refine"] += t2 - t
-        if not mask.any():
-            outcomes.append(out)
-            secs["rank"] += time.perf_counter() - t2
-            continue
-        out.refined_rle = mask_ops.encode(mask)
-        lore = r.lore
-        out.lore_box = tuple(float(v) for v in lore.box)
-        score, iob, iom = freeseg_score(mask, lore.box)
-        drop = lore.drop_rate
-        out.scores = {"freeseg": score, "iob": iob, "iom": iom, "drop_rate": drop,
-                      "p_before": lore.p_before, "p_after": lore.p_after,
-                      "lore_steps": float(lore.steps), "li_threshold": li,
-                      "coseg_fallback": float(out.fallback)}
-        out.kept = keep_segment(score, drop, config.min_score, config.min_drop)
-        outcomes.append(out)
-        secs["rank"] += time.perf_counter() - t2
+    outcomes = [_refine_and_measure(r, i, raw, s, fallback and config.coseg_weight > 0,
+                                    config, secs)
+                for r, i, raw, s in zip(results, indices, raws, sal, strict=True)]
     return outcomes, fallback, secs
 
+
+def _refine_and_measure(res: ImageFreeSeg, index: int, raw: np.ndarray, saliency: np.ndarray,
+                        fallback: bool, config: FreeSegConfig, secs: dict[str, float]
+                        ) -> _Outcome:
+    """One image's raw and refined segments and every score of the refined one: the paper's
+    (FreeSeg score, drop rate) and the label-free cues (``weakpaste.mine.ranking``)."""
+    from weakpaste.mine.ranking import segment_cues
+
+    t = time.perf_counter()
+    out = _Outcome(index=index, fallback=fallback)
+    raw_mask = raw >= config.raw_threshold
+    if raw_mask.any():
+        out.raw_rle = mask_ops.encode(raw_mask)
+    refined = refine_steps(raw, sigma=config.smooth, morph=config.morph)
+    t2 = time.perf_counter()
+    secs["refine"] += t2 - t
+    if refined.mask.any():
+        mask, lore = refined.mask, res.lore
+        out.refined_rle = mask_ops.encode(mask)
+        out.lore_box = tuple(float(v) for v in lore.box)
+        score, iob, iom = freeseg_score(mask, lore.box)
+        out.scores = {"freeseg": score, "iob": iob, "iom": iom, "drop_rate": lore.drop_rate,
+                      "p_before": lore.p_before, "p_after": lore.p_after,
+                      "lore_steps": float(lore.steps), "li_threshold": refined.threshold,
+                      "coseg_fallback": float(out.fallback),
+                      **segment_cues(saliency, refined.smooth, refined.threshold,
+                                     refined.binary, mask, delta=config.stability_delta)}
+    secs["rank"] += time.perf_counter() - t2
+    return out
 
 
 class FreeSegMiner(Miner):
@@ -417,7 +467,7 @@ class FreeSegMiner(Miner):
 
         p = self.config.params
         backend = make_saliency(p.saliency, convention=p.saliency_convention,
-                                size=p.saliency_size, threads=threads)
+                                size=p.saliency_size, threads=threads, rescale=True)
         root = self.config.saliency_cache or Path(out) / ".cache" / "saliency"
         return {"saliency": backend, "cache": SaliencyCache(root, backend.key)}
 
@@ -434,7 +484,7 @@ class FreeSegMiner(Miner):
         by_class: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(plan.items):
             by_class[item.labels[0]].append(i)
-        st = {"outcomes": {}, "dims": {}, "fallback": [], "skipped": Counter(),
+        st = {"outcomes": {}, "dims": {}, "fallback": [], "skipped": Counter(), "features": {},
               "seconds": defaultdict(float), "from_cache": 0,
               "per_class": {c: len(v) for c, v in sorted(by_class.items())}}
         for label in plan.classes:
@@ -448,6 +498,9 @@ class FreeSegMiner(Miner):
                     continue
                 usable.append(res)
                 idx.append(i)
+                if self.config.crossfit_folds and res.lore is not None \
+                        and res.lore.features_before is not None:
+                    st["features"][i] = (res.lore.features_before, res.lore.features_after)
             if not usable:
                 continue
             outs, fallback, secs = _class_stage(usable, idx, self.config)
@@ -463,12 +516,15 @@ class FreeSegMiner(Miner):
         return st
 
     def select(self, results: Sequence[ImageFreeSeg], plan: Plan) -> Selection:
-        """Per image the refined segment when it passes both thresholds (``final``), and the
+        """Per image the refined segment when the ranking keeps it (``final``), and the
         ``raw``, ``refined`` and ``random`` baselines; ``freeseg_scores.json``."""
         config = self.config
         st = self._outcomes(results, plan)
         outcomes: dict[int, _Outcome] = st["outcomes"]
         refined_ids = [i for i in sorted(outcomes) if outcomes[i].refined_rle is not None]
+        t = time.perf_counter()
+        self._rank(outcomes, refined_ids, plan, st["features"])
+        st["seconds"]["rank"] += time.perf_counter() - t
         kept_ids = [i for i in refined_ids if outcomes[i].kept]
         rng = np.random.default_rng(config.seed)
         random_ids = set(rng.choice(np.asarray(refined_ids, dtype=np.int64),
@@ -483,8 +539,9 @@ class FreeSegMiner(Miner):
                              "kept": o.kept, "lore_box": list(o.lore_box),
                              **{k: (None if not np.isfinite(v) else round(float(v), 6))
                                 for k, v in o.scores.items()}})
-        scores = json.dumps({"min_score": config.min_score, "min_drop": config.min_drop,
-                             "segments": rows}, indent=1).encode()
+        scores = json.dumps({"rank_by": list(config.rank_cues), "keep_top": config.keep_top,
+                             "min_rank": config.min_rank, "min_score": config.min_score,
+                             "min_drop": config.min_drop, "segments": rows}, indent=1).encode()
         counts = {"saliency_from_cache": st["from_cache"],
                   "raw_segments": sum(o.raw_rle is not None for o in outcomes.values()),
                   "refined_segments": len(refined_ids),
@@ -496,13 +553,59 @@ class FreeSegMiner(Miner):
                          skipped=st["skipped"], extra={"coseg": coseg},
                          files={"freeseg_scores.json": scores}, seconds=dict(st["seconds"]))
 
+    def _rank(self, outcomes: dict[int, _Outcome], ids: list[int], plan: Plan,
+              features: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Score every refined segment (``rank``: the mean percentile rank of the
+        ``rank_cues``) and decide which are kept: the cut-off (``keep_top``, ``min_rank``,
+        per class or global) and the paper's thresholds (FreeSeg score, drop rate)."""
+        from weakpaste.mine.ranking import CUES, keep_mask, rank_average
+
+        config = self.config
+        labels = [plan.items[i].labels[0] for i in ids]
+        if config.crossfit_folds and ids:
+            _crossfit(outcomes, ids, labels, plan.classes, features, config)
+        values = {c: [outcomes[i].scores.get(c, np.nan) for i in ids] for c in config.rank_cues}
+        rank = rank_average(values, {c: CUES[c] for c in config.rank_cues})
+        kept = keep_mask(rank, keep_top=config.keep_top, min_score=config.min_rank,
+                         groups=labels if config.keep_per_class else None)
+        for i, r, k in zip(ids, rank, kept, strict=True):
+            o = outcomes[i]
+            o.scores["rank"] = float(r)
+            o.kept = bool(k) and keep_segment(o.scores["freeseg"], o.scores["drop_rate"],
+                                              config.min_score, config.min_drop)
+
+
+def _crossfit(outcomes: dict[int, _Outcome], ids: list[int], labels: list[str],
+              classes: list[str], features: dict[int, tuple[np.ndarray, np.ndarray]],
+              config: FreeSegConfig) -> None:
+    """Add the cross-fitted classifier scores (``p_before_cf``, ``p_after_cf``,
+    ``drop_rate_cf``) of the segments whose image's pooled features are known."""
+    from weakpaste.mine.ranking import crossfit_folds, crossfit_probabilities
+
+    have = [n for n, i in enumerate(ids) if i in features]
+    if not have:
+        return
+    folds = crossfit_folds([labels[n] for n in have], config.crossfit_folds, config.seed)
+    feats = {"before": np.stack([features[ids[n]][0] for n in have]),
+             "after": np.stack([features[ids[n]][1] for n in have])}
+    spec = config.model
+    p = crossfit_probabilities(feats, [labels[n] for n in have], classes, folds,
+                               epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size,
+                               seed=config.seed)
+    for k, n in enumerate(have):
+        scores = outcomes[ids[n]].scores
+        before, after = float(p["before"][k]), float(p["after"][k])
+        scores.update(p_before_cf=before, p_after_cf=after,
+                      drop_rate_cf=drop_rate(before, after) if np.isfinite(before) else np.nan)
+
 
 def _picks(o: _Outcome | None, label: str, random: bool) -> dict[str, list[Pick]]:
     """One image's picks: its refined segment as ``final`` (when kept), ``refined`` and
-    ``random`` (when drawn), its raw map as ``raw``; every COCO score is the FreeSeg score."""
+    ``random`` (when drawn), its raw map as ``raw``; every COCO score is the ranking score
+    (``rank``), so that a file of picks ranks itself (``evaluate-masks`` prints its curve)."""
     if o is None:
         return {}
-    score = float(o.scores.get("freeseg", 1.0))
+    score = float(o.scores.get("rank", 0.0))
     picks = {}
     if o.raw_rle is not None:
         picks["raw"] = [Pick(label, o.raw_rle, score)]
@@ -512,8 +615,7 @@ def _picks(o: _Outcome | None, label: str, random: bool) -> dict[str, list[Pick]
             picks["random"] = [Pick(label, o.refined_rle, score)]
         if o.kept:
             bank = {k: float(v) for k, v in o.scores.items() if np.isfinite(v)}
-            picks["final"] = [Pick(label, o.refined_rle, score,
-                                   {**bank, "score": float(o.scores["freeseg"])})]
+            picks["final"] = [Pick(label, o.refined_rle, score, {**bank, "score": score})]
     return picks
 
 

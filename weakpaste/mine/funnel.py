@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,54 +42,110 @@ def _gt_by_pair(gt) -> dict[tuple[str, str], list[dict]]:
     return out
 
 
-def scored_picks(pred: str | os.PathLike, gt) -> list[tuple[float, bool, tuple[str, str]]]:
+CURVE_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+"""The shares of the highest-scored predictions ``evaluate-masks`` reports the curve at."""
+
+
+def scored_picks(pred: str | os.PathLike | Mapping, gt
+                 ) -> list[tuple[float | None, bool, tuple[str, str]]]:
     """Per prediction: (score, best IoU >= 0.5 with a GT instance of its class, its pair).
 
     Args:
-        pred: a COCO file of predictions (``load_predictions``).
+        pred: a COCO file of predictions or a bank folder (``load_predictions``), or what
+            ``load_predictions`` returned.
         gt: a loaded GT ``CocoDataset``.
     """
     from weakpaste.mine.quality import _bytes_rle, _NameResolver, load_predictions
 
     sizes = {r.file_name: (r.height, r.width) for r in gt.records}
     resolve, pairs = _NameResolver(list(sizes)), _gt_by_pair(gt)
+    predictions = pred if isinstance(pred, Mapping) else load_predictions(pred, sizes)
     out = []
-    for image, items in sorted(load_predictions(pred, sizes).items()):
+    for image, items in sorted(predictions.items()):
         name = resolve(image)
         for cls, rle, score in items:
             g = pairs.get((name, cls), []) if name is not None else []
             iou = mask_utils.iou([_bytes_rle(rle)], g, [0] * len(g)) if g else np.zeros(1)
-            out.append((float(score or 0.0), bool(np.max(iou) >= 0.5), (name or image, cls)))
+            out.append((score, bool(np.max(iou) >= 0.5), (name or image, cls)))
     return out
 
 
-def precision_yield(pred: str | os.PathLike, gt,
+def curve_of(picks: Sequence[tuple[float | None, bool, tuple[str, str]]], n_pairs: int,
+             fractions: Sequence[float] = CURVE_FRACTIONS) -> list[dict]:
+    """The precision-yield curve of scored predictions (``scored_picks``), most score first.
+
+    Ties keep the predictions' order; a missing score counts as 0.
+
+    Args:
+        picks: (score, correct at IoU 0.5, (image, class) pair) per prediction.
+        n_pairs: the GT's labelled (image, class) pairs (the yield's denominator).
+        fractions: shares q of the predictions kept, those of highest score.
+
+    Returns:
+        Per fraction: {"keep": q, "kept": ceil(q N), "of": N, "precision@0.5",
+        "pair_yield@0.5", "random_precision@0.5": the precision of all N, which a random draw
+        of any size has in expectation}.
+    """
+    ranked = sorted(picks, key=lambda p: -(p[0] or 0.0))
+    everything = sum(p[1] for p in ranked) / max(len(ranked), 1)
+    rows = []
+    for q in fractions:
+        kept = ranked[:int(np.ceil(q * len(ranked) - 1e-9))]
+        right = {p[2] for p in kept if p[1]}
+        rows.append({"keep": q, "kept": len(kept), "of": len(ranked),
+                     "precision@0.5": sum(p[1] for p in kept) / max(len(kept), 1),
+                     "pair_yield@0.5": len(right) / max(n_pairs, 1),
+                     "random_precision@0.5": everything})
+    return rows
+
+
+def precision_yield(pred: str | os.PathLike | Mapping, gt,
                     fractions: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
                     ) -> list[dict]:
     """The precision-yield curve of predictions ranked by score (most first).
 
     Args:
-        pred: a COCO file of predictions, e.g. ``baselines/evidence_pick.json``.
+        pred: a COCO file of predictions, e.g. ``baselines/evidence_pick.json``, a bank
+            folder, or ``load_predictions``' output.
         gt: the GT COCO file or a loaded data set.
         fractions: shares of the predictions kept, those of highest score.
 
     Returns:
-        Per fraction: {"keep", "kept", "precision@0.5", "pair_yield@0.5"} (yield over the GT's
-        labelled pairs).
+        ``curve_of``'s rows (yield over the GT's labelled pairs).
     """
     from weakpaste.mine.quality import _load_gt
 
     gt = _load_gt(gt)
-    picks = sorted(scored_picks(pred, gt), key=lambda p: -p[0])
-    n_pairs = len(_gt_by_pair(gt))
-    rows = []
-    for q in fractions:
-        kept = picks[:int(np.ceil(q * len(picks)))]
-        right = {p[2] for p in kept if p[1]}
-        rows.append({"keep": q, "kept": len(kept),
-                     "precision@0.5": sum(p[1] for p in kept) / max(len(kept), 1),
-                     "pair_yield@0.5": len(right) / max(n_pairs, 1)})
-    return rows
+    return curve_of(scored_picks(pred, gt), len(_gt_by_pair(gt)), fractions)
+
+
+def score_curve(pred: str | os.PathLike | Mapping, gt,
+                fractions: Sequence[float] = CURVE_FRACTIONS) -> list[dict] | None:
+    """``precision_yield`` at ``fractions`` when the predictions carry scores that rank them
+    (None when no prediction has a score or all scores are equal: nothing to rank by)."""
+    from weakpaste.mine.quality import _load_gt
+
+    gt = _load_gt(gt)
+    picks = scored_picks(pred, gt)
+    scores = {p[0] for p in picks}
+    if not picks or scores == {None} or len(scores) < 2:
+        return None
+    return curve_of(picks, len(_gt_by_pair(gt)), fractions)
+
+
+def format_curve(rows: list[dict], what: str = "score") -> str:
+    """The curve as text lines: q, kept, precision@0.5, pair yield@0.5, points over random."""
+    if not rows:
+        return ""
+    base = rows[0]["random_precision@0.5"]
+    lines = [f"precision-yield by {what}: the top q of the {rows[0]['of']} predictions "
+             f"(a random draw of any size: precision@0.5 {100 * base:.1f}%)",
+             "      q   kept  precision@0.5  pair yield@0.5  vs random"]
+    for r in rows:
+        lines.append(f"  {r['keep']:5.2f}  {r['kept']:5d}  {100 * r['precision@0.5']:12.1f}%  "
+                     f"{100 * r['pair_yield@0.5']:13.1f}%  "
+                     f"{100 * (r['precision@0.5'] - base):+8.1f}")
+    return "\n".join(lines)
 
 
 def _pointing(peaks: Path, gt) -> dict[str, float]:
@@ -182,9 +238,11 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
                        overwrite: bool = False) -> str:
     """Evaluate mined masks against GT and optionally save the result.
 
-    A bank mined with ``--save-baselines`` also gets its funnel (:func:`funnel`): recall@0.5
-    at each stage of the choice and the Grad-CAM's IoU and pointing game. (It lives here, not
-    in ``weakpaste.mine.quality``, which the funnel builds on.)
+    Predictions with scores that rank them also get their precision-yield curve
+    (:func:`score_curve`: the top 10%, 20%, ... of the predictions by score against a random
+    draw). A bank mined with ``--save-baselines`` also gets its funnel (:func:`funnel`):
+    recall@0.5 at each stage of the choice and the Grad-CAM's IoU and pointing game. (It
+    lives here, not in ``weakpaste.mine.quality``, which the funnel builds on.)
 
     Args:
         pred: segment bank folder or COCO JSON of predictions (``weakpaste mine`` output).
@@ -208,6 +266,9 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
     from weakpaste.mine.quality import evaluate_masks, format_table
 
     result = evaluate_masks(pred, gt)
+    curve = score_curve(pred, gt)
+    if curve is not None:  # scored predictions: what keeping only the best would buy
+        result["curve"] = curve
     found = funnel(pred, gt) if Path(pred).is_dir() else None
     if found is not None:  # a bank mined with --save-baselines: where the right segment is lost
         result["funnel"] = found
@@ -221,5 +282,6 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
                                  "choose another --out") from None
     if as_json:
         return text
-    tail = f"\n\n{format_funnel(found)}" if found is not None else ""
+    tail = f"\n\n{format_curve(curve)}" if curve is not None else ""
+    tail += f"\n\n{format_funnel(found)}" if found is not None else ""
     return f"{pred} vs {gt}\n\n{format_table(result)}{tail}"

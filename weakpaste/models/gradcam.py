@@ -114,12 +114,28 @@ def grad_cam(net: PooledNet, squashed: np.ndarray, class_indices: Sequence[int],
     Args:
         net: the classifier's network (put in eval mode by the caller).
         squashed: uint8 (S, S, 3) RGB, the image squashed to the net's input size.
-        class_indices: valid head indices, repeats allowed, at least one.
+        class_indices: valid head indices, repeats allowed (none: no maps).
         height, width: the original image's size, the maps' size.
         device: the net's device.
 
     Returns:
         float32 (len(class_indices), height, width) maps in [0, 1].
+    """
+    return grad_cam_outputs(net, squashed, class_indices, height, width, device)[0]
+
+
+def grad_cam_outputs(net: PooledNet, squashed: np.ndarray, class_indices: Sequence[int],
+                     height: int, width: int, device: torch.device
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grad-CAM maps and the network's outputs on the image, from the same forward pass.
+
+    Args:
+        net, squashed, class_indices, height, width, device: as for :func:`grad_cam`.
+
+    Returns:
+        (float32 (len(class_indices), height, width) maps in [0, 1], float32 (K,) logits,
+        float32 (C,) pooled features): the logits and features are those of a plain forward
+        pass of the same input.
     """
     idx = [int(i) for i in class_indices]
     side = squashed.shape[0]
@@ -129,11 +145,16 @@ def grad_cam(net: PooledNet, squashed: np.ndarray, class_indices: Sequence[int],
         with torch.no_grad():
             fmap, ((ay, by), (ax, bx)) = traced_forward(net.trunk, x)
             fmap = fmap.float()
+            pooled = net.pool(fmap)
+            logits = net.head(pooled)
+        if not idx:
+            return (np.zeros((0, height, width), np.float32), logits[0].cpu().numpy(),
+                    pooled[0].cpu().numpy())
         with torch.enable_grad():
             # One copy of A per class so that one backward pass gives every class's gradient.
             acts = fmap.expand(len(idx), -1, -1, -1).clone().requires_grad_(True)
-            logits = net.head(net.pool(acts))
-            chosen = logits[torch.arange(len(idx)), torch.tensor(idx, device=logits.device)]
+            chosen = net.head(net.pool(acts))[torch.arange(len(idx)),
+                                              torch.tensor(idx, device=fmap.device)]
             (grads,) = torch.autograd.grad(chosen.sum(), acts)
         with torch.no_grad():
             weights = grads.mean((2, 3))
@@ -144,7 +165,8 @@ def grad_cam(net: PooledNet, squashed: np.ndarray, class_indices: Sequence[int],
             cam = rows @ cam @ cols.T
             peak = cam.amax((1, 2), keepdim=True)
             cam = torch.where(peak > 0, cam / peak.clamp_min(1e-30), torch.zeros_like(cam))
-    return cam.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+    maps = cam.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+    return maps, logits[0].cpu().numpy(), pooled[0].cpu().numpy()
 
 
-__all__ = ["grad_cam", "traced_forward", "upsample_matrix"]
+__all__ = ["grad_cam", "grad_cam_outputs", "traced_forward", "upsample_matrix"]

@@ -133,9 +133,21 @@ def _pooled_features(net: PooledNet, images: Sequence[np.ndarray], targets: np.n
 
 def _train_linear(net: PooledNet, images: Sequence[np.ndarray], targets: np.ndarray,
                   fit: _Fit) -> list[float]:
+    feats_t, ys_t = _pooled_features(net, images, targets, fit)
+    weight, bias, losses = _fit_head(feats_t, ys_t, fit)
+    with torch.no_grad():
+        head = net.head
+        head.weight.copy_(weight.to(head.weight.dtype))
+        head.bias.copy_(bias.to(head.bias.dtype))
+    return losses
+
+
+def _fit_head(feats_t: torch.Tensor, ys_t: torch.Tensor, fit: _Fit
+              ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """A linear probe on standardised features, folded back to raw-feature space:
+    (weight (K, C), bias (K,), per-epoch mean losses)."""
     from tqdm import tqdm
 
-    feats_t, ys_t = _pooled_features(net, images, targets, fit)
     mean = feats_t.mean(0)
     std = feats_t.std(0)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
@@ -161,13 +173,46 @@ def _train_linear(net: PooledNet, images: Sequence[np.ndarray], targets: np.ndar
             opt.step()
             total += float(loss.detach()) * len(sel)
         losses.append(total / n)
-
     with torch.no_grad():
         folded = weight / std
-        head = net.head
-        head.weight.copy_(folded.to(head.weight.dtype))
-        head.bias.copy_((bias - folded @ mean).to(head.bias.dtype))
-    return losses
+        return folded.detach(), (bias - folded @ mean).detach(), losses
+
+
+def linear_probe(features: np.ndarray, targets: np.ndarray, *, epochs: int = 30,
+                 lr: float | None = None, batch_size: int = 32, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The "linear" mode's head fitted on given pooled features (no network involved).
+
+    The same probe as ``train_net(mode="linear")`` (standardised features, Adam from zero
+    weights and the class priors as biases, multi-label BCE), e.g. to fit heads on subsets
+    of one set of features (cross-fitting) without running the trunk again.
+
+    Args:
+        features: float (N, C) pooled features.
+        targets: bool or float (N, K) multi-hot targets in [0, 1].
+        epochs, lr, batch_size, seed: as for ``train_net``.
+
+    Returns:
+        (float32 (K, C) weight, float32 (K,) bias) in raw-feature space: the logits of
+        features x are ``x @ weight.T + bias``.
+
+    Raises:
+        ValueError: no rows, targets of the wrong shape or outside [0, 1], epochs < 1.
+    """
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"features must be a non-empty (N, C) array, got shape {x.shape}")
+    if np.ndim(targets) != 2:
+        raise ValueError(f"targets must be an (N, K) array, got shape {np.shape(targets)}")
+    y = check_labels(targets, len(x), np.shape(targets)[1])
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    fit = _Fit(epochs=epochs, lr=float(lr) if lr is not None else _LINEAR_LR,
+               batch_size=check_batch_size(batch_size), seed=seed, progress=False,
+               input_size=0, device=torch.device("cpu"))
+    with torch.inference_mode(False), seeded(seed):
+        weight, bias, _ = _fit_head(torch.from_numpy(x), torch.from_numpy(y), fit)
+    return weight.numpy().astype(np.float32), bias.numpy().astype(np.float32)
 
 
 def _train_finetune(net: PooledNet, images: Sequence[np.ndarray], targets: np.ndarray,
@@ -207,4 +252,4 @@ def _train_finetune(net: PooledNet, images: Sequence[np.ndarray], targets: np.nd
     return losses
 
 
-__all__ = ["TRAIN_MODES", "check_labels", "train_net"]
+__all__ = ["TRAIN_MODES", "check_labels", "linear_probe", "train_net"]
