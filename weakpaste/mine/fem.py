@@ -44,6 +44,12 @@ if TYPE_CHECKING:
 __all__ = ["FemConfig", "FemMiner", "FemParams", "mine_image", "run_mine_fem"]
 
 
+NO_CANDIDATE = "no candidate for the class"
+"""Skip reason of an (image, class) left without an eligible proposal: with ``saliency``
+proposals alone, when the whole image's map has no region and the class's Grad-CAM crops
+found none while another class's did."""
+
+
 @dataclass
 class ClassMining:
     """What ``mine_image`` found for one labelled class of one image."""
@@ -129,7 +135,13 @@ def cam_gain(props, cam: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def step1_choice(scores: np.ndarray, top_n: int) -> int:
-    """Index of the best-scored of the first ``top_n`` candidates (sorted nearest first)."""
+    """Index of the best-scored of the first ``top_n`` candidates (sorted nearest first).
+
+    Raises:
+        ValueError: no candidate (``mine_image`` skips such a class before asking).
+    """
+    if not len(scores):
+        raise ValueError("step1_choice: no candidate to choose from")
     return int(np.argmax(scores[:top_n]))
 
 
@@ -233,6 +245,9 @@ def mine_image(classifier, image: np.ndarray, labels: Sequence[str], file_name: 
         anchor, g = found
         dist = props.mean_distance(anchor)
         eligible = np.flatnonzero((owner == -1) | (owner == k))
+        if not eligible.size:  # every proposal came from another class's Grad-CAM crops
+            result.skipped[label] = NO_CANDIDATE
+            continue
         ranked = eligible[np.argsort(_rank(props, cam, g, anchor, params)[eligible],
                                      kind="stable")]
         order = ranked[: max(params.candidates, params.top_n)]
