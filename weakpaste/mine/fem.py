@@ -341,10 +341,16 @@ class FemMiner(Miner):
     name = "fem"
     title = "F-EM"
     config: FemConfig
+    head = None  # the MIL head (``--anchor mil``), trained by ``fit``
+
+    @property
+    def maps_extra(self) -> bool:
+        """The MIL head trains on the ``--train-images``' region features too."""
+        return self.config.params.anchor == "mil"
 
     def plan(self, records: list, classes: list[str], source: str) -> Plan:
-        """Every labelled image (all classes; the classifier trains on every image and on
-        the ``negatives``)."""
+        """Every labelled image (all classes; the classifier trains on every image, on the
+        ``negatives`` and on the ``train_images``)."""
         from weakpaste.io.images import list_images
 
         plan = super().plan(records, classes, source)
@@ -353,16 +359,22 @@ class FemMiner(Miner):
         if self.config.negatives:
             plan.negatives = list_images(self.config.negatives)
             plan.counts["negative_images"] = len(plan.negatives)
+        if self.config.train_images:
+            plan.extra = training_items(self.config.train_images, self.config.train_labels,
+                                        plan.classes)
+            plan.counts["train_images"] = len(plan.extra)
         return plan
 
     def inputs(self) -> dict[str, str]:
-        p, files = self.config.params, {}
+        p, cfg, files = self.config.params, self.config, {}
         if p.sam_checkpoint:
             files["sam_checkpoint"] = p.sam_checkpoint
         if p.saliency:
             files["saliency_model"] = p.saliency
-        if self.config.negatives:
-            files["negatives"] = self.config.negatives
+        if cfg.negatives:
+            files["negatives"] = cfg.negatives
+        if cfg.train_images:
+            files.update(train_images=cfg.train_images, train_labels=cfg.train_labels)
         return files
 
     def open(self, out, threads: int | None) -> dict:
@@ -390,20 +402,40 @@ class FemMiner(Miner):
         sal = models.get("saliency")
         return {"saliency_key": sal.backend.key} if sal is not None else {}
 
-    def mine_image(self, models: dict, image: np.ndarray, item: Item) -> ImageMining:
-        return mine_image(models["classifier"], image, list(item.labels), item.file_name,
-                          self.config.params, sam=models.get("sam"),
-                          saliency=models.get("saliency"), digest=item.sha256)
+    def mine_image(self, models: dict, image: np.ndarray, item: Item):
+        mine = mine_image
+        if self.config.params.anchor == "mil":
+            from weakpaste.mine.mil import region_image as mine
+        return mine(models["classifier"], image, list(item.labels), item.file_name,
+                    self.config.params, sam=models.get("sam"),
+                    saliency=models.get("saliency"), digest=item.sha256)
+
+    def fit(self, results: Sequence, plan: Plan) -> dict:
+        """``--anchor mil``: the MIL head on the mined and the training images' results."""
+        if self.config.params.anchor != "mil":
+            return {}
+        from weakpaste.mine.mil import fit
+
+        labels = [it.labels for it in [*plan.items, *plan.extra]]
+        self.head, info = fit(results, plan.classes, labels, self.config)
+        self.classes = list(plan.classes)
+        return {"mil": info}
 
     def select(self, results: Sequence[ImageMining], plan: Plan) -> Selection:
         """EM per class; the pick (EM's or the most evidence) per (image, class); the kept
         segments (``final``): score >= ``score_threshold``, evidence >= ``min_evidence``,
         among the ``keep_top`` of most evidence. Variants: step 1's choices (``step1``), the
         thresholded Grad-CAMs (``cam``) and the funnel (``funnel_picks``)."""
+        t = time.perf_counter()
+        if self.config.params.anchor == "mil":
+            from weakpaste.mine.mil import class_minings
+
+            results = [class_minings(r, self.head, self.classes, self.config) for r in results]
+        seconds = {"anchor": time.perf_counter() - t} if self.head is not None else {}
         results = list(results)
         t = time.perf_counter()
         final, em_info = em_choices(results, self.config)
-        seconds = {"em": time.perf_counter() - t}
+        seconds["em"] = time.perf_counter() - t
         cfg = self.config
         chosen = []  # (image, ClassMining, pick, Mahalanobis distance, evidence)
         for i, res in enumerate(results):
@@ -485,6 +517,29 @@ def _keep(chosen: list, config: FemConfig) -> tuple[set[int], Counter]:
     kept = set(ok)
     dropped = Counter(cm.label for n, (_, cm, *_) in enumerate(chosen) if n not in kept)
     return kept, dropped
+
+
+def training_items(images: str, labels: str, classes: Sequence[str]) -> list[Item]:
+    """The ``--train-images``: Items with their labels among ``classes`` (others dropped; an
+    image left without a label trains as a negative).
+
+    Raises:
+        WeakpasteError: the folder is missing, or the labels are unreadable.
+    """
+    from weakpaste.errors import WeakpasteError
+    from weakpaste.io.labels import load_labels
+    from weakpaste.mine.pipeline import image_hashes
+
+    folder = Path(images)
+    if not folder.is_dir():
+        raise WeakpasteError(f"{folder}: training images folder not found; pass it with "
+                             "--train-images")
+    records, _ = load_labels(labels, folder)
+    known = set(classes)
+    hashes = image_hashes(folder, records)
+    return [Item(r.file_name, str(folder / r.file_name),
+                 tuple(c for c in r.labels if c in known), hashes[r.file_name])
+            for r in records]
 
 
 def run_mine_fem(config: FemConfig, images_dir: str, labels: str | None, out_dir: str, *,
