@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from weakpaste.models.backbones import seeded
+from weakpaste.models.backbones import one_thread, seeded
 
 REFINE_IOU = 0.5
 """OICR: proposals overlapping a class's top proposal this much take its class."""
 
 _EPS = 1e-6
+_PCA_SAMPLE = 20000
 
 
 @dataclass
@@ -63,8 +64,18 @@ class MilHead:
 
     def project(self, features: np.ndarray) -> torch.Tensor:
         """float32 (M, P) projected features of float (M, D) region features."""
-        x = (np.asarray(features, np.float32) - self.mean) / self.scale
-        return torch.from_numpy(x @ self.basis)
+        # Folded: (x - mean) / scale @ basis = x @ (basis / scale) - (mean / scale) @ basis.
+        return torch.from_numpy(np.asarray(features, np.float32) @ self._folded[0]
+                                - self._folded[1])
+
+    @property
+    def _folded(self) -> tuple[np.ndarray, np.ndarray]:
+        folded = self.__dict__.get("_fold")
+        if folded is None:
+            folded = ((self.basis / self.scale[:, None]).astype(np.float32),
+                      ((self.mean / self.scale) @ self.basis).astype(np.float32))
+            self.__dict__["_fold"] = folded
+        return folded
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Per proposal and class, how much the proposal is the class's object.
@@ -198,12 +209,16 @@ class _Fit:
 def _projection(features: Sequence[np.ndarray], dims: int, seed: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, scale, basis): standardisation and the first ``dims`` principal axes, fitted on
-    at most 20000 proposals drawn with ``seed``."""
+    at most ``_PCA_SAMPLE`` proposals drawn with ``seed`` (never all of them at once)."""
     from sklearn.decomposition import PCA
 
-    every = np.concatenate([np.asarray(f, np.float32) for f in features])
+    sizes = np.array([len(f) for f in features])
     rng = np.random.default_rng(seed)
-    sample = every[np.sort(rng.choice(len(every), min(len(every), 20000), replace=False))]
+    picked = np.sort(rng.choice(sizes.sum(), min(int(sizes.sum()), _PCA_SAMPLE), replace=False))
+    image = np.searchsorted(np.cumsum(sizes), picked, side="right")
+    row = picked - np.concatenate(([0], np.cumsum(sizes)[:-1]))[image]
+    sample = np.stack([np.asarray(features[i][r], np.float32)
+                       for i, r in zip(image.tolist(), row.tolist(), strict=True)])
     mean = sample.mean(0)
     scale = sample.std(0)
     scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
@@ -248,15 +263,18 @@ def fit_mil(features: Sequence[np.ndarray], labels: np.ndarray, *,
     fit = _Fit(epochs, lr, weight_decay, batch_size, seed)
     mean, scale, basis = _projection(features, dims, seed)
     head = MilHead(mean, scale, basis, wsddn=(basis[:, :0],) * 4)
-    x, valid = _padded([head.project(f) for f in features])
+    projected = [head.project(f) for f in features]
+    x, valid = _padded(projected)
     yt = torch.from_numpy(y)
-    with torch.inference_mode(False), seeded(seed):
+    # One thread: small matrices (a thread pool costs more than it gives, most of all on a
+    # shared machine) and the same bytes whatever the caller's thread count.
+    with torch.inference_mode(False), seeded(seed), one_thread():
         params, losses = _fit_wsddn(x, valid, yt, fit)
         head.wsddn = tuple(t.numpy() for t in params)
         head.info = {"proposals": int(valid.sum()), "dims": int(basis.shape[1]),
                      "wsddn_loss": [losses[0], losses[-1]]}
         for step in range(refine):
-            previous = [_last_stream(head, f) for f in features]
+            previous = [_stream(head, z) for z in projected]
             found = [oicr_targets(s, row > 0, iou)
                      for s, row, iou in zip(previous, y, ious, strict=True)]
             target = torch.full(valid.shape, y.shape[1], dtype=torch.int64)
@@ -269,13 +287,13 @@ def fit_mil(features: Sequence[np.ndarray], labels: np.ndarray, *,
     return head
 
 
-def _last_stream(head: MilHead, features: np.ndarray) -> np.ndarray:
-    """float32 (M, K) scores of the latest stream alone (OICR's teacher for the next)."""
-    if not head.refined:
-        return head.scores(features)
-    w, b = head.refined[-1]
-    with torch.inference_mode():
-        z = head.project(features)
+def _stream(head: MilHead, z: torch.Tensor) -> np.ndarray:
+    """float32 (M, K) scores of the latest stream alone on projected features (OICR's
+    teacher for the next)."""
+    with torch.no_grad():
+        if not head.refined:
+            return _wsddn(z, *(torch.from_numpy(a) for a in head.wsddn)).numpy()
+        w, b = head.refined[-1]
         return F.softmax(z @ torch.from_numpy(w) + torch.from_numpy(b), 1)[:, :-1].numpy()
 
 
