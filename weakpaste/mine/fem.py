@@ -343,6 +343,11 @@ class FemMiner(Miner):
     config: FemConfig
     head = None  # the MIL head (``--anchor mil``), trained by ``fit``
 
+    def __init__(self, config: FemConfig, *, baselines: bool = True):
+        """``baselines``: also select the baseline variants and the funnel (their masks)."""
+        super().__init__(config)
+        self.baselines = baselines
+
     @property
     def maps_extra(self) -> bool:
         """The MIL head trains on the ``--train-images``' region features too."""
@@ -456,13 +461,8 @@ class FemMiner(Miner):
                     "classifier": float(cm.scores[c]), "mahalanobis": float(d),
                     "step1": float(c == cm.step1), "evidence": ev,
                     "anchor_distance": float(cm.distances[c])}))
-            if cm.scores[cm.step1] >= cfg.score_threshold:
-                picks["step1"].append(Pick(cm.label, cm.rles[cm.step1],
-                                           float(cm.scores[cm.step1])))
-            if cm.cam_rle is not None:
-                picks["cam"].append(Pick(cm.label, cm.cam_rle, 1.0))
-            for stage, items in funnel_picks(cm, final[(i, cm.label)][0], cfg).items():
-                picks.setdefault(stage, []).extend(items)
+            if self.baselines:
+                _baseline_picks(picks, cm, final[(i, cm.label)][0], cfg)
         skipped = Counter(reason for res in results for reason in res.skipped.values())
         stages = tuple(s for s in FUNNEL if any(s in im.variants for im in images))
         return Selection(images, variants=("step1", "cam", *stages),
@@ -477,6 +477,18 @@ threshold: every proposal (``record_proposals`` only), the eligible candidates, 
 top_n, step 1's pick, EM's pick (scored by the classifier), the pick of most evidence (scored
 by its evidence), and the Grad-CAM's maximum as a one-pixel mask (for the pointing game).
 ``weakpaste evaluate-masks BANK --gt GT`` reports them (``weakpaste.mine.quality.funnel``)."""
+
+
+def _baseline_picks(picks: dict[str, list[Pick]], cm: ClassMining, em_pick: int,
+                    config: FemConfig) -> None:
+    """Add one (image, class)'s baseline variants (step 1, the thresholded anchor map) and
+    funnel stages to ``picks``."""
+    if cm.scores[cm.step1] >= config.score_threshold:
+        picks["step1"].append(Pick(cm.label, cm.rles[cm.step1], float(cm.scores[cm.step1])))
+    if cm.cam_rle is not None:
+        picks["cam"].append(Pick(cm.label, cm.cam_rle, 1.0))
+    for stage, items in funnel_picks(cm, em_pick, config).items():
+        picks.setdefault(stage, []).extend(items)
 
 
 def funnel_picks(cm: ClassMining, em_pick: int, config: FemConfig) -> dict[str, list[Pick]]:
@@ -561,6 +573,7 @@ def run_mine_fem(config: FemConfig, images_dir: str, labels: str | None, out_dir
     Returns:
         The manifest.
     """
-    return run_mine(FemMiner(config), images_dir, labels, out_dir, workers=workers,
+    return run_mine(FemMiner(config, baselines=save_baselines), images_dir, labels, out_dir,
+                    workers=workers,
                     overwrite=overwrite, resume=resume, progress=progress,
                     save_baselines=save_baselines, executor=executor)

@@ -19,6 +19,7 @@ of an image with a head trained on the image-level labels over region features
 
 from __future__ import annotations
 
+import functools
 import pickle
 import time
 from collections.abc import Sequence
@@ -171,6 +172,32 @@ def anchor_map(props, scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     return Grid(props.image_shape, props.working_shape).upsample(cover).astype(np.float32)
 
 
+class LazyRles(Sequence):
+    """The RLEs of some proposals of a packed ``Proposals``, each encoded when first read.
+
+    The selection reads the masks of the picks only (and of every candidate for the
+    funnel's baselines); the unpacked proposals of the last few images are kept.
+    """
+
+    def __init__(self, blob: bytes, indices: np.ndarray):
+        self.blob, self.indices, self.done = blob, np.asarray(indices), {}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if k not in self.done:
+            self.done[k] = mask_ops.encode(_unpacked(self.blob).mask(int(self.indices[k])))
+        return self.done[k]
+
+
+@functools.lru_cache(maxsize=4)
+def _unpacked(blob: bytes):
+    return unpack(blob)
+
+
 def class_minings(res: RegionMining, head, classes: Sequence[str], config: FemConfig):
     """F-EM's per-(image, class) candidates of one image, ranked by the MIL anchor.
 
@@ -202,7 +229,8 @@ def class_minings(res: RegionMining, head, classes: Sequence[str], config: FemCo
         return out
     params = config.params
     props = unpack(res.proposals)
-    scores = head.scores(res.features)
+    projected = head.project(res.features)
+    scores = head.scores_projected(projected)
     every = _encode_all(props) if params.record_proposals else None
     index = {c: i for i, c in enumerate(classes)}
     for k, label in enumerate(res.labels):
@@ -222,10 +250,9 @@ def class_minings(res: RegionMining, head, classes: Sequence[str], config: FemCo
         class_scores = scores[order, index[label]].astype(np.float32)
         peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
         out.classes.append(ClassMining(
-            label=label, anchor=anchor,
-            rles=mask_ops.encode_many(props.masks(order)),
+            label=label, anchor=anchor, rles=LazyRles(res.proposals, order),
             distances=props.mean_distance(anchor)[order], scores=class_scores,
-            features=head.project(res.features[order]).numpy(),
+            features=projected[order].numpy(),
             step1=step1_choice(class_scores, params.top_n), cam_rle=mask_ops.encode(g),
             cam_means=props.overlap(cam)[order].astype(np.float32),
             cam_peak=(int(peak[1]), int(peak[0])),

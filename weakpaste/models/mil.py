@@ -88,8 +88,11 @@ class MilHead:
             refinement WSDDN's per-proposal product (the detection stream's share of the
             image's score); comparable within and across images.
         """
+        return self.scores_projected(self.project(features))
+
+    def scores_projected(self, z: torch.Tensor) -> np.ndarray:
+        """:meth:`scores` of features already projected (float32 (M, P))."""
         with torch.inference_mode():
-            z = self.project(features)
             if self.refined:
                 probs = [F.softmax(z @ torch.from_numpy(w) + torch.from_numpy(b), 1)[:, :-1]
                          for w, b in self.refined]
