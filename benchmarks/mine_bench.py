@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-subsample", metavar="CLASS:N",
                         help="mine N seeded images of CLASS from --data and --train-data, "
                              "train on them and on every image of both without CLASS")
+    parser.add_argument("--oracle", action="store_true",
+                        help="--anchor mil: also rank each pair's proposals by IoU with its "
+                             "GT mask (the anchor map a perfect localiser would give)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/weakpaste_mine_bench"))
     parser.add_argument("--cli", action="store_true",
                         help="also time the same job as a whole 'weakpaste mine fem' process")
@@ -218,6 +221,41 @@ def _class_curve(per_class: dict, counts: dict) -> list[dict]:
     return rows
 
 
+def _oracle(out: Path, gt: Path, top: int) -> dict[str, float]:
+    """Recall@0.5 of the proposals ranked by IoU with the GT union mask of each labelled pair
+    (``--anchor mil`` runs: their cached per-image results hold the proposals): the first
+    candidate, the first ``top``, all proposals."""
+    import pickle
+
+    from pycocotools import mask as mask_utils
+
+    from weakpaste.mine.fem import cam_iou
+    from weakpaste.mine.funnel import _gt_by_pair
+    from weakpaste.mine.mil import unpack
+    from weakpaste.mine.quality import _load_gt
+    from weakpaste.ops import masks as mask_ops
+
+    pairs = _gt_by_pair(_load_gt(str(gt)))
+    hits = np.zeros(3)
+    for path in sorted((out / ".cache").glob("*/*.pkl")):
+        res = pickle.loads(path.read_bytes())
+        if res.proposals is None:
+            continue
+        props = unpack(res.proposals)
+        for label in res.labels:
+            g = pairs.get((res.file_name, label))
+            if not g:
+                continue
+            union = mask_utils.decode(g).any(2) if len(g) > 1 else mask_utils.decode(g[0])
+            order = np.argsort(-cam_iou(props, union.astype(bool)), kind="stable")
+            rles = [mask_ops._as_bytes(r) for r in mask_ops.encode_many(props.masks(order))]
+            right = np.max(mask_utils.iou(rles, g, [0] * len(g)), axis=1) >= 0.5
+            hits += [right[0], right[:top].any(), right.any()]
+    n = max(len(pairs), 1)
+    return {"oracle_first": hits[0] / n, f"oracle_top{top}": hits[1] / n,
+            "all_proposals": hits[2] / n}
+
+
 def _image_counts(*gts: Path) -> dict[str, int]:
     """Class -> number of images labelled with it, over the GT files."""
     counts: dict[str, int] = {}
@@ -266,6 +304,10 @@ def main() -> None:
         print(f"\n{cls}: {row.get('labelled_pairs')} pairs, {row.get('num_predictions')} "
               f"segments, precision@0.5 {row.get('precision@0.5', 0):.1%}, pair yield "
               f"{row.get('pair_yield@0.5', 0):.1%}")
+    oracle = _oracle(args.out, gt, args.candidates) if args.oracle else None
+    if oracle:
+        print("\nranked by IoU with the GT mask (a perfect anchor map): "
+              + ", ".join(f"{k} {v:.1%}" for k, v in oracle.items()))
     by_count = None
     if args.curve:
         by_count = _class_curve(final, _image_counts(gt, *([train[1]] if train else [])))
@@ -286,7 +328,7 @@ def main() -> None:
         "metrics": {k: {m: round(v, 4) if isinstance(v, float) else v for m, v in r.items()}
                     for k, r in results.items()},
         "anchor": args.anchor, "train_data": args.train_data,
-        "class_subsample": args.class_subsample, "by_count": by_count,
+        "class_subsample": args.class_subsample, "by_count": by_count, "oracle": oracle,
         "per_class": final, "funnel": found, "curve": curve}
     if args.cli:
         summary["cli_whole_process_img_s"] = round(n / _cli_seconds(args, images, gt, negatives), 3)
