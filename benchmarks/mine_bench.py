@@ -224,7 +224,9 @@ def _class_curve(per_class: dict, counts: dict) -> list[dict]:
 def _oracle(out: Path, gt: Path, top: int) -> dict[str, float]:
     """Recall@0.5 of the proposals ranked by IoU with the GT union mask of each labelled pair
     (``--anchor mil`` runs: their cached per-image results hold the proposals): the first
-    candidate, the first ``top``, all proposals."""
+    candidate, the first ``top``, all proposals. A proposal's IoU with each GT instance comes
+    from its mean over the proposal (``Proposals.overlap``, exact at full resolution), so no
+    proposal mask is made."""
     import pickle
 
     from pycocotools import mask as mask_utils
@@ -233,7 +235,6 @@ def _oracle(out: Path, gt: Path, top: int) -> dict[str, float]:
     from weakpaste.mine.funnel import _gt_by_pair
     from weakpaste.mine.mil import unpack
     from weakpaste.mine.quality import _load_gt
-    from weakpaste.ops import masks as mask_ops
 
     pairs = _gt_by_pair(_load_gt(str(gt)))
     hits = np.zeros(3)
@@ -242,15 +243,18 @@ def _oracle(out: Path, gt: Path, top: int) -> dict[str, float]:
         if res.proposals is None:
             continue
         props = unpack(res.proposals)
+        area = props.areas() * (res.height * res.width)
         for label in res.labels:
             g = pairs.get((res.file_name, label))
             if not g:
                 continue
-            union = mask_utils.decode(g).any(2) if len(g) > 1 else mask_utils.decode(g[0])
-            order = np.argsort(-cam_iou(props, union.astype(bool)), kind="stable")
-            rles = [mask_ops._as_bytes(r) for r in mask_ops.encode_many(props.masks(order))]
-            right = np.max(mask_utils.iou(rles, g, [0] * len(g)), axis=1) >= 0.5
-            hits += [right[0], right[:top].any(), right.any()]
+            inst = mask_utils.decode(g).astype(bool)  # (H, W, n)
+            inter = np.stack([props.overlap(inst[:, :, j].astype(np.float64)) * area
+                              for j in range(inst.shape[2])], 1)
+            iou = inter / (area[:, None] + inst.sum((0, 1))[None] - inter)
+            right = iou.max(1) >= 0.5
+            order = np.argsort(-cam_iou(props, inst.any(2)), kind="stable")
+            hits += [right[order[0]], right[order[:top]].any(), right.any()]
     n = max(len(pairs), 1)
     return {"oracle_first": hits[0] / n, f"oracle_top{top}": hits[1] / n,
             "all_proposals": hits[2] / n}
