@@ -224,9 +224,8 @@ def _class_curve(per_class: dict, counts: dict) -> list[dict]:
 def _oracle(out: Path, gt: Path, top: int) -> dict[str, float]:
     """Recall@0.5 of the proposals ranked by IoU with the GT union mask of each labelled pair
     (``--anchor mil`` runs: their cached per-image results hold the proposals): the first
-    candidate, the first ``top``, all proposals. A proposal's IoU with each GT instance comes
-    from its mean over the proposal (``Proposals.overlap``, exact at full resolution), so no
-    proposal mask is made."""
+    candidate, the first ``top``, all proposals (``Proposals.mask_ious``: no proposal mask is
+    made)."""
     import pickle
 
     from pycocotools import mask as mask_utils
@@ -243,17 +242,14 @@ def _oracle(out: Path, gt: Path, top: int) -> dict[str, float]:
         if res.proposals is None:
             continue
         props = unpack(res.proposals)
-        area = props.areas() * (res.height * res.width)
         for label in res.labels:
             g = pairs.get((res.file_name, label))
             if not g:
                 continue
-            inst = mask_utils.decode(g).astype(bool)  # (H, W, n)
-            inter = np.stack([props.overlap(inst[:, :, j].astype(np.float64)) * area
-                              for j in range(inst.shape[2])], 1)
-            iou = inter / (area[:, None] + inst.sum((0, 1))[None] - inter)
+            inst = mask_utils.decode(g).astype(bool).transpose(2, 0, 1)  # (n, H, W)
+            iou = props.mask_ious(inst)
             right = iou.max(1) >= 0.5
-            order = np.argsort(-cam_iou(props, inst.any(2)), kind="stable")
+            order = np.argsort(-cam_iou(props, inst.any(0)), kind="stable")
             hits += [right[order[0]], right[order[:top]].any(), right.any()]
     n = max(len(pairs), 1)
     return {"oracle_first": hits[0] / n, f"oracle_top{top}": hits[1] / n,

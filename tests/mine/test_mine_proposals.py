@@ -474,3 +474,17 @@ def test_cover_mean_values():
     np.testing.assert_allclose(cover, [[1, 1, 4], [1, 5.5, 7], [4, 7, 7], [4, 4, 4]])
     with pytest.raises(ValueError, match="^Proposals.cover_mean: 2 values for 3 candidates$"):
         props.cover_mean(np.zeros(2))
+
+
+def test_mask_ious_match_pixel_ious():
+    props, masks = _mixed_proposals()
+    gt = np.zeros((3, 8, 6), bool)
+    gt[0] = masks[0]             # candidate 0 itself: the 4 x 4 top-left block
+    gt[1, 0:3, 0:3] = True       # 9 pixels across working-pixel borders, inside candidate 0
+    ious = props.mask_ious(gt)   # gt[2] stays empty
+    assert ious.shape == (3, 3) and ious.dtype == np.float64
+    np.testing.assert_allclose(ious, iou_matrix(masks, gt))
+    assert ious[0, 0] == 1.0 and ious[0, 1] == 9 / 16 and not ious[:, 2].any()
+    with pytest.raises(ValueError, match=r"^Proposals.mask_ious: masks of shape \(8, 6\), "
+                                         r"expected \(N, 8, 6\)$"):
+        props.mask_ious(gt[0])

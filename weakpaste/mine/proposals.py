@@ -586,6 +586,31 @@ class Proposals:
                 out[np.ix_(sel_b, sel_e)] = inter.T
         return out
 
+    def mask_ious(self, masks: np.ndarray) -> np.ndarray:
+        """IoU of every candidate with each of some full-resolution masks (e.g. ground truth),
+        from per-region sums: no candidate mask is made.
+
+        Args:
+            masks: bool (N, H, W) at the image shape.
+
+        Returns:
+            float64 (M, N); 0 where a candidate and an empty mask meet nothing.
+
+        Raises:
+            ValueError: the masks are not (N, H, W) at the image shape.
+        """
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 3 or masks.shape[1:] != self._image_shape:
+            raise ValueError(f"Proposals.mask_ious: masks of shape {masks.shape}, expected "
+                             f"(N, {self._image_shape[0]}, {self._image_shape[1]})")
+        area = self._pixel_areas()
+        out = np.zeros((len(self), len(masks)), dtype=np.float64)
+        for j, m in enumerate(masks):
+            inter = self._sum(self._grid.block_sum(m.astype(np.float64)))
+            union = area + float(m.sum()) - inter
+            out[:, j] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        return out
+
     def ious(self) -> np.ndarray:
         """Pairwise IoU of the full-resolution masks, float64 (M, M), diagonal 1."""
         inter = self.intersections()
