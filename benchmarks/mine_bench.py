@@ -7,9 +7,10 @@ Compares, with the metrics of ``weakpaste evaluate-masks``:
     (c) the kept F-EM segments (``--pick em``: step 1 + EM, the paper's; ``--pick evidence``:
         the candidate of most crop probability x mean Grad-CAM inside);
 then the funnel (recall@0.5 at every stage of the choice, the Grad-CAM's IoU and pointing
-game) and the precision-yield curve of the evidence pick ranked by its evidence, and
-images/s of the per-image stage (after the classifier is trained), a per-stage time
-breakdown and the whole run's rate. ``--cli`` also times the same job as a user runs it.
+game), the precision-yield curves of the evidence pick ranked by its evidence and of EM's
+pick ranked by its score, and images/s of the per-image stage (after the classifier is
+trained), a per-stage time breakdown and the whole run's rate. ``--cli`` also times the same
+job as a user runs it.
 
 ``--data pennfudan`` mines PennFudanPed (one class: person); ``--negatives auto`` then gives
 the classifier the coco_mini images without a person (copied next to ``--out``), which a
@@ -82,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="coco128, coco, none or a folder with images/ and instances.json: "
                              "trained on, not mined")
     parser.add_argument("--curve", action="store_true",
-                        help="precision@0.5 per class against its number of labelled images")
+                        help="precision@0.5 per class against its number of labelled images (of "
+                             "the kept segments and of the EM picks before any threshold)")
     parser.add_argument("--class-subsample", metavar="CLASS:N",
                         help="mine N seeded images of CLASS from --data and --train-data, "
                              "train on them and on every image of both without CLASS")
@@ -292,11 +294,13 @@ def main() -> None:
         print(f"\n{name}\n{table[0]}\n" + next(x for x in table if x.startswith("overall")))
     found = funnel(args.out, str(gt))
     print("\n" + format_funnel(found))
-    curve = precision_yield(args.out / "baselines" / "evidence_pick.json", str(gt))
-    print("\nprecision-yield of the evidence pick (keep the q of most evidence):")
-    for row in curve:
-        print(f"  keep {row['keep']:.0%}: {row['kept']} segments, precision@0.5 "
-              f"{row['precision@0.5']:.1%}, pair yield {row['pair_yield@0.5']:.1%}")
+    curve = {}
+    for pick, key in (("evidence_pick", "evidence"), ("em_pick", "score (classifier or MIL)")):
+        curve[pick] = precision_yield(args.out / "baselines" / f"{pick}.json", str(gt))
+        print(f"\nprecision-yield of the {pick.replace('_', ' ')} (keep the q of highest {key}):")
+        for row in curve[pick]:
+            print(f"  keep {row['keep']:.0%}: {row['kept']} segments, precision@0.5 "
+                  f"{row['precision@0.5']:.1%}, pair yield {row['pair_yield@0.5']:.1%}")
     final = evaluate_masks(str(args.out / "pseudo_labels.json"), str(gt))["per_class"]
     if args.class_subsample:
         cls = args.class_subsample.rsplit(":", 1)[0]
@@ -310,12 +314,17 @@ def main() -> None:
               + ", ".join(f"{k} {v:.1%}" for k, v in oracle.items()))
     by_count = None
     if args.curve:
-        by_count = _class_curve(final, _image_counts(gt, *([train[1]] if train else [])))
-        print("\nprecision@0.5 by the number of labelled images of the class (mined + train):")
-        for row in by_count:
-            print(f"  {row['images']:>6} images: {row['classes']:>3} classes, "
-                  f"{row['segments']:>4} segments, precision@0.5 {row['precision@0.5']:.1%}, "
-                  f"pair yield {row['pair_yield@0.5']:.1%}")
+        counts = _image_counts(gt, *([train[1]] if train else []))
+        em = evaluate_masks(str(args.out / "baselines" / "em_pick.json"), str(gt))["per_class"]
+        by_count = {"kept": _class_curve(final, counts), "em_pick": _class_curve(em, counts)}
+        for name, rows in by_count.items():
+            what = "kept segments" if name == "kept" else "EM picks (one per pair, no threshold)"
+            print(f"\nprecision@0.5 of the {what} by the number of labelled images of the "
+                  "class (mined + train):")
+            for row in rows:
+                print(f"  {row['images']:>6} images: {row['classes']:>3} classes, "
+                      f"{row['segments']:>4} segments, precision@0.5 "
+                      f"{row['precision@0.5']:.1%}, pair yield {row['pair_yield@0.5']:.1%}")
     summary = {
         "data": str(args.data), "images": n,
         "labelled_pairs": manifest["counts"]["labelled_pairs"],
