@@ -7,19 +7,30 @@ Compares, with the metrics of ``weakpaste evaluate-masks``:
     (c) the kept F-EM segments (``--pick em``: step 1 + EM, the paper's; ``--pick evidence``:
         the candidate of most crop probability x mean Grad-CAM inside);
 then the funnel (recall@0.5 at every stage of the choice, the Grad-CAM's IoU and pointing
-game) and the precision-yield curve of the evidence pick ranked by its evidence, and
-images/s of the per-image stage (after the classifier is trained), a per-stage time
-breakdown and the whole run's rate. ``--cli`` also times the same job as a user runs it.
+game), the precision-yield curves of the evidence pick ranked by its evidence and of EM's
+pick ranked by its score, and images/s of the per-image stage (after the classifier is
+trained), a per-stage time breakdown and the whole run's rate. ``--cli`` also times the same
+job as a user runs it.
 
 ``--data pennfudan`` mines PennFudanPed (one class: person); ``--negatives auto`` then gives
 the classifier the coco_mini images without a person (copied next to ``--out``), which a
 one-class set needs. ``--sample N`` mines a seeded sample of N images (GT restricted to them).
 
+``--anchor mil`` ranks the proposals with the MIL head instead of Grad-CAM; ``--train-data
+coco128`` (or ``coco``, a folder with ``images/`` and ``instances.json``) trains the
+classifier and the MIL head on that set too (``--train-images/--train-labels``), without
+mining it. ``--curve`` prints precision@0.5 per class against the number of labelled images of
+the class (mined + training set). ``--class-subsample person:N`` is the learning curve of one
+class: it mines N seeded images showing the class, drawn from ``--data`` and ``--train-data``
+together, and trains on them and on every image of both without the class.
+
 Usage:
     python benchmarks/mine_bench.py --weights ../shared/weights/mobilenet_v2_imagenet.pth \
-        [--data coco|pennfudan|PATH] [--sample N] [--proposals saliency] \
+        [--data coco|coco128|pennfudan|PATH] [--sample N] [--proposals saliency] \
         [--saliency ../shared/weights/isnet_dis_small.onnx --saliency-size 512] \
-        [--negatives auto|none|DIR] [--pick em|evidence] [--workers 2] [--out DIR]
+        [--negatives auto|none|DIR] [--pick em|evidence] [--workers 2] [--out DIR] \
+        [--anchor gradcam|mil] [--train-data coco128|coco|none|PATH] [--curve] \
+        [--class-subsample person:N]
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from weakpaste.mine.fem import run_mine_fem
 from weakpaste.mine.funnel import format_funnel, funnel, precision_yield
 from weakpaste.mine.quality import evaluate_masks, format_table
 
-DATA = {"coco": SHARED / "data" / "coco_mini",
+DATA = {"coco": SHARED / "data" / "coco_mini", "coco128": SHARED / "data" / "coco128",
         "pennfudan": SHARED / "data" / "pennfudan" / "PennFudanPed"}
 
 
@@ -62,17 +73,39 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-top", type=float, default=1.0)
     parser.add_argument("--record-proposals", action="store_true",
                         help="the funnel's first stage too (every proposal's mask; slow)")
+    parser.add_argument("--anchor", default="gradcam", choices=["gradcam", "mil"])
+    parser.add_argument("--mil-refine", type=int, default=2)
+    parser.add_argument("--mil-epochs", type=int, default=10)
+    parser.add_argument("--mil-dims", type=int, default=64)
+    parser.add_argument("--mil-side", type=int, default=512)
+    parser.add_argument("--min-area", type=float, default=0.01)
+    parser.add_argument("--train-data", default="none",
+                        help="coco128, coco, none or a folder with images/ and instances.json: "
+                             "trained on, not mined")
+    parser.add_argument("--curve", action="store_true",
+                        help="precision@0.5 per class against its number of labelled images (of "
+                             "the kept segments and of the EM picks before any threshold)")
+    parser.add_argument("--class-subsample", metavar="CLASS:N",
+                        help="mine N seeded images of CLASS from --data and --train-data, "
+                             "train on them and on every image of both without CLASS")
+    parser.add_argument("--oracle", action="store_true",
+                        help="--anchor mil: also rank each pair's proposals by IoU with its "
+                             "GT mask (the anchor map a perfect localiser would give)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/weakpaste_mine_bench"))
     parser.add_argument("--cli", action="store_true",
                         help="also time the same job as a whole 'weakpaste mine fem' process")
     return parser
 
 
+def _dataset(name: str) -> tuple[Path, Path]:
+    """(images folder, instances.json) of a data set name or folder."""
+    data = DATA.get(str(name), Path(name))
+    return (data / "images" if (data / "images").is_dir() else data), data / "instances.json"
+
+
 def _inputs(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     """(images folder, GT file, negatives folder) of the benchmark, sampled and prepared."""
-    data = DATA.get(str(args.data), Path(args.data))
-    images = data / "images" if (data / "images").is_dir() else data
-    gt = data / "instances.json"
+    images, gt = _dataset(args.data)
     if args.sample:
         doc = json.loads(gt.read_text())
         rng = np.random.default_rng(0)
@@ -102,17 +135,138 @@ def _no_person_images(args: argparse.Namespace) -> Path:
     return folder
 
 
-def _config(args: argparse.Namespace, negatives: Path | None) -> FemConfig:
+def _config(args: argparse.Namespace, negatives: Path | None,
+            train: tuple[Path, Path] | None) -> FemConfig:
     return FemConfig(
         model=ClassifierSpec(backbone=args.backbone, weights=args.weights, epochs=args.epochs,
                              classifier=args.classifier),
         em_iters=args.em_iters, keep=args.keep, pick=args.pick, keep_top=args.keep_top,
         negatives=str(negatives) if negatives else None,
         saliency_cache=str(args.saliency_cache) if "saliency" in args.proposals else None,
+        train_images=str(train[0]) if train else None,
+        train_labels=str(train[1]) if train else None, mil_refine=args.mil_refine,
+        mil_epochs=args.mil_epochs, mil_dims=args.mil_dims,
         params=FemParams(candidates=args.candidates, rank=args.rank,
                          methods=tuple(args.proposals), saliency=args.saliency,
-                         saliency_size=args.saliency_size,
-                         record_proposals=args.record_proposals))
+                         saliency_size=args.saliency_size, min_area=args.min_area,
+                         record_proposals=args.record_proposals, anchor=args.anchor,
+                         mil_side=args.mil_side))
+
+
+def _subsample(args: argparse.Namespace) -> tuple[Path, Path, tuple[Path, Path]]:
+    """``--class-subsample CLASS:N``: (images, GT) of N seeded images showing CLASS drawn from
+    --data and --train-data, and (images, labels) of every image of both without it; the
+    images are linked into folders next to ``--out`` (names prefixed by their set)."""
+    cls, n = args.class_subsample.rsplit(":", 1)
+    docs = []
+    for tag, name in (("a", args.data), ("b", args.train_data)):
+        images, gt = _dataset(name)
+        doc = json.loads(gt.read_text())
+        names = {c["id"]: c["name"] for c in doc["categories"]}
+        shown = {a["image_id"] for a in doc["annotations"] if names[a["category_id"]] == cls}
+        docs.append((tag, images, doc, shown))
+    pool = [(k, im["id"]) for k, (_, _, doc, shown) in enumerate(docs) for im in doc["images"]
+            if im["id"] in shown]
+    rng = np.random.default_rng(0)
+    chosen = {pool[i] for i in rng.choice(len(pool), min(int(n), len(pool)), replace=False)}
+    mined = _merged(args.out.with_name(args.out.name + "_mined"), docs,
+                    lambda k, i, shown: (k, i) in chosen)
+    train = _merged(args.out.with_name(args.out.name + "_train"), docs,
+                    lambda k, i, shown: i not in shown)
+    return mined[0], mined[1], train
+
+
+def _merged(folder: Path, docs: list, keep) -> tuple[Path, Path]:
+    """(images folder of links, COCO file) of the images ``keep(set index, id, shown)``
+    selects from the sets ``docs`` (COCO ids renumbered, categories by name)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "images").mkdir(parents=True)
+    cats = sorted({c["name"] for _, _, doc, _ in docs for c in doc["categories"]})
+    out = {"images": [], "annotations": [],
+           "categories": [{"id": i + 1, "name": c} for i, c in enumerate(cats)]}
+    for k, (tag, images, doc, shown) in enumerate(docs):
+        names = {c["id"]: c["name"] for c in doc["categories"]}
+        ids = {}
+        for im in doc["images"]:
+            if keep(k, im["id"], shown):
+                ids[im["id"]] = len(out["images"]) + 1
+                name = f"{tag}_{Path(im['file_name']).name}"
+                (folder / "images" / name).symlink_to(images / im["file_name"])
+                out["images"].append({**im, "id": ids[im["id"]], "file_name": name})
+        for a in doc["annotations"]:
+            if a["image_id"] in ids:
+                out["annotations"].append({**a, "id": len(out["annotations"]) + 1,
+                                           "image_id": ids[a["image_id"]],
+                                           "category_id": cats.index(names[a["category_id"]])
+                                           + 1})
+    (folder / "instances.json").write_text(json.dumps(out))
+    return folder / "images", folder / "instances.json"
+
+
+def _class_curve(per_class: dict, counts: dict) -> list[dict]:
+    """precision@0.5 of the segments of the classes with n labelled images, binned by n."""
+    bins = ((1, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, 10 ** 6))
+    rows = []
+    for lo, hi in bins:
+        names = [c for c, n in counts.items() if lo <= n <= hi and c in per_class]
+        preds = sum(per_class[c]["num_predictions"] for c in names)
+        right = sum(per_class[c]["precision@0.5"] * per_class[c]["num_predictions"]
+                    for c in names)
+        pairs = sum(per_class[c]["labelled_pairs"] for c in names)
+        found = sum(per_class[c]["pair_yield@0.5"] * per_class[c]["labelled_pairs"]
+                    for c in names)
+        rows.append({"images": f"{lo}-{hi}" if hi < 10 ** 6 else f">{lo - 1}",
+                     "classes": len(names), "segments": preds,
+                     "precision@0.5": right / max(preds, 1),
+                     "pair_yield@0.5": found / max(pairs, 1)})
+    return rows
+
+
+def _oracle(out: Path, gt: Path, top: int) -> dict[str, float]:
+    """Recall@0.5 of the proposals ranked by IoU with the GT union mask of each labelled pair
+    (``--anchor mil`` runs: their cached per-image results hold the proposals): the first
+    candidate, the first ``top``, all proposals (``Proposals.mask_ious``: no proposal mask is
+    made)."""
+    import pickle
+
+    from pycocotools import mask as mask_utils
+
+    from weakpaste.mine.fem import cam_iou
+    from weakpaste.mine.funnel import _gt_by_pair
+    from weakpaste.mine.mil import unpack
+    from weakpaste.mine.quality import _load_gt
+
+    pairs = _gt_by_pair(_load_gt(str(gt)))
+    hits = np.zeros(3)
+    for path in sorted((out / ".cache").glob("*/*.pkl")):
+        res = pickle.loads(path.read_bytes())
+        if res.proposals is None:
+            continue
+        props = unpack(res.proposals)
+        for label in res.labels:
+            g = pairs.get((res.file_name, label))
+            if not g:
+                continue
+            inst = mask_utils.decode(g).astype(bool).transpose(2, 0, 1)  # (n, H, W)
+            iou = props.mask_ious(inst)
+            right = iou.max(1) >= 0.5
+            order = np.argsort(-cam_iou(props, inst.any(0)), kind="stable")
+            hits += [right[order[0]], right[order[:top]].any(), right.any()]
+    n = max(len(pairs), 1)
+    return {"oracle_first": hits[0] / n, f"oracle_top{top}": hits[1] / n,
+            "all_proposals": hits[2] / n}
+
+
+def _image_counts(*gts: Path) -> dict[str, int]:
+    """Class -> number of images labelled with it, over the GT files."""
+    counts: dict[str, int] = {}
+    for gt in gts:
+        doc = json.loads(gt.read_text())
+        names = {c["id"]: c["name"] for c in doc["categories"]}
+        for name in {(a["image_id"], names[a["category_id"]]) for a in doc["annotations"]}:
+            counts[name[1]] = counts.get(name[1], 0) + 1
+    return counts
 
 
 def main() -> None:
@@ -120,7 +274,10 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     images, gt, negatives = _inputs(args)
-    config = _config(args, negatives)
+    train = _dataset(args.train_data) if args.train_data != "none" else None
+    if args.class_subsample:
+        images, gt, train = _subsample(args)
+    config = _config(args, negatives, train)
     start = time.perf_counter()
     manifest = run_mine_fem(config, str(images), str(gt), str(args.out),
                             workers=args.workers, progress=False, save_baselines=True)
@@ -137,11 +294,37 @@ def main() -> None:
         print(f"\n{name}\n{table[0]}\n" + next(x for x in table if x.startswith("overall")))
     found = funnel(args.out, str(gt))
     print("\n" + format_funnel(found))
-    curve = precision_yield(args.out / "baselines" / "evidence_pick.json", str(gt))
-    print("\nprecision-yield of the evidence pick (keep the q of most evidence):")
-    for row in curve:
-        print(f"  keep {row['keep']:.0%}: {row['kept']} segments, precision@0.5 "
-              f"{row['precision@0.5']:.1%}, pair yield {row['pair_yield@0.5']:.1%}")
+    curve = {}
+    for pick, key in (("evidence_pick", "evidence"), ("em_pick", "score (classifier or MIL)")):
+        curve[pick] = precision_yield(args.out / "baselines" / f"{pick}.json", str(gt))
+        print(f"\nprecision-yield of the {pick.replace('_', ' ')} (keep the q of highest {key}):")
+        for row in curve[pick]:
+            print(f"  keep {row['keep']:.0%}: {row['kept']} segments, precision@0.5 "
+                  f"{row['precision@0.5']:.1%}, pair yield {row['pair_yield@0.5']:.1%}")
+    final = evaluate_masks(str(args.out / "pseudo_labels.json"), str(gt))["per_class"]
+    if args.class_subsample:
+        cls = args.class_subsample.rsplit(":", 1)[0]
+        row = final.get(cls, {})
+        print(f"\n{cls}: {row.get('labelled_pairs')} pairs, {row.get('num_predictions')} "
+              f"segments, precision@0.5 {row.get('precision@0.5', 0):.1%}, pair yield "
+              f"{row.get('pair_yield@0.5', 0):.1%}")
+    oracle = _oracle(args.out, gt, args.candidates) if args.oracle else None
+    if oracle:
+        print("\nranked by IoU with the GT mask (a perfect anchor map): "
+              + ", ".join(f"{k} {v:.1%}" for k, v in oracle.items()))
+    by_count = None
+    if args.curve:
+        counts = _image_counts(gt, *([train[1]] if train else []))
+        em = evaluate_masks(str(args.out / "baselines" / "em_pick.json"), str(gt))["per_class"]
+        by_count = {"kept": _class_curve(final, counts), "em_pick": _class_curve(em, counts)}
+        for name, rows in by_count.items():
+            what = "kept segments" if name == "kept" else "EM picks (one per pair, no threshold)"
+            print(f"\nprecision@0.5 of the {what} by the number of labelled images of the "
+                  "class (mined + train):")
+            for row in rows:
+                print(f"  {row['images']:>6} images: {row['classes']:>3} classes, "
+                      f"{row['segments']:>4} segments, precision@0.5 "
+                      f"{row['precision@0.5']:.1%}, pair yield {row['pair_yield@0.5']:.1%}")
     summary = {
         "data": str(args.data), "images": n,
         "labelled_pairs": manifest["counts"]["labelled_pairs"],
@@ -153,7 +336,9 @@ def main() -> None:
         "timings_s": t, "total_s": round(total, 1),
         "metrics": {k: {m: round(v, 4) if isinstance(v, float) else v for m, v in r.items()}
                     for k, r in results.items()},
-        "funnel": found, "curve": curve}
+        "anchor": args.anchor, "train_data": args.train_data,
+        "class_subsample": args.class_subsample, "by_count": by_count, "oracle": oracle,
+        "per_class": final, "funnel": found, "curve": curve}
     if args.cli:
         summary["cli_whole_process_img_s"] = round(n / _cli_seconds(args, images, gt, negatives), 3)
     (args.out.with_name(args.out.name + "_summary.json")).write_text(
@@ -176,7 +361,13 @@ def _cli_seconds(args: argparse.Namespace, images: Path, gt: Path,
            str(args.weights), "--epochs", str(args.epochs), "--em-iters", str(args.em_iters),
            "--keep", str(args.keep), "--candidates", str(args.candidates), "--rank", args.rank,
            "--proposals", *args.proposals, "--pick", args.pick, "--keep-top",
-           str(args.keep_top), "--workers", str(args.workers), "--quiet"]
+           str(args.keep_top), "--workers", str(args.workers), "--anchor", args.anchor,
+           "--mil-refine", str(args.mil_refine), "--mil-epochs", str(args.mil_epochs),
+           "--mil-dims", str(args.mil_dims), "--mil-side", str(args.mil_side),
+           "--min-area", str(args.min_area), "--quiet"]
+    if args.train_data != "none":
+        cmd += ["--train-images", str(_dataset(args.train_data)[0]), "--train-labels",
+                str(_dataset(args.train_data)[1])]
     if args.saliency:
         cmd += ["--saliency", args.saliency, "--saliency-cache", str(args.saliency_cache)]
         cmd += ["--saliency-size", str(args.saliency_size)] if args.saliency_size else []

@@ -251,3 +251,54 @@ def test_pick_evidence_em_starts_em_from_the_evidence_picks(salient_run, tmp_pat
     final = json.loads((tmp_path / "b" / "pseudo_labels.json").read_text())["annotations"]
     picks = json.loads((out / "baselines" / "evidence_pick.json").read_text())["annotations"]
     assert [a["segmentation"] for a in final] == [a["segmentation"] for a in picks]
+
+
+# ------------------------------------------------------------------ a class without candidates
+
+
+class _StubClassifier:
+    """Two classes; Grad-CAMs on the left / right half; every crop scores 0.5."""
+
+    classes = ("a", "b")
+
+    def gradcam(self, image, indices):
+        cams = np.zeros((len(indices), *image.shape[:2]), np.float32)
+        for k, i in enumerate(indices):
+            cams[k, 8:24, 4:28] = 1.0 if i == 0 else 0.0
+            cams[k, 8:24, 36:60] = 1.0 if i == 1 else 0.0
+        return cams
+
+    def score_segments(self, image, masks, erode=2):
+        n = len(masks)
+        return np.full((n, 2), 0.5, np.float32), np.ones((n, 4), np.float32)
+
+
+class _StubSaliency:
+    """No region on the whole image; a region only in the first Grad-CAM crop asked for."""
+
+    def __init__(self):
+        self.crops = 0
+
+    def whole(self, image, digest):
+        return np.zeros((0, *image.shape[:2]), bool)
+
+    def in_cam(self, image, digest, cam):
+        self.crops += 1
+        masks = np.zeros((1 if self.crops == 1 else 0, *image.shape[:2]), bool)
+        masks[:, 8:24, 4:28] = True
+        return masks
+
+
+def test_a_class_left_without_candidates_is_skipped_and_counted():
+    # Found on COCO scenes with --proposals saliency --pick evidence: class b's crops held no
+    # salient region while a's did; step 1 took argmax of an empty array (a traceback).
+    from weakpaste.mine.fem import NO_CANDIDATE, mine_image, step1_choice
+
+    image = np.full((32, 64, 3), 90, np.uint8)
+    params = FemParams(methods=("saliency",), saliency="m.onnx", max_side=64, candidates=4)
+    res = mine_image(_StubClassifier(), image, ["a", "b"], "x.png", params,
+                     saliency=_StubSaliency(), digest="0" * 64)
+    assert [cm.label for cm in res.classes] == ["a"] and len(res.classes[0].rles) == 1
+    assert res.skipped == {"b": NO_CANDIDATE} == {"b": "no candidate for the class"}
+    with pytest.raises(ValueError, match="^step1_choice: no candidate to choose from$"):
+        step1_choice(np.zeros(0, np.float32), 3)

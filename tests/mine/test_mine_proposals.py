@@ -436,3 +436,55 @@ def test_recall_coco_mini():
     # Measured: 87.5% of 40 instances (mean best IoU 0.66).
     assert len(best) >= 20
     assert np.mean(best >= 0.5) >= 0.75
+
+
+# ------------------------------------------------------------------ region sums for the MIL anchor
+
+
+def _mixed_proposals() -> tuple[Proposals, np.ndarray]:
+    """Proposals of an 8 x 6 image at working size 4 x 3: two unions of base regions and one
+    explicit mask; and the three candidates' bool (3, 8, 6) full-resolution masks."""
+    labels = np.array([[0, 0, 1], [0, 0, 1], [2, 2, 1], [2, 2, 1]])
+    explicit = np.zeros((1, 4, 3), bool)
+    explicit[0, 1:3, 1:3] = True
+    props = Proposals((8, 6), [labels], [(0, [0]), (0, [1, 2]), (-1, [0])],
+                      explicit_masks=explicit)
+    return props, props.masks()
+
+
+def test_separable_sums_match_pixel_sums():
+    props, masks = _mixed_proposals()
+    rng = np.random.default_rng(0)
+    ry, rx = rng.random((4, 2)), rng.random((3, 5))  # per working row / column
+    sums = props.separable_sums(ry, rx)
+    assert sums.shape == (3, 10) and sums.dtype == np.float64
+    # Full-resolution pixel (Y, X) sits in working pixel (Y // 2, X // 2).
+    for k, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        want = sum(np.outer(ry[y // 2], rx[x // 2]).ravel() for y, x in zip(ys, xs, strict=True))
+        np.testing.assert_allclose(sums[k], want)
+    with pytest.raises(ValueError, match=r"expected \(4, a\) and \(3, b\) weights, got"):
+        props.separable_sums(ry[:3], rx)
+
+
+def test_cover_mean_values():
+    props, _ = _mixed_proposals()
+    cover = props.cover_mean(np.array([1.0, 4.0, 10.0]))
+    assert cover.shape == (4, 3)
+    np.testing.assert_allclose(cover, [[1, 1, 4], [1, 5.5, 7], [4, 7, 7], [4, 4, 4]])
+    with pytest.raises(ValueError, match="^Proposals.cover_mean: 2 values for 3 candidates$"):
+        props.cover_mean(np.zeros(2))
+
+
+def test_mask_ious_match_pixel_ious():
+    props, masks = _mixed_proposals()
+    gt = np.zeros((3, 8, 6), bool)
+    gt[0] = masks[0]             # candidate 0 itself: the 4 x 4 top-left block
+    gt[1, 0:3, 0:3] = True       # 9 pixels across working-pixel borders, inside candidate 0
+    ious = props.mask_ious(gt)   # gt[2] stays empty
+    assert ious.shape == (3, 3) and ious.dtype == np.float64
+    np.testing.assert_allclose(ious, iou_matrix(masks, gt))
+    assert ious[0, 0] == 1.0 and ious[0, 1] == 9 / 16 and not ious[:, 2].any()
+    with pytest.raises(ValueError, match=r"^Proposals.mask_ious: masks of shape \(8, 6\), "
+                                         r"expected \(N, 8, 6\)$"):
+        props.mask_ious(gt[0])

@@ -115,6 +115,12 @@ class FemParams(Config):
         crop_expand: scale of the boxes around Grad-CAM regions cropped for saliency.
         record_proposals: keep every proposal's mask per (image, class) for the funnel's
             first stage (``baselines/proposals.json``; slow, for benchmarks).
+        anchor: the class map that ranks the proposals: ``gradcam`` (the classifier's
+            Grad-CAM, EM-Paste's) or ``mil`` (every proposal scored by a multiple-instance
+            head on region features, ``weakpaste.mine.mil``; the map is the mean score of
+            the proposals covering a pixel).
+        mil_side: with ``anchor mil``, the image is squashed to this side for the region
+            features (one trunk pass; larger resolves smaller objects).
     """
 
     rank: str = option("cam-iou", choices=("cam-iou", "cam-gain", "distance"),
@@ -159,6 +165,14 @@ class FemParams(Config):
     record_proposals: bool = option(False,
                                     help="with --save-baselines, also keep every proposal "
                                          "(baselines/proposals.json: the funnel's first stage)")
+    anchor: str = option("gradcam", choices=("gradcam", "mil"),
+                         help="the class map that ranks the proposals: the classifier's "
+                              "Grad-CAM (the paper's) or a multiple-instance head over the "
+                              "proposals' region features, trained on the labels (WSDDN + "
+                              "OICR; see --mil-refine)")
+    mil_side: int = option(512, range=(32, None),
+                           help="--anchor mil: region features from the image squashed to "
+                                "this side")
 
     def check(self) -> None:
         super().check()
@@ -201,11 +215,35 @@ class FemConfig(Config):
     negatives: str | None = option(None, metavar="DIR",
                                    help="images showing none of the classes: all-zero "
                                         "classifier targets (a one-class set needs them)")
+    train_images: str | None = option(None, metavar="DIR",
+                                      help="more labelled images, not mined: the classifier "
+                                           "(and the MIL head) train on them too (needs "
+                                           "--train-labels)")
+    train_labels: str | None = option(None, metavar="PATH",
+                                      help="the image-level labels of --train-images (as "
+                                           "--labels; classes not mined are ignored)")
+    mil_refine: int = option(2, range=(0, None),
+                             help="--anchor mil: OICR refinement streams after WSDDN (0: "
+                                  "WSDDN's scores)")
+    mil_epochs: int = option(10, range=(1, None),
+                             help="--anchor mil: training passes over the images, per stream")
+    mil_dims: int = option(64, range=(1, None),
+                           help="--anchor mil: principal components of the region features "
+                                "the head sees (few images per class: keep it small)")
     saliency_cache: str | None = option(None, metavar="DIR",
                                         help="keep saliency maps here to share them between "
                                              "runs (default: OUT/.cache/saliency)")
-    seed: int = option(0, range=(0, None), help="seeds the classifier's training")
+    seed: int = option(0, range=(0, None), help="seeds the classifier's and the MIL head's "
+                                                 "training")
     params: FemParams = option(factory=FemParams, help="per-image settings")
+
+    def check(self) -> None:
+        super().check()
+        if bool(self.train_images) != bool(self.train_labels):
+            given, missing = (("train_images", "train_labels") if self.train_images else
+                              ("train_labels", "train_images"))
+            raise WeakpasteError(f"{given} (--{given.replace('_', '-')}) needs {missing} "
+                                 f"(--{missing.replace('_', '-')}): pass both or neither")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from weakpaste.mine.config import MIN_IMAGE_SIDE, FemConfig, FemParams
+from weakpaste.mine.mil import RegionMining
 from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
 from weakpaste.ops import masks as mask_ops
 
@@ -42,6 +43,12 @@ if TYPE_CHECKING:
     from weakpaste.runners import ExecutorConfig
 
 __all__ = ["FemConfig", "FemMiner", "FemParams", "mine_image", "run_mine_fem"]
+
+
+NO_CANDIDATE = "no candidate for the class"
+"""Skip reason of an (image, class) left without an eligible proposal: with ``saliency``
+proposals alone, when the whole image's map has no region and the class's Grad-CAM crops
+found none while another class's did."""
 
 
 @dataclass
@@ -129,7 +136,13 @@ def cam_gain(props, cam: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def step1_choice(scores: np.ndarray, top_n: int) -> int:
-    """Index of the best-scored of the first ``top_n`` candidates (sorted nearest first)."""
+    """Index of the best-scored of the first ``top_n`` candidates (sorted nearest first).
+
+    Raises:
+        ValueError: no candidate (``mine_image`` skips such a class before asking).
+    """
+    if not len(scores):
+        raise ValueError("step1_choice: no candidate to choose from")
     return int(np.argmax(scores[:top_n]))
 
 
@@ -233,6 +246,9 @@ def mine_image(classifier, image: np.ndarray, labels: Sequence[str], file_name: 
         anchor, g = found
         dist = props.mean_distance(anchor)
         eligible = np.flatnonzero((owner == -1) | (owner == k))
+        if not eligible.size:  # every proposal came from another class's Grad-CAM crops
+            result.skipped[label] = NO_CANDIDATE
+            continue
         ranked = eligible[np.argsort(_rank(props, cam, g, anchor, params)[eligible],
                                      kind="stable")]
         order = ranked[: max(params.candidates, params.top_n)]
@@ -326,11 +342,22 @@ class FemMiner(Miner):
     name = "fem"
     title = "F-EM"
     config: FemConfig
-    result_types = (ImageMining, ClassMining)
+    result_types = (ImageMining, ClassMining, RegionMining)
+    head = None  # the MIL head (``--anchor mil``), trained by ``fit``
+
+    def __init__(self, config: FemConfig, *, baselines: bool = True):
+        """``baselines``: also select the baseline variants and the funnel (their masks)."""
+        super().__init__(config)
+        self.baselines = baselines
+
+    @property
+    def maps_extra(self) -> bool:
+        """The MIL head trains on the ``--train-images``' region features too."""
+        return self.config.params.anchor == "mil"
 
     def plan(self, records: list, classes: list[str], source: str) -> Plan:
-        """Every labelled image (all classes; the classifier trains on every image and on
-        the ``negatives``)."""
+        """Every labelled image (all classes; the classifier trains on every image, on the
+        ``negatives`` and on the ``train_images``)."""
         from weakpaste.io.images import list_images
 
         plan = super().plan(records, classes, source)
@@ -339,16 +366,22 @@ class FemMiner(Miner):
         if self.config.negatives:
             plan.negatives = list_images(self.config.negatives)
             plan.counts["negative_images"] = len(plan.negatives)
+        if self.config.train_images:
+            plan.extra = training_items(self.config.train_images, self.config.train_labels,
+                                        plan.classes)
+            plan.counts["train_images"] = len(plan.extra)
         return plan
 
     def inputs(self) -> dict[str, str]:
-        p, files = self.config.params, {}
+        p, cfg, files = self.config.params, self.config, {}
         if p.sam_checkpoint:
             files["sam_checkpoint"] = p.sam_checkpoint
         if p.saliency:
             files["saliency_model"] = p.saliency
-        if self.config.negatives:
-            files["negatives"] = self.config.negatives
+        if cfg.negatives:
+            files["negatives"] = cfg.negatives
+        if cfg.train_images:
+            files.update(train_images=cfg.train_images, train_labels=cfg.train_labels)
         return files
 
     def open(self, out, threads: int | None) -> dict:
@@ -376,20 +409,40 @@ class FemMiner(Miner):
         sal = models.get("saliency")
         return {"saliency_key": sal.backend.key} if sal is not None else {}
 
-    def mine_image(self, models: dict, image: np.ndarray, item: Item) -> ImageMining:
-        return mine_image(models["classifier"], image, list(item.labels), item.file_name,
-                          self.config.params, sam=models.get("sam"),
-                          saliency=models.get("saliency"), digest=item.sha256)
+    def mine_image(self, models: dict, image: np.ndarray, item: Item):
+        mine = mine_image
+        if self.config.params.anchor == "mil":
+            from weakpaste.mine.mil import region_image as mine
+        return mine(models["classifier"], image, list(item.labels), item.file_name,
+                    self.config.params, sam=models.get("sam"),
+                    saliency=models.get("saliency"), digest=item.sha256)
+
+    def fit(self, results: Sequence, plan: Plan) -> dict:
+        """``--anchor mil``: the MIL head on the mined and the training images' results."""
+        if self.config.params.anchor != "mil":
+            return {}
+        from weakpaste.mine.mil import fit
+
+        labels = [it.labels for it in [*plan.items, *plan.extra]]
+        self.head, info = fit(results, plan.classes, labels, self.config)
+        self.classes = list(plan.classes)
+        return {"mil": info}
 
     def select(self, results: Sequence[ImageMining], plan: Plan) -> Selection:
         """EM per class; the pick (EM's or the most evidence) per (image, class); the kept
         segments (``final``): score >= ``score_threshold``, evidence >= ``min_evidence``,
         among the ``keep_top`` of most evidence. Variants: step 1's choices (``step1``), the
         thresholded Grad-CAMs (``cam``) and the funnel (``funnel_picks``)."""
+        t = time.perf_counter()
+        if self.config.params.anchor == "mil":
+            from weakpaste.mine.mil import class_minings
+
+            results = [class_minings(r, self.head, self.classes, self.config) for r in results]
+        seconds = {"anchor": time.perf_counter() - t} if self.head is not None else {}
         results = list(results)
         t = time.perf_counter()
         final, em_info = em_choices(results, self.config)
-        seconds = {"em": time.perf_counter() - t}
+        seconds["em"] = time.perf_counter() - t
         cfg = self.config
         chosen = []  # (image, ClassMining, pick, Mahalanobis distance, evidence)
         for i, res in enumerate(results):
@@ -410,13 +463,8 @@ class FemMiner(Miner):
                     "classifier": float(cm.scores[c]), "mahalanobis": float(d),
                     "step1": float(c == cm.step1), "evidence": ev,
                     "anchor_distance": float(cm.distances[c])}))
-            if cm.scores[cm.step1] >= cfg.score_threshold:
-                picks["step1"].append(Pick(cm.label, cm.rles[cm.step1],
-                                           float(cm.scores[cm.step1])))
-            if cm.cam_rle is not None:
-                picks["cam"].append(Pick(cm.label, cm.cam_rle, 1.0))
-            for stage, items in funnel_picks(cm, final[(i, cm.label)][0], cfg).items():
-                picks.setdefault(stage, []).extend(items)
+            if self.baselines:
+                _baseline_picks(picks, cm, final[(i, cm.label)][0], cfg)
         skipped = Counter(reason for res in results for reason in res.skipped.values())
         stages = tuple(s for s in FUNNEL if any(s in im.variants for im in images))
         return Selection(images, variants=("step1", "cam", *stages),
@@ -431,6 +479,18 @@ threshold: every proposal (``record_proposals`` only), the eligible candidates, 
 top_n, step 1's pick, EM's pick (scored by the classifier), the pick of most evidence (scored
 by its evidence), and the Grad-CAM's maximum as a one-pixel mask (for the pointing game).
 ``weakpaste evaluate-masks BANK --gt GT`` reports them (``weakpaste.mine.quality.funnel``)."""
+
+
+def _baseline_picks(picks: dict[str, list[Pick]], cm: ClassMining, em_pick: int,
+                    config: FemConfig) -> None:
+    """Add one (image, class)'s baseline variants (step 1, the thresholded anchor map) and
+    funnel stages to ``picks``."""
+    if cm.scores[cm.step1] >= config.score_threshold:
+        picks["step1"].append(Pick(cm.label, cm.rles[cm.step1], float(cm.scores[cm.step1])))
+    if cm.cam_rle is not None:
+        picks["cam"].append(Pick(cm.label, cm.cam_rle, 1.0))
+    for stage, items in funnel_picks(cm, em_pick, config).items():
+        picks.setdefault(stage, []).extend(items)
 
 
 def funnel_picks(cm: ClassMining, em_pick: int, config: FemConfig) -> dict[str, list[Pick]]:
@@ -473,6 +533,29 @@ def _keep(chosen: list, config: FemConfig) -> tuple[set[int], Counter]:
     return kept, dropped
 
 
+def training_items(images: str, labels: str, classes: Sequence[str]) -> list[Item]:
+    """The ``--train-images``: Items with their labels among ``classes`` (others dropped; an
+    image left without a label trains as a negative).
+
+    Raises:
+        WeakpasteError: the folder is missing, or the labels are unreadable.
+    """
+    from weakpaste.errors import WeakpasteError
+    from weakpaste.io.labels import load_labels
+    from weakpaste.mine.pipeline import image_hashes
+
+    folder = Path(images)
+    if not folder.is_dir():
+        raise WeakpasteError(f"{folder}: training images folder not found; pass it with "
+                             "--train-images")
+    records, _ = load_labels(labels, folder)
+    known = set(classes)
+    hashes = image_hashes(folder, records)
+    return [Item(r.file_name, str(folder / r.file_name),
+                 tuple(c for c in r.labels if c in known), hashes[r.file_name])
+            for r in records]
+
+
 def run_mine_fem(config: FemConfig, images_dir: str, labels: str | None, out_dir: str, *,
                  workers: int = 1, overwrite: bool = False, resume: bool = False,
                  progress: bool = True, save_baselines: bool = False,
@@ -492,6 +575,7 @@ def run_mine_fem(config: FemConfig, images_dir: str, labels: str | None, out_dir
     Returns:
         The manifest.
     """
-    return run_mine(FemMiner(config), images_dir, labels, out_dir, workers=workers,
+    return run_mine(FemMiner(config, baselines=save_baselines), images_dir, labels, out_dir,
+                    workers=workers,
                     overwrite=overwrite, resume=resume, progress=progress,
                     save_baselines=save_baselines, executor=executor)

@@ -102,6 +102,10 @@ class Plan:
         skipped: images left out, by reason.
         items: ``records`` as ``Item``s (set by the pipeline).
         negatives: more training images showing none of the classes (all-zero targets).
+        extra: more labelled training images, not mined (their labels among ``classes``; an
+            image left without one is a negative): the classifier trains on them, and the
+            per-image function runs on them too when the miner's ``maps_extra`` is set (a
+            head trained on per-image results, ``Miner.fit``).
     """
 
     records: list
@@ -111,6 +115,7 @@ class Plan:
     skipped: Counter = field(default_factory=Counter)
     items: list[Item] = field(default_factory=list)
     negatives: list[Path] = field(default_factory=list)
+    extra: list[Item] = field(default_factory=list)
 
 
 @dataclass
@@ -164,6 +169,7 @@ class Miner:
     # The dataclasses a per-image result is made of: the only classes its cache file may
     # rebuild (weakpaste.mine.cache).
     result_types: tuple[type, ...] = ()
+    maps_extra = False  # run the per-image function on ``plan.extra`` too (for ``fit``)
 
     def __init__(self, config: Config):
         self.config = config
@@ -195,6 +201,15 @@ class Miner:
         """The pure per-image function (uint8 (H, W, 3) ``image``): a result made of
         ``result_types`` (see ``weakpaste.mine.cache``)."""
         raise NotImplementedError
+
+    def fit(self, results: Sequence, plan: Plan) -> dict:
+        """Train what the selection needs on every per-image result (``plan.items`` then,
+        with ``maps_extra``, ``plan.extra``), between the per-image map and ``select``.
+
+        Returns:
+            Training information for the manifest (default: nothing to train).
+        """
+        return {}
 
     def select(self, results: Sequence, plan: Plan) -> Selection:
         """The pure selection over every image's result (in ``plan.items`` order)."""
@@ -283,7 +298,8 @@ def run_config(miner: Miner, images_dir: Path, labels: str | None, described: di
 
 
 # Locations, not settings: the inputs' contents are compared by hash instead.
-_NOT_COMPARED = ("images", "labels", "saliency_cache", "negatives")
+_NOT_COMPARED = ("images", "labels", "saliency_cache", "negatives", "train_images",
+                 "train_labels")
 
 
 def _flat(config: dict) -> dict:
@@ -438,15 +454,20 @@ def training_set(plan: Plan, images_dir: Path) -> tuple[list[Path], np.ndarray]:
     50 pairs: CAM peak in a person's box 28%, below the image centre's). Images showing none
     of the classes give it the contrast (with 100 coco_mini images without a person: 72%).
 
+    ``plan.extra`` (more labelled images, not mined) comes last, with its labels.
+
     Returns:
         (N paths, float32 (N, K) targets).
     """
     index = {c: i for i, c in enumerate(plan.classes)}
-    y = np.zeros((len(plan.train) + len(plan.negatives), len(plan.classes)), dtype=np.float32)
-    for i, r in enumerate(plan.train):
-        for c in r.labels:
+    n_first = len(plan.train) + len(plan.negatives)
+    y = np.zeros((n_first + len(plan.extra), len(plan.classes)), dtype=np.float32)
+    for i, labels in enumerate([r.labels for r in plan.train] + [()] * len(plan.negatives)
+                               + [it.labels for it in plan.extra]):
+        for c in labels:
             y[i, index[c]] = 1.0
-    return [images_dir / r.file_name for r in plan.train] + list(plan.negatives), y
+    paths = [images_dir / r.file_name for r in plan.train] + list(plan.negatives)
+    return paths + [Path(it.path) for it in plan.extra], y
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,7 +511,8 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
         check: the paths every Ray worker must read (the inputs; the cache is in ``out``).
 
     Returns:
-        (the results of every image, lazily read from ``cache``; images mined now).
+        (the results of every image, lazily read from ``cache``: ``plan.items``, then
+        ``plan.extra`` when the miner maps it; images mined now).
     """
     from tqdm import tqdm
 
@@ -498,11 +520,14 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
 
     executor = executor or ExecutorConfig()
     cache.mkdir(parents=True, exist_ok=True)
-    files = [cache / (hashlib.sha1(it.file_name.encode()).hexdigest() + result_cache.SUFFIX)
-             for it in plan.items]
+    # Training-only images may share a file name with a mined one: their own cache names.
+    extra = plan.extra if miner.maps_extra else []
+    items = [*plan.items, *extra]
+    files = [cache / (hashlib.sha1(name.encode()).hexdigest() + result_cache.SUFFIX) for name in
+             [it.file_name for it in plan.items] + ["extra/" + it.file_name for it in extra]]
     # A missing, truncated, damaged or forged entry is mined again (the pickle files that
     # earlier versions left have another suffix and are never read).
-    tasks = [(it, str(f)) for it, f in zip(plan.items, files, strict=True)
+    tasks = [(it, str(f)) for it, f in zip(items, files, strict=True)
              if not result_cache.is_valid(f, miner.result_types)]
     here = workers <= 1 and executor.executor == "local"
     initargs = (miner, str(clf_path), str(out), *((None, models) if here else (1, None)))
@@ -669,7 +694,11 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
                                  workers=workers, progress=progress, timings=timings,
                                  executor=executor,
                                  check=[images_dir, *miner.inputs().values()])
-    sel = miner.select(results, plan)
+    t = time.perf_counter()
+    fit_info = miner.fit(results, plan)
+    if fit_info:
+        timings["fit"] = time.perf_counter() - t
+    sel = miner.select(results[:len(plan.items)], plan)
     timings.update(sel.seconds)
     t = time.perf_counter()
     kept = write_outputs(out, miner, plan, sel, save_baselines=save_baselines)
@@ -681,4 +710,5 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
     return write_manifest(out, stage="mine", config=run.config, seed=cfg.seed,
                           inputs=run.inputs, counts=counts,
                           extra={**sel.extra, "classifier_training": jsonable(train_info),
+                                 **({"fit": jsonable(fit_info)} if fit_info else {}),
                                  "timings_s": {k: round(v, 3) for k, v in timings.items()}})

@@ -413,6 +413,87 @@ class Proposals:
                              f"{self._working_shape}")
         return self._sum(per_pixel) / self._pixel_areas()
 
+    def separable_sums(self, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
+        """Sum over each candidate's full-resolution pixels of ``ry[row] x rx[col]``.
+
+        With ``ry`` / ``rx`` the bilinear weights of every working row / column on a feature
+        map's cells, row k is the candidate's soft membership of each cell (mask pooling, see
+        :func:`weakpaste.models.regions.region_features`). Computed per base region (a
+        sparse product), never per candidate mask.
+
+        Args:
+            ry: float (h, a) per working row (the block's centre), weights on a cell rows.
+            rx: float (w, b) per working column, weights on b cell columns.
+
+        Returns:
+            float64 (M, a * b), cell (i, j) at column i * b + j.
+
+        Raises:
+            ValueError: ``ry`` / ``rx`` do not have h / w rows.
+        """
+        g, (h, w) = self._grid, self._working_shape
+        ry, rx = np.asarray(ry, np.float64), np.asarray(rx, np.float64)
+        if ry.ndim != 2 or rx.ndim != 2 or len(ry) != h or len(rx) != w:
+            raise ValueError(f"Proposals.separable_sums: expected ({h}, a) and ({w}, b) "
+                             f"weights, got {ry.shape} and {rx.shape}")
+        # Row y * w + x: the working pixel's block size times its cell weights.
+        per_pixel = sparse.kron(sparse.csr_matrix(ry * g.row_count[:, None]),
+                                sparse.csr_matrix(rx * g.col_count[:, None]), format="csr")
+        out = np.zeros((len(self), per_pixel.shape[1]))
+        n_pix = h * w
+        for sel, flat, starts in self._groups():
+            source = self._source_of(sel)
+            if source >= 0:
+                rows = self._maps[source].reshape(-1)
+                cols = np.arange(n_pix)
+                n_rows = self._n_regions[source]
+            else:
+                cols, pstarts = self._explicit_pixels()
+                rows = np.repeat(np.arange(len(pstarts)), np.diff(np.append(pstarts, cols.size)))
+                n_rows = len(self._explicit)
+            member = sparse.csr_matrix((np.ones(cols.size), (rows, cols)), shape=(n_rows, n_pix))
+            per_region = (member @ per_pixel).toarray()
+            out[sel] = np.add.reduceat(per_region[flat], starts, axis=0)
+        return out
+
+    def cover_mean(self, values: np.ndarray) -> np.ndarray:
+        """Per working pixel, the mean of ``values`` over the candidates that contain it.
+
+        Turns per-candidate scores into a map: a pixel inside the object is covered by the
+        object's candidates and its parts, a pixel of the background by other candidates.
+
+        Args:
+            values: float (M,) one value per candidate.
+
+        Returns:
+            float64 (h, w); 0 where no candidate covers the pixel.
+
+        Raises:
+            ValueError: not one value per candidate.
+        """
+        values = np.asarray(values, np.float64).reshape(-1)
+        if len(values) != len(self):
+            raise ValueError(f"Proposals.cover_mean: {len(values)} values for {len(self)} "
+                             "candidates")
+        total, count = np.zeros(self._working_shape), np.zeros(self._working_shape)
+        for sel, flat, starts in self._groups():
+            source = self._source_of(sel)
+            # Every id of a candidate gets its value: repeat it over its ids.
+            each = np.repeat(values[sel], np.diff(np.append(starts, flat.size)))
+            if source >= 0:
+                n = self._n_regions[source]
+                lut_sum = np.bincount(flat, weights=each, minlength=n)
+                lut_count = np.bincount(flat, minlength=n).astype(np.float64)
+                total += lut_sum[self._maps[source]]
+                count += lut_count[self._maps[source]]
+            else:
+                masks = self._explicit.reshape(len(self._explicit), -1).astype(np.float64)
+                k = np.bincount(flat, weights=each, minlength=len(self._explicit))
+                c = np.bincount(flat, minlength=len(self._explicit)).astype(np.float64)
+                total += (k @ masks).reshape(self._working_shape)
+                count += (c @ masks).reshape(self._working_shape)
+        return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+
     # -- masks -------------------------------------------------------------------------------
 
     def _full_labels(self, source: int) -> np.ndarray:
@@ -503,6 +584,31 @@ class Proposals:
                 inter = per_region @ ind_b.T
                 out[np.ix_(sel_e, sel_b)] = inter
                 out[np.ix_(sel_b, sel_e)] = inter.T
+        return out
+
+    def mask_ious(self, masks: np.ndarray) -> np.ndarray:
+        """IoU of every candidate with each of some full-resolution masks (e.g. ground truth),
+        from per-region sums: no candidate mask is made.
+
+        Args:
+            masks: bool (N, H, W) at the image shape.
+
+        Returns:
+            float64 (M, N); 0 where a candidate and an empty mask meet nothing.
+
+        Raises:
+            ValueError: the masks are not (N, H, W) at the image shape.
+        """
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 3 or masks.shape[1:] != self._image_shape:
+            raise ValueError(f"Proposals.mask_ious: masks of shape {masks.shape}, expected "
+                             f"(N, {self._image_shape[0]}, {self._image_shape[1]})")
+        area = self._pixel_areas()
+        out = np.zeros((len(self), len(masks)), dtype=np.float64)
+        for j, m in enumerate(masks):
+            inter = self._sum(self._grid.block_sum(m.astype(np.float64)))
+            union = area + float(m.sum()) - inter
+            out[:, j] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         return out
 
     def ious(self) -> np.ndarray:

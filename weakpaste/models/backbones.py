@@ -71,6 +71,22 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread inside the block (its thread count is restored after).
+
+    CPU convolutions' last bits depend on the thread count: with one thread a forward pass
+    gives the same bytes in the driver (``--workers 1``: torch's default threads) and in a
+    worker process (one thread each).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------------------------
 # Weights
 
@@ -390,5 +406,5 @@ def to_tensor(batch: np.ndarray, device: torch.device, *,
 
 __all__ = ["EXAMPLES", "INIT_SEED", "LOCAL_BACKBONES", "PooledNet", "SmallCnn",
            "backbone_family", "default_weights_error", "new_model", "pooled_net",
-           "read_state_dict", "read_weakpaste_file", "seeded", "to_tensor",
+           "one_thread", "read_state_dict", "read_weakpaste_file", "seeded", "to_tensor",
            "torchvision_model", "trunk"]

@@ -48,13 +48,14 @@ from weakpaste.models.backbones import (
     PooledNet,
     backbone_family,
     new_model,
+    one_thread,
     pooled_net,
     read_weakpaste_file,
     to_tensor,
     torch_write_errors,
     torchvision_model,
 )
-from weakpaste.models.gradcam import grad_cam_outputs
+from weakpaste.models.gradcam import grad_cam_outputs, traced_forward
 from weakpaste.models.inputs import (
     GREY,
     IMAGENET_MEAN,
@@ -65,6 +66,7 @@ from weakpaste.models.inputs import (
     segment_crops,
     squash,
 )
+from weakpaste.models.regions import Geometry
 from weakpaste.models.training import TRAIN_MODES, train_net
 from weakpaste.models.weights import is_none
 
@@ -269,6 +271,27 @@ class Classifier:
         if not maps:
             return np.zeros((0, self._feature_dim, 0, 0), np.float32)
         return np.ascontiguousarray(np.concatenate(maps), dtype=np.float32)
+
+    def dense_map(self, image: np.ndarray, side: int) -> tuple[np.ndarray, Geometry]:
+        """The trunk's last feature map of one image squashed to ``side`` and where its cells
+        sit (for ``weakpaste.models.regions.region_features``).
+
+        Args:
+            image: uint8 (H, W, 3) RGB image.
+            side: the squashed input's side (>= 32; larger resolves smaller objects).
+
+        Returns:
+            (float32 (C, h, w) map, ``Geometry`` of its cells on the squashed input).
+        """
+        if int(side) != side or side < _MIN_SIZE:
+            raise ValueError(f"side must be an integer >= {_MIN_SIZE}, got {side}")
+        self._net.eval()
+        # One thread: the MIL head trained on these maps would amplify last-bit differences
+        # between --workers 1 (torch's threads) and worker processes (one thread each).
+        with torch.inference_mode(), one_thread():
+            fmap, geometry = traced_forward(self._net.trunk,
+                                            self._to_tensor(squash(image, int(side))[None]))
+        return fmap[0].float().cpu().numpy(), geometry
 
     def segment_batch(self, rgb: np.ndarray, masks: np.ndarray | Sequence[np.ndarray], *,
                       erode: int = 2) -> np.ndarray:

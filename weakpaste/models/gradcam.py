@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from weakpaste.models.backbones import PooledNet, to_tensor
+from weakpaste.models.regions import cell_weights
 
 _PAD_LAYERS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
 _GRID_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, *_PAD_LAYERS)
@@ -96,15 +97,8 @@ def upsample_matrix(n_out: int, side: int, cells: int, a: float, b: float,
                      device: torch.device) -> torch.Tensor:
     """Bilinear weights float32 (n_out, cells) from cells centred at a*i + b on a ``side``-pixel
     input axis to ``n_out`` pixels spanning the same extent (clamped at the outer cells)."""
-    pos = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (side / n_out) - 0.5
-    u = ((pos - b) / a).clamp(0, cells - 1)
-    lo = u.floor().long().clamp(max=cells - 1)
-    hi = (lo + 1).clamp(max=cells - 1)
-    frac = u - lo
-    weights = torch.zeros(n_out, cells, dtype=torch.float64)
-    weights.scatter_add_(1, lo[:, None], (1 - frac)[:, None])
-    weights.scatter_add_(1, hi[:, None], frac[:, None])
-    return weights.float().to(device)
+    pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (side / n_out) - 0.5
+    return torch.from_numpy(cell_weights(pos, cells, a, b)).float().to(device)
 
 
 def grad_cam(net: PooledNet, squashed: np.ndarray, class_indices: Sequence[int], height: int,
