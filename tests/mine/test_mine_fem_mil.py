@@ -52,7 +52,7 @@ def test_mil_run_outputs_and_funnel(scenes, mil_run, capsys):
     assert {"regions", "ious", "fit", "anchor", "em"} <= set(m["timings_s"])
     assert {"train_images", "train_labels"} <= set(m["inputs"])
     # 8 mined + 6 training-only results, under distinct cache names.
-    assert len(list((out / ".cache").glob("*/*.pkl"))) == 14
+    assert len(list((out / ".cache").glob("*/*.wpc"))) == 14
     base = out / "baselines"
     docs = {p.stem: json.loads(p.read_text()) for p in base.glob("*.json")}
     assert {"candidates", "step1_pick", "em_pick", "evidence_pick", "cam", "cam_peak"} <= \
