@@ -135,7 +135,7 @@ def region_image(classifier, image: np.ndarray, labels: Sequence[str], file_name
         The result; an image smaller than ``MIN_IMAGE_SIDE`` or without proposals is
         skipped (every label, with the reason).
     """
-    from weakpaste.mine.fem import _proposals
+    from weakpaste.mine.fem_image import _proposals
     from weakpaste.models.regions import region_features
 
     H, W = image.shape[:2]
@@ -257,7 +257,7 @@ def class_minings(res: RegionMining, head, classes: Sequence[str], config: FemCo
         the region features projected as the head sees them (EM's φ), the thresholded
         anchor map (``cam_rle``) and its maximum (``cam_peak``).
     """
-    from weakpaste.mine.fem import (
+    from weakpaste.mine.fem_image import (
         NO_CANDIDATE,
         ClassMining,
         ImageMining,
