@@ -5,14 +5,16 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import write_image
+
+# One torch thread: on a busy 2-core machine extra threads only spin (the library's own helper).
+from weakpaste.models.backbones import one_thread as one_torch_thread  # noqa: F401
 from weakpaste.structures import ImageRecord, Instances
 
 # Two classes with their own colour; rectangles (x0, y0, x1, y1) on a grey 64 x 64 image.
@@ -47,19 +49,6 @@ def write_tiny_coco(root: Path, *, layouts: Sequence = LAYOUTS, size: int = 64,
     path = root / name
     write_coco(path, records, categories)
     return path, images
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """One torch thread: on a busy 2-core machine extra threads only spin."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def tiny_train_config(**overrides):
