@@ -22,8 +22,8 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 # Fields of a manifest that differ between two runs of the same code (times, the host) or
@@ -39,7 +39,7 @@ _SCRATCH = Path(tempfile.gettempdir()) / "weakpaste-byte-identity"
 def _commands(out: Path) -> list[list[str]]:
     """The command lines, as ``weakpaste`` arguments, that produce OUT's files."""
     d, g = out / "demo", out / "demo_gt"
-    scenes = d / "scenes"
+    scenes, pasted = d / "scenes", out / "paste_w1"
     return [
         ["demo", "--out", str(d), "--num-scenes", "60", "--num-images", "8", "--epochs", "3",
          "--quiet"],
@@ -64,7 +64,7 @@ def _commands(out: Path) -> list[list[str]]:
         ["viz", str(out / "paste_w1" / "annotations.json"), "--images",
          str(out / "paste_w1" / "images"), "--out", str(out / "viz_w1"), "--num-images", "4",
          "--quiet"],
-        ["train", "--train", f"{out / 'paste_w1' / 'annotations.json'}:{out / 'paste_w1' / 'images'}",
+        ["train", "--train", f"{pasted / 'annotations.json'}:{pasted / 'images'}",
          "--out", str(out / "train"), "--backbone", "mobilenet_v3", "--weights", "none",
          "--image-size", "128", "--batch-size", "2", "--iterations", "3", "--threads", "1",
          "--seed", "5", "--quiet"],
@@ -141,7 +141,8 @@ def _checkpoint_bytes(path: Path) -> bytes:
                     digest.update(f"{key}.{name}.{part}".encode())
                     digest.update(t.numpy().tobytes() if hasattr(t, "numpy") else repr(t).encode())
         else:
-            digest.update(f"{key}={json.dumps(_strip(value), sort_keys=True, default=str)}".encode())
+            text = json.dumps(_strip(value), sort_keys=True, default=str)
+            digest.update(f"{key}={text}".encode())
     return digest.digest()
 
 

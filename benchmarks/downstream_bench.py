@@ -346,7 +346,7 @@ def picture(bench: Bench, paths: dict[str, Path], rows: list[str], *, num: int =
     from pycocotools import mask as mask_utils
 
     from weakpaste.io.images import read_image
-    from weakpaste.viz import contact_sheet, draw_instances
+    from weakpaste.report.viz import contact_sheet, draw_instances
 
     val = json.loads(paths["val"].read_text())
     images = sorted(val["images"], key=lambda im: im["file_name"])[:num]

@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 from bench_common import SHARED, model_parser
 
+from weakpaste.evaluate.funnel import CURVE_FRACTIONS, curve_of
+from weakpaste.evaluate.masks import _bytes_rle, _load_gt, evaluate_masks, load_predictions
 from weakpaste.mine.config import RANK_CUES, ClassifierSpec, FreeSegConfig, FreeSegParams
 from weakpaste.mine.freeseg import run_mine_freeseg
-from weakpaste.mine.funnel import CURVE_FRACTIONS, curve_of
-from weakpaste.mine.quality import _bytes_rle, _load_gt, evaluate_masks, load_predictions
 from weakpaste.mine.ranking import keep_mask, rank_average, top_count
 
 PER_IMAGE = ("saliency", "features", "lore")

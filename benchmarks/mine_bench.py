@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 from bench_common import SHARED, model_parser
 
+from weakpaste.evaluate.funnel import format_funnel, funnel, precision_yield
+from weakpaste.evaluate.masks import evaluate_masks, format_table
 from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams
 from weakpaste.mine.fem import run_mine_fem
-from weakpaste.mine.funnel import format_funnel, funnel, precision_yield
-from weakpaste.mine.quality import evaluate_masks, format_table
 
 DATA = {"coco": SHARED / "data" / "coco_mini", "coco128": SHARED / "data" / "coco128",
         "pennfudan": SHARED / "data" / "pennfudan" / "PennFudanPed"}
@@ -232,10 +232,10 @@ def _oracle(out: Path, gt: Path, top: int) -> dict[str, float]:
 
     from pycocotools import mask as mask_utils
 
+    from weakpaste.evaluate.funnel import _gt_by_pair
+    from weakpaste.evaluate.masks import _load_gt
     from weakpaste.mine.fem import cam_iou
-    from weakpaste.mine.funnel import _gt_by_pair
     from weakpaste.mine.mil import unpack
-    from weakpaste.mine.quality import _load_gt
 
     pairs = _gt_by_pair(_load_gt(str(gt)))
     hits = np.zeros(3)

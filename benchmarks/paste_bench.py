@@ -40,9 +40,10 @@ from pathlib import Path
 
 import cv2
 
-from weakpaste.bank import run_bank_from_coco
+from weakpaste.bank.from_coco import run_bank_from_coco
+from weakpaste.core.files import atomic_write_bytes
 from weakpaste.io.coco import load_coco
-from weakpaste.io.images import atomic_write_bytes, encode_image, read_image
+from weakpaste.io.images import encode_image, read_image
 from weakpaste.ops import masks as mask_ops
 from weakpaste.paste import run as paste_run
 from weakpaste.paste.run import PasteConfig, run_paste
@@ -144,8 +145,8 @@ def pool_phase(backgrounds: list, bank: Path, num_images: int, workers: int, out
     maps them. ``warm``: every segment decoded before the workers fork, which then inherit
     them (nothing decoded while pasting); else each worker decodes the segments it meets, as
     in a real run."""
-    from weakpaste.bank import SegmentBank
-    from weakpaste.runners import map_items
+    from weakpaste.bank.store import SegmentBank
+    from weakpaste.core.runners import map_items
 
     config = PasteConfig(num_images=num_images, seed=0, objects=(4, 4), blend=("gaussian",),
                          image_format="jpg")

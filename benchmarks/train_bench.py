@@ -54,7 +54,7 @@ def main() -> None:
         if (args.data / "instances.json").is_file():
             train = f"{args.data / 'instances.json'}:{args.data / 'images'}"
         else:
-            from weakpaste.demo import write_synthetic_dataset
+            from weakpaste.demo.run import write_synthetic_dataset
 
             gt = write_synthetic_dataset(tmp / "scenes", num_scenes=48, seed=0)
             train = f"{gt}:{gt.parent / 'images'}"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import png_header, square_masks
 
-from weakpaste.bank import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
 from weakpaste.cli import main
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import write_image

@@ -32,9 +32,10 @@ import pytest
 import zstandard
 from conftest import square_masks
 
-from weakpaste.bank import BankConfig, SegmentBank, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.store import SegmentBank
 from weakpaste.cli import main
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import read_image, write_image
 from weakpaste.structures import ImageRecord, Instances
@@ -519,7 +520,7 @@ def _png_bomb(h: int, w: int) -> bytes:
 ], ids=["wpz-lie", "png-lie", "wpz-over-limit", "png-over-limit"])
 def test_a_segment_that_lies_about_its_size_is_refused_undecoded(tmp_path, monkeypatch, blob,
                                                                  size, limit):
-    from weakpaste.bank import bank_fix
+    from weakpaste.bank.format import bank_fix
 
     if limit is not None:
         monkeypatch.setenv("WEAKPASTE_MAX_IMAGE_PIXELS", limit)

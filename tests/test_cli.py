@@ -137,19 +137,19 @@ def test_a_write_failing_anywhere_is_one_line(tmp_path, monkeypatch, capsys):
     """The last net in main: a full or read-only disk met by code that did not name it."""
     import errno
 
-    import weakpaste.stats
+    import weakpaste.report.stats
 
     def full(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out" / "x.json"))
 
-    monkeypatch.setattr(weakpaste.stats, "run_stats", full)
+    monkeypatch.setattr(weakpaste.report.stats, "run_stats", full)
     (tmp_path / "out").mkdir()
     assert main(["stats", "any.json"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"weakpaste: error: {tmp_path / 'out'}: cannot write (Read-only file system); free some "
         "space or choose a writable --out, then run the command again (with --resume where "
         "offered: finished work is kept)")
-    monkeypatch.setattr(weakpaste.stats, "run_stats",
+    monkeypatch.setattr(weakpaste.report.stats, "run_stats",
                         lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError, match="I/O error"):  # not a disk-space problem: a traceback
         main(["stats", "any.json"])

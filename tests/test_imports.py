@@ -1,4 +1,4 @@
-"""No import cycle anywhere in weakpaste.
+"""No import cycle anywhere in weakpaste, and every import goes the way the layout says.
 
 The graph is read from the source with ``ast``: an edge A -> B for every ``import`` of B in
 module A, wherever it stands (inside a function or an ``if TYPE_CHECKING:`` block too: a cycle
@@ -96,6 +96,7 @@ def test_weakpaste_has_no_import_cycle():
     graph = import_graph(ROOT, "weakpaste")
     assert "weakpaste.train.loop" in graph and "weakpaste.models.classifier" in graph
     assert "weakpaste.train.model" in graph["weakpaste.train.evaluation"]
+    assert "weakpaste.evaluate.detection" in graph["weakpaste.train.evaluation"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -135,3 +136,96 @@ def test_hand_made_packages(tmp_path, files, edges, cycle):
     for module, imported in edges.items():
         assert graph[module] == imported, module
     assert find_cycle(graph) == cycle
+
+
+# --- import direction: each unit's docstring says which units it may import ----------------
+# A unit is a sub-package of weakpaste or a module at its root (``structures``). Its rule is
+# the ``May import: a, b, c.`` line of its docstring (``anything`` for the command line), so
+# the rule a reader sees is the rule this test enforces.
+
+
+def _unit(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def allowed_imports(root: Path, package: str) -> dict[str, set[str] | None]:
+    """Unit -> the units it may import (None: anything), read from the units' docstrings."""
+    rules = {}
+    for path in sorted((root / package).iterdir()):
+        init = path / "__init__.py" if path.is_dir() else path
+        if not init.is_file() or init.suffix != ".py" or path.name == "__init__.py":
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+        lines = [ln for ln in doc.splitlines() if ln.startswith("May import:")]
+        assert len(lines) == 1, f"{init}: its docstring needs one 'May import: ...' line"
+        rule = lines[0].removeprefix("May import:").strip().rstrip(".")
+        name = path.stem if path.is_file() else path.name
+        if rule.startswith("anything"):
+            rules[name] = None
+        elif rule == "nothing else of weakpaste":
+            rules[name] = set()
+        else:
+            rules[name] = {u.strip() for u in rule.split(",")}
+    return rules
+
+
+def direction_errors(root: Path, package: str) -> list[str]:
+    """'a.b imports c.d' for every import that its unit's rule does not allow."""
+    rules = allowed_imports(root, package)
+    errors = []
+    for module, imported in sorted(import_graph(root, package).items()):
+        here = _unit(module)
+        if here is None or here not in rules:
+            continue
+        for target in sorted(imported):
+            there = _unit(target)
+            if there is None or there == here:
+                continue
+            if there not in rules:
+                errors.append(f"{module} imports {target}, a unit with no rule")
+            elif there == "cli":
+                errors.append(f"{module} imports the command line ({target})")
+            elif rules[here] is not None and there not in rules[here]:
+                errors.append(f"{module} imports {target}: {here} may import "
+                              f"{', '.join(sorted(rules[here])) or 'nothing'}")
+    return errors
+
+
+def test_weakpaste_imports_follow_its_layout():
+    rules = allowed_imports(ROOT, "weakpaste")
+    assert {"core", "ops", "structures", "io", "models", "bank", "mine", "evaluate", "paste",
+            "backgrounds", "train", "report", "demo", "cli"} <= set(rules)
+    assert rules["core"] == set() and rules["cli"] is None
+    assert "evaluate" not in rules["mine"]  # the miners never see the ground truth
+    assert direction_errors(ROOT, "weakpaste") == []
+
+
+_LAYERED = {
+    "pkg/__init__.py": "",
+    "pkg/low/__init__.py": '"""Low.\n\nMay import: nothing else of weakpaste.\n"""\n',
+    "pkg/low/a.py": "X = 1\n",
+    "pkg/high/__init__.py": '"""High.\n\nMay import: low.\n"""\n',
+    "pkg/high/b.py": "from pkg.low.a import X\n",
+    "pkg/cli/__init__.py": '"""CLI.\n\nMay import: anything.\n"""\n',
+    "pkg/cli/c.py": "import pkg.high.b\n",
+}
+
+
+def test_a_hand_made_upward_import_is_reported(tmp_path):
+    _write(tmp_path, _LAYERED)
+    assert direction_errors(tmp_path, "pkg") == []
+    _write(tmp_path, {"pkg/low/a.py": "def f():\n    from pkg.high import b\n"})
+    assert direction_errors(tmp_path, "pkg") == [
+        "pkg.low.a imports pkg.high: low may import nothing",
+        "pkg.low.a imports pkg.high.b: low may import nothing"]
+    _write(tmp_path, {"pkg/low/a.py": "", "pkg/high/b.py": "import pkg.cli.c\n"})
+    assert direction_errors(tmp_path, "pkg") == [
+        "pkg.high.b imports the command line (pkg.cli)",
+        "pkg.high.b imports the command line (pkg.cli.c)"]
+
+
+def test_a_unit_without_a_rule_is_refused(tmp_path):
+    _write(tmp_path, {**_LAYERED, "pkg/high/__init__.py": '"""High, no rule."""\n'})
+    with pytest.raises(AssertionError, match="needs one 'May import"):
+        allowed_imports(tmp_path, "pkg")

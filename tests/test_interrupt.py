@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from weakpaste.bank import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from lvis_reference import make_case
 
-from weakpaste.bank import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
 from weakpaste.cli import main
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io import lvis as lvis_io
 from weakpaste.io.coco import Federated, load_coco, write_coco
 from weakpaste.io.images import write_image
 from weakpaste.paste.run import PasteConfig, run_paste
-from weakpaste.stats import run_stats
+from weakpaste.report.stats import run_stats
 
 # The ``lvis`` package (0.5.3, LVISEval) on lvis_reference.make_case(0): see that module for
 # how to run it. weakpaste's LVIS protocol (faster-coco-eval's LVIS mode) must give the same.
@@ -384,7 +384,7 @@ def test_longtail_of_lvis_recounts_and_keeps_frequencies(tiny_lvis, tmp_path, ca
 
 
 def test_training_frequency_comes_from_lvis_files(tiny_lvis, tiny_coco):
-    from weakpaste.train.evaluation import training_frequency
+    from weakpaste.evaluate.detection import training_frequency
 
     lvis = load_coco(tiny_lvis[0])
     coco = load_coco(tiny_coco[0])

@@ -4,6 +4,8 @@ Conventions (one inside, converted only in ``weakpaste.io``):
     * boxes are ``xyxy`` absolute float64 pixels, x1/y1 exclusive;
     * masks are bool (H, W) in memory, compressed RLE at rest (``weakpaste.ops.masks``);
     * classes are identified by name; numeric category ids exist only in files.
+
+May import: core, ops.
 """
 
 from __future__ import annotations

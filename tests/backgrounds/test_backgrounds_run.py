@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import needs_shared
 
-from weakpaste.bank import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
 from weakpaste.cli import main
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.images import read_image, write_image
 from weakpaste.paste.run import PasteConfig, mixed_background_order, run_paste
 
@@ -311,7 +311,7 @@ def _outputs(out: Path) -> dict[str, bytes]:
 
 def test_local_pool_refuses_the_gpu_in_one_line():
     from weakpaste.backgrounds.run import BackgroundsConfig, _check_pool_device
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.core.runners import ExecutorConfig
 
     with pytest.raises(WeakpasteError) as err:
         _check_pool_device(BackgroundsConfig(device="cuda"), ExecutorConfig())

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import needs_shared
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco_captions import Caption, load_coco_captions
 
 

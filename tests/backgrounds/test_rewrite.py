@@ -18,7 +18,7 @@ from weakpaste.backgrounds.rewrite import (
     rewrite_captions,
     vocabulary_terms,
 )
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco_captions import load_coco_captions
 
 

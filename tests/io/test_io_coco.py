@@ -7,7 +7,7 @@ from conftest import needs_shared, square_masks
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco import (
     annotations_from_rles,
     assign_category_ids,
@@ -287,7 +287,7 @@ def test_only_the_file_s_compressed_strings_are_decoded_to_be_checked(tmp_path, 
 
 
 def test_corrupt_detections_are_refused_before_pycocotools(tmp_path):
-    from weakpaste.io.coco import evaluation_detections, evaluation_ground_truth
+    from weakpaste.evaluate.coco import evaluation_detections, evaluation_ground_truth
 
     gt = evaluation_ground_truth(_bad(tmp_path, GOOD))
     over = {"image_id": 1, "category_id": 1, "score": 1.0,

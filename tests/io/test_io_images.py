@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from conftest import png_header
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.files import atomic_write_bytes
 from weakpaste.io import images
-from weakpaste.io.images import atomic_write_bytes, read_image, read_image_of_size, write_image
+from weakpaste.io.images import read_image, read_image_of_size, write_image
 
 
 def test_read_image_of_size(tmp_path):

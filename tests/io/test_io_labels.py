@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.images import write_image
 from weakpaste.io.labels import load_labels
 

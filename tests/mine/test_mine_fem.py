@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from weakpaste.bank import SegmentBank
+from weakpaste.bank.store import SegmentBank
 from weakpaste.cli import main
-from weakpaste.demo import write_synthetic_dataset
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.demo.run import write_synthetic_dataset
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import write_image
 from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams

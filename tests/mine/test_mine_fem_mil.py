@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from weakpaste.cli import main
-from weakpaste.demo import write_synthetic_dataset
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.demo.run import write_synthetic_dataset
 from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams
 from weakpaste.mine.fem import run_mine_fem, training_items
 from weakpaste.mine.mil import anchor_map, pack, unpack

@@ -8,8 +8,8 @@ import pytest
 from conftest import resize_onnx_model
 
 from weakpaste.cli import main
-from weakpaste.demo import write_synthetic_dataset
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.demo.run import write_synthetic_dataset
 from weakpaste.io.images import write_image
 from weakpaste.mine.config import FemConfig, FemParams
 from weakpaste.mine.fem import _keep, evidence
@@ -196,9 +196,9 @@ def test_funnel_on_the_salient_run(salient_run, capsys):
 
 
 def test_precision_yield_and_pointing_values(tiny_coco, tmp_path, capsys):
+    from weakpaste.evaluate.funnel import _pointing, precision_yield
+    from weakpaste.evaluate.masks import _load_gt
     from weakpaste.io.coco import write_coco
-    from weakpaste.mine.funnel import _pointing, precision_yield
-    from weakpaste.mine.quality import _load_gt
     from weakpaste.structures import ImageRecord, Instances
 
     gt_path, _ = tiny_coco

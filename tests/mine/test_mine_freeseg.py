@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from weakpaste.bank import SegmentBank
+from weakpaste.bank.store import SegmentBank
 from weakpaste.cli import main
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.images import read_image
 from weakpaste.mine.config import ClassifierSpec, FreeSegConfig, FreeSegParams
 from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
@@ -590,7 +590,7 @@ def test_ray_mining_is_byte_identical_to_the_local_pool(objects, mined, tmp_path
     import os
 
     ray = pytest.importorskip("ray", reason="Ray is a test dependency: pip install -e '.[test]'")
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.core.runners import ExecutorConfig
 
     out, _, _, cache = mined
     # The actors import this checkout of weakpaste, not whichever one is installed.

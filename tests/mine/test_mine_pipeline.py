@@ -7,11 +7,11 @@ import pytest
 
 from weakpaste.cli import build_parser, main
 from weakpaste.cli.mine import rewrite_alias
-from weakpaste.errors import WeakpasteError
-from weakpaste.manifest import jsonable
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.manifest import jsonable
+from weakpaste.core.options import cli_fields, flag_of, from_args
 from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams, FreeSegConfig
 from weakpaste.mine.pipeline import check_resumable, option_flags, run_config
-from weakpaste.options import cli_fields, flag_of, from_args
 
 
 @pytest.mark.parametrize("argv, expected", [

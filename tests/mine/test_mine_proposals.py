@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.demo.synthetic import iter_scenes
 from weakpaste.mine.proposals import METHODS, Proposals, generate_proposals
 from weakpaste.mine.sam import SamProposer
 from weakpaste.ops.masks import masks_boxes
-from weakpaste.synthetic import iter_scenes
 
 COCO_MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco_mini"
 

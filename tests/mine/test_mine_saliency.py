@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import resize_onnx_model
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.mine.saliency import OnnxSaliency, make_saliency, rescale_fixed_input
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from weakpaste.demo.synthetic import CLASSES, iter_scenes
 from weakpaste.models.classifier import Classifier
-from weakpaste.synthetic import CLASSES, iter_scenes
 
 
 def small(backbone: str = "resnet18", classes=CLASSES, **kwargs) -> Classifier:

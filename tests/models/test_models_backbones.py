@@ -11,7 +11,7 @@ import torchvision
 from models_helpers import small
 from torch import nn
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.models.backbones import (
     PooledNet,
     backbone_family,
@@ -189,7 +189,7 @@ def test_small_cnn_is_seeded_and_has_no_pretrained_weights(tmp_path):
 def test_small_cnn_learns_the_synthetic_classes_and_round_trips(tmp_path):
     from models_helpers import labels_of
 
-    from weakpaste.synthetic import CLASSES, iter_scenes
+    from weakpaste.demo.synthetic import CLASSES, iter_scenes
 
     train = list(iter_scenes(0, 96, height=64, width=64))
     held_out = list(iter_scenes(1, 24, height=64, width=64))

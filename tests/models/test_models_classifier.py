@@ -11,9 +11,9 @@ import torch
 import torchvision
 from models_helpers import labels_of, random_image, small, tiny_scenes
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.demo.synthetic import CLASSES, iter_scenes
 from weakpaste.models.classifier import Classifier
-from weakpaste.synthetic import CLASSES, iter_scenes
 
 SHARED_MOBILENET = (Path(__file__).resolve().parents[3] / "shared" / "weights"
                     / "mobilenet_v2_imagenet.pth")

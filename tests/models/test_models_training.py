@@ -8,9 +8,9 @@ import torch
 import torchvision
 from models_helpers import labels_of, small, tiny_scenes
 
+from weakpaste.demo.synthetic import CLASSES
 from weakpaste.models.classifier import Classifier
 from weakpaste.models.training import check_labels, linear_probe
-from weakpaste.synthetic import CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.models.weights import (
     WeightsSource,
     is_default,

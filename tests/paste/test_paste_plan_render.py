@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.ops import geometry
 from weakpaste.ops import masks as mask_ops
 from weakpaste.paste.plan import (

@@ -6,8 +6,8 @@ import pytest
 from conftest import needs_shared
 from pycocotools.coco import COCO
 
-from weakpaste.bank import BankConfig, run_bank_from_coco
-from weakpaste.errors import WeakpasteError
+from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import write_image
 from weakpaste.paste import run as paste_run
@@ -269,7 +269,7 @@ def test_workers_read_by_the_table_and_a_rebuilt_bank_is_read_afresh(bank_and_bg
     same path between two runs of one process is read anew (no stale locations or files)."""
     import shutil
 
-    from weakpaste.bank import SegmentBank
+    from weakpaste.bank.store import SegmentBank
 
     bank, coco, images = bank_and_bg
     scans = []

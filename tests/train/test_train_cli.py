@@ -154,7 +154,7 @@ _REQUIRED = {"train": ["--train", "x.json:images", "--out", "o"],
                                               ("longtail", "LongtailConfig")])
 def test_cli_defaults_are_the_dataclass_defaults(command, cls):
     from weakpaste.cli import build_parser
-    from weakpaste.options import cli_fields, from_args
+    from weakpaste.core.options import cli_fields, from_args
     from weakpaste.train import config
 
     cls = getattr(config, cls)
@@ -168,7 +168,7 @@ def test_cli_defaults_are_the_dataclass_defaults(command, cls):
 
 def test_weights_none_is_parsed_once():
     from weakpaste.cli import build_parser
-    from weakpaste.options import from_args
+    from weakpaste.core.options import from_args
     from weakpaste.train.config import TrainConfig
 
     for text, value in (("none", None), ("None", None), ("DEFAULT", "DEFAULT"), ("w.pt", "w.pt")):

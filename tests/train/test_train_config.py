@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from train_helpers import tiny_train_config
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.train.config import (
     EvalConfig,
     LongtailConfig,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from train_helpers import one_torch_thread, write_tiny_coco
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.train import data as D
 
 
@@ -164,5 +164,5 @@ def test_dataset_refuses_an_image_of_another_size(tmp_path):
 def test_worker_error_line_recovers_the_one_line_message():
     wrapped = WeakpasteError("Caught WeakpasteError in DataLoader worker process 0.\n"
                              "Original Traceback (most recent call last):\n  File ...\n"
-                             "weakpaste.errors.WeakpasteError: x.png: image file not found")
+                             "weakpaste.core.errors.WeakpasteError: x.png: image file not found")
     assert D.worker_error_line(wrapped) == "x.png: image file not found"

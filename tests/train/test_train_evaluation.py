@@ -1,4 +1,4 @@
-"""weakpaste.train.evaluation: COCOeval metrics, per-class and rare/common/frequent AP."""
+"""The eval stage (weakpaste.train.evaluation) and its metrics (weakpaste.evaluate.detection)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from train_helpers import write_tiny_coco
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco import load_coco
 from weakpaste.ops.masks import encode
 from weakpaste.train import evaluation as V

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco import load_coco, write_coco
 from weakpaste.structures import ImageRecord, Instances
 from weakpaste.train import longtail as L

@@ -10,7 +10,7 @@ import pytest
 import torch
 from train_helpers import LAYOUTS, one_torch_thread, tiny_train_config, write_tiny_coco
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.train import loop as E
 from weakpaste.train.model import load_checkpoint
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_helpers import one_torch_thread, tiny_train_config
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.train import model as E
 from weakpaste.train.config import ModelConfig
 

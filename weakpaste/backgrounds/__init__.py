@@ -5,6 +5,8 @@ ones CLIP likes best and finds free of target classes.
 Modules: ``captions`` (model or COCO captions file), ``rewrite`` + ``vocabulary`` (Table 6),
 ``generate`` (diffusers), ``select`` (CLIP), ``run`` (the stage). Only the model modules
 import torch / transformers / diffusers, and only inside functions.
+
+May import: core, ops, structures, io, models.
 """
 
 # Default model ids (hub); every one can be replaced by a local folder on the command line.

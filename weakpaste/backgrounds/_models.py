@@ -6,7 +6,7 @@ import contextlib
 import re
 import warnings
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 
 
 def resolve_device(device: str) -> str:

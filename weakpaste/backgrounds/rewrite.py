@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from weakpaste.backgrounds import vocabulary
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.jsonfile import read_json
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.jsonfile import read_json
 
 _IRREGULAR_PLURALS = {"scarf": "scarves", "mango": "mangoes", "gloves": "gloves",
                       "trousers": "trousers", "coffee": "coffee", "detergent": "detergent",

@@ -19,7 +19,6 @@ captions are journaled per image (``.captions-raw.jsonl``), generated images per
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,11 +27,10 @@ import numpy as np
 
 from weakpaste.backgrounds import DEFAULT_CAPTIONER, DEFAULT_CLIP, DEFAULT_GENERATOR
 from weakpaste.backgrounds.rewrite import CaptionRewriter, load_distractors, rewrite_captions
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.coco_captions import Caption, load_coco_captions
-from weakpaste.io.images import atomic_write_bytes, list_images
-from weakpaste.io.jsonfile import JsonError, parse_json
-from weakpaste.manifest import (
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.files import atomic_write_bytes
+from weakpaste.core.jsonfile import JsonError, parse_json
+from weakpaste.core.manifest import (
     check_resume,
     file_fingerprints,
     file_sha256,
@@ -44,8 +42,10 @@ from weakpaste.manifest import (
     recorded_listing,
     write_manifest,
 )
-from weakpaste.options import Config, flags_of, option
-from weakpaste.runners import ExecutorConfig, Workers, preflight
+from weakpaste.core.options import Config, flags_of, option
+from weakpaste.core.runners import ExecutorConfig, Workers, preflight
+from weakpaste.io.coco_captions import Caption, load_coco_captions
+from weakpaste.io.images import list_images
 
 STAGE = "backgrounds"
 CAPTIONS_JSONL = "captions.jsonl"
@@ -438,18 +438,3 @@ def _generate_item(task: tuple[dict, np.random.SeedSequence, str]) -> dict:
             "class_scores": [round(float(s), 5) for s in sel.class_scores],
             "classes": list(sel.classes), "kept": sel.kept.tolist(),
             "rejected": sel.rejected.tolist(), "unsafe": flagged, "kept_files": files}
-
-
-def background_files(folder: str | os.PathLike) -> list[Path] | None:
-    """The kept images a backgrounds output lists in its manifest (None: not such an output).
-
-    Raises:
-        WeakpasteError: the backgrounds run did not finish.
-    """
-    manifest = read_manifest(folder)
-    if manifest is None or manifest.get("stage") != STAGE:
-        return None
-    if manifest.get("status") != "complete":
-        raise WeakpasteError(f"{folder}: the backgrounds run did not finish; rerun it with "
-                             "--resume first")
-    return [Path(folder) / f for f in manifest.get("images", [])]

@@ -4,6 +4,8 @@ One module per group of commands (``data``: bank, paste, viz, stats; ``mine``; `
 ``demo``; ``backgrounds``), each with its handlers and a ``register`` that adds its
 sub-parsers. Heavy modules (OpenCV, pycocotools, torch) are imported inside the handlers so
 that ``weakpaste --help`` answers at once and the paste/bank/viz/stats stages never load torch.
+
+May import: anything; nothing else imports it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 from weakpaste import __version__
 from weakpaste.cli import backgrounds, data, demo, mine, train
 from weakpaste.cli.common import build_commands
-from weakpaste.errors import Terminated, WeakpasteError
-from weakpaste.options import ArgumentParser
+from weakpaste.core.errors import Terminated, WeakpasteError
+from weakpaste.core.options import ArgumentParser
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Every failure the user can fix is one line on stderr: a ``WeakpasteError``, and a write
     that fails because the disk is full or read-only wherever it was not already named
-    (``weakpaste.io.images.write_error``).
+    (``weakpaste.core.files.write_error``).
     """
     argv = mine.rewrite_alias(sys.argv[1:] if argv is None else list(argv))
     args = None
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except WeakpasteError as err:
         return _fail(str(err))
     except OSError as err:
-        from weakpaste.io.images import WRITE_ERRNOS, write_error
+        from weakpaste.core.files import WRITE_ERRNOS, write_error
 
         if err.errno not in WRITE_ERRNOS:
             raise
@@ -74,7 +76,7 @@ def _sigterm_interrupts() -> Iterator[None]:
     without a word and with files half-made; only the main thread may set handlers).
 
     Pool workers ignore it, as they ignore Ctrl-C, and the driver ends them
-    (``weakpaste.runners``); torch's data-loader workers take it as the Ctrl-C they already
+    (``weakpaste.core.runners``); torch's data-loader workers take it as the Ctrl-C they already
     handle (the exception derives from KeyboardInterrupt).
     """
     if threading.current_thread() is not threading.main_thread():

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from weakpaste.cli.common import command, common, workers
-from weakpaste.options import add_options, from_args
+from weakpaste.core.options import add_options, from_args
 
 
 def _cmd_backgrounds(args: argparse.Namespace) -> int:
     from weakpaste.backgrounds.run import BackgroundsConfig, run_backgrounds
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.core.runners import ExecutorConfig
 
     manifest = run_backgrounds(from_args(BackgroundsConfig, args), args.images, args.out,
                                captions=args.captions, overwrite=args.overwrite,
@@ -29,7 +29,7 @@ def _cmd_backgrounds(args: argparse.Namespace) -> int:
 
 def _build(p: argparse.ArgumentParser) -> None:
     from weakpaste.backgrounds.run import BackgroundsConfig
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.core.runners import ExecutorConfig
 
     p.add_argument("--images", required=True, help="folder of the source images")
     p.add_argument("--out", required=True, help="output folder")

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 from weakpaste.cli.common import command, common, workers
-from weakpaste.options import add_options, from_args
+from weakpaste.core.options import add_options, from_args
 
 
 def _cmd_paste(args: argparse.Namespace) -> int:
+    from weakpaste.core.runners import ExecutorConfig
     from weakpaste.paste.run import PasteConfig, run_paste
-    from weakpaste.runners import ExecutorConfig
 
     manifest = run_paste(from_args(PasteConfig, args), bank=args.bank, out_dir=args.out,
                          backgrounds_json=args.backgrounds, images_dir=args.images,
@@ -31,8 +31,8 @@ def _cmd_paste(args: argparse.Namespace) -> int:
 
 
 def _cmd_bank_from_coco(args: argparse.Namespace) -> int:
-    from weakpaste.bank import BankConfig, run_bank_from_coco
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+    from weakpaste.core.runners import ExecutorConfig
 
     config = from_args(BankConfig, args)
     manifest = run_bank_from_coco(args.coco_json, args.images, args.out, config,
@@ -48,7 +48,7 @@ def _cmd_bank_from_coco(args: argparse.Namespace) -> int:
 
 
 def _cmd_bank_info(args: argparse.Namespace) -> int:
-    from weakpaste.bank import SegmentBank
+    from weakpaste.bank.store import SegmentBank
 
     counts = SegmentBank(args.bank).class_counts()
     width = max((len(k) for k in counts), default=5)
@@ -59,7 +59,7 @@ def _cmd_bank_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
-    from weakpaste.viz import VizConfig, run_viz
+    from weakpaste.report.viz import VizConfig, run_viz
 
     run_viz(args.coco_json, args.images, args.out, from_args(VizConfig, args),
             predictions=args.predictions, overwrite=args.overwrite, progress=not args.quiet)
@@ -68,7 +68,7 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from weakpaste.stats import format_stats, run_stats
+    from weakpaste.report.stats import format_stats, run_stats
 
     stats = run_stats(args.coco_json, images_dir=args.images)
     print(json.dumps(stats, indent=2) if args.json else f"{args.coco_json}\n\n"
@@ -78,8 +78,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _build_bank(p: argparse.ArgumentParser) -> None:
-    from weakpaste.bank import BankConfig
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.bank.from_coco import BankConfig
+    from weakpaste.core.runners import ExecutorConfig
 
     bank_sub = p.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
     q = bank_sub.add_parser("from-coco", help="cut the instances of a COCO (or LVIS) data set "
@@ -99,8 +99,8 @@ def _build_bank(p: argparse.ArgumentParser) -> None:
 
 
 def _build_paste(p: argparse.ArgumentParser) -> None:
+    from weakpaste.core.runners import ExecutorConfig
     from weakpaste.paste.run import PasteConfig
-    from weakpaste.runners import ExecutorConfig
 
     p.add_argument("--bank", required=True, help="segment bank folder")
     p.add_argument("--out", required=True, help="output folder")
@@ -119,7 +119,7 @@ def _build_paste(p: argparse.ArgumentParser) -> None:
 
 
 def _build_viz(p: argparse.ArgumentParser) -> None:
-    from weakpaste.viz import VizConfig
+    from weakpaste.report.viz import VizConfig
 
     p.add_argument("coco_json", help="COCO or LVIS instances JSON with masks (polygons or RLE)")
     p.add_argument("--images", required=True, help="folder of the images")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from weakpaste.cli.common import command, common, torch_threads, workers
-from weakpaste.options import add_options, from_args
+from weakpaste.core.options import add_options, from_args
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     # Idle OpenMP threads sleep: the classifier trains while other work shares the cores.
     torch_threads(None)
-    from weakpaste.demo import DemoConfig, run_demo
+    from weakpaste.demo.run import DemoConfig, run_demo
 
     result = run_demo(from_args(DemoConfig, args), args.out, workers=args.workers,
                       overwrite=args.overwrite, progress=not args.quiet)
@@ -25,9 +25,9 @@ def _minutes(seconds: float) -> str:
 
 def format_demo(result: dict) -> str:
     """The demo's report: mined-mask quality, the F-EM funnel, statistics, where things are."""
-    from weakpaste.mine.funnel import format_funnel
-    from weakpaste.mine.quality import format_table
-    from weakpaste.stats import format_stats, run_stats
+    from weakpaste.evaluate.funnel import format_funnel
+    from weakpaste.evaluate.masks import format_table
+    from weakpaste.report.stats import format_stats, run_stats
 
     lines = []
     if result["quality"] is not None:
@@ -68,7 +68,7 @@ def _format_train(train: dict) -> str:
 
 
 def _build(p: argparse.ArgumentParser) -> None:
-    from weakpaste.demo import DemoConfig
+    from weakpaste.demo.run import DemoConfig
 
     p.add_argument("--out", default="weakpaste-demo", help="output folder (default: %(default)s)")
     add_options(p, DemoConfig)

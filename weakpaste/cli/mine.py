@@ -1,7 +1,7 @@
 """``mine fem``, ``mine freeseg`` and ``evaluate-masks``.
 
 Each mining method is a sub-command listing only its own options, built from its config
-dataclass (``weakpaste.options``). The older ``mine --method fem|freeseg ...`` still works:
+dataclass (``weakpaste.core.options``). The older ``mine --method fem|freeseg ...`` still works:
 ``rewrite_alias`` turns it into ``mine fem|freeseg ...`` before parsing, and ``mine`` given
 options but no method means ``mine fem``.
 """
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from weakpaste.cli.common import command, common, workers
-from weakpaste.options import add_options, from_args
+from weakpaste.core.options import add_options, from_args
 
 METHODS = ("fem", "freeseg")
 
@@ -48,7 +48,7 @@ def rewrite_alias(argv: list[str]) -> list[str]:
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.core.runners import ExecutorConfig
 
     return {"workers": args.workers, "overwrite": args.overwrite, "resume": args.resume,
             "progress": not args.quiet, "save_baselines": args.save_baselines,
@@ -99,7 +99,7 @@ def _cmd_mine_freeseg(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
-    from weakpaste.mine.funnel import run_evaluate_masks
+    from weakpaste.evaluate.funnel import run_evaluate_masks
 
     print(run_evaluate_masks(args.pred, args.gt, out=args.out, as_json=args.json,
                              overwrite=args.overwrite))
@@ -108,7 +108,7 @@ def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
 
 def _add_run_options(p: argparse.ArgumentParser, labels: str, baselines: str) -> None:
     """Inputs, output and how to run: what is not a setting of the method."""
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.core.runners import ExecutorConfig
 
     p.add_argument("--images", required=True, help="folder of the images")
     p.add_argument("--labels", help=labels)

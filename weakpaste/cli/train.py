@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from weakpaste.cli.common import command, common, threads, torch_threads
-from weakpaste.options import add_options, from_args
+from weakpaste.core.options import add_options, from_args
 
 
 def _note(message: str) -> None:
@@ -22,8 +22,8 @@ def _note(message: str) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
+    from weakpaste.evaluate.detection import format_metrics
     from weakpaste.train.config import TrainConfig
-    from weakpaste.train.evaluation import format_metrics
     from weakpaste.train.loop import run_train
 
     manifest = run_train(from_args(TrainConfig, args), args.train, args.out, val=args.val,
@@ -42,8 +42,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
+    from weakpaste.evaluate.detection import format_metrics
     from weakpaste.train.config import EvalConfig
-    from weakpaste.train.evaluation import format_metrics, run_eval
+    from weakpaste.train.evaluation import run_eval
 
     metrics = run_eval(from_args(EvalConfig, args), args.data, args.out,
                        checkpoint=args.checkpoint, predictions=args.predictions,

@@ -12,12 +12,10 @@ makes it crash, read garbage or loop for minutes (``weakpaste.io.rle``).
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from weakpaste.errors import WeakpasteError, reason
+from weakpaste.core.errors import WeakpasteError, reason
+from weakpaste.core.files import atomic_write_bytes
+from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.io import lvis
 from weakpaste.io import rle as rle_check
-from weakpaste.io.images import atomic_write_bytes
-from weakpaste.io.jsonfile import JsonError, parse_json
 from weakpaste.io.lvis import Federated, frequency_bucket
 from weakpaste.io.lvis import complete_categories as complete_lvis_categories
 from weakpaste.structures import ImageRecord, Instances
@@ -555,165 +553,10 @@ def write_coco(path: str | os.PathLike, records: Iterable[ImageRecord],
     atomic_write_bytes(path, json.dumps(doc, separators=(",", ":")).encode())
     return {"images": len(images), "annotations": len(annotations)}
 
-
 def _read_document(path: Path) -> dict:
     """The raw JSON of a COCO file that ``load_coco`` has already validated."""
     return json.loads(Path(path).read_text(encoding="utf-8-sig"))
 
-
-def _quiet_coco(doc: dict):
-    """A ``pycocotools.coco.COCO`` indexing ``doc``, without pycocotools' prints."""
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        api = COCO()
-        api.dataset = doc
-        api.createIndex()
-    return api
-
-
-def evaluation_document(path: str | os.PathLike) -> dict:
-    """The document of a validated instances file, completed for COCOeval and LVISEval.
-
-    Both read ``area``, ``iscrowd`` and ``bbox`` of every annotation, which files made by other
-    tools may leave out (LVIS files have no ``iscrowd``): missing ones are filled from the
-    segmentation (``iscrowd`` 0). Crowd regions stay in, so that COCOeval ignores detections on
-    them as COCO intends. Other fields (LVIS's federated lists and category fields) are kept.
-
-    Args:
-        path: an instances JSON that ``load_coco(path, require_masks=True)`` accepted.
-
-    Returns:
-        {"info", "images", "annotations", "categories"}.
-    """
-    doc = _read_document(Path(path))
-    images = {img["id"]: img for img in doc["images"]}
-    anns = []
-    for ann in doc.get("annotations", []):
-        ann = dict(ann)
-        ann.setdefault("iscrowd", 0)
-        if "area" not in ann or "bbox" not in ann:
-            img = images[ann["image_id"]]
-            rle = _segmentation_to_rle(ann.get("segmentation"), img["height"], img["width"])
-            if rle is not None:
-                ann.setdefault("area", float(mask_utils.area(_bytes_rle(rle))))
-                ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))])
-            else:
-                ann.setdefault("bbox", [0.0, 0.0, 0.0, 0.0])
-                ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-        anns.append(ann)
-    return {"info": doc.get("info") or {}, "images": doc["images"], "annotations": anns,
-            "categories": doc["categories"]}
-
-
-def is_federated(doc: Mapping) -> bool:
-    """Whether a document is LVIS (federated labels): it is evaluated with LVIS's protocol."""
-    return lvis.is_lvis(doc)
-
-
-def evaluation_ground_truth(path: str | os.PathLike | Mapping):
-    """A ``pycocotools.coco.COCO`` of a validated instances file, ready for ``COCOeval``.
-
-    Args:
-        path: a file that ``load_coco(path, require_masks=True)`` accepted, or its
-            ``evaluation_document``.
-
-    Returns:
-        The pycocotools ``COCO`` object (its ``dataset`` holds the completed document).
-    """
-    doc = path if isinstance(path, Mapping) else evaluation_document(path)
-    return _quiet_coco(dict(doc))
-
-
-def lvis_ground_truth(doc: Mapping, frequency: Mapping[str, str] | None = None):
-    """A ``faster_coco_eval`` ``COCO`` of an LVIS ``evaluation_document``, for its LVIS mode.
-
-    Args:
-        doc: the completed document of an LVIS file.
-        frequency: class name -> "r"/"c"/"f" for categories without ``frequency`` (the
-            evaluator indexes it; weakpaste's own groups come from elsewhere).
-    """
-    from faster_coco_eval import COCO
-
-    return COCO(lvis.evaluation_document(doc, frequency))
-
-
-def _checked_detections(images: Mapping[int, dict], results: Sequence[dict],
-                        iou_type: str) -> list[dict]:
-    """Copies of the ``iou_type`` results, checked, with masks as compressed RLE (bytes).
-
-    For ``segm`` the boxes are dropped: the evaluators' ``loadRes`` replaces the segmentation
-    of a result that has a ``bbox`` by the box polygon, and area and box then come from the
-    mask.
-
-    Raises:
-        ValueError: see ``evaluation_detections``.
-    """
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-    if iou_type == "segm":
-        picked = [{k: v for k, v in r.items() if k != "bbox"} for r in results
-                  if r.get("segmentation")]
-    else:
-        picked = [dict(r) for r in results if r.get("bbox")]
-    if iou_type == "segm":
-        # Polygons and uncompressed RLE become compressed RLE: loadRes only reads the latter.
-        for r in picked:
-            img = images[r["image_id"]]
-            rle = _segmentation_to_rle(r["segmentation"], img["height"], img["width"])
-            if rle is None:
-                raise ValueError(f"result for image {r['image_id']} has an unusable "
-                                 "segmentation")
-            r["segmentation"] = _bytes_rle(rle)
-        bad = rle_check.first_bad_compressed([r["segmentation"]["counts"] for r in picked],
-                                             [tuple(r["segmentation"]["size"]) for r in picked])
-        if bad is not None:
-            raise ValueError(f"result for image {picked[bad[0]]['image_id']} has a corrupt "
-                             f"RLE segmentation ({bad[1]})")
-    else:
-        for r in picked:
-            if not all(math.isfinite(float(v)) for v in r["bbox"]):
-                raise ValueError(f"result for image {r['image_id']} has bbox {r['bbox']} "
-                                 "with a NaN or infinite value")
-    return picked
-
-
-def evaluation_detections(gt, results: Sequence[dict], iou_type: str):
-    """Detections in COCO results format as a ``COCO`` object to pair with ``gt`` in COCOeval.
-
-    Two pycocotools quirks handled here: ``loadRes`` fails on an empty list, and when a result
-    carries a ``bbox`` it replaces its ``segmentation`` by the box polygon, so for ``segm`` the
-    boxes are dropped first (area and box then come from the mask).
-
-    Args:
-        gt: the ground truth from ``evaluation_ground_truth``.
-        results: dicts with ``image_id``, ``category_id``, ``score`` and ``bbox`` (xywh) and/or
-            ``segmentation`` (RLE or polygons); every ``image_id`` must be one of ``gt``'s.
-        iou_type: "bbox" or "segm"; entries without the matching field are left out.
-
-    Returns:
-        A pycocotools ``COCO`` of the detections.
-
-    Raises:
-        ValueError: a box is not finite, a segmentation is unusable or corrupt (see
-            ``load_coco``), or its RLE size differs from its image's.
-    """
-    picked = _checked_detections(gt.imgs, results, iou_type)
-    if not picked:
-        return _quiet_coco({"images": copy.deepcopy(gt.dataset["images"]), "annotations": [],
-                            "categories": copy.deepcopy(gt.dataset["categories"])})
-    with contextlib.redirect_stdout(io.StringIO()):
-        return gt.loadRes(picked)
-
-
-def lvis_detections(gt, results: Sequence[dict], iou_type: str):
-    """Detections as a ``faster_coco_eval`` ``COCO`` to pair with ``lvis_ground_truth``.
-
-    Like ``evaluation_detections``, and each image keeps only its 300 best-scoring results of
-    either kind (LVIS's cap, applied before the federated filter as in ``LVISResults``).
-    """
-    picked = _checked_detections(gt.imgs, lvis.limit_detections(results), iou_type)
-    return gt.loadRes(picked)
 
 
 def write_coco_subset(src: str | os.PathLike, dst: str | os.PathLike, image_ids: Iterable[int],
@@ -745,8 +588,27 @@ def write_coco_subset(src: str | os.PathLike, dst: str | os.PathLike, image_ids:
     return {"images": len(out["images"]), "annotations": len(out["annotations"])}
 
 
+def class_image_counts(records: Iterable[ImageRecord], class_names: Sequence[str]) -> dict[str,
+                                                                                           int]:
+    """Images containing at least one (non-crowd) instance of each class."""
+    counts = Counter()
+    for rec in records:
+        if rec.instances is not None:
+            counts.update(set(rec.instances.classes))
+    return {n: int(counts.get(n, 0)) for n in class_names}
+
+
+def class_instance_counts(records: Iterable[ImageRecord], class_names: Sequence[str]) -> dict[
+        str, int]:
+    """(Non-crowd) instances of each class."""
+    counts = Counter()
+    for rec in records:
+        if rec.instances is not None:
+            counts.update(rec.instances.classes)
+    return {n: int(counts.get(n, 0)) for n in class_names}
+
+
 __all__ = ["CocoDataset", "Federated", "frequency_bucket", "complete_lvis_categories",
            "load_coco", "write_coco", "mask_stats",
            "assign_category_ids", "image_entry", "annotation_entries", "annotations_from_rles",
-           "coco_categories", "evaluation_document", "is_federated", "evaluation_ground_truth",
-           "evaluation_detections", "lvis_ground_truth", "lvis_detections", "write_coco_subset"]
+           "coco_categories", "write_coco_subset"]

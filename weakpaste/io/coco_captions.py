@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.jsonfile import JsonError, parse_json
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.jsonfile import JsonError, parse_json
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import io
 import os
 from pathlib import Path
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.jsonfile import read_json, read_text
 from weakpaste.io.images import IMAGE_EXTENSIONS
-from weakpaste.io.jsonfile import read_json, read_text
 from weakpaste.structures import ImageRecord
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 
 FREQUENCIES: tuple[str, ...] = ("r", "c", "f")
 RARE_MAX = 10

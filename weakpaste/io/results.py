@@ -10,15 +10,56 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.coco import CocoDataset, _checked_detections
-from weakpaste.io.jsonfile import JsonError, parse_json
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.jsonfile import JsonError, parse_json
+from weakpaste.io import rle as rle_check
+from weakpaste.io.coco import CocoDataset, _bytes_rle, _segmentation_to_rle
 from weakpaste.structures import Instances
+
+
+def checked_detections(images: Mapping[int, dict], results: Sequence[dict],
+                        iou_type: str) -> list[dict]:
+    """Copies of the ``iou_type`` results, checked, with masks as compressed RLE (bytes).
+
+    For ``segm`` the boxes are dropped: the evaluators' ``loadRes`` replaces the segmentation
+    of a result that has a ``bbox`` by the box polygon, and area and box then come from the
+    mask.
+
+    Raises:
+        ValueError: see ``evaluation_detections``.
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    if iou_type == "segm":
+        picked = [{k: v for k, v in r.items() if k != "bbox"} for r in results
+                  if r.get("segmentation")]
+    else:
+        picked = [dict(r) for r in results if r.get("bbox")]
+    if iou_type == "segm":
+        # Polygons and uncompressed RLE become compressed RLE: loadRes only reads the latter.
+        for r in picked:
+            img = images[r["image_id"]]
+            rle = _segmentation_to_rle(r["segmentation"], img["height"], img["width"])
+            if rle is None:
+                raise ValueError(f"result for image {r['image_id']} has an unusable "
+                                 "segmentation")
+            r["segmentation"] = _bytes_rle(rle)
+        bad = rle_check.first_bad_compressed([r["segmentation"]["counts"] for r in picked],
+                                             [tuple(r["segmentation"]["size"]) for r in picked])
+        if bad is not None:
+            raise ValueError(f"result for image {picked[bad[0]]['image_id']} has a corrupt "
+                             f"RLE segmentation ({bad[1]})")
+    else:
+        for r in picked:
+            if not all(math.isfinite(float(v)) for v in r["bbox"]):
+                raise ValueError(f"result for image {r['image_id']} has bbox {r['bbox']} "
+                                 "with a NaN or infinite value")
+    return picked
 
 
 def read_predictions(path: str | os.PathLike, gt: CocoDataset) -> tuple[list[dict], list[str]]:
@@ -125,7 +166,7 @@ def results_instances(results: Sequence[dict], gt: CocoDataset, *, min_score: fl
     names = {c["id"]: name for name, c in gt.categories.items()}
     kept = [r for r in results if r.get("segmentation") and r["score"] >= min_score]
     try:
-        checked = _checked_detections(images, kept, "segm")
+        checked = checked_detections(images, kept, "segm")
     except ValueError as err:
         raise WeakpasteError(f"{source}: {err}; fix the predictions file") from None
     by_image: dict[int, list[dict]] = {}

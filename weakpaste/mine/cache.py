@@ -65,7 +65,7 @@ def loads(data: bytes, types: Iterable[type]) -> Any:
     tree = members.pop("tree", None)
     if tree is None or tree.dtype != np.uint8 or tree.ndim != 1:
         raise CacheError("no result tree")
-    from weakpaste.io.jsonfile import JsonError, parse_json
+    from weakpaste.core.jsonfile import JsonError, parse_json
 
     try:
         doc = parse_json(tree.tobytes().decode("utf-8"))

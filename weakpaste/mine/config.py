@@ -1,6 +1,6 @@
 """The mining settings: the shared classifier spec and each miner's config.
 
-Frozen ``weakpaste.options.Config`` dataclasses, so the command line (``weakpaste mine fem``,
+Frozen ``weakpaste.core.options.Config`` dataclasses, so the command line (``weakpaste mine fem``,
 ``weakpaste mine freeseg``) builds its options from them; this module imports nothing heavy,
 so that ``weakpaste --help`` stays fast. The miners (``weakpaste.mine.fem``,
 ``weakpaste.mine.freeseg``) and the pipeline (``weakpaste.mine.pipeline``) re-export them.
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import Config, check_device, option
 from weakpaste.models.weights import parse_weights
-from weakpaste.options import Config, option
-from weakpaste.train.config import check_device
 
 METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
 """Proposal methods :func:`weakpaste.mine.proposals.generate_proposals` accepts."""

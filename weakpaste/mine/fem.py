@@ -55,7 +55,7 @@ from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selecti
 from weakpaste.ops import masks as mask_ops
 
 if TYPE_CHECKING:
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.core.runners import ExecutorConfig
 
 __all__ = ["FemConfig", "FemMiner", "FemParams", "mine_image", "run_mine_fem"]
 
@@ -202,7 +202,7 @@ FUNNEL = ("proposals", "candidates", "top_n", "step1_pick", "em_pick", "evidence
 threshold: every proposal (``record_proposals`` only), the eligible candidates, step 1's
 top_n, step 1's pick, EM's pick (scored by the classifier), the pick of most evidence (scored
 by its evidence), and the Grad-CAM's maximum as a one-pixel mask (for the pointing game).
-``weakpaste evaluate-masks BANK --gt GT`` reports them (``weakpaste.mine.quality.funnel``)."""
+``weakpaste evaluate-masks BANK --gt GT`` reports them (``weakpaste.evaluate.masks.funnel``)."""
 
 
 def _baseline_picks(picks: dict[str, list[Pick]], cm: ClassMining, em_pick: int,
@@ -264,7 +264,7 @@ def training_items(images: str, labels: str, classes: Sequence[str]) -> list[Ite
     Raises:
         WeakpasteError: the folder is missing, or the labels are unreadable.
     """
-    from weakpaste.errors import WeakpasteError
+    from weakpaste.core.errors import WeakpasteError
     from weakpaste.io.labels import load_labels
     from weakpaste.mine.pipeline import image_hashes
 

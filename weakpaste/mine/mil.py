@@ -206,7 +206,7 @@ def anchor_map(props, scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
         float32 (H, W) at full resolution in [0, 1] (divided by its maximum; all zero when
         every score is 0).
     """
-    from weakpaste.mine.grouping import Grid
+    from weakpaste.ops.grid import Grid
 
     sub = props.select(eligible)
     cover = sub.cover_mean(np.asarray(scores, np.float64)[eligible])

@@ -59,15 +59,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.images import atomic_write_bytes, read_image
-from weakpaste.manifest import jsonable
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.files import atomic_write_bytes
+from weakpaste.core.manifest import jsonable
+from weakpaste.core.options import Config, flags_of
+from weakpaste.io.images import read_image
 from weakpaste.mine import cache as result_cache
 from weakpaste.mine.config import ClassifierSpec
-from weakpaste.options import Config, flags_of
 
 if TYPE_CHECKING:
-    from weakpaste.runners import ExecutorConfig
+    from weakpaste.core.runners import ExecutorConfig
 
 # --------------------------------------------------------------------------------------------
 # What a miner sees and returns
@@ -268,7 +269,7 @@ def cache_key(classifier_path: Path, params, extra: Iterable[str] = ()) -> str:
         params: a dataclass of the per-image parameters.
         extra: further strings that decide the per-image results (e.g. a saliency model key).
     """
-    from weakpaste.manifest import file_sha256
+    from weakpaste.core.manifest import file_sha256
 
     h = hashlib.sha256(bytes.fromhex(file_sha256(classifier_path)))
     h.update(json.dumps(asdict(params), sort_keys=True).encode())
@@ -283,7 +284,7 @@ def cache_key(classifier_path: Path, params, extra: Iterable[str] = ()) -> str:
 
 def image_hashes(images_dir: Path, records: list) -> dict[str, str]:
     """file_name -> SHA-256 of every listed image."""
-    from weakpaste.manifest import file_sha256
+    from weakpaste.core.manifest import file_sha256
 
     return {r.file_name: file_sha256(images_dir / r.file_name) for r in records}
 
@@ -326,7 +327,7 @@ def check_resumable(out: Path, old: dict, config: dict, inputs: dict[str, str],
     Raises:
         WeakpasteError: one line naming what changed (``manifest.check_resume``).
     """
-    from weakpaste.manifest import RESUME_FIX, check_resume, first_change, recorded_listing
+    from weakpaste.core.manifest import RESUME_FIX, check_resume, first_change, recorded_listing
 
     before, now = _flat(old.get("config", {})), _flat(config)
     if before.get("method") != now.get("method"):
@@ -343,7 +344,7 @@ def check_resumable(out: Path, old: dict, config: dict, inputs: dict[str, str],
 
 
 def _input_hashes(miner: Miner, labels: str | None, hashes: dict[str, str]) -> dict[str, str]:
-    from weakpaste.manifest import file_sha256
+    from weakpaste.core.manifest import file_sha256
 
     digest = hashlib.sha256("".join(f"{k}\t{v}\n" for k, v in hashes.items()).encode())
     inputs = {"images": digest.hexdigest()}
@@ -383,8 +384,8 @@ def input_paths(miner: Miner, images_dir: Path, labels: str | None) -> list[str 
 
 def folder_sha256(folder: str | Path) -> str:
     """SHA-256 naming a folder of images: every image's relative path and contents."""
+    from weakpaste.core.manifest import file_sha256
     from weakpaste.io.images import list_images
-    from weakpaste.manifest import file_sha256
 
     folder = Path(folder)
     h = hashlib.sha256()
@@ -516,7 +517,7 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
     """
     from tqdm import tqdm
 
-    from weakpaste.runners import ExecutorConfig, map_items
+    from weakpaste.core.runners import ExecutorConfig, map_items
 
     executor = executor or ExecutorConfig()
     cache.mkdir(parents=True, exist_ok=True)
@@ -558,7 +559,9 @@ def _record(rid: int, file_name: str, picks: ImagePicks, variant: str):
 
 def write_bank(out: Path, miner: Miner, plan: Plan, sel: Selection) -> Counter:
     """Rewrite the bank from the selection's ``final`` picks; returns segments per class."""
-    from weakpaste.bank import INDEX, BankWriter, segments_from_image
+    from weakpaste.bank.format import INDEX
+    from weakpaste.bank.from_coco import segments_from_image
+    from weakpaste.bank.store import BankWriter
     from weakpaste.ops import masks as mask_ops
 
     # Rebuilt whole: a resumed run must not append to what an earlier one wrote.
@@ -623,8 +626,8 @@ def _prepare(miner: Miner, images_dir: Path, labels: str | None, out_dir: str, *
              overwrite: bool, resume: bool) -> _Prepared:
     """Everything before the first write: labels, plan, models check, hashes, output folder,
     resume check."""
+    from weakpaste.core.manifest import prepare_output_dir, read_weakpaste_manifest, record_listing
     from weakpaste.io.labels import load_labels
-    from weakpaste.manifest import prepare_output_dir, read_weakpaste_manifest, record_listing
 
     records, classes = load_labels(labels, images_dir)
     plan = miner.plan(records, classes, str(labels or images_dir))
@@ -664,14 +667,14 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
             (per-image results are cached; the bank is rewritten).
         progress: progress bars.
         save_baselines: also write ``baselines/<variant>.json`` for the miner's baselines.
-        executor: where the per-image work runs (``weakpaste.runners``: a local process pool
+        executor: where the per-image work runs (``weakpaste.core.runners``: a local process pool
             or Ray actors; never changes the outputs).
 
     Returns:
         The manifest.
     """
-    from weakpaste.runners import preflight
-    from weakpaste.train.model import resolve_device
+    from weakpaste.core.runners import preflight
+    from weakpaste.models.device import resolve_device
 
     preflight(executor)  # before the output folder and the classifier's training
     resolve_device(miner.config.model.device)  # --device cuda where torch has no GPU
@@ -680,7 +683,7 @@ def run_mine(miner: Miner, images_dir: str, labels: str | None, out_dir: str, *,
     cfg = miner.config
     run = _prepare(miner, images_dir, labels, out_dir, overwrite=overwrite, resume=resume)
     out, plan = run.out, run.plan
-    from weakpaste.manifest import write_manifest
+    from weakpaste.core.manifest import write_manifest
 
     write_manifest(out, stage="mine", config=run.config, seed=cfg.seed, inputs=run.inputs,
                    status="running")

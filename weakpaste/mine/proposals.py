@@ -33,7 +33,7 @@ explicitly at working resolution behind the same interface.
 
 Example:
     >>> import numpy as np
-    >>> from weakpaste.synthetic import make_scene
+    >>> from weakpaste.demo.synthetic import make_scene
     >>> scene = make_scene(np.random.default_rng(0))
     >>> props = generate_proposals(scene.image)
     >>> props.masks([0]).shape == (1, *scene.image.shape[:2])
@@ -53,7 +53,6 @@ from weakpaste.mine.config import METHODS, MIN_IMAGE_SIDE
 from weakpaste.mine.grouping import (
     BASE_SPECS,
     DUPLICATE_IOU,
-    Grid,
     as_rgb,
     base_segmentation,
     colour_codes,
@@ -63,6 +62,7 @@ from weakpaste.mine.grouping import (
     size_ok,
     working_image,
 )
+from weakpaste.ops.grid import Grid
 
 
 class MaskProposer(Protocol):

@@ -23,7 +23,8 @@ Each cue is a number per segment; ``rank_average`` turns the columns into percen
 (direction: ``CUES``), so that no cue's scale or unit weighs, and averages them: an
 unsupervised combination with no weight fitted to any ground truth. ``keep_mask`` applies the
 user's cut-off (``--min-score`` on that average, ``--keep-top`` fraction, optionally per
-class) and ``weakpaste.mine.funnel.precision_yield`` is the curve that shows what a cut-off buys.
+class) and ``weakpaste.evaluate.funnel.precision_yield`` is the curve that shows what a
+cut-off buys.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.images import atomic_write_bytes
-from weakpaste.manifest import file_sha256
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.files import atomic_write_bytes
+from weakpaste.core.manifest import file_sha256
 
 CONVENTIONS: dict[str, dict] = {
     # IS-Net (DIS): normalize(img / 255, mean 0.5, std 1).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.mine.config import MIN_IMAGE_SIDE
 from weakpaste.mine.grouping import as_rgb, working_image
 from weakpaste.mine.proposals import Proposals, check_options, filter_candidates

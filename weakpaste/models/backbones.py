@@ -21,9 +21,9 @@ import torch
 import torchvision
 from torch import nn
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.errors import reason as _reason
-from weakpaste.io.images import WRITE_ERRNOS, write_error, write_failure
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.errors import reason as _reason
+from weakpaste.core.files import WRITE_ERRNOS, write_error, write_failure
 from weakpaste.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from weakpaste.models.weights import WEIGHTS_FIX, WeightsArg, resolve_weights
 

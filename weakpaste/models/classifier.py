@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.errors import reason as _reason
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.errors import reason as _reason
 from weakpaste.models.backbones import (
     PooledNet,
     backbone_family,

@@ -55,7 +55,7 @@ def region_features(fmap: np.ndarray, geometry: Geometry, side: int, props) -> n
     Returns:
         float32 (M, C).
     """
-    from weakpaste.mine.grouping import Grid
+    from weakpaste.ops.grid import Grid
 
     (ay, by), (ax, bx) = geometry
     c, h, w = fmap.shape

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 
 WEIGHTS_FIX = ("pass --weights PATH to a torchvision state_dict, --weights DEFAULT or "
                "--weights none")

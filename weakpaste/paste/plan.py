@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from weakpaste.core.options import Config, option, parse_float_pair
 from weakpaste.ops import geometry
 from weakpaste.ops.blending import BLEND_MODES
-from weakpaste.options import Config, option, parse_float_pair
 
 PLACEMENTS = ("random", "space-max", "jitter")
 SELECTIONS = ("uniform", "balanced", "weights")

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import Config, option
 from weakpaste.ops import blending, geometry
 from weakpaste.ops import masks as mask_ops
-from weakpaste.options import Config, option
 from weakpaste.paste.plan import ImagePlan, placement_matrix
 
 MAX_BLUR_SIGMA = 100.0

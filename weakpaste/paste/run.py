@@ -26,20 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from weakpaste.bank import BankTable, SegmentBank
-from weakpaste.errors import WeakpasteError
-from weakpaste.io import coco
-from weakpaste.io import rle as rle_check
-from weakpaste.io.images import (
-    WRITE_ERRNOS,
-    atomic_write_bytes,
-    encode_image,
-    list_images,
-    read_image_sha256,
-    write_error,
-)
-from weakpaste.io.jsonfile import JsonError, parse_json, read_json
-from weakpaste.manifest import (
+from weakpaste.bank.store import BankTable, SegmentBank
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.files import WRITE_ERRNOS, atomic_write_bytes, write_error
+from weakpaste.core.jsonfile import JsonError, parse_json, read_json
+from weakpaste.core.manifest import (
     check_output_dir,
     check_resume,
     file_fingerprints,
@@ -52,11 +43,14 @@ from weakpaste.manifest import (
     recorded_listing,
     write_manifest,
 )
+from weakpaste.core.options import flags_of, option
+from weakpaste.core.runners import ExecutorConfig, Workers, host_tag
+from weakpaste.io import coco
+from weakpaste.io import rle as rle_check
+from weakpaste.io.images import encode_image, list_images, read_image_sha256
 from weakpaste.ops import masks as mask_ops
-from weakpaste.options import flags_of, option
 from weakpaste.paste import plan as plan_mod
 from weakpaste.paste.render import RenderParams, render
-from weakpaste.runners import ExecutorConfig, Workers, host_tag
 from weakpaste.structures import ImageRecord, Instances
 
 PARTS_GLOB = ".parts-*.jsonl"
@@ -370,7 +364,7 @@ def load_backgrounds(coco_json: str | None, images_dir: str | None,
                 federated=None if data.federated is None else data.federated[rec.image_id]))
     for folder in extra_dirs:
         # A 'weakpaste backgrounds' output: its manifest lists the kept images.
-        from weakpaste.backgrounds.run import background_files
+        from weakpaste.io.images import background_files
 
         listed = background_files(folder)
         for p in listed if listed is not None else list_images(folder):

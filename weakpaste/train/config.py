@@ -6,7 +6,7 @@
   share their description with ``TrainConfig``'s (``_MODEL``).
 * ``EvalConfig``, ``LongtailConfig``: the settings of ``weakpaste eval`` and ``longtail``.
 
-The command line builds its arguments from these classes (``weakpaste.options.add_options``),
+The command line builds its arguments from these classes (``weakpaste.core.options.add_options``),
 so a default, a valid range and a help text exist once. Option ranges may exclude their lower
 bound (``open_low``: a learning rate > 0); an upper bound to exclude (momentum < 1) is carried
 by the field's ``parse=`` (``_below``), which refuses it at parse time and which ``check``
@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import Config, Opt, check_device, flag_of, option, parse_float_pair
 from weakpaste.models.weights import parse_weights
-from weakpaste.options import Config, Opt, flag_of, option, parse_float_pair
 
 BACKBONES: tuple[str, ...] = ("resnet50", "resnet34", "resnet18", "mobilenet_v2", "mobilenet_v3")
 # Backbone stages that can be trained: a ResNet and MobileNetV2 have 5, MobileNetV3-Large 6.
@@ -92,13 +92,6 @@ class _Checked(Config):
     def _fail(self, name: str, message: str) -> None:
         f = next(f for f in dataclasses.fields(self) if f.name == name)
         raise WeakpasteError(f"{name} ({flag_of(f)}) {message}")
-
-
-def check_device(device: str) -> None:
-    """Raise a WeakpasteError unless ``device`` is cpu, cuda or cuda:N."""
-    if device not in ("cpu", "cuda") and not (device.startswith("cuda:")
-                                              and device[5:].isdigit()):
-        raise WeakpasteError(f"device (--device) must be cpu, cuda or cuda:N, got {device!r}")
 
 
 # The model's options, shared by TrainConfig (the command line) and ModelConfig (checkpoints).
@@ -269,4 +262,4 @@ class LongtailConfig(_Checked):
 
 
 __all__ = ["BACKBONES", "EvalConfig", "LongtailConfig", "ModelConfig", "TrainConfig",
-           "check_device", "parse_fractions"]
+           "parse_fractions"]

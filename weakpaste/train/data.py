@@ -29,8 +29,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.coco import CocoDataset, load_coco
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.io.coco import CocoDataset, class_image_counts, class_instance_counts, load_coco
 from weakpaste.io.images import read_image_of_size
 from weakpaste.structures import ImageRecord
 
@@ -152,26 +152,6 @@ def name_list(names: Sequence[str], limit: int = 8) -> str:
     """``'a', 'b', … (n more)``: class names for a one-line message."""
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def class_image_counts(records: Iterable[ImageRecord], class_names: Sequence[str]) -> dict[str,
-                                                                                           int]:
-    """Images containing at least one (non-crowd) instance of each class."""
-    counts = Counter()
-    for rec in records:
-        if rec.instances is not None:
-            counts.update(set(rec.instances.classes))
-    return {n: int(counts.get(n, 0)) for n in class_names}
-
-
-def class_instance_counts(records: Iterable[ImageRecord], class_names: Sequence[str]) -> dict[
-        str, int]:
-    """(Non-crowd) instances of each class."""
-    counts = Counter()
-    for rec in records:
-        if rec.instances is not None:
-            counts.update(rec.instances.classes)
-    return {n: int(counts.get(n, 0)) for n in class_names}
 
 
 def training_items(datasets: Sequence[CocoDataset], *, keep_empty: bool = False
@@ -439,7 +419,7 @@ def worker_error_line(err: BaseException) -> str:
     """
     lines = [line for line in str(err).splitlines() if line.strip()]
     for line in reversed(lines):
-        if line.startswith("weakpaste.errors.WeakpasteError: "):
+        if line.startswith("weakpaste.core.errors.WeakpasteError: "):
             return line.split(": ", 1)[1]
     return lines[-1] if lines else type(err).__name__
 

@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from weakpaste import __version__
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.manifest import check_output_file, file_sha256
 from weakpaste.io.coco import load_coco, write_coco_subset
-from weakpaste.manifest import check_output_file, file_sha256
 from weakpaste.train.config import LongtailConfig
 
 PARETO_TAIL = 0.99

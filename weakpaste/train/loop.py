@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from weakpaste import __version__
-from weakpaste.errors import WeakpasteError
-from weakpaste.errors import reason as _reason
-from weakpaste.io.jsonfile import JsonError, parse_json
-from weakpaste.manifest import (
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.errors import reason as _reason
+from weakpaste.core.jsonfile import JsonError, parse_json
+from weakpaste.core.manifest import (
     check_output_dir,
     check_resume,
     file_fingerprints,
@@ -43,11 +43,12 @@ from weakpaste.manifest import (
     recorded_listing,
     write_manifest,
 )
+from weakpaste.evaluate.detection import TrainingClasses, training_frequency
 from weakpaste.models.backbones import torch_write_errors
 from weakpaste.models.weights import is_default, is_none
 from weakpaste.train import data as tdata
 from weakpaste.train.config import EvalConfig, ModelConfig, TrainConfig
-from weakpaste.train.evaluation import TrainingClasses, evaluate_model, training_frequency
+from weakpaste.train.evaluation import evaluate_model
 from weakpaste.train.model import (
     FORMAT,
     FORMAT_VERSION,

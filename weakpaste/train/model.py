@@ -29,16 +29,17 @@ import torch
 from torch import nn
 
 from weakpaste import __version__
-from weakpaste.errors import WeakpasteError
-from weakpaste.errors import reason as _reason
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.errors import reason as _reason
 from weakpaste.models.backbones import (
     default_weights_error,
     read_state_dict,
     read_weakpaste_file,
     seeded,
 )
+from weakpaste.models.device import resolve_device
 from weakpaste.models.weights import WeightsArg, is_none, resolve_weights
-from weakpaste.train.config import _MAX_LAYERS, BACKBONES, ModelConfig, TrainConfig, check_device
+from weakpaste.train.config import _MAX_LAYERS, BACKBONES, ModelConfig, TrainConfig
 
 FORMAT = "weakpaste-maskrcnn"
 FORMAT_VERSION = 1
@@ -288,19 +289,6 @@ def model_from_checkpoint(ckpt: Mapping, path: str | os.PathLike = "checkpoint"
         raise WeakpasteError(f"{path}: corrupt checkpoint ({_reason(err)}); pass a checkpoint "
                              "written by 'weakpaste train'") from None
     return model.eval(), config
-
-
-def resolve_device(device: str) -> torch.device:
-    """The torch device of ``--device`` (cpu, cuda or cuda:N).
-
-    Raises:
-        WeakpasteError: another name, or CUDA asked for where torch has none.
-    """
-    check_device(device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise WeakpasteError(f"--device {device}: no CUDA device is available to torch here; "
-                             "use --device cpu")
-    return torch.device(device)
 
 
 __all__ = ["BACKBONES", "CHECKPOINT_FIX", "FORMAT", "FORMAT_VERSION", "build_model",

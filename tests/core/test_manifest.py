@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from weakpaste.cli import main
-from weakpaste.errors import WeakpasteError
-from weakpaste.manifest import (
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.manifest import (
     check_output_dir,
     is_weakpaste_manifest,
     prepare_output_dir,

@@ -1,4 +1,4 @@
-"""Tests of weakpaste.viz: colours, drawing, contact sheets and the viz stage."""
+"""Tests of weakpaste.report.viz: colours, drawing, contact sheets and the viz stage."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import read_image, write_image
+from weakpaste.report.viz import VizConfig, class_color, contact_sheet, draw_instances, run_viz
 from weakpaste.structures import ImageRecord, Instances
-from weakpaste.viz import VizConfig, class_color, contact_sheet, draw_instances, run_viz
 
 BACKGROUND = (24, 24, 24)  # contact sheet background
 
@@ -69,7 +69,7 @@ def test_class_color_is_bright_ints() -> None:
 
 
 def test_class_color_stable_across_processes() -> None:
-    code = "from weakpaste.viz import class_color; print(list(class_color('person')))"
+    code = "from weakpaste.report.viz import class_color; print(list(class_color('person')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONHASHSEED": "123"}).stdout
     assert json.loads(out) == [199, 155, 255]
@@ -293,7 +293,8 @@ def test_run_viz_bad_num_images(tmp_path: Path) -> None:
 
 
 def test_import_does_not_load_torch() -> None:
-    code = "import weakpaste.viz, weakpaste.stats, sys; assert 'torch' not in sys.modules"
+    code = ("import weakpaste.report.viz, weakpaste.report.stats, sys; "
+            "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.options import Config, option, parse_int_or_none
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import Config, option, parse_int_or_none
 
 # Bright, mutually distinct colours: every one carries a dark label text well and stands out on
 # typical photos. A fixed table (rather than a hue from the hash) keeps two classes from getting
@@ -377,9 +377,9 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
     """
     from tqdm import tqdm
 
+    from weakpaste.core.manifest import file_sha256, prepare_output_dir, write_manifest
     from weakpaste.io.coco import load_coco
     from weakpaste.io.images import read_image_of_size, write_image
-    from weakpaste.manifest import file_sha256, prepare_output_dir, write_manifest
 
     cfg = config or VizConfig()
     num_images, seed, columns = cfg.num_images, cfg.seed, cfg.columns

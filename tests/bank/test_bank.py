@@ -4,14 +4,9 @@ import pickle
 import numpy as np
 import pytest
 
-from weakpaste.bank import (
-    BankConfig,
-    BankWriter,
-    SegmentBank,
-    run_bank_from_coco,
-    segments_from_image,
-)
-from weakpaste.errors import WeakpasteError
+from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco, segments_from_image
+from weakpaste.bank.store import BankWriter, SegmentBank
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.structures import Segment
 
 

@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import zstandard
 
-from weakpaste import bank as bank_mod
-from weakpaste.bank import (
-    BankConfig,
-    BankWriter,
-    SegmentBank,
-    _decode_segment,
-    _encode_pixels,
-    run_bank_from_coco,
-)
-from weakpaste.errors import WeakpasteError
+from weakpaste.bank import store as bank_mod
+from weakpaste.bank.codec import _encode_pixels, decode_segment
+from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.store import BankWriter, SegmentBank
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.structures import Segment
 
 # 2 x 3 crop and mask, and the blob weakpaste 0.1.0 (bank format 1) wrote for them.
@@ -47,7 +42,7 @@ def test_wpz_round_trip_is_exact(h, w, mask_kind):
     blob = _encode_pixels(rgb, mask, 2)
     assert blob[:4] == b"WPZ1" and struct.unpack("<II", blob[4:12]) == (h, w)
     assert _encode_pixels(rgb, mask, 2) == blob  # deterministic
-    out_rgb, out_mask = _decode_segment(blob)
+    out_rgb, out_mask = decode_segment(blob)
     assert out_rgb.dtype == np.uint8 and out_rgb.shape == (h, w, 3)
     assert out_mask.dtype == bool and out_mask.shape == (h, w)
     np.testing.assert_array_equal(out_rgb, rgb)
@@ -71,21 +66,21 @@ def test_encoding_on_threads_gives_the_same_bytes():
     serial = [_encode_pixels(rgb, mask, 2) for rgb, mask in pixels]
     with ThreadPoolExecutor(2) as pool:
         threaded = list(pool.map(lambda p: _encode_pixels(*p, 2), pixels))
-        decoded = list(pool.map(_decode_segment, serial))
+        decoded = list(pool.map(decode_segment, serial))
     assert threaded == serial
     assert all(np.array_equal(d[0], p[0]) and np.array_equal(d[1], p[1])
                for d, p in zip(decoded, pixels, strict=True))
 
 
 def test_an_old_png_blob_still_decodes():
-    rgb, mask = _decode_segment(OLD_PNG)
+    rgb, mask = decode_segment(OLD_PNG)
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3) and mask.dtype == bool
     np.testing.assert_array_equal(rgb, RGB)
     np.testing.assert_array_equal(mask, MASK)
     # The version-1 path still writes PNG.
     blob = _encode_pixels(RGB, MASK, 1)
     assert blob[:8] == b"\x89PNG\r\n\x1a\n"
-    np.testing.assert_array_equal(_decode_segment(blob)[0], RGB)
+    np.testing.assert_array_equal(decode_segment(blob)[0], RGB)
 
 
 def _bank_holding(root, blob):
@@ -144,7 +139,7 @@ def test_a_version_1_bank_stays_readable_and_appendable(tmp_path):
             writer.add_encoded(GOOD, {"class": "c"})
         assert str(err.value) == (f"{root}: a segment blob of class 'c' is not in this "
                                   "version-1 bank's codec; encode it with "
-                                  "_encode_segment(seg, 1)")
+                                  "encode_segment(seg, 1)")
     assert json.loads((root / "bank.json").read_text())["version"] == 1
     shard = (root / "segments" / "shard-00000.bin").read_bytes()
     assert shard[:len(OLD_PNG)] == OLD_PNG and shard[len(OLD_PNG):][:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from weakpaste.cli import build_parser, main
-from weakpaste.demo import demo_mine_config, mine_command
+from weakpaste.demo.run import demo_mine_config, mine_command
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def offline(monkeypatch):
 
 def test_short_demo_mines_masks_well_above_chance(tmp_path, capsys, offline):
     """60 scenes instead of 300 (measured: 77% precision@0.5, ~35 s of CPU)."""
-    from weakpaste.mine.quality import evaluate_masks
+    from weakpaste.evaluate.masks import evaluate_masks
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--num-scenes", "60", "--num-images", "2",
@@ -79,9 +79,9 @@ def test_demo_train_files_share_one_category_numbering(tmp_path):
     set pasted from a ground-truth bank onto the demo's backgrounds) number the six classes
     alike, so that training notes no class 'mapped by name'. Built with the functions that
     write them (mining and training left out: minutes)."""
-    from weakpaste import synthetic
-    from weakpaste.bank import run_bank_from_coco
-    from weakpaste.demo import _paste, write_synthetic_dataset
+    from weakpaste.bank.from_coco import run_bank_from_coco
+    from weakpaste.demo import synthetic
+    from weakpaste.demo.run import _paste, write_synthetic_dataset
     from weakpaste.io.coco import load_coco
     from weakpaste.train.data import map_eval_categories, merge_categories
 
@@ -159,7 +159,7 @@ def test_demo_train_needs_mining(tmp_path, capsys):
 
 
 def test_demo_train_schedule_is_the_measured_one():
-    from weakpaste.demo import DEMO_TRAIN_ITERATIONS, demo_train_config
+    from weakpaste.demo.run import DEMO_TRAIN_ITERATIONS, demo_train_config
 
     c = demo_train_config(DEMO_TRAIN_ITERATIONS, seed=3)
     assert (c.backbone, c.weights, c.image_size, c.batch_size) == ("resnet18", None, 128, 4)

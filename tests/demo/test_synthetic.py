@@ -1,4 +1,4 @@
-"""Tests of the embedded synthetic data set (weakpaste.synthetic)."""
+"""Tests of the embedded synthetic data set (weakpaste.demo.synthetic)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from weakpaste import synthetic
-from weakpaste.synthetic import (
+from weakpaste.demo import synthetic
+from weakpaste.demo.synthetic import (
     CLASSES,
     Scene,
     iter_scenes,
@@ -257,7 +257,7 @@ def test_200_scenes_are_fast() -> None:
 
 
 def test_make_background_is_object_free_and_seeded():
-    from weakpaste.synthetic import make_background
+    from weakpaste.demo.synthetic import make_background
 
     a = make_background(np.random.default_rng(3), height=40, width=50)
     b = make_background(np.random.default_rng(3), height=40, width=50)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from weakpaste import __version__
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.images import atomic_write_bytes
-from weakpaste.io.jsonfile import JsonError, parse_json
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.files import atomic_write_bytes
+from weakpaste.core.jsonfile import JsonError, parse_json
 
 MANIFEST = "manifest.json"
 # The marker that makes a folder weakpaste's: only such a folder may be deleted by --overwrite

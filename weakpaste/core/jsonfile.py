@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 
 
 class JsonError(ValueError):

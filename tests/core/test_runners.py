@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from weakpaste.bank import BankConfig, run_bank_from_coco
-from weakpaste.errors import WeakpasteError
+from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.runners import ExecutorConfig, map_items
 from weakpaste.paste.run import PasteConfig, run_paste
-from weakpaste.runners import ExecutorConfig, map_items
 
 _STATE: dict = {}
 
@@ -79,7 +79,7 @@ def test_a_typo_fails_before_ray_is_started_or_joined(monkeypatch, tiny_coco, tm
                                                       message):
     """A typo costs no Ray start-up (seconds for a local Ray): missing inputs and an unusable
     --out are refused before the workers start (which then boot while the inputs are read)."""
-    import weakpaste.runners as runners
+    import weakpaste.core.runners as runners
 
     def no_ray():
         raise AssertionError("Ray was started before the inputs were checked")
@@ -109,7 +109,7 @@ def test_the_driver_reports_no_task_events_unless_the_user_asked(monkeypatch):
     the reports off while it connects (and restores the environment); a user's value wins."""
     import os
 
-    import weakpaste.runners as runners
+    import weakpaste.core.runners as runners
 
     seen = []
 
@@ -162,7 +162,7 @@ class _FakeActor:
 
 
 def test_ray_schedule_feeds_the_actor_that_is_free_and_keeps_the_order():
-    from weakpaste.runners import _ray_schedule
+    from weakpaste.core.runners import _ray_schedule
 
     fake = _FakeRay({"fast": 1.0, "slow": 3.0})
     fast, slow = _FakeActor("fast", fake), _FakeActor("slow", fake)
@@ -225,7 +225,7 @@ def test_ray_paste_is_byte_identical_to_the_local_pool(ray_cluster, paste_inputs
 def test_ray_worker_that_cannot_see_an_input_is_one_line(ray_cluster, paste_inputs, tmp_path):
     import ray
 
-    from weakpaste.runners import start_actors
+    from weakpaste.core.runners import start_actors
 
     actors = start_actors(1, None, (), RAY)
     missing = str(tmp_path / "not-mounted")
@@ -253,7 +253,7 @@ def test_ray_worker_without_the_working_directory_says_so(ray_cluster, tmp_path)
 
     import ray
 
-    from weakpaste.runners import _Worker
+    from weakpaste.core.runners import _Worker
 
     gone = str(tmp_path / "gone")
     actor = ray.remote(num_cpus=1)(_Worker).remote(None, (), gone)
@@ -407,7 +407,7 @@ def test_a_token_problem_is_one_line_naming_the_fix(capfd, listening, init, mess
     """Neither reaches the user as a traceback (AuthenticationError is a RayError, not a
     ConnectionError), and Ray's log lines while it retries are held back."""
     ray = pytest.importorskip("ray")
-    import weakpaste.runners as runners
+    import weakpaste.core.runners as runners
 
     if not hasattr(ray.exceptions, "AuthenticationError"):
         pytest.skip("this Ray has no token authentication")
@@ -420,7 +420,7 @@ def test_a_token_problem_is_one_line_naming_the_fix(capfd, listening, init, mess
 
 def test_what_ray_logs_while_joining_is_written_out_when_the_join_succeeds(capfd,
                                                                            listening):
-    import weakpaste.runners as runners
+    import weakpaste.core.runners as runners
 
     def init(**kwargs):
         os.write(2, b"ray says hello\n")
@@ -433,7 +433,7 @@ def test_an_address_where_nothing_listens_is_refused_at_once():
     """Ray retries a dead address for minutes; weakpaste probes it first."""
     import socket
 
-    import weakpaste.runners as runners
+    import weakpaste.core.runners as runners
 
     def init(**kwargs):
         raise AssertionError("Ray must not be asked to join a dead address")
@@ -450,7 +450,7 @@ def test_an_address_where_nothing_listens_is_refused_at_once():
 def test_an_ipv6_address_is_probed_without_its_brackets():
     import socket
 
-    import weakpaste.runners as runners
+    import weakpaste.core.runners as runners
 
     try:
         s = socket.socket(socket.AF_INET6)

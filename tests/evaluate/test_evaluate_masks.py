@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from conftest import square_masks
 
-from weakpaste.bank import BankWriter
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.coco import write_coco
-from weakpaste.mine.funnel import run_evaluate_masks
-from weakpaste.mine.quality import (
+from weakpaste.bank.store import BankWriter
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.evaluate.funnel import run_evaluate_masks
+from weakpaste.evaluate.masks import (
     evaluate_masks,
     format_table,
     load_predictions,
 )
+from weakpaste.io.coco import write_coco
 from weakpaste.ops import masks as mask_ops
 from weakpaste.structures import ImageRecord, Instances, Segment
 

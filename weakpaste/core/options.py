@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 
 _KEY = "weakpaste"
 
@@ -347,3 +347,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def check_device(device: str) -> None:
+    """Raise a WeakpasteError unless ``device`` is cpu, cuda or cuda:N."""
+    if device not in ("cpu", "cuda") and not (device.startswith("cuda:")
+                                              and device[5:].isdigit()):
+        raise WeakpasteError(f"device (--device) must be cpu, cuda or cuda:N, got {device!r}")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from weakpaste.cli import build_parser, main
-from weakpaste.errors import WeakpasteError
-from weakpaste.options import (
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import (
     ArgumentParser,
     Config,
     add_options,
@@ -106,9 +106,9 @@ def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.Argument
 
 @pytest.mark.parametrize("path, config", [
     (("paste",), "weakpaste.paste.run:PasteConfig"),
-    (("bank", "from-coco"), "weakpaste.bank:BankConfig"),
-    (("viz",), "weakpaste.viz:VizConfig"),
-    (("demo",), "weakpaste.demo:DemoConfig"),
+    (("bank", "from-coco"), "weakpaste.bank.from_coco:BankConfig"),
+    (("viz",), "weakpaste.report.viz:VizConfig"),
+    (("demo",), "weakpaste.demo.run:DemoConfig"),
 ])
 def test_every_cli_default_equals_the_dataclass_default(path, config):
     import importlib

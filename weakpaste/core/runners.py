@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from weakpaste.errors import WeakpasteError, reason
-from weakpaste.options import Config, option
+from weakpaste.core.errors import WeakpasteError, reason
+from weakpaste.core.options import Config, option
 
 EXECUTORS = ("local", "ray")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.images import atomic_write_bytes
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.files import atomic_write_bytes
 
 STAGES = (("proposals", "all proposals"), ("candidates", "ranked candidates"),
           ("top_n", "step 1's top-n"), ("step1_pick", "step 1's pick"),
@@ -31,7 +31,7 @@ STAGES = (("proposals", "all proposals"), ("candidates", "ranked candidates"),
 
 def _gt_by_pair(gt) -> dict[tuple[str, str], list[dict]]:
     """(file_name, class) -> the GT instances' RLEs (bytes counts)."""
-    from weakpaste.mine.quality import _bytes_rle
+    from weakpaste.evaluate.masks import _bytes_rle
 
     out: dict[tuple[str, str], list[dict]] = {}
     for rec in gt.records:
@@ -55,7 +55,7 @@ def scored_picks(pred: str | os.PathLike | Mapping, gt
             ``load_predictions`` returned.
         gt: a loaded GT ``CocoDataset``.
     """
-    from weakpaste.mine.quality import _bytes_rle, _NameResolver, load_predictions
+    from weakpaste.evaluate.masks import _bytes_rle, _NameResolver, load_predictions
 
     sizes = {r.file_name: (r.height, r.width) for r in gt.records}
     resolve, pairs = _NameResolver(list(sizes)), _gt_by_pair(gt)
@@ -113,7 +113,7 @@ def precision_yield(pred: str | os.PathLike | Mapping, gt,
     Returns:
         ``curve_of``'s rows (yield over the GT's labelled pairs).
     """
-    from weakpaste.mine.quality import _load_gt
+    from weakpaste.evaluate.masks import _load_gt
 
     gt = _load_gt(gt)
     return curve_of(scored_picks(pred, gt), len(_gt_by_pair(gt)), fractions)
@@ -123,7 +123,7 @@ def score_curve(pred: str | os.PathLike | Mapping, gt,
                 fractions: Sequence[float] = CURVE_FRACTIONS) -> list[dict] | None:
     """``precision_yield`` at ``fractions`` when the predictions carry scores that rank them
     (None when no prediction has a score or all scores are equal: nothing to rank by)."""
-    from weakpaste.mine.quality import _load_gt
+    from weakpaste.evaluate.masks import _load_gt
 
     gt = _load_gt(gt)
     picks = scored_picks(pred, gt)
@@ -150,7 +150,7 @@ def format_curve(rows: list[dict], what: str = "score") -> str:
 
 def _pointing(peaks: Path, gt) -> dict[str, float]:
     """Share of the labelled pairs whose Grad-CAM maximum lies in a GT mask / box of the class."""
-    from weakpaste.mine.quality import load_predictions
+    from weakpaste.evaluate.masks import load_predictions
 
     sizes = {r.file_name: (r.height, r.width) for r in gt.records}
     pairs = _gt_by_pair(gt)
@@ -179,7 +179,7 @@ def funnel(bank: str | os.PathLike, gt) -> dict | None:
         "cam": {"mean_iou", "median_iou", "pointing_mask", "pointing_box"} when the files
         exist, "labelled_pairs"}.
     """
-    from weakpaste.mine.quality import _load_gt, evaluate_masks
+    from weakpaste.evaluate.masks import _load_gt, evaluate_masks
 
     base = Path(bank) / "baselines"
     if not (base / "candidates.json").is_file():
@@ -197,7 +197,7 @@ def funnel(bank: str | os.PathLike, gt) -> dict | None:
     out: dict = {"stages": stages, "labelled_pairs": len(_gt_by_pair(gt))}
     if (base / "cam.json").is_file():
         ious = []
-        from weakpaste.mine.quality import load_predictions
+        from weakpaste.evaluate.masks import load_predictions
 
         sizes = {r.file_name: (r.height, r.width) for r in gt.records}
         pairs = _gt_by_pair(gt)
@@ -242,7 +242,7 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
     (:func:`score_curve`: the top 10%, 20%, ... of the predictions by score against a random
     draw). A bank mined with ``--save-baselines`` also gets its funnel (:func:`funnel`):
     recall@0.5 at each stage of the choice and the Grad-CAM's IoU and pointing game. (It
-    lives here, not in ``weakpaste.mine.quality``, which the funnel builds on.)
+    lives here, not in ``weakpaste.evaluate.masks``, which the funnel builds on.)
 
     Args:
         pred: segment bank folder or COCO JSON of predictions (``weakpaste mine`` output).
@@ -259,11 +259,11 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
         WeakpasteError: bad input (see ``evaluate_masks``), ``out`` is one of the inputs,
             exists without ``overwrite``, or cannot be written.
     """
-    from weakpaste.manifest import check_output_file
+    from weakpaste.core.manifest import check_output_file
 
     out_path = None if out is None else check_output_file(out, overwrite=overwrite,
                                                           inputs=[pred, gt])
-    from weakpaste.mine.quality import evaluate_masks, format_table
+    from weakpaste.evaluate.masks import evaluate_masks, format_table
 
     result = evaluate_masks(pred, gt)
     curve = score_curve(pred, gt)

@@ -1,4 +1,4 @@
-from weakpaste.errors import reason
+from weakpaste.core.errors import reason
 
 
 def test_reason_first_line_and_first_sentence_of_long_lines():

@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from weakpaste.bank import SegmentBank
-from weakpaste.errors import WeakpasteError
+from weakpaste.bank.store import SegmentBank
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.io.coco import CocoDataset, load_coco
-from weakpaste.io.jsonfile import JsonError, parse_json
 
 Prediction = tuple[str, dict, float | None]  # (class name, full-image RLE, score or None)
 Predictions = dict[str, list[Prediction]]

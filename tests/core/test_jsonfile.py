@@ -1,9 +1,9 @@
-"""weakpaste.io.jsonfile: hand-written JSON files."""
+"""weakpaste.core.jsonfile: hand-written JSON files."""
 
 import pytest
 
-from weakpaste.errors import WeakpasteError
-from weakpaste.io.jsonfile import read_json
+from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.jsonfile import read_json
 
 
 def test_read_json_one_line_errors(tmp_path):
@@ -21,7 +21,7 @@ def test_read_json_one_line_errors(tmp_path):
 
 
 def test_read_text_accepts_a_bom_and_refuses_latin1(tmp_path):
-    from weakpaste.io.jsonfile import read_text
+    from weakpaste.core.jsonfile import read_text
 
     path = tmp_path / "labels.csv"
     path.write_bytes(b"\xef\xbb\xbfimage,labels\n")

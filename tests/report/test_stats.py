@@ -1,4 +1,4 @@
-"""Tests of weakpaste.stats on hand-made data sets with known mask areas."""
+"""Tests of weakpaste.report.stats on hand-made data sets with known mask areas."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from weakpaste.errors import WeakpasteError
+from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco import CocoDataset, load_coco, write_coco
 from weakpaste.io.images import write_image
-from weakpaste.stats import dataset_stats, format_stats, run_stats
+from weakpaste.report.stats import dataset_stats, format_stats, run_stats
 from weakpaste.structures import ImageRecord, Instances
 
 

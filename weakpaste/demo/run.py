@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from weakpaste.core.options import Config, option
 from weakpaste.models.weights import parse_weights
-from weakpaste.options import Config, option
 
 DEMO_SIDE = 128
 """Height and width of the demo's synthetic scenes and backgrounds, in pixels."""
@@ -55,7 +55,7 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, num_scenes: int, seed
     Returns:
         The path of ``instances.json``.
     """
-    from weakpaste import synthetic
+    from weakpaste.demo import synthetic
     from weakpaste.io.coco import write_coco
     from weakpaste.io.images import write_image
     from weakpaste.structures import ImageRecord, Instances
@@ -91,7 +91,7 @@ def write_backgrounds(out_dir: str | os.PathLike, *, num: int, seed: int,
     """
     import numpy as np
 
-    from weakpaste import synthetic
+    from weakpaste.demo import synthetic
     from weakpaste.io.coco import write_coco
     from weakpaste.io.images import write_image
     from weakpaste.structures import ImageRecord, Instances
@@ -206,15 +206,15 @@ def run_demo(config: DemoConfig, out_dir: str | os.PathLike, *, workers: int = 2
         "manifest"}: paths, counts, the quality metrics (None from the ground truth) and the
         funnel as (stage, recall@0.5) pairs.
     """
-    from weakpaste.bank import run_bank_from_coco
-    from weakpaste.manifest import prepare_output_dir, write_manifest
+    from weakpaste.bank.from_coco import run_bank_from_coco
+    from weakpaste.core.manifest import prepare_output_dir, write_manifest
 
     num_scenes, num_images, seed = config.num_scenes, config.num_images, config.seed
     mine, train, weights = not config.from_gt, config.train, config.weights
     backbone, epochs, train_iterations = config.backbone, config.epochs, config.train_iterations
     start = time.perf_counter()
     if train and not mine:
-        from weakpaste.errors import WeakpasteError
+        from weakpaste.core.errors import WeakpasteError
 
         raise WeakpasteError("demo --train compares mined with ground-truth masks; drop "
                              "--from-gt")
@@ -261,10 +261,10 @@ def run_demo(config: DemoConfig, out_dir: str | os.PathLike, *, workers: int = 2
 def _mine(out: Path, scenes: Path, gt: Path, mine_config, *, workers: int,
           progress: bool) -> dict:
     """F-EM on the scenes, its quality and funnel, and a contact sheet of the mined masks."""
+    from weakpaste.evaluate.funnel import funnel
+    from weakpaste.evaluate.masks import evaluate_masks
     from weakpaste.mine.fem import run_mine_fem
-    from weakpaste.mine.funnel import funnel
-    from weakpaste.mine.quality import evaluate_masks
-    from weakpaste.viz import VizConfig, run_viz
+    from weakpaste.report.viz import VizConfig, run_viz
 
     bank = out / "bank"
     made = run_mine_fem(mine_config, str(scenes / "images"), str(gt), str(bank),
@@ -290,7 +290,7 @@ def _paste(out: Path, scenes: Path, gt: Path, mined: bool, *, num_images: int, s
            name: str = "pasted") -> dict:
     """Paste the bank's segments into ``OUT/<name>`` and draw a contact sheet of it."""
     from weakpaste.paste.run import PasteConfig, run_paste
-    from weakpaste.viz import VizConfig, run_viz
+    from weakpaste.report.viz import VizConfig, run_viz
 
     if mined:
         # The scenes' own objects are unlabelled under weak labels: pasting onto them would
@@ -336,7 +336,7 @@ def train_demo_models(out: Path, *, seed: int, iterations: int = DEMO_TRAIN_ITER
     import json
     import sys
 
-    from weakpaste.bank import run_bank_from_coco
+    from weakpaste.bank.from_coco import run_bank_from_coco
     from weakpaste.train.loop import run_train
 
     val = write_synthetic_dataset(out / "val_scenes", num_scenes=50, seed=seed + 1)
