@@ -1,4 +1,5 @@
-"""The offline demo: ``synthetic`` draws labelled scenes, ``run`` runs the whole pipeline on them.
+"""The offline demo: ``synthetic`` draws labelled scenes, ``run`` runs the whole pipeline on
+them.
 
-May import: core, ops, structures, io, models, bank, evaluate, mine, paste, backgrounds, train, report.
+May import: anything but the command line (it runs every stage).
 """
