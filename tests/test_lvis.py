@@ -256,7 +256,7 @@ def test_paste_cli_format_option(lvis_paste, tmp_path, capsys):
 
 
 def test_ground_truth_as_predictions_scores_one_under_both_protocols(tiny_lvis):
-    from weakpaste.train import evaluation as V
+    from weakpaste.evaluate import detection as V
 
     path = tiny_lvis[0]
     for protocol in ("lvis", "coco"):
@@ -272,7 +272,7 @@ def test_lvis_ignores_a_class_neither_annotated_nor_verified_absent(tiny_lvis):
     while COCOeval counts a false positive; once image 3 lists 'b' as absent, LVIS counts it
     too. Ranked first, the false positive leaves 'b' (2 objects) precision 2/3 at every
     recall."""
-    from weakpaste.train import evaluation as V
+    from weakpaste.evaluate import detection as V
 
     path = _edit(tiny_lvis[0], lambda d: d["images"][2].update(neg_category_ids=[3]))
     false_b = {"image_id": 3, "category_id": 2, "bbox": [1.0, 1.0, 10.0, 10.0], "score": 1.0,
@@ -289,7 +289,7 @@ def test_lvis_ignores_a_class_neither_annotated_nor_verified_absent(tiny_lvis):
 
 
 def test_unmatched_detection_of_a_not_exhaustive_class_is_no_false_positive(tiny_lvis):
-    from weakpaste.train import evaluation as V
+    from weakpaste.evaluate import detection as V
 
     path = tiny_lvis[0]  # image 1 lists 'a' as not exhaustively annotated
     extra_a = {"image_id": 1, "category_id": 1, "bbox": [40.0, 30.0, 10.0, 10.0], "score": 1.0,
@@ -301,7 +301,7 @@ def test_unmatched_detection_of_a_not_exhaustive_class_is_no_false_positive(tiny
 
 
 def _case_metrics(tmp_path: Path) -> dict:
-    from weakpaste.train import evaluation as V
+    from weakpaste.evaluate import detection as V
 
     doc, results = make_case(0)
     path = tmp_path / "gt.json"
