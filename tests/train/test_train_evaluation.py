@@ -9,7 +9,8 @@ import pytest
 from train_helpers import write_tiny_coco
 
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.io.coco import load_coco
+from weakpaste.evaluate import detection as D
+from weakpaste.io.coco import frequency_bucket, load_coco
 from weakpaste.ops.masks import encode
 from weakpaste.train import evaluation as V
 from weakpaste.train.config import EvalConfig
@@ -30,13 +31,13 @@ def _rect(h: int, w: int, x0: int, y0: int, x1: int, y1: int) -> dict:
 @pytest.mark.parametrize("count, bucket", [(0, None), (1, "r"), (10, "r"), (11, "c"),
                                            (100, "c"), (101, "f")])
 def test_frequency_buckets_follow_lvis(count, bucket):
-    assert V.frequency_bucket(count) == bucket
+    assert frequency_bucket(count) == bucket
 
 
 def test_ground_truth_against_itself_scores_one(tmp_path):
     path, _ = write_tiny_coco(tmp_path)
     freq = {"a": "r", "b": "c"}
-    metrics = V.evaluate_results(path, _gt_as_results(path), frequency=freq,
+    metrics = D.evaluate_results(path, _gt_as_results(path), frequency=freq,
                                  train_images={"a": 4, "b": 40})
     for iou in ("segm", "bbox"):
         m = metrics[iou]
@@ -53,7 +54,7 @@ def test_a_shifted_detection_scores_the_iou_thresholds_it_passes(tmp_path):
     # Shifted by 4 px: IoU = 16*20 / (2*400 - 320) = 0.667, correct at 0.50, 0.55, 0.60, 0.65.
     results = [{"image_id": 1, "category_id": 1, "bbox": [14, 10, 20, 20], "score": 0.9,
                 "segmentation": _rect(64, 64, 14, 10, 34, 30)}]
-    metrics = V.evaluate_results(path, results)
+    metrics = D.evaluate_results(path, results)
     for iou in ("segm", "bbox"):
         assert metrics[iou]["AP"] == pytest.approx(0.4)
         assert (metrics[iou]["AP50"], metrics[iou]["AP75"]) == pytest.approx((1.0, 0.0))
@@ -63,7 +64,7 @@ def test_a_shifted_detection_scores_the_iou_thresholds_it_passes(tmp_path):
 
 def test_no_detections_score_zero_not_undefined(tmp_path):
     path, _ = write_tiny_coco(tmp_path)
-    metrics = V.evaluate_results(path, [])
+    metrics = D.evaluate_results(path, [])
     assert metrics["segm"]["AP"] == 0.0 and metrics["bbox"]["AP50"] == 0.0
     assert metrics["segm"]["per_class"]["a"]["AP"] == 0.0
 
@@ -95,13 +96,13 @@ def test_run_eval_on_a_results_file_writes_metrics_json(tmp_path):
                          train=str(path), progress=False)
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(written) == {"segm", "bbox", "info"}
-    assert set(written["segm"]) == set(V.METRIC_KEYS) | {"per_class"}
+    assert set(written["segm"]) == set(D.METRIC_KEYS) | {"per_class"}
     assert written["segm"]["AP"] == 1.0 == metrics["bbox"]["AP"]
     # Two training images hold 'a' and two hold 'b': both rare.
     assert (written["segm"]["APr"], written["segm"]["APc"]) == (1.0, None)
     assert written["info"]["frequency_source"] == "training data"
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["stage"] == "eval"
-    table = V.format_metrics(written)
+    table = D.format_metrics(written)
     assert table.splitlines()[1] == "segm   100.0 100.0 100.0 100.0     -     - 100.0     -     -"
 
 
@@ -116,8 +117,8 @@ def test_lvis_frequencies_are_read_from_categories(tmp_path):
     doc["categories"][0]["frequency"] = "r"
     doc["categories"][1]["frequency"] = "f"
     path.write_text(json.dumps(doc))
-    assert V.lvis_frequencies(path) == {"a": "r", "b": "f"}
-    metrics = V.evaluate_results(path, _gt_as_results(path), frequency=V.lvis_frequencies(path))
+    assert D.lvis_frequencies(path) == {"a": "r", "b": "f"}
+    metrics = D.evaluate_results(path, _gt_as_results(path), frequency=D.lvis_frequencies(path))
     assert (metrics["segm"]["APr"], metrics["segm"]["APc"], metrics["segm"]["APf"]) == \
         (1.0, None, 1.0)
 
