@@ -165,7 +165,7 @@ class Workers:
             ray.kill(a)
         self._actors = []
         if self._connected:
-            # Now, not in Ray's slower exit hook (measured: benchmarks/README.md, "Ray").
+            # Now, not in Ray's slower exit hook (benchmarks/README.md, "Ray and the worker pool").
             ray.shutdown()
             self._connected = False
 
@@ -364,7 +364,7 @@ def _task_events_off() -> Iterator[None]:
     """This driver reports no task events to Ray (unless the user set how often it should).
 
     A driver that reports them waits for their last flush when it disconnects (measured:
-    benchmarks/README.md, "Ray").
+    benchmarks/README.md, "Ray and the worker pool").
     They feed only the dashboard's task list; set RAY_task_events_report_interval_ms=1000
     (Ray's default) to see weakpaste's tasks there. The variable is read when Ray connects
     (and inherited by a local Ray that ``ray.init`` starts); it is restored afterwards.
@@ -426,7 +426,7 @@ def _ray_schedule(ray, actors: list, fn, items: Sequence, chunk: int) -> Iterato
 
     Not ``ray.util.ActorPool.map``: it hands an actor new work only once the *next result in
     order* is back, so an actor that finished early waits idle behind a slower one (measured:
-    benchmarks/README.md, "Ray").
+    benchmarks/README.md, "Ray and the worker pool").
     """
     # A Ray task costs about a millisecond of scheduling and a round trip; ~16 chunks per
     # actor keep that small while the last chunks still balance the load.
