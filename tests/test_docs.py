@@ -195,9 +195,10 @@ def test_weakpaste_commands_on_every_page_use_existing_flags():
 
 def _anchors(path: Path) -> set[str]:
     """GitHub's anchors of a page's headings."""
-    out = set()
+    out, fenced = set(), False
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
+        fenced ^= line.startswith("```")
+        if line.startswith("#") and not fenced:
             title = line.lstrip("#").strip().lower()
             out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
     return out
