@@ -56,7 +56,7 @@ COCO_MINI = SHARED / "data" / "coco_mini"
 HELD_OUT = 50
 
 # The training schedule of each preset (every row uses it; two-stage rows split the iterations
-# between their stages by --stage1-share). Why these values: see the README section "From
+# between their stages by --stage1-share). Why these values: see docs/training.md, "From
 # class labels to a detector, on real photos".
 PRESETS: dict[str, dict] = {
     # 2 CPU cores: 384-px crops (PennFudan's photos are 250-1000 px wide, median 479),

@@ -53,7 +53,7 @@ from weakpaste.mine.ranking import keep_mask, rank_average, top_count
 PER_IMAGE = ("saliency", "features", "lore")
 SELECTION = ("coseg", "refine", "rank")
 # Cue sets measured beside the default (analysis only: the miner's default is chosen by the
-# rule in the README, not by these numbers).
+# rule in docs/mining.md, not by these numbers).
 CUE_SETS = {
     "paper (freeseg, drop_rate)": ("freeseg", "drop_rate"),
     "paper, cross-fitted (freeseg, drop_rate_cf)": ("freeseg", "drop_rate_cf"),

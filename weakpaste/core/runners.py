@@ -165,8 +165,7 @@ class Workers:
             ray.kill(a)
         self._actors = []
         if self._connected:
-            # Disconnecting now takes ~0.3 s; left to Ray's exit hook it took ~0.9 s of the
-            # 600-image paste's 4.2 s (measured from the summary line to the process's end).
+            # Now, not in Ray's slower exit hook (benchmarks/README.md, "Ray and the worker pool").
             ray.shutdown()
             self._connected = False
 
@@ -177,13 +176,11 @@ def _pool_class() -> type:
 
     CPython's handler thread (read in CPython 3.11) also waits on the result pipe, so from a
     result's arrival until the result thread has read it, it keeps waking up and checking
-    the workers: in a 600-image paste with 2 workers the driver spent 0.23-0.28 CPU-s during
-    the pool phase, 0.11 with this class (CPU taken from the workers on a 2-core machine),
-    and the whole command went from 1.58-1.65 to 1.82 times the 1-worker one
-    (benchmarks/paste_bench.py). Like ``multiprocessing.pool.ThreadPool`` it waits on the
-    change notifier only (the handler adds the worker processes' sentinels itself), which is
-    signalled when the pool is closed, terminated or drained. Built on first use: importing
-    multiprocessing.pool takes 12 ms that single-process commands need not pay.
+    the workers, taking CPU from them (measured: benchmarks/README.md, "Two workers"). Like
+    ``multiprocessing.pool.ThreadPool`` it waits on the change notifier only (the handler adds
+    the worker processes' sentinels itself), which is signalled when the pool is closed,
+    terminated or drained. Built on first use, so that single-process commands do not import
+    multiprocessing.pool.
     """
     import multiprocessing.pool
 
@@ -366,8 +363,8 @@ def _stderr_held(held: _Held, hold: bool) -> Iterator[None]:
 def _task_events_off() -> Iterator[None]:
     """This driver reports no task events to Ray (unless the user set how often it should).
 
-    A driver that reports them waits for their last flush when it disconnects: ``ray.shutdown``
-    took 0.27 s against 0.02 s without (measured, Ray 2.60), a tenth of a 600-image paste.
+    A driver that reports them waits for their last flush when it disconnects (measured:
+    benchmarks/README.md, "Ray and the worker pool").
     They feed only the dashboard's task list; set RAY_task_events_report_interval_ms=1000
     (Ray's default) to see weakpaste's tasks there. The variable is read when Ray connects
     (and inherited by a local Ray that ``ray.init`` starts); it is restored afterwards.
@@ -429,7 +426,7 @@ def _ray_schedule(ray, actors: list, fn, items: Sequence, chunk: int) -> Iterato
 
     Not ``ray.util.ActorPool.map``: it hands an actor new work only once the *next result in
     order* is back, so an actor that finished early waits idle behind a slower one (measured:
-    the 600-image paste took 3.1 s of pool time on Ray against 2.4 s in a local pool).
+    benchmarks/README.md, "Ray and the worker pool").
     """
     # A Ray task costs about a millisecond of scheduling and a round trip; ~16 chunks per
     # actor keep that small while the last chunks still balance the load.

@@ -32,14 +32,7 @@ DEMO_SIDE = 128
 """Height and width of the demo's synthetic scenes and backgrounds, in pixels."""
 DEMO_SCENES = 300
 # Mask R-CNN iterations of ``demo --train`` (stage 1 + stage 2), per run, with
-# demo_train_config's schedule. Measured by ``weakpaste demo --train`` (seed 0, 2026-12-01,
-# shared 2-core machine; segm AP50 on the 50 held-out scenes, trained on the ground-truth
-# masks / on the mined ones):
-#   600: 74.7% / 66.3%, 7.2-7.8 min wall and ~700 CPU-s per run (load about 1-1.5);
-#  1000: 90.8% / 73.5%, 13-16 min wall and ~1235 CPU-s per run (load 1.5-3).
-# 600 keeps a run within about 10 minutes; --train-iterations 1000 comes closer to the ceiling.
-# The earlier schedule (MobileNetV3-Large FPN, whose two levels both have stride 32: a 4 x 4
-# map at 128 px for 10-45 px objects; 500 iterations) reached 0.9%.
+# demo_train_config's schedule; why 600: benchmarks/README.md, "The demo".
 DEMO_TRAIN_ITERATIONS = 600
 
 

@@ -90,10 +90,12 @@ class FemParams(Config):
     """Per-image parameters of F-EM (recorded in the manifest; part of the cache key).
 
     Attributes:
-        rank: how proposals are ranked against the Grad-CAM: ``distance`` (the paper's mean
-            pixel distance to the anchor) or ``cam-iou`` (IoU with the thresholded Grad-CAM,
-            the paper's own "large overlap with G" assumption; with superpixel-hierarchy
-            proposals the distance rank prefers tiny regions at the anchor, see README).
+        rank: how proposals are ranked against the Grad-CAM: ``cam-iou`` (IoU with the
+            thresholded Grad-CAM, the paper's own "large overlap with G" assumption; the
+            default), ``cam-gain`` (the proposal's total Grad-CAM excess over the threshold,
+            sum(cam - t) over its pixels) or ``distance`` (the paper's mean pixel distance to
+            the anchor; with superpixel-hierarchy proposals it prefers tiny regions at the
+            anchor, see docs/mining.md).
         cam_threshold: Grad-CAM binarisation threshold, relative to the map's maximum.
         top_n: step 1 scores this many nearest proposals (EM-Paste: n <= 3).
         candidates: eligible candidates per (image, class) for the E-step.

@@ -202,7 +202,7 @@ FUNNEL = ("proposals", "candidates", "top_n", "step1_pick", "em_pick", "evidence
 threshold: every proposal (``record_proposals`` only), the eligible candidates, step 1's
 top_n, step 1's pick, EM's pick (scored by the classifier), the pick of most evidence (scored
 by its evidence), and the Grad-CAM's maximum as a one-pixel mask (for the pointing game).
-``weakpaste evaluate-masks BANK --gt GT`` reports them (``weakpaste.evaluate.masks.funnel``)."""
+``weakpaste evaluate-masks BANK --gt GT`` reports them (``weakpaste.evaluate.funnel.funnel``)."""
 
 
 def _baseline_picks(picks: dict[str, list[Pick]], cm: ClassMining, em_pick: int,

@@ -2,7 +2,7 @@
 
 FreeSeg (§3.2) ranks each refined segment by the agreement of the mask with a LORE pseudo box
 (the FreeSeg score) and by the classifier's drop rate. On small data sets both say little (see
-the README's FreeSeg section), so the segments are also graded by cues that need no labels and
+docs/mining.md, FreeSeg), so the segments are also graded by cues that need no labels and
 no classifier, read off the maps the segment came from:
 
 * ``stability``: how little the mask changes when the threshold moves (SAM's stability

@@ -8,7 +8,7 @@ union of the regions when there are several (a person split by a bag strap, a gr
 
 On PennFudan (50 pairs, IS-Net at 512 px) these candidates, 4.4 per pair, hold a segment of
 IoU >= 0.5 with a pedestrian for 92% of the pairs, against 78% for all 300 Felzenszwalb/SLIC
-proposals (see README, Benchmarks). Maps are cached on disk
+proposals (see benchmarks/README.md). Maps are cached on disk
 (``weakpaste.mine.saliency.SaliencyCache``): a crop's map under the image's SHA-256 and the box.
 """
 
