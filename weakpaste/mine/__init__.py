@@ -2,8 +2,8 @@
 
 One pipeline (``pipeline``); a miner is a pure per-image function plus a pure selection
 (``fem``/``fem_image``/``mil``, ``freeseg``/``coseg``/``ranking``); class-agnostic proposals
-(``proposals``, ``grouping``, ``saliency``, ``saliency_proposals``, ``sam``), EM (``em``), the
-per-image cache (``cache``) and the options (``config``).
+(``proposals``, ``candidates``, ``grouping``, ``saliency``, ``saliency_proposals``, ``sam``), EM
+(``em``), the per-image cache (``cache``) and the options (``config``).
 
 May import: core, ops, structures, io, models, bank.
 """
