@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -57,16 +58,17 @@ def _coco_with(change: Callable[[dict], None], name: str = "bad.json") -> Case:
     return build
 
 
-def _segmentation(value: object) -> Callable[[dict], None]:
+def _first(section: str, key: str, value: object) -> Callable[[dict], None]:
+    """A change setting ``key`` of the first entry of ``section`` (e.g. "annotations")."""
     def change(doc: dict) -> None:
-        doc["annotations"][0]["segmentation"] = value
+        doc[section][0][key] = value
     return change
 
 
-def _bbox(value: list) -> Callable[[dict], None]:
-    def change(doc: dict) -> None:
-        doc["annotations"][0]["bbox"] = value
-    return change
+_segmentation = partial(_first, "annotations", "segmentation")
+_bbox = partial(_first, "annotations", "bbox")
+_annotation_image_id = partial(_first, "annotations", "image_id")
+_category_name = partial(_first, "categories", "name")
 
 
 def _lvis_negative(category_id: int) -> Callable[[dict], None]:
@@ -94,18 +96,6 @@ def _huge_integer(world, where):
     doc["images"][0]["id"] = 0  # a placeholder, replaced by the long number below
     path.write_text(json.dumps(doc).replace('"id": 0', '"id": 1' + "0" * 5000, 1))
     return {"coco": path, "culprit": path}
-
-
-def _annotation_image_id(value: object) -> Callable[[dict], None]:
-    def change(doc: dict) -> None:
-        doc["annotations"][0]["image_id"] = value
-    return change
-
-
-def _category_name(value: str) -> Callable[[dict], None]:
-    def change(doc: dict) -> None:
-        doc["categories"][0]["name"] = value
-    return change
 
 
 def _missing_coco(world, where):
