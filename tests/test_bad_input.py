@@ -12,20 +12,17 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import png_header, square_masks
+from bad_input_helpers import H, W, make_world
+from conftest import png_header
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
 from weakpaste.cli import main
-from weakpaste.io.coco import write_coco
 from weakpaste.io.images import write_image
-from weakpaste.structures import ImageRecord, Instances
-
-H, W = 48, 64
 
 
 @pytest.fixture(scope="module")
@@ -34,30 +31,13 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
     Cases never modify these: they copy what they break into their own folder.
     """
-    root = tmp_path_factory.mktemp("world")
-    images = root / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    records = []
-    for i, layout in enumerate([[("a", (4, 4, 20, 20)), ("b", (30, 10, 60, 40))],
-                                [("b", (2, 2, 12, 30))], [("a", (10, 10, 50, 40))]]):
-        write_image(images / f"img{i}.png", rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
-        masks = square_masks(H, W, [box for _, box in layout])
-        records.append(ImageRecord(image_id=i + 1, file_name=f"img{i}.png", width=W, height=H,
-                                   instances=Instances.from_masks(masks,
-                                                                  [c for c, _ in layout])))
-    coco = root / "instances.json"
-    write_coco(coco, records, ["a", "b"])
-    bank = root / "bank"
-    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), progress=False)
-    labels = root / "labels.csv"
-    labels.write_text("image,labels\nimg0.png,a\nimg1.png,b\nimg2.png,a\n")
-    decoy = root / "decoy"
+    world = make_world(tmp_path_factory.mktemp("world"),
+                       "image,labels\nimg0.png,a\nimg1.png,b\nimg2.png,a\n")
+    decoy = world["root"] / "decoy"
     (decoy / "src").mkdir(parents=True)
     (decoy / "manifest.json").write_text(json.dumps({"name": "My App", "version": "1.0"}))
     (decoy / "src" / "index.html").write_text("<html></html>")
-    return {"root": root, "images": images, "coco": coco, "bank": bank, "labels": labels,
-            "decoy": decoy}
+    return {**world, "decoy": decoy}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,16 +58,17 @@ def _coco_with(change: Callable[[dict], None], name: str = "bad.json") -> Case:
     return build
 
 
-def _segmentation(value: object) -> Callable[[dict], None]:
+def _first(section: str, key: str, value: object) -> Callable[[dict], None]:
+    """A change setting ``key`` of the first entry of ``section`` (e.g. "annotations")."""
     def change(doc: dict) -> None:
-        doc["annotations"][0]["segmentation"] = value
+        doc[section][0][key] = value
     return change
 
 
-def _bbox(value: list) -> Callable[[dict], None]:
-    def change(doc: dict) -> None:
-        doc["annotations"][0]["bbox"] = value
-    return change
+_segmentation = partial(_first, "annotations", "segmentation")
+_bbox = partial(_first, "annotations", "bbox")
+_annotation_image_id = partial(_first, "annotations", "image_id")
+_category_name = partial(_first, "categories", "name")
 
 
 def _lvis_negative(category_id: int) -> Callable[[dict], None]:
@@ -115,18 +96,6 @@ def _huge_integer(world, where):
     doc["images"][0]["id"] = 0  # a placeholder, replaced by the long number below
     path.write_text(json.dumps(doc).replace('"id": 0', '"id": 1' + "0" * 5000, 1))
     return {"coco": path, "culprit": path}
-
-
-def _annotation_image_id(value: object) -> Callable[[dict], None]:
-    def change(doc: dict) -> None:
-        doc["annotations"][0]["image_id"] = value
-    return change
-
-
-def _category_name(value: str) -> Callable[[dict], None]:
-    def change(doc: dict) -> None:
-        doc["categories"][0]["name"] = value
-    return change
 
 
 def _missing_coco(world, where):

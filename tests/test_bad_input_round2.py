@@ -30,18 +30,13 @@ import cv2
 import numpy as np
 import pytest
 import zstandard
-from conftest import square_masks
+from bad_input_helpers import ROOT, error_message, interrupt, make_world
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
 from weakpaste.bank.store import SegmentBank
 from weakpaste.cli import main
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.io.coco import write_coco
 from weakpaste.io.images import read_image, write_image
-from weakpaste.structures import ImageRecord, Instances
 
-ROOT = Path(__file__).resolve().parents[1]
-H, W = 48, 64
 FIX = "rerun with that run's options and inputs, or pass --overwrite instead of --resume"
 MINE_TINY = ["--backbone", "resnet18", "--weights", "none", "--epochs", "1", "--input-size",
              "64", "--crop-size", "48", "--quiet"]
@@ -51,25 +46,8 @@ FEM_TINY = [*MINE_TINY, "--candidates", "4", "--max-side", "128"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """Three tiny images with instances of 'a' and 'b', their COCO file, a bank, labels."""
-    root = tmp_path_factory.mktemp("world2")
-    images = root / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    records = []
-    for i, layout in enumerate([[("a", (4, 4, 20, 20)), ("b", (30, 10, 60, 40))],
-                                [("b", (2, 2, 12, 30))], [("a", (10, 10, 50, 40))]]):
-        write_image(images / f"img{i}.png", rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
-        masks = square_masks(H, W, [box for _, box in layout])
-        records.append(ImageRecord(image_id=i + 1, file_name=f"img{i}.png", width=W, height=H,
-                                   instances=Instances.from_masks(masks,
-                                                                  [c for c, _ in layout])))
-    coco = root / "instances.json"
-    write_coco(coco, records, ["a", "b"])
-    bank = root / "bank"
-    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), progress=False)
-    labels = root / "labels.csv"
-    labels.write_text("image,labels\nimg0.png,a;b\nimg1.png,b\nimg2.png,a\n")
-    return {"root": root, "images": images, "coco": coco, "bank": bank, "labels": labels}
+    return make_world(tmp_path_factory.mktemp("world2"),
+                      "image,labels\nimg0.png,a;b\nimg1.png,b\nimg2.png,a\n")
 
 
 def _one_line(capfd) -> str:
@@ -332,23 +310,27 @@ def _edit(path: Path, keep_stat: bool) -> None:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def test_paste_resume_refuses_an_edited_background(own_world, tmp_path, capfd, monkeypatch):
-    out = _paste_with_journal(own_world, tmp_path, monkeypatch)
+def _paste_resumed_after_edit(world, tmp_path, capfd, monkeypatch, keep_stat: bool
+                              ) -> tuple[Path, Path, str]:
+    """(run folder, edited image, the one line) of a paste resumed after an image was edited."""
+    out = _paste_with_journal(world, tmp_path, monkeypatch)
     capfd.readouterr()
-    edited = own_world["images"] / "img1.png"
-    _edit(edited, keep_stat=False)
-    line = _refused(_paste_argv(own_world, out, 40, "--resume"), capfd)
+    edited = world["images"] / "img1.png"
+    _edit(edited, keep_stat=keep_stat)
+    return out, edited, _refused(_paste_argv(world, out, 40, "--resume"), capfd)
+
+
+def test_paste_resume_refuses_an_edited_background(own_world, tmp_path, capfd, monkeypatch):
+    out, edited, line = _paste_resumed_after_edit(own_world, tmp_path, capfd, monkeypatch,
+                                                  keep_stat=False)
     assert line == (f"weakpaste: error: {out}: cannot resume: the background images changed "
                     f"since that run ({edited} differs); {FIX}")
 
 
 def test_paste_resume_refuses_other_bytes_behind_the_same_size_and_time(own_world, tmp_path,
                                                                         capfd, monkeypatch):
-    out = _paste_with_journal(own_world, tmp_path, monkeypatch)
-    capfd.readouterr()
-    edited = own_world["images"] / "img1.png"
-    _edit(edited, keep_stat=True)
-    line = _refused(_paste_argv(own_world, out, 40, "--resume"), capfd)
+    _, edited, line = _paste_resumed_after_edit(own_world, tmp_path, capfd, monkeypatch,
+                                                keep_stat=True)
     assert line == (f"weakpaste: error: {edited}: the background image changed since the run "
                     "being resumed pasted onto it; restore it, or pass --overwrite instead of "
                     "--resume")
@@ -539,11 +521,9 @@ def test_an_image_whose_size_cannot_be_checked_is_never_decoded(tmp_path, monkey
     data = np.zeros((20, 20, 3), np.float32 if ext != ".pam" else np.uint8)
     path.write_bytes(cv2.imencode(ext, data)[1].tobytes())
     monkeypatch.setenv("WEAKPASTE_MAX_IMAGE_PIXELS", "100")
-    with pytest.raises(WeakpasteError) as err:
-        read_image(path)
-    assert str(err.value) == (f"{path}: cannot decode image (not a JPEG, PNG, BMP, WebP, TIFF, "
-                              "GIF, PNM or JPEG 2000 file); the file is corrupt or not an image: "
-                              "re-export it as JPEG or PNG")
+    assert error_message(read_image, path) == (
+        f"{path}: cannot decode image (not a JPEG, PNG, BMP, WebP, TIFF, GIF, PNM or JPEG 2000 "
+        "file); the file is corrupt or not an image: re-export it as JPEG or PNG")
 
 
 def test_opencv_itself_is_held_to_the_pixel_limit(tmp_path):
@@ -641,21 +621,9 @@ def test_sigterm_is_one_line_exit_143_and_resumable(world, tmp_path):
     argv = [sys.executable, "-m", "weakpaste.cli", *_paste_argv(world, out, 3000, "--workers",
                                                                 "2")]
     # As timeout and SLURM do: SIGTERM to the whole process group, workers included.
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(out.glob("images/*.jpg"))) >= 8:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()
-        os.killpg(proc.pid, signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 143
+    code, stdout, stderr = interrupt(argv, lambda: len(list(out.glob("images/*.jpg"))) >= 8,
+                                     signal.SIGTERM)
+    assert code == 143
     assert stderr.splitlines() == ["weakpaste: interrupted by SIGTERM; everything written so far "
                                    "is kept (rerun the same command with --resume where offered)"]
     assert stdout == ""

@@ -208,12 +208,12 @@ def test_check_present_raises_the_readers_messages_without_reading(tmp_path):
 
 
 def test_polygons_of_float_subclasses_are_numbers_and_bools_are_not():
-    from weakpaste.io.coco import _check_polygons
+    from weakpaste.io.coco_parse import check_polygons
 
     poly = [np.float64(0), np.float64(0), 4, 0.0, 4, 4]  # np.float64 subclasses float
-    assert _check_polygons([poly], 10, 20) == [poly]
+    assert check_polygons([poly], 10, 20) == [poly]
     with pytest.raises(ValueError, match="polygon 0 is not a list of numbers"):
-        _check_polygons([[0, 0, 4, 0, True, 4]], 10, 20)
+        check_polygons([[0, 0, 4, 0, True, 4]], 10, 20)
 
 
 def test_mask_stats_are_the_areas_and_boxes_written():
@@ -263,7 +263,7 @@ def test_valid_rle_counts_still_load(tmp_path):
 def test_only_the_file_s_compressed_strings_are_decoded_to_be_checked(tmp_path, monkeypatch):
     """RLEs that pycocotools made from polygons or run lists are valid by construction: the
     check (0.05 s for coco_mini's 1768 polygons, minutes for train2017's) skips them."""
-    import weakpaste.io.coco as coco_mod
+    import weakpaste.io.coco_parse as coco_mod
 
     seen = []
     real = coco_mod.rle_check.first_bad_compressed

@@ -14,17 +14,10 @@ from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.images import read_image
 from weakpaste.mine.config import ClassifierSpec, FreeSegConfig, FreeSegParams
 from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
-from weakpaste.mine.freeseg import (
-    box_mask,
-    drop_rate,
-    freeseg_score,
-    keep_segment,
-    largest_component,
-    lore_box,
-    refine_map,
-    run_mine_freeseg,
-)
+from weakpaste.mine.freeseg import run_mine_freeseg
+from weakpaste.mine.lore import box_mask, drop_rate, freeseg_score, keep_segment, lore_box
 from weakpaste.mine.ranking import keep_mask
+from weakpaste.mine.refine import largest_component, refine_map
 from weakpaste.mine.saliency import (
     OnnxSaliency,
     SaliencyCache,
@@ -494,7 +487,7 @@ def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
 def test_freeseg_ranking_options(objects, mined, tmp_path, capsys):
     """--rank-by, --keep-top, --keep-per-class and --crossfit-folds: the ranking score is the
     mean percentile rank of the chosen scores, and the kept segments are its top share."""
-    from weakpaste.mine.freeseg import drop_rate
+    from weakpaste.mine.lore import drop_rate
     from weakpaste.mine.ranking import CUES, rank_average
 
     out, _, _, cache = mined

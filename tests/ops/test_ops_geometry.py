@@ -52,21 +52,6 @@ def test_max_inscribed_circle_returns_python_floats():
     assert all(type(v) is float for v in out)
 
 
-@pytest.mark.parametrize(
-    ("free", "message"),
-    [
-        (np.ones((2, 2, 2), dtype=bool),
-         "max_inscribed_circle: expected a 2-D mask, got shape (2, 2, 2)"),
-        (np.ones((3, 3), dtype=np.uint8),
-         "max_inscribed_circle: expected a bool mask, got dtype uint8"),
-    ],
-)
-def test_max_inscribed_circle_bad_input(free, message):
-    with pytest.raises(ValueError) as err:
-        max_inscribed_circle(free)
-    assert str(err.value) == message
-
-
 def test_max_inscribed_circle_square():
     free = np.zeros((41, 41), dtype=bool)
     free[10:31, 10:31] = True
@@ -125,17 +110,23 @@ def test_min_enclosing_circle_returns_python_floats():
 
 
 @pytest.mark.parametrize(
-    ("mask", "message"),
+    ("circle", "mask", "message"),
     [
-        (np.zeros((4, 4), dtype=bool), "min_enclosing_circle: mask is empty"),
-        (np.ones((4,), dtype=bool), "min_enclosing_circle: expected a 2-D mask, got shape (4,)"),
-        (np.ones((4, 4), dtype=np.float32),
+        (max_inscribed_circle, np.ones((2, 2, 2), dtype=bool),
+         "max_inscribed_circle: expected a 2-D mask, got shape (2, 2, 2)"),
+        (max_inscribed_circle, np.ones((3, 3), dtype=np.uint8),
+         "max_inscribed_circle: expected a bool mask, got dtype uint8"),
+        (min_enclosing_circle, np.zeros((4, 4), dtype=bool),
+         "min_enclosing_circle: mask is empty"),
+        (min_enclosing_circle, np.ones((4,), dtype=bool),
+         "min_enclosing_circle: expected a 2-D mask, got shape (4,)"),
+        (min_enclosing_circle, np.ones((4, 4), dtype=np.float32),
          "min_enclosing_circle: expected a bool mask, got dtype float32"),
     ],
 )
-def test_min_enclosing_circle_bad_input(mask, message):
+def test_circles_refuse_a_bad_mask(circle, mask, message):
     with pytest.raises(ValueError) as err:
-        min_enclosing_circle(mask)
+        circle(mask)
     assert str(err.value) == message
 
 
@@ -240,14 +231,20 @@ def test_warp_segment_smoke_and_dtypes():
     assert mask_w.any()
 
 
-def test_warp_segment_integer_translation_is_exact():
+@pytest.mark.parametrize(
+    ("center_src", "center_dst", "shape", "box", "seen"),
+    [((0.0, 0.0), (7.0, 5.0), (50, 50), (7, 5, 24, 17), np.s_[:, :]),
+     ((8.0, 6.0), (0.0, 0.0), (30, 30), (0, 0, 9, 6), np.s_[6:, 8:])],
+    ids=["integer-translation-is-exact", "window-partly-outside-is-cropped"])
+def test_warp_segment_translation(center_src, center_dst, shape, box, seen):
+    """An integer translation copies the pixels exactly; what falls outside is cropped."""
     rgb, mask = _asymmetric_crop()
     m = segment_affine(12, 17, scale=1.0, angle_deg=0.0, flip=False,
-                       center_src=(0.0, 0.0), center_dst=(7.0, 5.0))
-    rgb_w, mask_w, box = warp_segment(rgb, mask, m, (50, 50))
-    assert box == (7, 5, 24, 17)
-    np.testing.assert_array_equal(mask_w, mask)
-    np.testing.assert_array_equal(rgb_w, rgb)
+                       center_src=center_src, center_dst=center_dst)
+    rgb_w, mask_w, got = warp_segment(rgb, mask, m, shape)
+    assert got == box
+    np.testing.assert_array_equal(mask_w, mask[seen])
+    np.testing.assert_array_equal(rgb_w, rgb[seen])
 
 
 def test_warp_segment_rotate_90_keeps_alignment():
@@ -302,16 +299,6 @@ def test_warp_segment_tiny_scale():
     rgb_w, mask_w, _ = warp_segment(rgb, mask, m, (20, 20))
     assert 15 <= mask_w.sum() <= 35
     assert np.all(rgb_w == 9)
-
-
-def test_warp_segment_window_partly_outside_is_cropped():
-    rgb, mask = _asymmetric_crop()
-    m = segment_affine(12, 17, scale=1.0, angle_deg=0.0, flip=False,
-                       center_src=(8.0, 6.0), center_dst=(0.0, 0.0))
-    rgb_w, mask_w, box = warp_segment(rgb, mask, m, (30, 30))
-    assert box == (0, 0, 9, 6)
-    np.testing.assert_array_equal(mask_w, mask[6:, 8:])
-    np.testing.assert_array_equal(rgb_w, rgb[6:, 8:])
     # The right/bottom image edge crops too.
     m = segment_affine(12, 17, scale=1.0, angle_deg=0.0, flip=False,
                        center_src=(0.0, 0.0), center_dst=(25.0, 28.0))

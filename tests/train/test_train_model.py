@@ -140,29 +140,45 @@ def _saved_classifier(tmp_path, name: str):
     return classifier, path
 
 
+def _initialises_the_backbone(tmp_path, name: str, backbone: str, tensors: int,
+                              body_key: str, classifier_key: str) -> Path:
+    """Build ``backbone`` from the saved torchvision classifier ``name``: the note counts
+    ``tensors`` and ``body_key`` of the backbone is the classifier's ``classifier_key``.
+
+    Returns:
+        The path of the classifier's state_dict.
+    """
+    classifier, path = _saved_classifier(tmp_path, name)
+    model, notes = E.build_model(_config(backbone, frozen=True), weights=str(path))
+    assert notes == [f"backbone initialised from {path} ({tensors} tensors)"]
+    torch.testing.assert_close(model.backbone.body.state_dict()[body_key],
+                               classifier.state_dict()[classifier_key])
+    return path
+
+
+def _build_error(backbone: str, weights: Path) -> str:
+    """The message of building ``backbone`` from ``weights``, which must fail."""
+    with pytest.raises(WeakpasteError) as err:
+        E.build_model(_config(backbone, frozen=True), weights=str(weights))
+    return str(err.value)
+
+
 def test_weights_from_a_torchvision_backbone_state_dict(tmp_path):
-    classifier, path = _saved_classifier(tmp_path, "mobilenet_v3_large")
-    model, notes = E.build_model(_config(frozen=True), weights=str(path))
-    assert notes == [f"backbone initialised from {path} (262 tensors)"]
-    torch.testing.assert_close(model.backbone.body.state_dict()["1.block.0.0.weight"],
-                               classifier.state_dict()["features.1.block.0.0.weight"])
+    _initialises_the_backbone(tmp_path, "mobilenet_v3_large", "mobilenet_v3", 262,
+                              "1.block.0.0.weight", "features.1.block.0.0.weight")
 
 
 def test_weights_from_a_torchvision_mobilenet_v2_state_dict(tmp_path):
-    classifier, path = _saved_classifier(tmp_path, "mobilenet_v2")
-    model, notes = E.build_model(_config("mobilenet_v2", frozen=True), weights=str(path))
     # 52 convolutions (1 tensor) + 52 FrozenBatchNorm2d (4 tensors); the classifier is ignored
-    assert notes == [f"backbone initialised from {path} (260 tensors)"]
-    torch.testing.assert_close(model.backbone.body.state_dict()["7.conv.1.0.weight"],
-                               classifier.state_dict()["features.7.conv.1.0.weight"])
+    _initialises_the_backbone(tmp_path, "mobilenet_v2", "mobilenet_v2", 260,
+                              "7.conv.1.0.weight", "features.7.conv.1.0.weight")
     # a MobileNetV3 file for a MobileNetV2 model: one line
     _, v3 = _saved_classifier(tmp_path, "mobilenet_v3_large")
-    with pytest.raises(WeakpasteError) as err:
-        E.build_model(_config("mobilenet_v2", frozen=True), weights=str(v3))
-    assert str(err.value).startswith(
+    message = _build_error("mobilenet_v2", v3)
+    assert message.startswith(
         f"{v3}: neither a Mask R-CNN state_dict nor one of torchvision's mobilenet_v2 (")
-    assert str(err.value).endswith("pass a matching --backbone, a weakpaste checkpoint, "
-                                   "DEFAULT or none")
+    assert message.endswith("pass a matching --backbone, a weakpaste checkpoint, "
+                            "DEFAULT or none")
 
 
 SHARED_MOBILENET = (Path(__file__).resolve().parents[3] / "shared" / "weights"
@@ -187,24 +203,17 @@ def test_mobilenet_v2_loads_the_shared_imagenet_file():
 
 
 def test_missing_weights_file_is_one_line(tmp_path):
-    with pytest.raises(WeakpasteError) as err:
-        E.build_model(_config("mobilenet_v2", frozen=True), weights=str(tmp_path / "nope.pth"))
-    assert str(err.value) == (
+    assert _build_error("mobilenet_v2", tmp_path / "nope.pth") == (
         f"{tmp_path / 'nope.pth'}: weights file not found; pass --weights PATH to a "
         "torchvision state_dict, --weights DEFAULT or --weights none")
 
 
 def test_weights_from_a_torchvision_resnet18_state_dict(tmp_path):
-    classifier, path = _saved_classifier(tmp_path, "resnet18")
-    model, notes = E.build_model(_config("resnet18", frozen=True), weights=str(path))
     # 20 convolutions + 20 BatchNorms (4 tensors each, FrozenBatchNorm2d keeps no counter).
-    assert notes == [f"backbone initialised from {path} (100 tensors)"]
-    torch.testing.assert_close(model.backbone.body.state_dict()["layer2.0.conv1.weight"],
-                               classifier.state_dict()["layer2.0.conv1.weight"])
-    with pytest.raises(WeakpasteError) as err:
-        E.build_model(_config("resnet50", frozen=True), weights=str(path))
-    assert str(err.value).startswith(f"{path}: neither a Mask R-CNN state_dict nor one of "
-                                     "torchvision's resnet50 (")
+    path = _initialises_the_backbone(tmp_path, "resnet18", "resnet18", 100,
+                                     "layer2.0.conv1.weight", "layer2.0.conv1.weight")
+    assert _build_error("resnet50", path).startswith(
+        f"{path}: neither a Mask R-CNN state_dict nor one of torchvision's resnet50 (")
 
 
 def test_weights_from_a_detector_with_other_classes(tmp_path):

@@ -17,7 +17,8 @@ from pathlib import Path
 from pycocotools import mask as mask_utils
 
 from weakpaste.io import lvis
-from weakpaste.io.coco import _bytes_rle, _read_document, _segmentation_to_rle
+from weakpaste.io.coco import _bytes_rle, _read_document
+from weakpaste.io.coco_parse import segmentation_to_rle
 from weakpaste.io.results import checked_detections
 
 
@@ -54,7 +55,7 @@ def evaluation_document(path: str | os.PathLike) -> dict:
         ann.setdefault("iscrowd", 0)
         if "area" not in ann or "bbox" not in ann:
             img = images[ann["image_id"]]
-            rle = _segmentation_to_rle(ann.get("segmentation"), img["height"], img["width"])
+            rle = segmentation_to_rle(ann.get("segmentation"), img["height"], img["width"])
             if rle is not None:
                 ann.setdefault("area", float(mask_utils.area(_bytes_rle(rle))))
                 ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))])

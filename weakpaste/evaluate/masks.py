@@ -234,6 +234,24 @@ class _Tally:
         self.pairs_hit += other.pairs_hit
         self.images_without_gt += other.images_without_gt
 
+    def add_pair(self, g: list[dict], d: list[dict], thresholds: Sequence[float]) -> None:
+        """Count one (image, class) pair: its GT masks ``g`` and predicted masks ``d``."""
+        if g:
+            self.gt_instances += len(g)
+            self.pairs += 1
+        if not d:
+            return
+        if not g:
+            self.best.append(np.zeros(len(d)))
+            return
+        iou = np.asarray(mask_utils.iou(d, g, [0] * len(g)), dtype=np.float64)
+        iou = iou.reshape(len(d), len(g))
+        self.best.append(iou.max(axis=1))
+        for k, t in enumerate(thresholds):
+            hit = (iou >= t).any(axis=0)
+            self.instances_hit[k] += int(np.count_nonzero(hit))
+            self.pairs_hit[k] += int(hit.any())
+
     def metrics(self, thresholds: Sequence[float]) -> dict:
         best = np.concatenate(self.best) if self.best else np.zeros(0)
         n = int(best.size)
@@ -281,18 +299,48 @@ def evaluate_masks(pred: str | os.PathLike | Mapping[str, Sequence[Prediction]],
             prediction mask whose size differs from its GT image's.
         ValueError: ``iou_thresholds`` is empty or has a value outside (0, 1].
     """
-    thresholds = tuple(float(t) for t in iou_thresholds)
-    if not thresholds or any(not 0.0 < t <= 1.0 for t in thresholds):
-        raise ValueError(f"iou_thresholds must be a non-empty sequence of values in (0, 1], "
-                         f"got {tuple(iou_thresholds)!r}")
+    thresholds = _checked_thresholds(iou_thresholds)
     gt = _load_gt(gt_coco)
     sizes = {r.file_name: (r.height, r.width) for r in gt.records}
     if isinstance(pred, Mapping):
         predictions, pred_desc = pred, "<predictions>"
     else:
         predictions, pred_desc = load_predictions(pred, sizes), str(pred)
+    tallies: dict[str, _Tally] = {name: _Tally(len(thresholds)) for name in gt.categories}
+    pred_by_image, unmatched = _predictions_by_image(predictions, sizes, pred_desc, tallies,
+                                                     len(thresholds))
+    _match(_gt_by_image(gt), pred_by_image, tallies, thresholds)
 
-    # GT per image: class -> bytes RLEs.
+    total = _Tally(len(thresholds))
+    for name in sorted(tallies):
+        total.add(tallies[name])
+    unknown = {name: len(np.concatenate(t.best)) if t.best else 0
+               for name, t in sorted(tallies.items()) if name not in gt.categories}
+    overall = total.metrics(thresholds)
+    overall["unknown_class_predictions"] = sum(unknown.values())
+    return {
+        "overall": overall,
+        "per_class": {name: tallies[name].metrics(thresholds) for name in sorted(tallies)},
+        "unknown_classes": unknown,
+        "images_not_in_gt": {"count": len(unmatched),
+                             "examples": sorted(unmatched)[:_EXAMPLES]},
+        "config": {"pred": pred_desc,
+                   "gt": str(gt.path) if gt.path is not None else "<dataset>",
+                   "iou_thresholds": list(thresholds)},
+    }
+
+
+def _checked_thresholds(iou_thresholds: Sequence[float]) -> tuple[float, ...]:
+    """The IoU thresholds as floats; a ValueError when empty or outside (0, 1]."""
+    thresholds = tuple(float(t) for t in iou_thresholds)
+    if not thresholds or any(not 0.0 < t <= 1.0 for t in thresholds):
+        raise ValueError(f"iou_thresholds must be a non-empty sequence of values in (0, 1], "
+                         f"got {tuple(iou_thresholds)!r}")
+    return thresholds
+
+
+def _gt_by_image(gt: CocoDataset) -> dict[str, dict[str, list[dict]]]:
+    """GT per image file name: class -> bytes RLEs."""
     gt_by_image: dict[str, dict[str, list[dict]]] = {}
     for rec in gt.records:
         per_class: dict[str, list[dict]] = defaultdict(list)
@@ -300,12 +348,23 @@ def evaluate_masks(pred: str | os.PathLike | Mapping[str, Sequence[Prediction]],
             for name, rle in zip(rec.instances.classes, rec.instances.rles, strict=True):
                 per_class[name].append(_bytes_rle(rle))
         gt_by_image[rec.file_name] = per_class
+    return gt_by_image
 
-    # Predictions per resolved GT image: class -> bytes RLEs; others counted as without GT.
+
+def _predictions_by_image(predictions: Mapping[str, Sequence[Prediction]],
+                          sizes: Mapping[str, tuple[int, int]], pred_desc: str,
+                          tallies: dict[str, _Tally], n_t: int
+                          ) -> tuple[dict[str, dict[str, list[dict]]], set[str]]:
+    """Predictions per resolved GT image (class -> bytes RLEs), and the unresolved images.
+
+    A prediction of an image without GT counts in its class's tally as a miss (best IoU 0),
+    right away (a new class gets a tally of ``n_t`` thresholds).
+
+    Raises:
+        WeakpasteError: a prediction mask whose size differs from its GT image's.
+    """
     resolve = _NameResolver(list(sizes))
     pred_by_image: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    n_t = len(thresholds)
-    tallies: dict[str, _Tally] = {name: _Tally(n_t) for name in gt.categories}
     unmatched: set[str] = set()
     for image in sorted(predictions):
         items = predictions[image]
@@ -327,45 +386,18 @@ def evaluate_masks(pred: str | os.PathLike | Mapping[str, Sequence[Prediction]],
                     f"{sizes[name][1]}x{sizes[name][0]}; predictions and GT must describe the "
                     "same images")
             pred_by_image[name][cls].append(_bytes_rle(rle))
+    return pred_by_image, unmatched
 
+
+def _match(gt_by_image: Mapping[str, Mapping[str, list[dict]]],
+           pred_by_image: Mapping[str, Mapping[str, list[dict]]],
+           tallies: dict[str, _Tally], thresholds: Sequence[float]) -> None:
+    """Add every (image, class) pair's matches to its class's tally, in sorted order."""
     for image in sorted(set(gt_by_image) | set(pred_by_image)):
         gts, dts = gt_by_image.get(image, {}), pred_by_image.get(image, {})
         for cls in sorted(set(gts) | set(dts)):
-            g, d = gts.get(cls, []), dts.get(cls, [])
-            tally = tallies.setdefault(cls, _Tally(n_t))
-            if g:
-                tally.gt_instances += len(g)
-                tally.pairs += 1
-            if not d:
-                continue
-            if not g:
-                tally.best.append(np.zeros(len(d)))
-                continue
-            iou = np.asarray(mask_utils.iou(d, g, [0] * len(g)), dtype=np.float64)
-            iou = iou.reshape(len(d), len(g))
-            tally.best.append(iou.max(axis=1))
-            for k, t in enumerate(thresholds):
-                hit = (iou >= t).any(axis=0)
-                tally.instances_hit[k] += int(np.count_nonzero(hit))
-                tally.pairs_hit[k] += int(hit.any())
-
-    total = _Tally(n_t)
-    for name in sorted(tallies):
-        total.add(tallies[name])
-    unknown = {name: len(np.concatenate(t.best)) if t.best else 0
-               for name, t in sorted(tallies.items()) if name not in gt.categories}
-    overall = total.metrics(thresholds)
-    overall["unknown_class_predictions"] = sum(unknown.values())
-    return {
-        "overall": overall,
-        "per_class": {name: tallies[name].metrics(thresholds) for name in sorted(tallies)},
-        "unknown_classes": unknown,
-        "images_not_in_gt": {"count": len(unmatched),
-                             "examples": sorted(unmatched)[:_EXAMPLES]},
-        "config": {"pred": pred_desc,
-                   "gt": str(gt.path) if gt.path is not None else "<dataset>",
-                   "iou_thresholds": list(thresholds)},
-    }
+            tally = tallies.setdefault(cls, _Tally(len(thresholds)))
+            tally.add_pair(gts.get(cls, []), dts.get(cls, []), thresholds)
 
 
 def _plural(n: int, word: str) -> str:

@@ -18,7 +18,8 @@ import numpy as np
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.io import rle as rle_check
-from weakpaste.io.coco import CocoDataset, _bytes_rle, _segmentation_to_rle
+from weakpaste.io.coco import CocoDataset, _bytes_rle
+from weakpaste.io.coco_parse import segmentation_to_rle
 from weakpaste.structures import Instances
 
 
@@ -44,7 +45,7 @@ def checked_detections(images: Mapping[int, dict], results: Sequence[dict],
         # Polygons and uncompressed RLE become compressed RLE: loadRes only reads the latter.
         for r in picked:
             img = images[r["image_id"]]
-            rle = _segmentation_to_rle(r["segmentation"], img["height"], img["width"])
+            rle = segmentation_to_rle(r["segmentation"], img["height"], img["width"])
             if rle is None:
                 raise ValueError(f"result for image {r['image_id']} has an unusable "
                                  "segmentation")

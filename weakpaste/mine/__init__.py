@@ -1,9 +1,10 @@
 """Mining masks from image-level labels: F-EM (EM-Paste §3.1) and FreeSeg.
 
 One pipeline (``pipeline``); a miner is a pure per-image function plus a pure selection
-(``fem``/``fem_image``/``mil``, ``freeseg``/``coseg``/``ranking``); class-agnostic proposals
-(``proposals``, ``grouping``, ``saliency``, ``saliency_proposals``, ``sam``), EM (``em``), the
-per-image cache (``cache``) and the options (``config``).
+(``fem``/``fem_image``/``mil``, ``freeseg``/``coseg``/``refine``/``lore``/``ranking``);
+class-agnostic proposals (``proposals``, ``candidates``, ``grouping``, ``saliency``,
+``saliency_proposals``, ``sam``), EM (``em``), the per-image cache (``cache``) and the options
+(``config``).
 
 May import: core, ops, structures, io, models, bank.
 """

@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -211,25 +212,15 @@ def mine_image(classifier, image: np.ndarray, labels: Sequence[str], file_name: 
     result.seconds["gradcam"] = (t1 - t0) + (t3 - t2)
     plans = []
     for k, (label, cam) in enumerate(zip(labels, cams, strict=True)):
-        found = cam_anchor(cam, params.cam_threshold)
-        if found is None:
-            result.skipped[label] = "empty Grad-CAM"
-            continue
-        anchor, g = found
-        dist = props.mean_distance(anchor)
-        eligible = np.flatnonzero((owner == -1) | (owner == k))
-        if not eligible.size:  # every proposal came from another class's Grad-CAM crops
-            result.skipped[label] = NO_CANDIDATE
-            continue
-        ranked = eligible[np.argsort(_rank(props, cam, g, anchor, params)[eligible],
-                                     kind="stable")]
-        order = ranked[: max(params.candidates, params.top_n)]
-        peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        plans.append((label, anchor, g, cam, order, dist[order], ranked, (peak[1], peak[0])))
+        plan = _plan_label(props, owner, k, label, cam, params)
+        if isinstance(plan, str):
+            result.skipped[label] = plan
+        else:
+            plans.append(plan)
     if not plans:
         return result
     # One batch for every candidate of every label: step 1's scores and EM's features.
-    union = sorted({int(i) for p in plans for i in p[4]})
+    union = sorted({int(i) for p in plans for i in p.order})
     where = {c: k for k, c in enumerate(union)}
     masks = props.masks(union)
     probs, feats = classifier.score_segments(image, masks, erode=params.erode)
@@ -237,19 +228,70 @@ def mine_image(classifier, image: np.ndarray, labels: Sequence[str], file_name: 
     every = _encode_all(props) if params.record_proposals else None
     t4 = time.perf_counter()
     result.seconds["segments"] = t4 - t3
-    for label, anchor, g, cam, order, dist, ranked, peak in plans:
-        rows = [where[int(i)] for i in order]
-        scores = probs[rows, class_index[label]].astype(np.float32)
-        inside = np.einsum("khw,hw->k", masks[rows], cam, dtype=np.float64)
-        result.classes.append(ClassMining(
-            label=label, anchor=anchor, rles=[rles[r] for r in rows],
-            distances=np.asarray(dist, dtype=np.float64), scores=scores,
-            features=feats[rows].astype(np.float32), step1=step1_choice(scores, params.top_n),
-            cam_rle=mask_ops.encode(g),
-            cam_means=(inside / np.maximum(masks[rows].sum((1, 2)), 1)).astype(np.float32),
-            cam_peak=(int(peak[0]), int(peak[1])),
-            proposal_rles=None if every is None else [every[int(i)] for i in ranked]))
+    for plan in plans:
+        rows = [where[int(i)] for i in plan.order]
+        every_rle = None if every is None else [every[int(i)] for i in plan.ranked]
+        result.classes.append(_class_mining(
+            plan, masks[rows], probs[rows, class_index[plan.label]], feats[rows],
+            [rles[r] for r in rows], every_rle, params))
     return result
+
+
+class _LabelPlan(NamedTuple):
+    """One label's ranked candidates (indices into the image's proposals) and its anchor."""
+
+    label: str
+    anchor: tuple[float, float]
+    g: np.ndarray          # bool (H, W) the Grad-CAM region around the anchor
+    cam: np.ndarray        # float (H, W) the label's Grad-CAM
+    order: np.ndarray      # the candidates kept, best first
+    dist: np.ndarray       # their mean distances to the anchor
+    ranked: np.ndarray     # every eligible candidate, best first
+    peak: tuple[int, int]  # (x, y) of the Grad-CAM's maximum
+
+
+def _plan_label(props, owner: np.ndarray, k: int, label: str, cam: np.ndarray,
+                params: FemParams) -> _LabelPlan | str:
+    """Rank the proposals for label ``k`` of the image, or say why the label is skipped.
+
+    Args:
+        props: the image's ``Proposals``.
+        owner: per proposal, the label whose Grad-CAM crops made it (-1: no label's).
+        k: the label's index among the image's labels.
+        label: its class.
+        cam: its Grad-CAM, float (H, W).
+        params: per-image parameters.
+
+    Returns:
+        The plan, or the reason for ``ImageMining.skipped``.
+    """
+    found = cam_anchor(cam, params.cam_threshold)
+    if found is None:
+        return "empty Grad-CAM"
+    anchor, g = found
+    dist = props.mean_distance(anchor)
+    eligible = np.flatnonzero((owner == -1) | (owner == k))
+    if not eligible.size:  # every proposal came from another class's Grad-CAM crops
+        return NO_CANDIDATE
+    ranked = eligible[np.argsort(_rank(props, cam, g, anchor, params)[eligible], kind="stable")]
+    order = ranked[: max(params.candidates, params.top_n)]
+    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return _LabelPlan(label, anchor, g, cam, order, dist[order], ranked, (peak[1], peak[0]))
+
+
+def _class_mining(plan: _LabelPlan, masks: np.ndarray, probs: np.ndarray, feats: np.ndarray,
+                  rles: list[dict], proposal_rles: list[dict] | None,
+                  params: FemParams) -> ClassMining:
+    """One label's result from its candidates' masks, class probabilities and features."""
+    scores = probs.astype(np.float32)
+    inside = np.einsum("khw,hw->k", masks, plan.cam, dtype=np.float64)
+    return ClassMining(
+        label=plan.label, anchor=plan.anchor, rles=rles,
+        distances=np.asarray(plan.dist, dtype=np.float64), scores=scores,
+        features=feats.astype(np.float32), step1=step1_choice(scores, params.top_n),
+        cam_rle=mask_ops.encode(plan.g),
+        cam_means=(inside / np.maximum(masks.sum((1, 2)), 1)).astype(np.float32),
+        cam_peak=(int(plan.peak[0]), int(plan.peak[1])), proposal_rles=proposal_rles)
 
 
 def evidence(scores: np.ndarray, cam_means: np.ndarray) -> np.ndarray:

@@ -24,10 +24,10 @@ FreeSeg (Zhang et al., ECCV 2022) §3.1-3.2 and appendix A.2-A.3. Input: object-
      boundaries, the co-segmentation which salient thing is the class's object.
    A class with a single image (nothing to be common with) falls back to its saliency map; the
    manifest lists such classes and the command line says so.
-2. **Refinement** (§3.1, A.3, ``refine_map``): Gaussian filter, Li threshold
+2. **Refinement** (§3.1, A.3, ``weakpaste.mine.refine``): Gaussian filter, Li threshold
    (``skimage.filters.threshold_li``), erosion then dilation, the largest connected component.
-3. **Ranking** (§3.2): a classifier trained on the object-centric images; LORE
-   (``lore_box``: remove the most discriminative region, found by Grad-CAM, until the classifier
+3. **Ranking** (§3.2, ``weakpaste.mine.lore``): a classifier trained on the object-centric
+   images; LORE (remove the most discriminative region, found by Grad-CAM, until the classifier
    stops predicting the class; the box of all that was removed is the pseudo box); the
    FreeSeg score = mean(IoB, IoM) of segment vs LORE box; the drop rate
    (p_before - p_after) / p_before of removing the LORE box. A segment is kept when both are
@@ -50,252 +50,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.mine.config import FreeSegConfig, FreeSegParams
 from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
+from weakpaste.mine.lore import LoreResult, drop_rate, freeseg_score, keep_segment, lore_box
 from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
+from weakpaste.mine.refine import refine_steps
 from weakpaste.ops import masks as mask_ops
 
 if TYPE_CHECKING:
     from weakpaste.core.runners import ExecutorConfig
 
 MINER = "freeseg"
-
-
-# --------------------------------------------------------------------------------------------
-# Refinement (§3.1, appendix A.3)
-
-
-def _side_pixels(shape: tuple[int, int], fraction: float, minimum: float) -> float:
-    return max(minimum, fraction * min(shape))
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a bool (H, W) mask (ties: the first in raster
-    order); an empty mask stays empty."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros(mask.shape, dtype=bool)
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == best
-
-
-class Refined(NamedTuple):
-    """What the refinement made of a raw map (``refine_steps``).
-
-    Attributes:
-        mask: bool (H, W) segment, possibly empty.
-        threshold: Li's threshold on the smoothed map (NaN for a constant map).
-        smooth: float32 (H, W) the Gaussian-filtered raw map.
-        binary: bool (H, W) ``smooth > threshold`` (before the opening and the largest
-            component).
-    """
-
-    mask: np.ndarray
-    threshold: float
-    smooth: np.ndarray
-    binary: np.ndarray
-
-
-def refine_map(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02
-               ) -> tuple[np.ndarray, float]:
-    """Binarise a gray-scale foreground map as FreeSeg A.3 does.
-
-    Gaussian filter (sigma = ``sigma`` x the shorter side, at least 0.5 px), Li's minimum
-    cross-entropy threshold, erosion then dilation with an elliptical kernel of radius
-    ``morph`` x the shorter side (at least 1 px), and the largest connected component. When
-    the erosion removes everything (a thin or tiny object) the un-eroded binary map is used, so
-    that small images still give a segment.
-
-    Args:
-        raw: float (H, W) map, larger = more foreground.
-        sigma: Gaussian sigma as a fraction of the shorter side.
-        morph: kernel radius as a fraction of the shorter side.
-
-    Returns:
-        (bool (H, W) mask, possibly empty; the Li threshold on the smoothed map, NaN for a
-        constant map).
-
-    Raises:
-        ValueError: ``raw`` is not 2-D.
-    """
-    refined = refine_steps(raw, sigma=sigma, morph=morph)
-    return refined.mask, refined.threshold
-
-
-def refine_steps(raw: np.ndarray, *, sigma: float = 0.01, morph: float = 0.02) -> Refined:
-    """``refine_map`` with its intermediate maps, which the ranking cues read."""
-    from skimage.filters import threshold_li
-
-    if raw.ndim != 2:
-        raise ValueError(f"expected a (H, W) map, got shape {raw.shape}")
-    smooth = cv2.GaussianBlur(raw.astype(np.float32), (0, 0),
-                              _side_pixels(raw.shape, sigma, 0.5))
-    if not np.isfinite(smooth).all() or float(smooth.max() - smooth.min()) < 1e-6:
-        empty = np.zeros(raw.shape, dtype=bool)
-        return Refined(empty, float("nan"), smooth, empty)
-    t = float(threshold_li(smooth))
-    binary = smooth > t
-    r = int(round(_side_pixels(raw.shape, morph, 1.0)))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    opened = cv2.dilate(cv2.erode(binary.astype(np.uint8), kernel), kernel).astype(bool)
-    return Refined(largest_component(opened if opened.any() else binary), t, smooth, binary)
-
-
-# --------------------------------------------------------------------------------------------
-# Ranking (§3.2): LORE, FreeSeg score, drop rate
-
-
-@dataclass
-class LoreResult:
-    """Localisation by region removal of one class on one image.
-
-    Attributes:
-        box: float64 (4,) xyxy pseudo box (x1/y1 exclusive): the box of all removed regions.
-        p_before: the classifier's probability of the class on the image.
-        p_after: the same after the whole box is filled with grey.
-        steps: regions removed.
-        boxes: the removed region boxes, in order (xyxy).
-        features_before: float32 (D,) pooled features of the image (None from a classifier
-            that gives none).
-        features_after: float32 (D,) pooled features of the image with the box filled.
-    """
-
-    box: np.ndarray
-    p_before: float
-    p_after: float
-    steps: int
-    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
-    features_before: np.ndarray | None = None
-    features_after: np.ndarray | None = None
-
-    @property
-    def drop_rate(self) -> float:
-        return drop_rate(self.p_before, self.p_after)
-
-
-def _fill_box(image: np.ndarray, box, fill) -> np.ndarray:
-    x0, y0, x1, y1 = (int(v) for v in box)
-    out = image.copy()
-    out[y0:y1, x0:x1] = fill
-    return out
-
-
-def _peak_region_box(cam: np.ndarray, cam_threshold: float) -> np.ndarray | None:
-    """Box of the connected region around the map's maximum above ``cam_threshold`` of it."""
-    peak = float(cam.max())
-    if peak <= 0:
-        return None
-    region = cam >= cam_threshold * peak
-    n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
-    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    region = labels == labels[y, x] if n > 1 else region
-    return mask_ops.mask_box(region)
-
-
-def lore_box(classifier, image: np.ndarray, class_index: int, *, cam_threshold: float = 0.5,
-             max_steps: int = 5, stop: float = 0.5, fill=None) -> LoreResult:
-    """LORE (MosaicOS): remove the most discriminative region until the class is not predicted.
-
-    Each step takes the classifier's Grad-CAM of the class on the current image, thresholds it
-    at ``cam_threshold`` of its maximum, takes the connected region holding the maximum and
-    fills that region's box with grey. It stops when the probability of the class falls below
-    ``stop``, after ``max_steps`` removals, or when the Grad-CAM is empty. At least one region
-    is removed. The pseudo box is the box of everything removed. One forward pass per image
-    state gives its probability and its Grad-CAM together (``gradcam_outputs``), plus one for
-    the union box when several regions were removed.
-
-    Args:
-        classifier: an object with ``gradcam_outputs(image, [k]) -> ((1, H, W) map in [0, 1],
-            (K,) probabilities, (D,) pooled features)`` (``Classifier``).
-        image: uint8 (H, W, 3) RGB.
-        class_index: column of the class.
-        cam_threshold: Grad-CAM binarisation, relative to its maximum.
-        max_steps: most regions removed (>= 1).
-        stop: the class counts as predicted while its probability is >= stop.
-        fill: RGB of removed pixels (default: the ImageNet-mean grey the classifier's segment
-            crops use, i.e. "nothing").
-
-    Returns:
-        The pseudo box, the probabilities and pooled features before / after removing it.
-    """
-    if fill is None:
-        from weakpaste.models.classifier import GREY
-
-        fill = GREY
-    fill = np.asarray(fill, dtype=np.uint8)
-    H, W = image.shape[:2]
-    cams, probs, feats_before = classifier.gradcam_outputs(image, [class_index])
-    p_before = p = float(probs[class_index])
-    feats = feats_before
-    current = image
-    removed = np.zeros((H, W), dtype=bool)
-    boxes: list[tuple[float, float, float, float]] = []
-    for step in range(max(1, int(max_steps))):
-        if step > 0 and p < stop:
-            break
-        box = _peak_region_box(cams[0], cam_threshold)
-        if box is None:
-            break
-        x0, y0, x1, y1 = (int(v) for v in box)
-        boxes.append((float(x0), float(y0), float(x1), float(y1)))
-        removed[y0:y1, x0:x1] = True
-        current = _fill_box(current, box, fill)
-        cams, probs, feats = classifier.gradcam_outputs(current, [class_index])
-        p = float(probs[class_index])
-    if not removed.any():
-        return LoreResult(np.zeros(4, np.float64), p_before, p_before, 0, [],
-                          feats_before, feats_before)
-    box = mask_ops.mask_box(removed).astype(np.float64)
-    if len(boxes) > 1:  # the union of one box is that box: no extra forward pass
-        _, probs, feats = classifier.gradcam_outputs(_fill_box(image, box, fill), [])
-        p = float(probs[class_index])
-    return LoreResult(box, p_before, p, len(boxes), boxes, feats_before, feats)
-
-
-def box_mask(box, shape: tuple[int, int]) -> np.ndarray:
-    """Bool (H, W) mask of an xyxy box (x1/y1 exclusive, clipped to the image)."""
-    H, W = shape
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    m = np.zeros((H, W), dtype=bool)
-    m[max(0, y0):min(H, y1), max(0, x0):min(W, x1)] = True
-    return m
-
-
-def freeseg_score(mask: np.ndarray, box) -> tuple[float, float, float]:
-    """FreeSeg score of a segment against a (LORE) box: mean of IoB and IoM.
-
-    IoB = |mask ∩ box| / |box| (trusts the mask), IoM = |mask ∩ box| / |mask| (trusts the box).
-
-    Args:
-        mask: bool (H, W) segment.
-        box: xyxy box in the mask's pixels.
-
-    Returns:
-        (score, IoB, IoM), each in [0, 1]; 0 for an empty mask or box.
-    """
-    b = box_mask(box, mask.shape)
-    inter = float(np.logical_and(mask, b).sum())
-    area_b, area_m = float(b.sum()), float(mask.sum())
-    iob = inter / area_b if area_b else 0.0
-    iom = inter / area_m if area_m else 0.0
-    return 0.5 * (iob + iom), iob, iom
-
-
-def drop_rate(p_before: float, p_after: float) -> float:
-    """Relative confidence drop (p_before - p_after) / p_before (0 when p_before is 0)."""
-    return (p_before - p_after) / p_before if p_before > 0 else 0.0
-
-
-def keep_segment(score: float, drop: float, min_score: float, min_drop: float) -> bool:
-    """§3.2: keep a segment when both its FreeSeg score and its drop rate are larger than
-    their thresholds."""
-    return score > min_score and drop > min_drop
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, Self
 
 import cv2
 import numpy as np
@@ -357,3 +358,91 @@ def size_ok(areas: np.ndarray, boxes: np.ndarray, image_shape: tuple[int, int], 
             & (boxes[:, 3] - boxes[:, 1] < max_span * big_h))
 
 
+class Candidates(Protocol):
+    """What the filters below need of :class:`weakpaste.mine.proposals.Proposals`.
+
+    A protocol rather than the class, because ``proposals`` imports this module.
+    """
+
+    @property
+    def image_shape(self) -> tuple[int, int]: ...
+
+    def __len__(self) -> int: ...
+
+    def candidate(self, i: int) -> tuple[int, np.ndarray]: ...
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> Self: ...
+
+    def areas(self) -> np.ndarray: ...
+
+    def boxes(self) -> np.ndarray: ...
+
+    def ious(self) -> np.ndarray: ...
+
+
+def dedup_cap(props: Candidates, groups: Sequence[np.ndarray], max_candidates: int
+              ) -> Candidates:
+    """Drop near-duplicates and cap the number of candidates.
+
+    Args:
+        props: the candidates.
+        groups: disjoint int64 arrays of candidate indices, each in its own priority
+            order (e.g. one per hierarchy). The final order interleaves them round-robin, so
+            that the cap keeps a share of every group; of two near-duplicates the earlier in
+            that order is kept.
+        max_candidates: most candidates kept.
+
+    Returns:
+        The surviving candidates, in interleaved priority order.
+    """
+    order: list[int] = []
+    longest = max((g.size for g in groups), default=0)
+    for rank in range(longest):
+        order.extend(int(g[rank]) for g in groups if rank < g.size)
+    # Identical region sets first (cheap), then IoU on what is left.
+    seen: set[tuple[int, bytes]] = set()
+    unique = []
+    for i in order:
+        source, ids = props.candidate(i)
+        key = (source, ids.tobytes())
+        if key not in seen:
+            seen.add(key)
+            unique.append(i)
+    props = props.select(unique)
+    if len(props) == 0:
+        return props
+    iou = props.ious()
+    suppressed = np.zeros(len(props), dtype=bool)
+    keep = []
+    for i in range(len(props)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if len(keep) == max_candidates:
+            break
+        suppressed |= iou[i] > DUPLICATE_IOU
+    return props.select(keep)
+
+
+def filter_candidates(props: Candidates, groups: Sequence[np.ndarray], *, min_area: float,
+                      max_span: float, max_candidates: int) -> Candidates:
+    """EM-Paste's filters on existing proposals: size and span, then duplicates and the cap."""
+    ok = size_ok(props.areas(), props.boxes(), props.image_shape, min_area=min_area,
+                  max_span=max_span)
+    return dedup_cap(props, [g[ok[g]] for g in groups], max_candidates)
+
+
+def check_options(max_side: int, min_area: float, max_span: float, max_candidates: int,
+                   who: str) -> None:
+    """Raise a ValueError, naming ``who``, for a proposal option out of its range."""
+    if not (isinstance(max_side, int | np.integer) and max_side >= MIN_IMAGE_SIDE):
+        raise ValueError(f"{who}: max_side must be an integer >= {MIN_IMAGE_SIDE}, "
+                         f"got {max_side!r}")
+    if not 0.0 <= min_area < 1.0:
+        raise ValueError(f"{who}: min_area must be in [0, 1), got {min_area!r}")
+    if not max_span > 0.0:
+        raise ValueError(f"{who}: max_span must be > 0 (above 1 disables the filter), "
+                         f"got {max_span!r}")
+    if not (isinstance(max_candidates, int | np.integer) and max_candidates >= 1):
+        raise ValueError(f"{who}: max_candidates must be an integer >= 1, "
+                         f"got {max_candidates!r}")

@@ -24,12 +24,8 @@ Measured on coco_mini (one core, 640 px images, defaults): 0.31 s per image, ~29
 GT instances of at least 1% of the image with a candidate of IoU >= 0.5: 80.0% on the first 40
 images (mean best IoU 0.63), 79.5% on the first 100 (used for tuning), 69.3% on the other 96.
 
-Candidates are never stored as a mask stack: a :class:`Proposals` keeps the base label maps at
-working resolution and, for each candidate, the label map it comes from and the ids of the base
-regions it unions. Per-candidate statistics (area, box, mean distance to a point, mean of a
-weight map) are computed per base region with ``np.bincount`` and summed over each candidate's
-regions. Masks that are not unions of base regions (SAM's, see :class:`SamProposer`) are stored
-explicitly at working resolution behind the same interface.
+Candidates are stored as unions of base regions (:mod:`weakpaste.mine.candidates`), never as
+a mask stack.
 
 Example:
     >>> import numpy as np
@@ -49,14 +45,17 @@ import cv2
 import numpy as np
 from scipy import sparse
 
+from weakpaste.mine.candidates import RegionUnions
 from weakpaste.mine.config import METHODS, MIN_IMAGE_SIDE
 from weakpaste.mine.grouping import (
     BASE_SPECS,
-    DUPLICATE_IOU,
     as_rgb,
     base_segmentation,
+    check_options,
     colour_codes,
+    dedup_cap,
     extents_to_boxes,
+    filter_candidates,
     hierarchies,
     region_extents,
     size_ok,
@@ -75,267 +74,21 @@ __all__ = [
     "METHODS",
     "MIN_IMAGE_SIDE",
     "Proposals",
-    "check_options",
-    "filter_candidates",
     "generate_proposals",
 ]
 
 
+class Proposals(RegionUnions):
+    """Candidate masks of one image and their statistics, all computed per base region.
 
-class Proposals:
-    """Candidate masks of one image, stored as unions of base regions or as explicit masks.
-
-    Candidate ``i`` is ``candidate(i) == (source, ids)``: with ``source >= 0`` it is the union
-    of the regions ``ids`` of ``label_maps[source]``; with ``source == -1`` it is the explicit
-    mask ``explicit_masks[ids[0]]``. Both live at the working resolution (h, w); full-resolution
-    (H, W) masks are their nearest-neighbour upsampling, and all statistics (areas, boxes,
-    distances, overlaps) are exact for those full-resolution masks, up to the distance of a
-    working pixel being taken at its block's centre.
-
-    Args:
-        image_shape: (H, W) of the full-resolution image.
-        label_maps: int (h, w) base segmentations, region ids 0..R-1 (stored as int32).
-        candidates: (source, ids) per candidate, as described above.
-        explicit_masks: bool (K, h, w) masks referenced by ``source == -1`` candidates, or None.
-        map_names: a name per label map (e.g. ``"slic-200"``), for reports.
-
-    Raises:
-        ValueError: inconsistent shapes, out-of-range ids, empty candidates or masks.
+    Storage and constructor as :class:`weakpaste.mine.candidates.RegionUnions` (candidate
+    ``i`` is the union of regions ``ids`` of ``label_maps[source]``, or explicit mask
+    ``explicit_masks[ids[0]]`` when ``source == -1``). Statistics (areas, boxes, distances,
+    overlaps) are exact for the full-resolution masks, up to the distance of a working pixel
+    being taken at its block's centre.
     """
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int],
-        label_maps: Sequence[np.ndarray],
-        candidates: Sequence[tuple[int, np.ndarray | Sequence[int]]],
-        *,
-        explicit_masks: np.ndarray | None = None,
-        map_names: Sequence[str] | None = None,
-    ):
-        maps = tuple(np.ascontiguousarray(m, dtype=np.int32) for m in label_maps)
-        shapes = {m.shape for m in maps}
-        if explicit_masks is not None:
-            explicit_masks = np.ascontiguousarray(explicit_masks, dtype=bool)
-            if explicit_masks.ndim != 3:
-                raise ValueError(f"Proposals: explicit masks must be (K, h, w), got "
-                                 f"{explicit_masks.shape}")
-            shapes.add(explicit_masks.shape[1:])
-        if len(shapes) != 1:
-            raise ValueError(f"Proposals: label maps and masks must share one (h, w) shape, got "
-                             f"{sorted(shapes)}")
-        working_shape = shapes.pop()
-        if len(maps) == 0 and explicit_masks is None:
-            raise ValueError("Proposals: need at least one label map or explicit masks")
-        self._grid = Grid((int(image_shape[0]), int(image_shape[1])),
-                           (int(working_shape[0]), int(working_shape[1])))
-        self._image_shape = (int(image_shape[0]), int(image_shape[1]))
-        self._working_shape = (int(working_shape[0]), int(working_shape[1]))
-        self._maps = maps
-        self._n_regions = tuple(int(m.max()) + 1 if m.size else 0 for m in maps)
-        if any(int(m.min()) < 0 for m in maps):
-            raise ValueError("Proposals: label maps must hold region ids >= 0")
-        self._explicit = explicit_masks
-        n_explicit = 0 if explicit_masks is None else len(explicit_masks)
-        if explicit_masks is not None and not explicit_masks.any(axis=(1, 2)).all():
-            raise ValueError("Proposals: explicit masks must not be empty")
-        self.map_names = tuple(map_names) if map_names is not None else tuple(
-            f"map{i}" for i in range(len(maps)))
-        if len(self.map_names) != len(maps):
-            raise ValueError(f"Proposals: {len(maps)} label maps but {len(self.map_names)} names")
-
-        sources = np.empty(len(candidates), dtype=np.int64)
-        ids_list: list[np.ndarray] = []
-        for i, (source, ids) in enumerate(candidates):
-            arr = np.unique(np.asarray(ids, dtype=np.int64)).astype(np.int32)
-            limit = n_explicit if source == -1 else (
-                self._n_regions[source] if 0 <= source < len(maps) else -1)
-            if limit < 0:
-                raise ValueError(f"Proposals: candidate {i} has source {source}; expected -1 or "
-                                 f"a label map index < {len(maps)}")
-            if arr.size == 0 or arr[0] < 0 or arr[-1] >= limit or (source == -1 and arr.size > 1):
-                what = "one mask index" if source == -1 else "region ids"
-                raise ValueError(f"Proposals: candidate {i} (source {source}) has invalid ids "
-                                 f"{arr[:8].tolist()}; expected {what} below {limit}")
-            sources[i] = source
-            ids_list.append(arr)
-        self._sources = sources
-        self._ids = ids_list
-        self._cache: dict[str, object] = {}
-
-    @classmethod
-    def _from_parts(cls, image_shape: tuple[int, int], working_shape: tuple[int, int],
-                    label_maps: tuple[np.ndarray, ...], sources: np.ndarray,
-                    ids: list[np.ndarray], explicit_masks: np.ndarray | None,
-                    map_names: tuple[str, ...], grid: Grid | None = None) -> Proposals:
-        """Build without validation from parts this module made (sorted unique int32 ids)."""
-        self = cls.__new__(cls)
-        self._image_shape = image_shape
-        self._working_shape = working_shape
-        self._grid = grid if grid is not None else Grid(image_shape, working_shape)
-        self._maps = label_maps
-        self._n_regions = tuple(int(m.max()) + 1 for m in label_maps)
-        self._explicit = explicit_masks
-        self.map_names = map_names
-        self._sources = sources
-        self._ids = ids
-        self._cache = {}
-        return self
-
-    # -- construction helpers ----------------------------------------------------------------
-
-    @classmethod
-    def from_masks(cls, masks: np.ndarray, image_shape: tuple[int, int] | None = None
-                   ) -> Proposals:
-        """Proposals whose candidates are explicit masks, in the given order.
-
-        Args:
-            masks: bool (K, h, w) masks at working resolution, none empty.
-            image_shape: (H, W) of the full-resolution image, at least (h, w); defaults to
-                (h, w).
-
-        Returns:
-            Proposals with K candidates, candidate ``i`` being ``masks[i]``.
-        """
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 3:
-            raise ValueError(f"Proposals.from_masks: expected (K, h, w) masks, got {masks.shape}")
-        shape = masks.shape[1:] if image_shape is None else image_shape
-        return cls(shape, [], [(-1, [k]) for k in range(len(masks))], explicit_masks=masks)
-
-    def select(self, indices: Sequence[int] | np.ndarray) -> Proposals:
-        """The candidates ``indices``, in that order, sharing this object's label maps.
-
-        Explicit masks no candidate refers to any more are dropped.
-        """
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        sources = self._sources[idx]
-        ids = [self._ids[i] for i in idx]
-        masks = self._explicit
-        if masks is not None:
-            is_explicit = sources == -1
-            used = np.unique([int(ids[k][0]) for k in np.flatnonzero(is_explicit)]).astype(int)
-            remap = np.full(len(masks), -1, dtype=np.int32)
-            remap[used] = np.arange(used.size, dtype=np.int32)
-            masks = masks[used]
-            ids = [remap[v] if e else v for v, e in zip(ids, is_explicit.tolist(), strict=True)]
-            if self._maps and used.size == 0:
-                masks = None
-        return Proposals._from_parts(self._image_shape, self._working_shape, self._maps,
-                                     sources, ids, masks, self.map_names, self._grid)
-
-    @staticmethod
-    def concatenate(parts: Sequence[Proposals]) -> Proposals:
-        """Candidates of several Proposals of the same image, in order, as one object."""
-        if not parts:
-            raise ValueError("Proposals.concatenate: nothing to concatenate")
-        image_shape, working_shape = parts[0].image_shape, parts[0].working_shape
-        maps: list[np.ndarray] = []
-        names: list[str] = []
-        masks: list[np.ndarray] = []
-        cands: list[tuple[int, np.ndarray | list[int]]] = []
-        n_masks = 0
-        for p in parts:
-            if p.image_shape != image_shape or p.working_shape != working_shape:
-                raise ValueError("Proposals.concatenate: parts differ in image or working shape")
-            for s, ids in zip(p._sources, p._ids, strict=True):
-                cands.append((int(s) + len(maps), ids) if s >= 0 else (-1, [int(ids[0]) + n_masks]))
-            if p._explicit is not None:
-                masks.append(p._explicit)
-                n_masks += len(p._explicit)
-            maps.extend(p._maps)
-            names.extend(p.map_names)
-        stack = np.concatenate(masks) if masks else (
-            None if maps else np.zeros((0, *working_shape), dtype=bool))
-        return Proposals(image_shape, maps, cands, explicit_masks=stack, map_names=names)
-
-    # -- basic accessors ---------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __repr__(self) -> str:
-        return (f"Proposals({len(self)} candidates, image {self._image_shape}, working "
-                f"{self._working_shape}, maps {list(self.map_names)}, explicit "
-                f"{0 if self._explicit is None else len(self._explicit)})")
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        """(H, W) of the full-resolution image."""
-        return self._image_shape
-
-    @property
-    def working_shape(self) -> tuple[int, int]:
-        """(h, w) of the label maps and explicit masks."""
-        return self._working_shape
-
-    @property
-    def label_maps(self) -> tuple[np.ndarray, ...]:
-        """The base segmentations, int32 (h, w) each."""
-        return self._maps
-
-    @property
-    def explicit_masks(self) -> np.ndarray | None:
-        """bool (K, h, w) explicit masks, or None."""
-        return self._explicit
-
-    def candidate(self, i: int) -> tuple[int, np.ndarray]:
-        """``(source, ids)`` of candidate ``i``: label map index and int32 sorted region ids,
-        or ``(-1, [k])`` for explicit mask ``k``."""
-        return int(self._sources[i]), self._ids[i]
-
     # -- per-candidate statistics ------------------------------------------------------------
-
-    def _groups(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per source: (candidate indices, flat ids, reduceat starts), explicit source last."""
-        groups = self._cache.get("groups")
-        if groups is None:
-            groups = []
-            for source in [*range(len(self._maps)), -1]:
-                sel = np.flatnonzero(self._sources == source)
-                if sel.size == 0:
-                    continue
-                lengths = np.array([self._ids[i].size for i in sel])
-                flat = np.concatenate([self._ids[i] for i in sel]).astype(np.int64)
-                starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-                groups.append((sel, flat, starts))
-            self._cache["groups"] = groups
-        return groups  # type: ignore[return-value]
-
-    def _source_of(self, sel: np.ndarray) -> int:
-        return int(self._sources[sel[0]])
-
-    def _explicit_pixels(self) -> tuple[np.ndarray, np.ndarray]:
-        """Flat pixel indices of all explicit masks concatenated, and each mask's start."""
-        cached = self._cache.get("explicit_pixels")
-        if cached is None:
-            flat = self._explicit.reshape(len(self._explicit), -1)
-            pix = [np.flatnonzero(m) for m in flat]
-            starts = np.concatenate(([0], np.cumsum([p.size for p in pix])[:-1]))
-            cached = (np.concatenate(pix), starts.astype(np.int64))
-            self._cache["explicit_pixels"] = cached
-        return cached  # type: ignore[return-value]
-
-    def _sum(self, values: np.ndarray) -> np.ndarray:
-        """Sum of a float64 (h, w) per-working-pixel map over each candidate, float64 (M,)."""
-        out = np.zeros(len(self), dtype=np.float64)
-        flat_values = values.reshape(-1)
-        for sel, flat, starts in self._groups():
-            source = self._source_of(sel)
-            if source >= 0:
-                per_region = np.bincount(self._maps[source].reshape(-1), weights=flat_values,
-                                         minlength=self._n_regions[source])
-            else:
-                pix, pstarts = self._explicit_pixels()
-                per_region = np.add.reduceat(flat_values[pix], pstarts)
-            out[sel] = np.add.reduceat(per_region[flat], starts)
-        return out
-
-    def _pixel_areas(self) -> np.ndarray:
-        areas = self._cache.get("areas")
-        if areas is None:
-            areas = self._sum(self._grid.weight)
-            self._cache["areas"] = areas
-        return areas  # type: ignore[return-value]
 
     def areas(self) -> np.ndarray:
         """Area of each candidate's full-resolution mask as a fraction of the image.
@@ -494,33 +247,6 @@ class Proposals:
                 count += (c @ masks).reshape(self._working_shape)
         return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
-    # -- masks -------------------------------------------------------------------------------
-
-    def _full_labels(self, source: int) -> np.ndarray:
-        key = f"full{source}"
-        full = self._cache.get(key)
-        if full is None:
-            full = self._grid.upsample(self._maps[source])
-            self._cache[key] = full
-        return full  # type: ignore[return-value]
-
-    def mask(self, i: int) -> np.ndarray:
-        """Candidate ``i`` at full resolution, bool (H, W)."""
-        source, ids = self.candidate(int(i))
-        if source == -1:
-            return self._grid.upsample(self._explicit[ids[0]])
-        lut = np.zeros(self._n_regions[source], dtype=bool)
-        lut[ids] = True
-        return lut[self._full_labels(source)]
-
-    def masks(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Candidates ``indices`` (all when None) at full resolution, bool (K, H, W)."""
-        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
-        out = np.empty((idx.size, *self._image_shape), dtype=bool)
-        for k, i in enumerate(idx.reshape(-1)):
-            out[k] = self.mask(int(i))
-        return out
-
     # -- pairwise overlaps -------------------------------------------------------------------
 
     def _indicators(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -618,73 +344,6 @@ class Proposals:
         return inter / (area[:, None] + area[None, :] - inter)
 
 
-def _dedup_cap(props: Proposals, groups: Sequence[np.ndarray], max_candidates: int
-               ) -> Proposals:
-    """Drop near-duplicates and cap the number of candidates.
-
-    Args:
-        props: the candidates.
-        groups: disjoint int64 arrays of candidate indices, each in its own priority
-            order (e.g. one per hierarchy). The final order interleaves them round-robin, so
-            that the cap keeps a share of every group; of two near-duplicates the earlier in
-            that order is kept.
-        max_candidates: most candidates kept.
-
-    Returns:
-        The surviving candidates, in interleaved priority order.
-    """
-    order: list[int] = []
-    longest = max((g.size for g in groups), default=0)
-    for rank in range(longest):
-        order.extend(int(g[rank]) for g in groups if rank < g.size)
-    # Identical region sets first (cheap), then IoU on what is left.
-    seen: set[tuple[int, bytes]] = set()
-    unique = []
-    for i in order:
-        source, ids = props.candidate(i)
-        key = (source, ids.tobytes())
-        if key not in seen:
-            seen.add(key)
-            unique.append(i)
-    props = props.select(unique)
-    if len(props) == 0:
-        return props
-    iou = props.ious()
-    suppressed = np.zeros(len(props), dtype=bool)
-    keep = []
-    for i in range(len(props)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        if len(keep) == max_candidates:
-            break
-        suppressed |= iou[i] > DUPLICATE_IOU
-    return props.select(keep)
-
-
-def filter_candidates(props: Proposals, groups: Sequence[np.ndarray], *, min_area: float,
-            max_span: float, max_candidates: int) -> Proposals:
-    """EM-Paste's filters on existing proposals: size and span, then duplicates and the cap."""
-    ok = size_ok(props.areas(), props.boxes(), props.image_shape, min_area=min_area,
-                  max_span=max_span)
-    return _dedup_cap(props, [g[ok[g]] for g in groups], max_candidates)
-
-
-def check_options(max_side: int, min_area: float, max_span: float, max_candidates: int,
-                   who: str) -> None:
-    if not (isinstance(max_side, int | np.integer) and max_side >= MIN_IMAGE_SIDE):
-        raise ValueError(f"{who}: max_side must be an integer >= {MIN_IMAGE_SIDE}, "
-                         f"got {max_side!r}")
-    if not 0.0 <= min_area < 1.0:
-        raise ValueError(f"{who}: min_area must be in [0, 1), got {min_area!r}")
-    if not max_span > 0.0:
-        raise ValueError(f"{who}: max_span must be > 0 (above 1 disables the filter), "
-                         f"got {max_span!r}")
-    if not (isinstance(max_candidates, int | np.integer) and max_candidates >= 1):
-        raise ValueError(f"{who}: max_candidates must be an integer >= 1, "
-                         f"got {max_candidates!r}")
-
-
 def generate_proposals(
     image: np.ndarray,
     *,
@@ -720,49 +379,16 @@ def generate_proposals(
     Raises:
         ValueError: an unknown method, a bad option, or an image too small or of a bad shape.
     """
-    methods = tuple(dict.fromkeys((methods,) if isinstance(methods, str) else methods))
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown proposal method {m!r}; choose from: {', '.join(METHODS)}")
-    if not methods:
-        raise ValueError(f"generate_proposals: methods is empty; choose from: "
-                         f"{', '.join(METHODS)}")
-    if "sam" in methods and sam is None:
-        raise ValueError("generate_proposals: method 'sam' needs a model: pass "
-                         "sam=SamProposer(checkpoint)")
+    methods = _checked_methods(methods, sam)
     check_options(max_side, min_area, max_span, max_candidates, "generate_proposals")
     rgb = as_rgb(image, "generate_proposals")
     work = working_image(rgb, int(max_side))
-    image_shape, working_shape = rgb.shape[:2], work.shape[:2]
-    grid = Grid(image_shape, working_shape)
     parts: list[Proposals] = []
     specs = [s for m in methods if m != "sam" for s in BASE_SPECS[m]]
     if specs:
-        # SLIC wants Lab in its usual ranges (L 0-100, a/b about +-100): float input gives those.
-        lab = cv2.cvtColor(work.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-        codes = colour_codes(cv2.cvtColor(work, cv2.COLOR_RGB2Lab))
-        maps, names, sources, ids, groups = [], [], [], [], []
-        for spec in specs:
-            labels = base_segmentation(spec, work, lab)
-            region_area = np.bincount(labels.reshape(-1), weights=grid.weight.reshape(-1))
-            for tree in hierarchies(labels, codes, spec.strategies):
-                # Size filters before any per-candidate object exists: most nodes fail them.
-                areas = tree.member @ region_area / float(image_shape[0] * image_shape[1])
-                ok = np.flatnonzero(size_ok(areas, extents_to_boxes(tree.extent, grid),
-                                             image_shape, min_area=min_area,
-                                             max_span=max_span))
-                # Most stable first: on coco_mini this beat largest-first (the selective-search
-                # order) by 1-10 points of recall at 300 candidates, more with more hierarchies.
-                nodes = ok[np.argsort(-tree.stability[ok], kind="stable")]
-                groups.append(np.arange(len(ids), len(ids) + nodes.size))
-                ids.extend(np.flatnonzero(tree.member[k]).astype(np.int32) for k in nodes)
-                sources.extend([len(maps)] * nodes.size)
-            maps.append(labels)
-            names.append(f"{spec.method}-{spec.param:g}")
-        props = Proposals._from_parts(image_shape, working_shape, tuple(maps),
-                                      np.asarray(sources, dtype=np.int64), ids, None,
-                                      tuple(names), grid)
-        parts.append(_dedup_cap(props, groups, max_candidates))
+        props, groups = _grouped_regions(work, rgb.shape[:2], specs, min_area=min_area,
+                                         max_span=max_span)
+        parts.append(dedup_cap(props, groups, max_candidates))
     if "sam" in methods:
         parts.append(sam.propose(rgb, max_side=max_side))  # type: ignore[union-attr]
     if len(parts) == 1:
@@ -775,8 +401,58 @@ def generate_proposals(
                    min_area=min_area, max_span=max_span, max_candidates=max_candidates)
 
 
-# --------------------------------------------------------------------------------------------
-# SAM
-# --------------------------------------------------------------------------------------------
+def _checked_methods(methods: Sequence[str] | str, sam: MaskProposer | None) -> tuple[str, ...]:
+    """The proposal methods, de-duplicated in order; a ValueError for an unknown or empty set."""
+    methods = tuple(dict.fromkeys((methods,) if isinstance(methods, str) else methods))
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown proposal method {m!r}; choose from: {', '.join(METHODS)}")
+    if not methods:
+        raise ValueError(f"generate_proposals: methods is empty; choose from: "
+                         f"{', '.join(METHODS)}")
+    if "sam" in methods and sam is None:
+        raise ValueError("generate_proposals: method 'sam' needs a model: pass "
+                         "sam=SamProposer(checkpoint)")
+    return methods
 
 
+def _grouped_regions(work: np.ndarray, image_shape: tuple[int, int], specs: Sequence,
+                     *, min_area: float, max_span: float
+                     ) -> tuple[Proposals, list[np.ndarray]]:
+    """Every size-passing node of every selective-search hierarchy of the base segmentations.
+
+    Args:
+        work: uint8 (h, w, 3) RGB at working resolution.
+        image_shape: (H, W) of the full-resolution image.
+        specs: the base segmentations (``grouping.BASE_SPECS`` entries) to group.
+        min_area: nodes under this fraction of the image area are dropped.
+        max_span: nodes whose box spans at least this fraction of a side are dropped.
+
+    Returns:
+        The candidates and, per hierarchy, its candidates' indices, most stable first.
+    """
+    grid = Grid(image_shape, work.shape[:2])
+    # SLIC wants Lab in its usual ranges (L 0-100, a/b about +-100): float input gives those.
+    lab = cv2.cvtColor(work.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    codes = colour_codes(cv2.cvtColor(work, cv2.COLOR_RGB2Lab))
+    maps, names, sources, ids, groups = [], [], [], [], []
+    for spec in specs:
+        labels = base_segmentation(spec, work, lab)
+        region_area = np.bincount(labels.reshape(-1), weights=grid.weight.reshape(-1))
+        for tree in hierarchies(labels, codes, spec.strategies):
+            # Size filters before any per-candidate object exists: most nodes fail them.
+            areas = tree.member @ region_area / float(image_shape[0] * image_shape[1])
+            ok = np.flatnonzero(size_ok(areas, extents_to_boxes(tree.extent, grid),
+                                         image_shape, min_area=min_area, max_span=max_span))
+            # Most stable first: on coco_mini this beat largest-first (the selective-search
+            # order) by 1-10 points of recall at 300 candidates, more with more hierarchies.
+            nodes = ok[np.argsort(-tree.stability[ok], kind="stable")]
+            groups.append(np.arange(len(ids), len(ids) + nodes.size))
+            ids.extend(np.flatnonzero(tree.member[k]).astype(np.int32) for k in nodes)
+            sources.extend([len(maps)] * nodes.size)
+        maps.append(labels)
+        names.append(f"{spec.method}-{spec.param:g}")
+    props = Proposals._from_parts(image_shape, work.shape[:2], tuple(maps),
+                                  np.asarray(sources, dtype=np.int64), ids, None,
+                                  tuple(names), grid)
+    return props, groups

@@ -9,8 +9,8 @@ import numpy as np
 
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.mine.config import MIN_IMAGE_SIDE
-from weakpaste.mine.grouping import as_rgb, working_image
-from weakpaste.mine.proposals import Proposals, check_options, filter_candidates
+from weakpaste.mine.grouping import as_rgb, check_options, filter_candidates, working_image
+from weakpaste.mine.proposals import Proposals
 
 
 class SamProposer:

@@ -114,23 +114,7 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
         raise ValueError(f"render: plan has {len(plan.segment_ids)} segments, got "
                          f"{len(segments)}")
     image = background.copy()
-    M = len(bg_masks)
-    # All instance masks live in one column-major (H, W, M + P) buffer: the layout RLE coding
-    # uses, so the kept masks are encoded without another copy. np.zeros is lazily paged.
-    buf = np.zeros((H, W, M + len(plan.placements)), dtype=bool, order="F")
-    lazy = isinstance(bg_masks, mask_ops.RleStack)
-    classes = list(bg_classes)
-    # Areas and boxes (x0, y0, x1, y1) of what each instance had when it entered: occlusion
-    # only visits (and only decodes) the instances whose box meets the new object's window.
-    if lazy:
-        entered, boxes = bg_masks.areas(), bg_masks.boxes()
-    else:
-        for k in range(M):
-            buf[:, :, k] = bg_masks[k]
-        entered = [int(np.count_nonzero(buf[:, :, k])) for k in range(M)]
-        boxes = [tuple(int(v) for v in mask_ops.mask_box(buf[:, :, k])) for k in range(M)]
-    touched = [False] * M
-    pasted = [False] * M
+    layers = _Layers(bg_masks, bg_classes, (H, W), len(plan.placements))
     outside = 0
     # Blending reaches a little beyond the mask (blurred alpha, Poisson's boundary).
     margin = int(math.ceil(3 * params.blur_sigma)) + 2
@@ -140,40 +124,100 @@ def render(background: np.ndarray, bg_masks: np.ndarray, bg_classes: tuple[str, 
         if warped is None:
             outside += 1
             continue
-        win_rgb, win_mask, (x0, y0, x1, y1) = warped
-        # Work in the object's window grown by the blending margin, clipped to the image.
-        X0, Y0 = max(x0 - margin, 0), max(y0 - margin, 0)
-        X1, Y1 = min(x1 + margin, W), min(y1 + margin, H)
-        dst = image[Y0:Y1, X0:X1]
-        src = dst.copy()
-        src[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0] = win_rgb
-        big_mask = np.zeros(dst.shape[:2], dtype=bool)
-        big_mask[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0] = win_mask
-        image[Y0:Y1, X0:X1] = blending.blend(dst, src, big_mask, p.blend,
-                                             sigma=params.blur_sigma)
-        hidden = ~win_mask
-        for k, (bx0, by0, bx1, by1) in enumerate(boxes):
-            if bx0 < x1 and x0 < bx1 and by0 < y1 and y0 < by1:
-                if lazy and k < M and not touched[k]:
-                    buf[:, :, k] = bg_masks.decode(k)
-                buf[y0:y1, x0:x1, k] &= hidden
-                touched[k] = True
-        buf[y0:y1, x0:x1, len(classes)] = win_mask
-        classes.append(name)
-        entered.append(int(np.count_nonzero(win_mask)))
-        boxes.append((x0, y0, x1, y1))
-        touched.append(False)
-        pasted.append(True)
-    keep, dropped = [], Counter()
-    for k in range(len(classes)):
-        area = int(np.count_nonzero(buf[:, :, k])) if touched[k] else entered[k]
-        if area < params.min_area or area < params.min_visible * entered[k]:
-            dropped[classes[k]] += 1
+        win_rgb, win_mask, box = warped
+        _paste_window(image, win_rgb, win_mask, box, p.blend, margin, params.blur_sigma)
+        layers.occlude(win_mask, box)
+        layers.add(win_mask, box, name)
+    return layers.rendered(image, outside, params)
+
+
+def _paste_window(image: np.ndarray, win_rgb: np.ndarray, win_mask: np.ndarray,
+                  box: tuple[int, int, int, int], blend: str, margin: int, sigma: float) -> None:
+    """Blend a warped object into ``image`` (in place) at ``box`` (x0, y0, x1, y1)."""
+    H, W = image.shape[:2]
+    x0, y0, x1, y1 = box
+    # Work in the object's window grown by the blending margin, clipped to the image.
+    X0, Y0 = max(x0 - margin, 0), max(y0 - margin, 0)
+    X1, Y1 = min(x1 + margin, W), min(y1 + margin, H)
+    dst = image[Y0:Y1, X0:X1]
+    src = dst.copy()
+    src[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0] = win_rgb
+    big_mask = np.zeros(dst.shape[:2], dtype=bool)
+    big_mask[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0] = win_mask
+    image[Y0:Y1, X0:X1] = blending.blend(dst, src, big_mask, blend, sigma=sigma)
+
+
+class _Layers:
+    """The instance masks of an image being composed: the background's, then each pasted one.
+
+    Args:
+        bg_masks: the background's instance masks, bool (M, H, W) or an ``RleStack``.
+        bg_classes: class name per background instance.
+        shape: (H, W) of the image.
+        n_pasted: most objects that will be pasted.
+    """
+
+    def __init__(self, bg_masks: np.ndarray | mask_ops.RleStack, bg_classes: tuple[str, ...],
+                 shape: tuple[int, int], n_pasted: int):
+        H, W = shape
+        M = len(bg_masks)
+        self.bg_masks, self.n_background = bg_masks, M
+        # All instance masks live in one column-major (H, W, M + P) buffer: the layout RLE
+        # coding uses, so the kept masks are encoded without another copy. np.zeros is lazily
+        # paged.
+        self.buf = np.zeros((H, W, M + n_pasted), dtype=bool, order="F")
+        self.lazy = isinstance(bg_masks, mask_ops.RleStack)
+        self.classes = list(bg_classes)
+        # Areas and boxes (x0, y0, x1, y1) of what each instance had when it entered:
+        # occlusion only visits (and only decodes) the instances whose box meets the new
+        # object's window.
+        if self.lazy:
+            self.entered, self.boxes = bg_masks.areas(), bg_masks.boxes()
         else:
-            keep.append(k)
-    kept = buf[:, :, :len(classes)] if len(keep) == len(classes) else buf[:, :, keep]
-    reused = tuple(bg_masks.rles[k] if lazy and k < M and not touched[k] else None
-                   for k in keep)
-    return Rendered(image=image, classes=tuple(classes[k] for k in keep),
-                    pasted=np.array([pasted[k] for k in keep], dtype=bool), dropped=dropped,
-                    outside=outside, buffer=np.asfortranarray(kept), reused=reused)
+            for k in range(M):
+                self.buf[:, :, k] = bg_masks[k]
+            self.entered = [int(np.count_nonzero(self.buf[:, :, k])) for k in range(M)]
+            self.boxes = [tuple(int(v) for v in mask_ops.mask_box(self.buf[:, :, k]))
+                          for k in range(M)]
+        self.touched = [False] * M
+        self.pasted = [False] * M
+
+    def occlude(self, win_mask: np.ndarray, box: tuple[int, int, int, int]) -> None:
+        """Hide, in every instance so far, what a new object covers in its window ``box``."""
+        x0, y0, x1, y1 = box
+        hidden = ~win_mask
+        for k, (bx0, by0, bx1, by1) in enumerate(self.boxes):
+            if bx0 < x1 and x0 < bx1 and by0 < y1 and y0 < by1:
+                if self.lazy and k < self.n_background and not self.touched[k]:
+                    self.buf[:, :, k] = self.bg_masks.decode(k)
+                self.buf[y0:y1, x0:x1, k] &= hidden
+                self.touched[k] = True
+
+    def add(self, win_mask: np.ndarray, box: tuple[int, int, int, int], name: str) -> None:
+        """Add a pasted object of class ``name`` whose mask in window ``box`` is ``win_mask``."""
+        x0, y0, x1, y1 = box
+        self.buf[y0:y1, x0:x1, len(self.classes)] = win_mask
+        self.classes.append(name)
+        self.entered.append(int(np.count_nonzero(win_mask)))
+        self.boxes.append((x0, y0, x1, y1))
+        self.touched.append(False)
+        self.pasted.append(True)
+
+    def rendered(self, image: np.ndarray, outside: int, params: RenderParams) -> Rendered:
+        """The image with the instances still visible enough (``min_area``, ``min_visible``)."""
+        classes, entered, touched, buf = self.classes, self.entered, self.touched, self.buf
+        keep, dropped = [], Counter()
+        for k in range(len(classes)):
+            area = int(np.count_nonzero(buf[:, :, k])) if touched[k] else entered[k]
+            if area < params.min_area or area < params.min_visible * entered[k]:
+                dropped[classes[k]] += 1
+            else:
+                keep.append(k)
+        kept = buf[:, :, :len(classes)] if len(keep) == len(classes) else buf[:, :, keep]
+        reused = tuple(self.bg_masks.rles[k]
+                       if self.lazy and k < self.n_background and not touched[k] else None
+                       for k in keep)
+        return Rendered(image=image, classes=tuple(classes[k] for k in keep),
+                        pasted=np.array([self.pasted[k] for k in keep], dtype=bool),
+                        dropped=dropped, outside=outside, buffer=np.asfortranarray(kept),
+                        reused=reused)
