@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from conftest import png_header, square_masks
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.cli import main
+from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import write_image
 from weakpaste.structures import ImageRecord, Instances
@@ -49,7 +50,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     coco = root / "instances.json"
     write_coco(coco, records, ["a", "b"])
     bank = root / "bank"
-    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), progress=False)
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=coco, images=images),
+                       RunOptions(out=bank, quiet=True))
     labels = root / "labels.csv"
     labels.write_text("image,labels\nimg0.png,a\nimg1.png,b\nimg2.png,a\n")
     decoy = root / "decoy"

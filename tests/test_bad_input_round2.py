@@ -32,10 +32,11 @@ import pytest
 import zstandard
 from conftest import square_masks
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.bank.store import SegmentBank
 from weakpaste.cli import main
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import read_image, write_image
 from weakpaste.structures import ImageRecord, Instances
@@ -66,7 +67,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     coco = root / "instances.json"
     write_coco(coco, records, ["a", "b"])
     bank = root / "bank"
-    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), progress=False)
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=coco, images=images),
+                       RunOptions(out=bank, quiet=True))
     labels = root / "labels.csv"
     labels.write_text("image,labels\nimg0.png,a;b\nimg1.png,b\nimg2.png,a\n")
     return {"root": root, "images": images, "coco": coco, "bank": bank, "labels": labels}
