@@ -22,7 +22,7 @@ from weakpaste.io import lvis as lvis_io
 from weakpaste.io.coco import Federated, load_coco, write_coco
 from weakpaste.io.images import write_image
 from weakpaste.paste.run import PasteConfig, PasteInputs, run_paste
-from weakpaste.report.stats import run_stats
+from weakpaste.report.stats import StatsInputs, run_stats
 
 # The ``lvis`` package (0.5.3, LVISEval) on lvis_reference.make_case(0): see that module for
 # how to run it. weakpaste's LVIS protocol (faster-coco-eval's LVIS mode) must give the same.
@@ -156,11 +156,11 @@ def test_file_name_wins_over_coco_url(tiny_lvis):
 
 
 def test_stats_of_an_lvis_file(tiny_lvis, tiny_coco):
-    stats = run_stats(tiny_lvis[0])
+    stats = run_stats(None, StatsInputs(tiny_lvis[0]))
     assert stats["lvis"] == {"format": "lvis",
                              "classes_per_frequency": {"r": 5, "c": 0, "f": 0},
                              "negative_labels": 4, "not_exhaustive_labels": 1}
-    assert "lvis" not in run_stats(tiny_coco[0])
+    assert "lvis" not in run_stats(None, StatsInputs(tiny_coco[0]))
 
 
 # ---------------------------------------------------------------------------------------------

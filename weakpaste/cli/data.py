@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from weakpaste.cli.common import add_run_options, command, common, run_options
+from weakpaste.cli.common import add_run_options, command, run_options
 from weakpaste.core.options import add_options, from_args
 
 
@@ -53,18 +53,18 @@ def _cmd_bank_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
-    from weakpaste.report.viz import VizConfig, run_viz
+    from weakpaste.report.viz import VizConfig, VizInputs, run_viz
 
-    run_viz(args.coco_json, args.images, args.out, from_args(VizConfig, args),
-            predictions=args.predictions, overwrite=args.overwrite, progress=not args.quiet)
+    run_viz(from_args(VizConfig, args), VizInputs(args.coco_json, args.images, args.predictions),
+            run_options(args))
     print(f"contact sheet: {Path(args.out) / 'contact_sheet.png'}")
     return 0
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from weakpaste.report.stats import format_stats, run_stats
+    from weakpaste.report.stats import StatsInputs, format_stats, run_stats
 
-    stats = run_stats(args.coco_json, images_dir=args.images)
+    stats = run_stats(None, StatsInputs(args.coco_json, args.images))
     print(json.dumps(stats, indent=2) if args.json else f"{args.coco_json}\n\n"
           f"{format_stats(stats)}")
     return 0
@@ -112,14 +112,13 @@ def _build_viz(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("coco_json", help="COCO or LVIS instances JSON with masks (polygons or RLE)")
     p.add_argument("--images", required=True, help="folder of the images")
-    p.add_argument("--out", required=True,
-                   help="output folder: the drawn images and contact_sheet.png")
     p.add_argument("--predictions", metavar="RESULTS_JSON",
                    help="draw these detections on the images of coco_json instead of its "
                         "annotations (COCO results format, e.g. 'weakpaste eval' OUT/"
                         "predictions.json)")
     add_options(p, VizConfig)
-    common(p)
+    add_run_options(p, "out", "overwrite", "quiet",
+                    helps={"out": "output folder: the drawn images and contact_sheet.png"})
     p.set_defaults(func=_cmd_viz)
 
 

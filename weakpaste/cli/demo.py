@@ -27,7 +27,7 @@ def format_demo(result: dict) -> str:
     """The demo's report: mined-mask quality, the F-EM funnel, statistics, where things are."""
     from weakpaste.evaluate.funnel import format_funnel
     from weakpaste.evaluate.masks import format_table
-    from weakpaste.report.stats import format_stats, run_stats
+    from weakpaste.report.stats import StatsInputs, format_stats, run_stats
 
     lines = []
     if result["quality"] is not None:
@@ -39,7 +39,7 @@ def format_demo(result: dict) -> str:
                   format_table(result["quality"]), "", "F-EM " + format_funnel(result["funnel"])]
         lines += ["", f"mined precision@0.5 {overall['precision@0.5']:.1%}, pair yield@0.5 "
                   f"{overall['pair_yield@0.5']:.1%}"]
-    lines += ["", format_stats(run_stats(result["pasted"]["annotations_json"]))]
+    lines += ["", format_stats(run_stats(None, StatsInputs(result["pasted"]["annotations_json"])))]
     source = ("F-EM from image-level labels; mined masks: " + str(result["viz_mined"])
               if result["quality"] is not None else "ground truth")
     lines += ["", f"synthetic scenes : {result['scenes']}",
