@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from weakpaste.cli.common import command, common, workers
+from weakpaste.cli.common import add_run_options, command, common, run_options, workers
 from weakpaste.core.options import add_options, from_args
 
 METHODS = ("fem", "freeseg")
@@ -99,10 +99,14 @@ def _cmd_mine_freeseg(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
-    from weakpaste.evaluate.funnel import run_evaluate_masks
+    from weakpaste.evaluate.funnel import (
+        EvaluateMasksConfig,
+        EvaluateMasksInputs,
+        run_evaluate_masks,
+    )
 
-    print(run_evaluate_masks(args.pred, args.gt, out=args.out, as_json=args.json,
-                             overwrite=args.overwrite))
+    print(run_evaluate_masks(from_args(EvaluateMasksConfig, args),
+                             EvaluateMasksInputs(args.pred, args.gt), run_options(args)))
     return 0
 
 
@@ -158,9 +162,12 @@ def _build_mine(p: argparse.ArgumentParser) -> None:
 def _build_evaluate_masks(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", help="a segment bank folder or a COCO JSON of predicted masks")
     p.add_argument("--gt", required=True, help="ground-truth COCO JSON with instance masks")
-    p.add_argument("--out", help="also write the metrics to this JSON file")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    from weakpaste.evaluate.funnel import EvaluateMasksConfig
+
+    add_run_options(p, "out", "overwrite", out_required=False, out_metavar="JSON",
+                    helps={"out": "also write the metrics to this JSON file",
+                           "overwrite": "replace an existing --out file"})
+    add_options(p, EvaluateMasksConfig)
     p.set_defaults(func=_cmd_evaluate_masks)
 
 
