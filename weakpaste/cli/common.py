@@ -106,16 +106,3 @@ def threads(p: argparse.ArgumentParser) -> None:
     """``--threads N``: torch CPU threads (see ``torch_threads``)."""
     p.add_argument("--threads", type=count, help="torch CPU threads (default: torch's choice)")
 
-
-def common(p: argparse.ArgumentParser, out: bool = True) -> None:
-    """``--overwrite`` (for commands with an output folder) and ``--quiet``."""
-    if out:
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace an existing weakpaste output in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def workers(p: argparse.ArgumentParser, default: int = 1) -> None:
-    """``--workers N``: processes of the per-item stage (the output does not depend on it)."""
-    p.add_argument("--workers", type=count, default=default,
-                   help=f"processes; the output is the same for any number (default: {default})")

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from weakpaste.cli.common import command, common, torch_threads, workers
+from weakpaste.cli.common import add_run_options, command, run_options, torch_threads
 from weakpaste.core.options import add_options, from_args
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     # Idle OpenMP threads sleep: the classifier trains while other work shares the cores.
     torch_threads(None)
-    from weakpaste.demo.run import DemoConfig, run_demo
+    from weakpaste.demo.run import DemoConfig, DemoInputs, run_demo
 
-    result = run_demo(from_args(DemoConfig, args), args.out, workers=args.workers,
-                      overwrite=args.overwrite, progress=not args.quiet)
+    result = run_demo(from_args(DemoConfig, args), DemoInputs(), run_options(args))
     print(format_demo(result))
     return 0
 
@@ -70,10 +69,9 @@ def _format_train(train: dict) -> str:
 def _build(p: argparse.ArgumentParser) -> None:
     from weakpaste.demo.run import DemoConfig
 
-    p.add_argument("--out", default="weakpaste-demo", help="output folder (default: %(default)s)")
     add_options(p, DemoConfig)
-    workers(p, default=2)
-    common(p)
+    add_run_options(p, "out", "overwrite", "workers", "quiet",
+                    defaults={"out": "weakpaste-demo", "workers": 2})
     p.set_defaults(func=_cmd_demo)
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from weakpaste.cli.common import (
     add_run_options,
     command,
-    common,
     run_options,
     threads,
     torch_threads,
@@ -31,11 +30,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     from weakpaste.evaluate.detection import format_metrics
     from weakpaste.train.config import TrainConfig
-    from weakpaste.train.loop import run_train
+    from weakpaste.train.loop import TrainInputs, run_train
 
-    manifest = run_train(from_args(TrainConfig, args), args.train, args.out, val=args.val,
-                         stage2=args.stage2 or (), overwrite=args.overwrite, resume=args.resume,
-                         progress=not args.quiet, on_note=_note)
+    inputs = TrainInputs(args.train, args.stage2 or (), args.val)
+    manifest = run_train(from_args(TrainConfig, args), inputs, run_options(args), on_note=_note)
     c = manifest["counts"]
     images = ", ".join(f"{k}: {v} images" for k, v in c["images"].items())
     print(f"trained {c['iterations']} iterations ({images}) on {c['classes']} classes; "
@@ -88,12 +86,11 @@ def _build_train(p: argparse.ArgumentParser) -> None:
                            "stage 1 with a fresh schedule (FreeSeg §4.1); repeatable")
     data.add_argument("--val", metavar="COCO_JSON:IMAGES_DIR",
                       help="evaluate the final model on this set (OUT/eval/metrics.json)")
-    data.add_argument("--out", required=True, help="output folder")
     add_options(p.add_argument_group("training"), TrainConfig)
     threads(p)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoints/last.pt")
-    common(p)
+    # No --workers: the DataLoader's workers are a training setting.
+    add_run_options(data, "out", "overwrite", "resume", "quiet",
+                    helps={"resume": "continue from OUT/checkpoints/last.pt"})
     p.set_defaults(func=_cmd_train)
 
 
