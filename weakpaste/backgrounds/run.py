@@ -37,6 +37,7 @@ from weakpaste.core.manifest import (
     file_sha256,
     fingerprints_sha256,
     first_change,
+    jsonable,
     record_listing,
     recorded_listing,
 )
@@ -344,7 +345,7 @@ def _check_resume(out: Path, old: dict, run_config: dict, hashes: dict[str, str]
 
     # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
     check_resume(out, {**old, "config": {**old.get("config", {}), "rewrite_only": None}},
-                 json.loads(json.dumps({**run_config, "rewrite_only": None})), hashes,
+                 jsonable({**run_config, "rewrite_only": None}), hashes,
                  flags=flags_of(BackgroundsConfig), describe=describe,
                  fingerprints=["images"])
 

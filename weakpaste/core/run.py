@@ -21,7 +21,6 @@ files after ``map``), never change their order.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from weakpaste.core.manifest import (
     check_output_dir,
     check_output_file,
     check_resume,
+    jsonable,
     prepare_output_dir,
     read_weakpaste_manifest,
     write_manifest,
@@ -185,6 +185,7 @@ class StageRun:
             The output folder (the file for ``output="file"``).
         """
         inputs = inputs or {}
+        config = jsonable(config)  # paths given from Python as Path objects, tuples
         self._manifest = {"stage": self.stage, "config": config, "seed": seed,
                           "inputs": inputs, "extra": extra}
         if self.output != "folder":
@@ -193,7 +194,7 @@ class StageRun:
             old = read_weakpaste_manifest(self.out)
             if old is not None:  # else prepare_output_dir says there is nothing to resume
                 if resume_check is None:
-                    check_resume(self.out, old, json.loads(json.dumps(config)), inputs,
+                    check_resume(self.out, old, config, inputs,
                                  flags=flags, describe=describe, fingerprints=fingerprints)
                 else:
                     resume_check(self.out, old)

@@ -34,6 +34,7 @@ from weakpaste.core.manifest import (
     check_resume,
     file_sha256,
     first_change,
+    jsonable,
     record_listing,
     recorded_listing,
 )
@@ -460,7 +461,7 @@ def _check_resume(out: Path, old: dict, run_config: dict, inputs: dict[str, str]
         # The file's images are compared first: a change left is among the extra images.
         return names[key], first_change(recorded_listing(out, "backgrounds"), fingerprints)
 
-    check_resume(out, old, json.loads(json.dumps(run_config)), inputs,
+    check_resume(out, old, jsonable(run_config), inputs,
                  flags=flags_of(PasteConfig), describe=describe,
                  fingerprints=["background_images"])
 
