@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from weakpaste.bank.store import BankTable
 from weakpaste.io import coco
@@ -14,14 +13,14 @@ from weakpaste.paste.backgrounds import Background, BackgroundSet
 from weakpaste.paste.journal import read_journals, remove_stale_temporaries
 from weakpaste.structures import ImageRecord, Instances
 
-if TYPE_CHECKING:
-    from weakpaste.paste.run import PasteConfig
 
-
-def write_annotations(out: Path, config: PasteConfig, table: BankTable, bg_set: BackgroundSet,
+def write_annotations(out: Path, config, table: BankTable, bg_set: BackgroundSet,
                       made: dict[int, dict]) -> dict:
     """Assemble ``annotations.json`` from the items' records (``made`` by this run, the
-    journals for a resumed run's earlier items); returns the final manifest's counts."""
+    journals for a resumed run's earlier items); returns the final manifest's counts.
+
+    ``config`` is the run's ``PasteConfig`` (not imported: ``run`` imports this module).
+    """
     remove_stale_temporaries(out / "images")
     parts = made if len(made) == config.num_images else {**read_journals(out), **made}
     stats: dict[int, coco.MaskStats] = {}
