@@ -59,6 +59,9 @@ def add_run_options(p: argparse.ArgumentParser, *names: str, out_required: bool 
         raise ValueError(f"not run options: {sorted(unknown)}")
     add_options(p, RunOptions, exclude=[n for n in RUN_FIELDS if n not in names],
                 defaults=defaults)
+    # Which fields are the command's: a stage option may share a name (train's --workers is
+    # its DataLoader's), and run_options must not take it for a run option.
+    p.set_defaults(_run_options=tuple(names))
     fields = {f.name: f for f in dataclasses.fields(RunOptions)}
     for action in p._actions:
         if action.dest == "out":
@@ -71,11 +74,12 @@ def add_run_options(p: argparse.ArgumentParser, *names: str, out_required: bool 
 
 
 def run_options(args: argparse.Namespace):
-    """The ``RunOptions`` of parsed arguments (options the command lacks keep defaults)."""
-    from weakpaste.core.options import from_args
+    """The ``RunOptions`` of parsed arguments: the run options the command registered
+    (``add_run_options``); the others keep their defaults."""
     from weakpaste.core.run import RunOptions
 
-    return from_args(RunOptions, args)
+    names = getattr(args, "_run_options", ())
+    return RunOptions(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
 def torch_threads(threads: int | None) -> None:
