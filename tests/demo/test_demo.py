@@ -11,6 +11,7 @@ from weakpaste.bank.from_coco import BankInputs
 from weakpaste.cli import build_parser, main
 from weakpaste.core.run import RunOptions
 from weakpaste.demo.run import demo_mine_config, mine_command
+from weakpaste.mine.pipeline import MineInputs
 
 
 @pytest.fixture
@@ -111,8 +112,8 @@ def test_printed_mine_command_is_the_demo_config():
     config = demo_mine_config(seed=3)
     captured = {}
 
-    def fake_run(cfg, images, labels, out, **kwargs):
-        captured["config"] = cfg
+    def fake_run(cfg, inputs, run, **kwargs):
+        captured.update(config=cfg, inputs=inputs, out=run.out)
         raise SystemExit(0)
 
     argv = shlex.split(mine_command(config, "IMG", "L.json", "BANK"))[1:]
@@ -127,6 +128,8 @@ def test_printed_mine_command_is_the_demo_config():
     finally:
         fem.run_mine_fem = original
     assert captured["config"] == config
+    assert captured["inputs"] == MineInputs(images="IMG", labels="L.json")
+    assert captured["out"] == "BANK"
 
 
 def test_demo_config_defaults_and_pretrained():

@@ -258,8 +258,8 @@ class StageRun:
         doc = {**self._manifest, "counts": counts or {}}
         if extra is not None:
             doc["extra"] = extra
-        if self.output != "folder":
-            return {k: v for k, v in doc.items() if k != "extra"} | (doc["extra"] or {})
+        if self.output != "folder":  # nothing to write it into: the caller keeps it
+            return doc
         return write_manifest(self.out, **doc)
 
 
