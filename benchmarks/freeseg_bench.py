@@ -44,10 +44,12 @@ from pathlib import Path
 import numpy as np
 from bench_common import SHARED, model_parser
 
+from weakpaste.core.run import RunOptions
 from weakpaste.evaluate.funnel import CURVE_FRACTIONS, curve_of
 from weakpaste.evaluate.masks import _bytes_rle, _load_gt, evaluate_masks, load_predictions
 from weakpaste.mine.config import RANK_CUES, ClassifierSpec, FreeSegConfig, FreeSegParams
 from weakpaste.mine.freeseg import run_mine_freeseg
+from weakpaste.mine.pipeline import MineInputs
 from weakpaste.mine.ranking import keep_mask, rank_average, top_count
 
 PER_IMAGE = ("saliency", "features", "lore")
@@ -300,8 +302,9 @@ def main() -> None:
         # The GT file as the labels (its category names, e.g. "dining table", name the
         # classes): with the class folders' names ("dining_table") the predictions of 9 of
         # the 61 classes would match no GT category and count as wrong.
-        manifest = run_mine_freeseg(config, str(args.data), str(gt_path), str(out),
-                                    workers=args.workers, progress=False, save_baselines=True)
+        manifest = run_mine_freeseg(config, MineInputs(images=str(args.data), labels=str(gt_path)),
+                                    RunOptions(out=str(out), workers=args.workers, quiet=True),
+                                    save_baselines=True)
         wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
         classifier = classifier or str(out / "classifier.pt")
         stages += stage_table(name, out, gt_path)

@@ -44,10 +44,12 @@ from pathlib import Path
 import numpy as np
 from bench_common import SHARED, model_parser
 
+from weakpaste.core.run import RunOptions
 from weakpaste.evaluate.funnel import format_funnel, funnel, precision_yield
 from weakpaste.evaluate.masks import evaluate_masks, format_table
 from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams
 from weakpaste.mine.fem import run_mine_fem
+from weakpaste.mine.pipeline import MineInputs
 
 DATA = {"coco": SHARED / "data" / "coco_mini", "coco128": SHARED / "data" / "coco128",
         "pennfudan": SHARED / "data" / "pennfudan" / "PennFudanPed"}
@@ -279,8 +281,9 @@ def main() -> None:
         images, gt, train = _subsample(args)
     config = _config(args, negatives, train)
     start = time.perf_counter()
-    manifest = run_mine_fem(config, str(images), str(gt), str(args.out),
-                            workers=args.workers, progress=False, save_baselines=True)
+    manifest = run_mine_fem(config, MineInputs(images=str(images), labels=str(gt)),
+                            RunOptions(out=str(args.out), workers=args.workers, quiet=True),
+                            save_baselines=True)
     total = time.perf_counter() - start
     t = manifest["timings_s"]
     n = manifest["counts"]["labelled_images"]

@@ -40,13 +40,14 @@ from pathlib import Path
 
 import cv2
 
-from weakpaste.bank.from_coco import run_bank_from_coco
+from weakpaste.bank.from_coco import BankInputs, run_bank_from_coco
 from weakpaste.core.files import atomic_write_bytes
+from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import encode_image, read_image
 from weakpaste.ops import masks as mask_ops
 from weakpaste.paste import run as paste_run
-from weakpaste.paste.run import PasteConfig, run_paste
+from weakpaste.paste.run import PasteConfig, PasteInputs, run_paste
 
 # Images per CPU-second (user + system) of the single-process runs: on a machine shared with
 # other jobs this ratio is far steadier than wall-clock rates.
@@ -76,9 +77,10 @@ def paste_rate(data_dir: Path, bank: Path, num_images: int, workers: int, out: P
     config = PasteConfig(num_images=num_images, seed=0, objects=(4, 4), blend=("gaussian",),
                          image_format="jpg")
     start, cpu = time.perf_counter(), time.process_time()
-    run_paste(config, bank=str(bank), out_dir=str(out),
-              backgrounds_json=str(data_dir / "instances.json"),
-              images_dir=str(data_dir / "images"), workers=workers, progress=False)
+    run_paste(config,
+              PasteInputs(bank=str(bank), backgrounds=str(data_dir / "instances.json"),
+                          images=str(data_dir / "images")),
+              RunOptions(out=str(out), workers=workers, quiet=True))
     if workers == 1:
         CPU["1_worker"].append(num_images / (time.process_time() - cpu))
     return num_images / (time.perf_counter() - start)
@@ -257,8 +259,10 @@ def main() -> None:
         USER_ENV["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
         startup_seconds()  # fills that cache (untimed)
         t = time.perf_counter()
-        run_bank_from_coco(args.data / "instances.json", args.data / "images", tmp / "bank",
-                           progress=False)
+        run_bank_from_coco(None,
+                           BankInputs(coco_json=args.data / "instances.json",
+                                      images=args.data / "images"),
+                           RunOptions(out=tmp / "bank", quiet=True))
         bank_s = time.perf_counter() - t
         runs: dict[str, list[float]] = {k: [] for k in ("floor", "1_worker", "2_workers",
                                                          "cli_1_worker", "cli_2_workers")}

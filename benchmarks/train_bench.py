@@ -18,18 +18,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from weakpaste.core.run import RunOptions
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini"
 
 
 def bench(backbone: str, train: str, out: Path, image_size: int, iterations: int) -> dict:
     from weakpaste.train.config import TrainConfig
-    from weakpaste.train.loop import run_train
+    from weakpaste.train.loop import TrainInputs, run_train
 
     config = TrainConfig(backbone=backbone, weights=None, image_size=image_size, batch_size=2,
                          iterations=iterations, warmup_iters=0, steps=(),
                          checkpoint_every=10 ** 6, log_every=max(1, iterations // 4), seed=0)
     start = time.perf_counter()
-    run_train(config, [train], out, progress=False)
+    run_train(config, TrainInputs(train=[train]), RunOptions(out=out, quiet=True))
     wall = time.perf_counter() - start
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["it_per_s"] for r in lines[1:]] or [lines[-1]["it_per_s"]]

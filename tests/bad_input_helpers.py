@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from conftest import square_masks
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import write_image
 from weakpaste.structures import ImageRecord, Instances
@@ -53,7 +54,8 @@ def make_world(root: Path, labels_csv: str) -> dict[str, Path]:
     coco = root / "instances.json"
     write_coco(coco, records, ["a", "b"])
     bank = root / "bank"
-    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), progress=False)
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=coco, images=images),
+                       RunOptions(out=bank, quiet=True))
     labels = root / "labels.csv"
     labels.write_text(labels_csv)
     return {"root": root, "images": images, "coco": coco, "bank": bank, "labels": labels}

@@ -8,14 +8,16 @@ import sys
 import pytest
 from bad_input_helpers import interrupt
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
+from weakpaste.core.run import RunOptions
 
 
 @pytest.mark.skipif(os.name != "posix", reason="process groups and SIGINT are POSIX")
 def test_ctrl_c_with_workers_prints_one_line(tiny_coco, tmp_path):
     path, images = tiny_coco
     bank = tmp_path / "bank"
-    run_bank_from_coco(path, images, bank, BankConfig(min_area=1), progress=False)
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=path, images=images),
+                       RunOptions(out=bank, quiet=True))
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "weakpaste.cli", "paste", "--bank", str(bank), "--out",
             str(out), "--backgrounds", str(path), "--images", str(images), "--num-images",

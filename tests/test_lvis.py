@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 from lvis_reference import make_case
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.cli import main
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.io import lvis as lvis_io
 from weakpaste.io.coco import Federated, load_coco, write_coco
 from weakpaste.io.images import write_image
-from weakpaste.paste.run import PasteConfig, run_paste
-from weakpaste.report.stats import run_stats
+from weakpaste.paste.run import PasteConfig, PasteInputs, run_paste
+from weakpaste.report.stats import StatsInputs, run_stats
 
 # The ``lvis`` package (0.5.3, LVISEval) on lvis_reference.make_case(0): see that module for
 # how to run it. weakpaste's LVIS protocol (faster-coco-eval's LVIS mode) must give the same.
@@ -155,11 +156,11 @@ def test_file_name_wins_over_coco_url(tiny_lvis):
 
 
 def test_stats_of_an_lvis_file(tiny_lvis, tiny_coco):
-    stats = run_stats(tiny_lvis[0])
+    stats = run_stats(None, StatsInputs(tiny_lvis[0]))
     assert stats["lvis"] == {"format": "lvis",
                              "classes_per_frequency": {"r": 5, "c": 0, "f": 0},
                              "negative_labels": 4, "not_exhaustive_labels": 1}
-    assert "lvis" not in run_stats(tiny_coco[0])
+    assert "lvis" not in run_stats(None, StatsInputs(tiny_coco[0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +174,8 @@ def lvis_paste(tiny_coco, tiny_lvis, tmp_path):
     listing 'b' as verified absent; a folder of one extra background of another size."""
     coco_path, images = tiny_coco
     bank = tmp_path / "bank"
-    run_bank_from_coco(coco_path, images, bank, BankConfig(min_area=1), progress=False)
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=coco_path, images=images),
+                       RunOptions(out=bank, quiet=True))
 
     def change(doc):
         doc["images"][1]["not_exhaustive_category_ids"] = [1, 2]
@@ -188,8 +190,9 @@ def lvis_paste(tiny_coco, tiny_lvis, tmp_path):
 def _paste(p: dict, out: Path, **kw) -> dict:
     extra = kw.pop("extra", [p["extra"]])
     config = PasteConfig(**{"num_images": 10, "seed": 8, "objects": (1, 3), **kw})
-    return run_paste(config, bank=p["bank"], out_dir=str(out), backgrounds_json=p["lvis"],
-                     images_dir=p["images"], extra_backgrounds=extra, progress=False)
+    return run_paste(config,
+                     PasteInputs(bank=p["bank"], backgrounds=p["lvis"], images=p["images"],
+                                 extra_backgrounds=extra), RunOptions(out=str(out), quiet=True))
 
 
 def test_paste_onto_lvis_writes_lvis_with_updated_federated_labels(lvis_paste, tmp_path):
@@ -230,8 +233,9 @@ def test_paste_format_coco_and_coco_backgrounds_as_lvis(lvis_paste, tiny_coco, t
     # COCO backgrounds are exhaustively annotated: as LVIS, their absent classes are negative.
     coco_path, images = tiny_coco
     config = PasteConfig(num_images=4, seed=2, objects=(1, 1), annotation_format="lvis")
-    run_paste(config, bank=lvis_paste["bank"], out_dir=str(tmp_path / "lv"),
-              backgrounds_json=str(coco_path), images_dir=str(images), progress=False)
+    run_paste(config,
+              PasteInputs(bank=lvis_paste["bank"], backgrounds=str(coco_path), images=str(images)),
+              RunOptions(out=str(tmp_path / "lv"), quiet=True))
     data = load_coco(tmp_path / "lv" / "annotations.json")
     for rec in data.records:
         assert set(data.federated[rec.image_id].negative) == {"a", "b"} - set(rec.labels)

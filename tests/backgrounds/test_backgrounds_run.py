@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from conftest import needs_shared
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.cli import main
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.io.images import read_image, write_image
-from weakpaste.paste.run import PasteConfig, mixed_background_order, run_paste
+from weakpaste.paste.run import PasteConfig, PasteInputs, mixed_background_order, run_paste
 
 
 @pytest.fixture(autouse=True)
@@ -226,8 +227,9 @@ def _tiny_bank(folder: Path) -> None:
     rec = ImageRecord(image_id=1, file_name="x.png", width=24, height=24,
                       instances=Instances.from_masks(masks, ["a"]))
     write_coco(folder / "instances.json", [rec], {"a": {"id": 1, "supercategory": "a"}})
-    run_bank_from_coco(folder / "instances.json", images, folder / "bank", BankConfig(min_area=1),
-                       progress=False)
+    run_bank_from_coco(BankConfig(min_area=1),
+                       BankInputs(coco_json=folder / "instances.json", images=images),
+                       RunOptions(out=folder / "bank", quiet=True))
 
 
 def test_mixed_background_order_values():
@@ -248,7 +250,8 @@ def test_mixed_background_order_values():
 
 def test_paste_extra_ratio_is_deterministic_across_workers(tiny_coco, tmp_path):
     path, images = tiny_coco
-    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "bank", quiet=True))
     extra = tmp_path / "extra"
     extra.mkdir()
     write_image(extra / "g.png", np.full((50, 60, 3), 90, np.uint8))
@@ -256,9 +259,9 @@ def test_paste_extra_ratio_is_deterministic_across_workers(tiny_coco, tmp_path):
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         run_paste(PasteConfig(num_images=8, seed=1, objects=(1, 2), extra_ratio=0.25),
-                  bank=str(tmp_path / "bank"), out_dir=str(out), backgrounds_json=str(path),
-                  images_dir=str(images), extra_backgrounds=[str(extra)], workers=workers,
-                  progress=False)
+                  PasteInputs(bank=str(tmp_path / "bank"), backgrounds=str(path),
+                              images=str(images), extra_backgrounds=[str(extra)]),
+                  RunOptions(out=str(out), workers=workers, quiet=True))
         doc = json.loads((out / "annotations.json").read_text())
         snaps.append(((out / "annotations.json").read_bytes(),
                       sorted(p.read_bytes() for p in (out / "images").iterdir())))

@@ -4,9 +4,10 @@ import pickle
 import numpy as np
 import pytest
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco, segments_from_image
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco, segments_from_image
 from weakpaste.bank.store import BankWriter, SegmentBank
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.structures import Segment
 
 
@@ -129,21 +130,24 @@ def test_segments_from_image_crops_tight():
 
 def test_bank_from_coco(tiny_coco, tmp_path):
     path, images = tiny_coco
-    manifest = run_bank_from_coco(path, images, tmp_path / "bank", progress=False)
+    manifest = run_bank_from_coco(None, BankInputs(coco_json=path, images=images),
+                                  RunOptions(out=tmp_path / "bank", quiet=True))
     assert manifest["counts"]["per_class"] == {"a": 3, "b": 2}
     assert manifest["stage"] == "bank" and manifest["status"] == "complete"
     stored = json.loads((tmp_path / "bank" / "manifest.json").read_text())
     assert stored["inputs"]["coco_json"] == manifest["inputs"]["coco_json"]
     with pytest.raises(WeakpasteError, match=r"output folder is not empty; pass --overwrite"):
-        run_bank_from_coco(path, images, tmp_path / "bank", progress=False)
-    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(classes=("b",)),
-                       progress=False, overwrite=True)
+        run_bank_from_coco(None, BankInputs(coco_json=path, images=images),
+                           RunOptions(out=tmp_path / "bank", quiet=True))
+    run_bank_from_coco(BankConfig(classes=("b",)), BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "bank", overwrite=True, quiet=True))
     assert SegmentBank(tmp_path / "bank").class_counts() == {"b": 2}
 
 
 def _gt_bank(tiny_coco, tmp_path):
     path, images = tiny_coco
-    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "bank", quiet=True))
     return tmp_path / "bank", path, images
 
 
@@ -222,5 +226,6 @@ def test_a_full_disk_while_building_keeps_the_bank_readable(tmp_path, monkeypatc
 def test_bank_from_coco_never_writes_into_its_inputs(tiny_coco, tmp_path):
     path, images = tiny_coco
     with pytest.raises(WeakpasteError, match=r"the output folder overlaps the input"):
-        run_bank_from_coco(path, images, images, progress=False, overwrite=True)
+        run_bank_from_coco(None, BankInputs(coco_json=path, images=images),
+                           RunOptions(out=images, overwrite=True, quiet=True))
     assert len(list(images.iterdir())) == 3

@@ -10,9 +10,11 @@ import zstandard
 
 from weakpaste.bank import store as bank_mod
 from weakpaste.bank.codec import _encode_pixels, decode_segment
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.bank.store import BankWriter, SegmentBank
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
+from weakpaste.paste.run import PasteInputs
 from weakpaste.structures import Segment
 
 # 2 x 3 crop and mask, and the blob weakpaste 0.1.0 (bank format 1) wrote for them.
@@ -180,7 +182,8 @@ def _blob_heads(root):
 
 def test_bank_from_coco_writes_version_2(tiny_coco, tmp_path):
     path, images = tiny_coco
-    run_bank_from_coco(path, images, tmp_path / "bank", progress=False)
+    run_bank_from_coco(None, BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "bank", quiet=True))
     root = tmp_path / "bank"
     assert json.loads((root / "bank.json").read_text()) == {
         "format": "weakpaste-segment-bank", "version": 2}
@@ -195,17 +198,18 @@ def test_paste_outputs_are_identical_from_a_png_and_a_wpz_bank(tiny_coco, tmp_pa
     path, images = tiny_coco
     with monkeypatch.context() as patch:  # the bank as weakpaste 0.1.0 wrote it
         patch.setattr(bank_mod, "FORMAT_VERSION", 1)
-        run_bank_from_coco(path, images, tmp_path / "png", BankConfig(min_area=1),
-                           progress=False)
-    run_bank_from_coco(path, images, tmp_path / "wpz", BankConfig(min_area=1), progress=False)
+        run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=path, images=images),
+                           RunOptions(out=tmp_path / "png", quiet=True))
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "wpz", quiet=True))
     assert _blob_heads(tmp_path / "png") == {b"\x89PNG"}
     assert _blob_heads(tmp_path / "wpz") == {b"WPZ1"}
     outputs = {}
     for name in ("png", "wpz"):
         out = tmp_path / f"out-{name}"
-        run_paste(PasteConfig(num_images=4, seed=3, objects=(2, 3)), bank=str(tmp_path / name),
-                  out_dir=str(out), backgrounds_json=str(path), images_dir=str(images),
-                  progress=False)
+        run_paste(PasteConfig(num_images=4, seed=3, objects=(2, 3)),
+                  PasteInputs(bank=str(tmp_path / name), backgrounds=str(path), images=str(images)),
+                  RunOptions(out=str(out), quiet=True))
         outputs[name] = {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())}
         outputs[name]["annotations.json"] = (out / "annotations.json").read_bytes()
     assert len(outputs["png"]) == 5 and outputs["png"] == outputs["wpz"]

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.core.runners import ExecutorConfig, map_items
-from weakpaste.paste.run import PasteConfig, run_paste
+from weakpaste.paste.run import PasteConfig, PasteInputs, run_paste
 
 _STATE: dict = {}
 
@@ -86,21 +87,22 @@ def test_a_typo_fails_before_ray_is_started_or_joined(monkeypatch, tiny_coco, tm
 
     monkeypatch.setattr(runners, "import_ray", no_ray)
     path, images = tiny_coco
-    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
-    args = {"backgrounds_json": str(path), "images_dir": str(images), "extra_backgrounds": []}
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "bank", quiet=True))
+    args = {"backgrounds": str(path), "images": str(images), "extra_backgrounds": []}
     out = tmp_path / "out"
     if bad == "backgrounds":
-        args["backgrounds_json"] = str(tmp_path / "missing.json")
+        args["backgrounds"] = str(tmp_path / "missing.json")
     elif bad == "images":
-        args["images_dir"] = str(tmp_path / "nope")
+        args["images"] = str(tmp_path / "nope")
     elif bad == "extra":
         args["extra_backgrounds"] = [str(tmp_path / "nope")]
     else:
         out.mkdir()
         (out / "mine.txt").write_text("x")
     with pytest.raises(WeakpasteError, match=message):
-        run_paste(PasteConfig(num_images=2), bank=str(tmp_path / "bank"), out_dir=str(out),
-                  workers=2, progress=False, executor=ExecutorConfig(executor="ray"), **args)
+        run_paste(PasteConfig(num_images=2), PasteInputs(bank=str(tmp_path / "bank"), **args),
+                  RunOptions(out=str(out), workers=2, quiet=True, executor="ray"))
     assert (out / "mine.txt").exists() if bad == "out" else not out.exists()
 
 
@@ -195,9 +197,9 @@ RAY = ExecutorConfig(executor="ray")
 @pytest.fixture
 def paste_inputs(tiny_coco, tmp_path):
     path, images = tiny_coco
-    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
-    return {"bank": str(tmp_path / "bank"), "backgrounds_json": str(path),
-            "images_dir": str(images)}
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "bank", quiet=True))
+    return {"bank": str(tmp_path / "bank"), "backgrounds": str(path), "images": str(images)}
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -215,10 +217,12 @@ def test_ray_map_keeps_order(ray_cluster):
 def test_ray_paste_is_byte_identical_to_the_local_pool(ray_cluster, paste_inputs, tmp_path):
     cfg = PasteConfig(num_images=10, seed=5, objects=(1, 3), placement="space-max",
                       blend=("gaussian", "poisson"))
-    run_paste(cfg, out_dir=str(tmp_path / "local"), workers=2, progress=False, **paste_inputs)
+    run_paste(cfg, PasteInputs(**paste_inputs),
+              RunOptions(out=str(tmp_path / "local"), workers=2, quiet=True))
     for n in (1, 2):
-        run_paste(cfg, out_dir=str(tmp_path / f"ray{n}"), workers=n, progress=False,
-                  executor=RAY, **paste_inputs)
+        run_paste(cfg, PasteInputs(**paste_inputs),
+                  RunOptions(out=str(tmp_path / f"ray{n}"), workers=n, quiet=True,
+                             executor="ray"))
         assert _snapshot(tmp_path / f"ray{n}") == _snapshot(tmp_path / "local")
 
 
@@ -241,10 +245,12 @@ def test_ray_workers_share_the_drivers_working_directory(ray_cluster, paste_inpu
                                                         monkeypatch):
     """Relative paths, as a user types them, mean the same files in Ray's workers."""
     cfg = PasteConfig(num_images=4, seed=2, objects=(1, 2))
-    run_paste(cfg, out_dir=str(tmp_path / "local"), workers=2, progress=False, **paste_inputs)
+    run_paste(cfg, PasteInputs(**paste_inputs),
+              RunOptions(out=str(tmp_path / "local"), workers=2, quiet=True))
     monkeypatch.chdir(tmp_path)
     relative = {k: os.path.relpath(v, tmp_path) for k, v in paste_inputs.items()}
-    run_paste(cfg, out_dir="rel", workers=2, progress=False, executor=RAY, **relative)
+    run_paste(cfg, PasteInputs(**relative),
+              RunOptions(out="rel", workers=2, quiet=True, executor="ray"))
     assert _snapshot(tmp_path / "rel") == _snapshot(tmp_path / "local")
 
 
@@ -280,14 +286,15 @@ def _ray_worker_pids() -> list[int]:
 def test_killed_ray_worker_is_retried_and_the_output_is_identical(ray_cluster, paste_inputs,
                                                                    tmp_path):
     cfg = PasteConfig(num_images=150, seed=2, objects=(2, 4))
-    run_paste(cfg, out_dir=str(tmp_path / "local"), progress=False, **paste_inputs)
+    run_paste(cfg, PasteInputs(**paste_inputs), RunOptions(out=str(tmp_path / "local"),
+                                                           quiet=True))
     out = tmp_path / "ray"
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            run_paste(cfg, out_dir=str(out), workers=2, progress=False,
-                      executor=ExecutorConfig(executor="ray", chunk=1), **paste_inputs)
+            run_paste(cfg, PasteInputs(**paste_inputs),
+                      RunOptions(out=str(out), workers=2, quiet=True, executor="ray", chunk=1))
         except BaseException as err:  # noqa: BLE001 - re-raised in the test thread
             errors.append(err)
 
@@ -310,7 +317,7 @@ def test_killed_ray_worker_is_retried_and_the_output_is_identical(ray_cluster, p
 
 def test_resume_after_the_driver_is_killed(ray_cluster, paste_inputs, tmp_path):
     args = ["paste", "--bank", paste_inputs["bank"], "--backgrounds",
-            paste_inputs["backgrounds_json"], "--images", paste_inputs["images_dir"],
+            paste_inputs["backgrounds"], "--images", paste_inputs["images"],
             "--num-images", "60", "--objects", "1-3", "--seed", "9", "--quiet"]
     from weakpaste.cli import main
 
@@ -338,10 +345,12 @@ def test_resume_after_the_driver_is_killed(ray_cluster, paste_inputs, tmp_path):
 def test_bank_from_coco_is_the_same_bytes_for_any_executor(ray_cluster, tiny_coco, tmp_path):
     path, images = tiny_coco
     cfg = BankConfig(min_area=1)
-    run_bank_from_coco(path, images, tmp_path / "one", cfg, progress=False)
-    run_bank_from_coco(path, images, tmp_path / "pool", cfg, workers=2, progress=False)
-    run_bank_from_coco(path, images, tmp_path / "ray", cfg, workers=2, progress=False,
-                       executor=RAY)
+    run_bank_from_coco(cfg, BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "one", quiet=True))
+    run_bank_from_coco(cfg, BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "pool", workers=2, quiet=True))
+    run_bank_from_coco(cfg, BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "ray", workers=2, quiet=True, executor="ray"))
 
     def files(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))

@@ -7,8 +7,11 @@ import shlex
 
 import pytest
 
+from weakpaste.bank.from_coco import BankInputs
 from weakpaste.cli import build_parser, main
+from weakpaste.core.run import RunOptions
 from weakpaste.demo.run import demo_mine_config, mine_command
+from weakpaste.mine.pipeline import MineInputs
 
 
 @pytest.fixture
@@ -89,7 +92,8 @@ def test_demo_train_files_share_one_category_numbering(tmp_path):
     scenes = out / "scenes"
     gt = write_synthetic_dataset(scenes, num_scenes=6, seed=0)
     val = write_synthetic_dataset(out / "val_scenes", num_scenes=2, seed=1)
-    run_bank_from_coco(gt, scenes / "images", out / "bank_gt", progress=False)
+    run_bank_from_coco(None, BankInputs(coco_json=gt, images=scenes / "images"),
+                       RunOptions(out=out / "bank_gt", quiet=True))
     pasted = _paste(out, scenes, gt, True, num_images=4, seed=0, progress=False,
                     bank=out / "bank_gt", name="pasted_gt")["annotations_json"]
     expected = [(k + 1, name) for k, name in enumerate(synthetic.CLASSES)]
@@ -108,8 +112,8 @@ def test_printed_mine_command_is_the_demo_config():
     config = demo_mine_config(seed=3)
     captured = {}
 
-    def fake_run(cfg, images, labels, out, **kwargs):
-        captured["config"] = cfg
+    def fake_run(cfg, inputs, run, **kwargs):
+        captured.update(config=cfg, inputs=inputs, out=run.out)
         raise SystemExit(0)
 
     argv = shlex.split(mine_command(config, "IMG", "L.json", "BANK"))[1:]
@@ -124,6 +128,8 @@ def test_printed_mine_command_is_the_demo_config():
     finally:
         fem.run_mine_fem = original
     assert captured["config"] == config
+    assert captured["inputs"] == MineInputs(images="IMG", labels="L.json")
+    assert captured["out"] == "BANK"
 
 
 def test_demo_config_defaults_and_pretrained():

@@ -9,7 +9,8 @@ from conftest import square_masks
 
 from weakpaste.bank.store import BankWriter
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.evaluate.funnel import run_evaluate_masks
+from weakpaste.core.run import RunOptions
+from weakpaste.evaluate.funnel import EvaluateMasksConfig, EvaluateMasksInputs, run_evaluate_masks
 from weakpaste.evaluate.masks import (
     evaluate_masks,
     format_table,
@@ -369,7 +370,7 @@ def test_run_evaluate_masks(tmp_path):
     gt = _write_gt(tmp_path / "gt.json")
     pred = _write_pred_coco(tmp_path / "p.json")
     out = tmp_path / "reports" / "eval.json"
-    text = run_evaluate_masks(pred, gt, out=str(out))
+    text = run_evaluate_masks(None, EvaluateMasksInputs(pred, gt), RunOptions(out=str(out)))
     # the predictions carry scores that rank them: the table, then their curve
     assert text.startswith(f"{pred} vs {gt}\n\n{TABLE}\n\nprecision-yield by score: the top q "
                            "of the 6 predictions (a random draw of any size: precision@0.5 "
@@ -380,19 +381,21 @@ def test_run_evaluate_masks(tmp_path):
     assert [r["kept"] for r in curve] == [1, 2, 2, 3, 3, 4, 5, 5, 6, 6]  # ceil(q x 6)
     assert curve[-1]["precision@0.5"] == 0.5 == curve[-1]["random_precision@0.5"]
     assert saved["overall"]["num_predictions"] == 6
-    assert json.loads(run_evaluate_masks(pred, gt, as_json=True)) == {**saved, "curve": curve}
+    as_json = run_evaluate_masks(EvaluateMasksConfig(as_json=True), EvaluateMasksInputs(pred, gt))
+    assert json.loads(as_json) == {**saved, "curve": curve}
     assert not list(out.parent.glob(".*.tmp"))
     with pytest.raises(WeakpasteError) as err:
-        run_evaluate_masks(pred, gt, out=gt)
+        run_evaluate_masks(None, EvaluateMasksInputs(pred, gt), RunOptions(out=gt))
     assert str(err.value) == f"{gt}: --out would overwrite an input; choose another file"
     # An existing file is never silently replaced (issue 11, item 3).
     out.write_text("my notes")
     with pytest.raises(WeakpasteError) as err:
-        run_evaluate_masks(pred, gt, out=str(out))
+        run_evaluate_masks(None, EvaluateMasksInputs(pred, gt), RunOptions(out=str(out)))
     assert str(err.value) == (f"{out}: already exists; pass --overwrite to replace it or "
                               "choose another --out")
     assert out.read_text() == "my notes"
-    run_evaluate_masks(pred, gt, out=str(out), overwrite=True)
+    run_evaluate_masks(None, EvaluateMasksInputs(pred, gt),
+                       RunOptions(out=str(out), overwrite=True))
     assert json.loads(out.read_text()) == {**saved, "curve": curve}
 
 

@@ -7,6 +7,7 @@ import pytest
 from weakpaste.bank.store import SegmentBank
 from weakpaste.cli import main
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.demo.run import write_synthetic_dataset
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import write_image
@@ -18,6 +19,7 @@ from weakpaste.mine.fem import (
     run_mine_fem,
     step1_choice,
 )
+from weakpaste.mine.pipeline import MineInputs
 from weakpaste.mine.proposals import Proposals
 
 MODEL = ClassifierSpec(backbone="resnet18", weights="none", epochs=3, input_size=64,
@@ -78,8 +80,8 @@ def test_run_mine_fem_end_to_end(scenes, tmp_path):
     root, gt = scenes
     out = tmp_path / "bank"
     config = FemConfig(**TINY, params=FemParams(candidates=4, max_side=128))
-    m = run_mine_fem(config, str(root / "images"), str(gt), str(out), progress=False,
-                     save_baselines=True)
+    m = run_mine_fem(config, MineInputs(images=str(root / "images"), labels=str(gt)),
+                     RunOptions(out=str(out), quiet=True), save_baselines=True)
     c = m["counts"]
     assert c["labelled_images"] == 8 and c["mined_this_run"] == 8
     assert c["segments"] == sum(c["per_class"].values()) > 0
@@ -99,8 +101,8 @@ def test_run_mine_fem_end_to_end(scenes, tmp_path):
     # The metric runs on both outputs.
     assert main(["evaluate-masks", str(out), "--gt", str(gt)]) == 0
     # Resume: nothing is recomputed; reusing the classifier keeps the result identical.
-    m2 = run_mine_fem(config, str(root / "images"), str(gt), str(out), progress=False,
-                      resume=True)
+    m2 = run_mine_fem(config, MineInputs(images=str(root / "images"), labels=str(gt)),
+                      RunOptions(out=str(out), resume=True, quiet=True))
     assert m2["counts"]["mined_this_run"] == 0
     assert m2["counts"]["segments"] == c["segments"]
 
@@ -109,8 +111,8 @@ def test_em_iters_zero_equals_step1(scenes, tmp_path):
     root, gt = scenes
     out = tmp_path / "b"
     config = FemConfig(**{**TINY, "em_iters": 0}, params=FemParams(candidates=4, max_side=128))
-    run_mine_fem(config, str(root / "images"), str(gt), str(out), progress=False,
-                 save_baselines=True)
+    run_mine_fem(config, MineInputs(images=str(root / "images"), labels=str(gt)),
+                 RunOptions(out=str(out), quiet=True), save_baselines=True)
     final = json.loads((out / "pseudo_labels.json").read_text())["annotations"]
     step1 = json.loads((out / "baselines" / "step1.json").read_text())["annotations"]
     assert [a["segmentation"] for a in final] == [a["segmentation"] for a in step1]
@@ -120,14 +122,15 @@ def test_unknown_class_for_a_reused_classifier(scenes, tmp_path):
     root, gt = scenes
     out = tmp_path / "b"
     config = FemConfig(**TINY, params=FemParams(candidates=4, max_side=128))
-    run_mine_fem(config, str(root / "images"), str(gt), str(out), progress=False)
+    run_mine_fem(config, MineInputs(images=str(root / "images"), labels=str(gt)),
+                 RunOptions(out=str(out), quiet=True))
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"scene_00000.png": ["unicorn"]}))
     reuse = FemConfig(**{**TINY, "model": MODEL.replace(classifier=str(out / "classifier.pt"))})
     with pytest.raises(WeakpasteError, match=r"class 'unicorn' is not among the classes of the "
                                              r"classifier .*classifier.pt; retrain it"):
-        run_mine_fem(reuse, str(root / "images"), str(labels), str(tmp_path / "c"),
-                     progress=False)
+        run_mine_fem(reuse, MineInputs(images=str(root / "images"), labels=str(labels)),
+                     RunOptions(out=str(tmp_path / "c"), quiet=True))
 
 
 def test_cli_mine(scenes, tmp_path, capsys):

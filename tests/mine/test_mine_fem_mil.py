@@ -8,11 +8,12 @@ import pytest
 
 from weakpaste.cli import main
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.demo.run import write_synthetic_dataset
 from weakpaste.mine.config import ClassifierSpec, FemConfig, FemParams
 from weakpaste.mine.fem import run_mine_fem, training_items
 from weakpaste.mine.mil import anchor_map, pack, unpack
-from weakpaste.mine.pipeline import Item, Plan, training_set
+from weakpaste.mine.pipeline import Item, MineInputs, Plan, training_set
 from weakpaste.mine.proposals import Proposals
 
 MODEL = ClassifierSpec(backbone="resnet18", weights="none", epochs=2, input_size=64,
@@ -37,8 +38,9 @@ def mil_run(scenes):
     out = root / "bank"
     config = FemConfig(**MIL, train_images=str(root / "train" / "images"),
                        train_labels=str(extra_gt), params=PARAMS)
-    manifest = run_mine_fem(config, str(root / "mine" / "images"), str(gt), str(out),
-                            progress=False, save_baselines=True)
+    manifest = run_mine_fem(config,
+                            MineInputs(images=str(root / "mine" / "images"), labels=str(gt)),
+                            RunOptions(out=str(out), quiet=True), save_baselines=True)
     return config, out, manifest
 
 
@@ -67,12 +69,12 @@ def test_mil_run_outputs_and_funnel(scenes, mil_run, capsys):
 def test_mil_run_resumes_and_is_deterministic(scenes, mil_run, tmp_path):
     root, gt, _ = scenes
     config, out, m = mil_run
-    again = run_mine_fem(config, str(root / "mine" / "images"), str(gt), str(out),
-                         progress=False, resume=True, save_baselines=True)
+    again = run_mine_fem(config, MineInputs(images=str(root / "mine" / "images"), labels=str(gt)),
+                         RunOptions(out=str(out), resume=True, quiet=True), save_baselines=True)
     assert again["counts"]["mined_this_run"] == 0
     fresh = tmp_path / "b"
-    run_mine_fem(config, str(root / "mine" / "images"), str(gt), str(fresh), progress=False,
-                 workers=2)
+    run_mine_fem(config, MineInputs(images=str(root / "mine" / "images"), labels=str(gt)),
+                 RunOptions(out=str(fresh), workers=2, quiet=True))
     assert (fresh / "pseudo_labels.json").read_bytes() == \
         (out / "pseudo_labels.json").read_bytes()
 

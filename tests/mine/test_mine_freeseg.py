@@ -11,11 +11,13 @@ from PIL import Image
 from weakpaste.bank.store import SegmentBank
 from weakpaste.cli import main
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.io.images import read_image
 from weakpaste.mine.config import ClassifierSpec, FreeSegConfig, FreeSegParams
 from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
 from weakpaste.mine.freeseg import run_mine_freeseg
 from weakpaste.mine.lore import box_mask, drop_rate, freeseg_score, keep_segment, lore_box
+from weakpaste.mine.pipeline import MineInputs
 from weakpaste.mine.ranking import keep_mask
 from weakpaste.mine.refine import largest_component, refine_map
 from weakpaste.mine.saliency import (
@@ -461,8 +463,9 @@ def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
     model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,
                            classifier=str(out / "classifier.pt"))
     config = FreeSegConfig(model=model, min_score=0.6, min_drop=0.3, saliency_cache=str(cache))
-    again = run_mine_freeseg(config, str(objects), None, str(tmp_path / "b"), progress=False,
-                             save_baselines=True, workers=2)
+    again = run_mine_freeseg(config, MineInputs(images=str(objects), labels=None),
+                             RunOptions(out=str(tmp_path / "b"), workers=2, quiet=True),
+                             save_baselines=True)
     assert again["counts"]["saliency_from_cache"] == 12
     rows = json.loads((out / "freeseg_scores.json").read_text())["segments"]
     rows_b = json.loads((tmp_path / "b" / "freeseg_scores.json").read_text())["segments"]
@@ -478,8 +481,8 @@ def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
     b = json.loads((tmp_path / "b" / "baselines" / "refined.json").read_text())["annotations"]
     assert a == b
     # Resuming a finished run recomputes nothing per image.
-    resumed = run_mine_freeseg(config, str(objects), None, str(tmp_path / "b"), progress=False,
-                               resume=True)
+    resumed = run_mine_freeseg(config, MineInputs(images=str(objects), labels=None),
+                               RunOptions(out=str(tmp_path / "b"), resume=True, quiet=True))
     assert resumed["counts"]["mined_this_run"] == 0
     assert resumed["counts"]["segments"] == expected == len(SegmentBank(tmp_path / "b"))
 
@@ -497,7 +500,8 @@ def test_freeseg_ranking_options(objects, mined, tmp_path, capsys):
     cues = ("stability", "contrast", "centre")
     config = FreeSegConfig(model=model, min_score=0, min_drop=0, rank_cues=cues, keep_top=0.5,
                            keep_per_class=True, crossfit_folds=2, saliency_cache=str(cache))
-    m = run_mine_freeseg(config, str(objects), None, str(tmp_path / "r"), progress=False)
+    m = run_mine_freeseg(config, MineInputs(images=str(objects), labels=None),
+                         RunOptions(out=str(tmp_path / "r"), quiet=True))
     doc = json.loads((tmp_path / "r" / "freeseg_scores.json").read_text())
     rows = doc["segments"]
     assert doc["rank_by"] == list(cues) and doc["keep_top"] == 0.5
@@ -560,8 +564,9 @@ def test_labels_file_maps_images_to_classes(objects, tmp_path):
         for k, n in (("disc", 4), ("square", 3)) for i in range(n)))
     model = ClassifierSpec(backbone="resnet18", weights=None, epochs=2, input_size=64,
                            crop_size=48)
-    m = run_mine_freeseg(FreeSegConfig(model=model, min_score=0, min_drop=0), str(objects),
-                         str(labels), str(tmp_path / "bank"), progress=False)
+    m = run_mine_freeseg(FreeSegConfig(model=model, min_score=0, min_drop=0),
+                         MineInputs(images=str(objects), labels=str(labels)),
+                         RunOptions(out=str(tmp_path / "bank"), quiet=True))
     assert m["counts"]["object_centric_images"] == 7
     assert m["coseg"]["images_per_class"] == {"box": 3, "round": 4}
     assert m["coseg"]["fallback_classes"] == []
@@ -583,7 +588,6 @@ def test_ray_mining_is_byte_identical_to_the_local_pool(objects, mined, tmp_path
     import os
 
     ray = pytest.importorskip("ray", reason="Ray is a test dependency: pip install -e '.[test]'")
-    from weakpaste.core.runners import ExecutorConfig
 
     out, _, _, cache = mined
     # The actors import this checkout of weakpaste, not whichever one is installed.
@@ -597,9 +601,9 @@ def test_ray_mining_is_byte_identical_to_the_local_pool(objects, mined, tmp_path
                                classifier=str(out / "classifier.pt"))
         config = FreeSegConfig(model=model, min_score=0.0, min_drop=0.0,
                                saliency_cache=str(cache))
-        run_mine_freeseg(config, str(objects), None, str(tmp_path / "ray"), workers=2,
-                         progress=False, save_baselines=True,
-                         executor=ExecutorConfig(executor="ray"))
+        run_mine_freeseg(config, MineInputs(images=str(objects), labels=None),
+                         RunOptions(out=str(tmp_path / "ray"), workers=2, quiet=True,
+                                    executor="ray"), save_baselines=True)
     finally:
         ray.shutdown()
     # The same bytes as the CLI run in this process (which trained that classifier).

@@ -6,18 +6,20 @@ import pytest
 from conftest import needs_shared
 from pycocotools.coco import COCO
 
-from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
+from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import write_image
 from weakpaste.paste import run as paste_run
-from weakpaste.paste.run import PasteConfig, run_paste
+from weakpaste.paste.run import PasteConfig, PasteInputs, run_paste
 
 
 @pytest.fixture
 def bank_and_bg(tiny_coco, tmp_path):
     path, images = tiny_coco
-    run_bank_from_coco(path, images, tmp_path / "bank", BankConfig(min_area=1), progress=False)
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=path, images=images),
+                       RunOptions(out=tmp_path / "bank", quiet=True))
     return str(tmp_path / "bank"), str(path), str(images)
 
 
@@ -26,8 +28,10 @@ def _paste(bank, coco, images, out, **kw):
     extra = kw.pop("extra", None)
     resume = kw.pop("resume", False)
     cfg = PasteConfig(**{"num_images": 6, "seed": 3, "objects": (1, 3), **kw})
-    return run_paste(cfg, bank=bank, out_dir=str(out), backgrounds_json=coco, images_dir=images,
-                     extra_backgrounds=extra, workers=workers, progress=False, resume=resume)
+    return run_paste(cfg,
+                     PasteInputs(bank=bank, backgrounds=coco, images=images,
+                                 extra_backgrounds=extra),
+                     RunOptions(out=str(out), resume=resume, workers=workers, quiet=True))
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -166,12 +170,14 @@ def test_weighted_selection_only_pastes_weighted_classes(bank_and_bg, tmp_path):
 
 def test_real_coco_mini_paste(tmp_path):
     root = needs_shared("coco_mini")
-    run_bank_from_coco(root / "instances.json", root / "images", tmp_path / "bank",
-                       BankConfig(classes=("dog", "cat", "bus")), progress=False)
+    run_bank_from_coco(BankConfig(classes=("dog", "cat", "bus")),
+                       BankInputs(coco_json=root / "instances.json", images=root / "images"),
+                       RunOptions(out=tmp_path / "bank", quiet=True))
     cfg = PasteConfig(num_images=3, seed=0, objects=(4, 4), placement="space-max")
-    m = run_paste(cfg, bank=str(tmp_path / "bank"), out_dir=str(tmp_path / "out"),
-                  backgrounds_json=str(root / "instances.json"), images_dir=str(root / "images"),
-                  progress=False)
+    m = run_paste(cfg,
+                  PasteInputs(bank=str(tmp_path / "bank"), backgrounds=str(root / "instances.json"),
+                              images=str(root / "images")),
+                  RunOptions(out=str(tmp_path / "out"), quiet=True))
     assert m["counts"]["images"] == 3
     assert sum(m["counts"]["pasted_per_class"].values()) > 0
 
@@ -213,15 +219,16 @@ def test_resume_refuses_a_rebuilt_bank_or_backgrounds(bank_and_bg, tmp_path, mon
         _paste(bank, coco, images, tmp_path / "out")
     monkeypatch.setattr(paste_run, "paste_item", real)
     # The bank is rebuilt at the same path with other segments (same ids, other pixels).
-    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1, classes=("a",)),
-                       overwrite=True, progress=False)
+    run_bank_from_coco(BankConfig(min_area=1, classes=("a",)),
+                       BankInputs(coco_json=coco, images=images),
+                       RunOptions(out=bank, overwrite=True, quiet=True))
     with pytest.raises(WeakpasteError) as err:
         _paste(bank, coco, images, tmp_path / "out", resume=True)
     assert str(err.value) == (f"{tmp_path / 'out'}: cannot resume: the bank {bank} changed "
                               "since that run; rerun with that run's options and inputs, or "
                               "pass --overwrite instead of --resume")
-    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1), overwrite=True,
-                       progress=False)
+    run_bank_from_coco(BankConfig(min_area=1), BankInputs(coco_json=coco, images=images),
+                       RunOptions(out=bank, overwrite=True, quiet=True))
     doc = json.loads(Path(coco).read_text())
     Path(coco).write_text(json.dumps({**doc, "info": {"edited": True}}))
     with pytest.raises(WeakpasteError, match=r"cannot resume: the backgrounds file .*instances"
@@ -279,8 +286,9 @@ def test_workers_read_by_the_table_and_a_rebuilt_bank_is_read_afresh(bank_and_bg
     _paste(bank, coco, images, tmp_path / "first")
     assert len(scans) == 1
     # Rebuilt with other segments at the same path: its shard is a new file.
-    run_bank_from_coco(coco, images, bank, BankConfig(min_area=1, classes=("a",)),
-                       overwrite=True, progress=False)
+    run_bank_from_coco(BankConfig(min_area=1, classes=("a",)),
+                       BankInputs(coco_json=coco, images=images),
+                       RunOptions(out=bank, overwrite=True, quiet=True))
     _paste(bank, coco, images, tmp_path / "again")
     shutil.copytree(bank, tmp_path / "copy")
     _paste(str(tmp_path / "copy"), coco, images, tmp_path / "fresh")

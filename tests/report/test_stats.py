@@ -11,7 +11,7 @@ import pytest
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.io.coco import CocoDataset, load_coco, write_coco
 from weakpaste.io.images import write_image
-from weakpaste.report.stats import dataset_stats, format_stats, run_stats
+from weakpaste.report.stats import StatsInputs, dataset_stats, format_stats, run_stats
 from weakpaste.structures import ImageRecord, Instances
 
 
@@ -116,7 +116,7 @@ def test_format_stats_table(known: Path) -> None:
 def test_run_stats_returns_data_and_the_cli_prints_text_or_json(known: Path, capsys) -> None:
     from weakpaste.cli import main
 
-    assert run_stats(known, images_dir=known.parent / "images") == \
+    assert run_stats(None, StatsInputs(known, images=known.parent / "images")) == \
         dataset_stats(load_coco(known))
     assert main(["stats", str(known)]) == 0
     text = capsys.readouterr().out
@@ -130,7 +130,7 @@ def test_run_stats_returns_data_and_the_cli_prints_text_or_json(known: Path, cap
 
 def test_run_stats_errors(tmp_path: Path, known: Path) -> None:
     with pytest.raises(WeakpasteError) as err:
-        run_stats(tmp_path / "missing.json")
+        run_stats(None, StatsInputs(tmp_path / "missing.json"))
     assert str(err.value).startswith(f"{tmp_path / 'missing.json'}: no such file")
     with pytest.raises(WeakpasteError):
-        run_stats(known, images_dir=tmp_path / "no_images_here")
+        run_stats(None, StatsInputs(known, images=tmp_path / "no_images_here"))

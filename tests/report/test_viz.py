@@ -12,9 +12,17 @@ import numpy as np
 import pytest
 
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import write_coco
 from weakpaste.io.images import read_image, write_image
-from weakpaste.report.viz import VizConfig, class_color, contact_sheet, draw_instances, run_viz
+from weakpaste.report.viz import (
+    VizConfig,
+    VizInputs,
+    class_color,
+    contact_sheet,
+    draw_instances,
+    run_viz,
+)
 from weakpaste.structures import ImageRecord, Instances
 
 BACKGROUND = (24, 24, 24)  # contact sheet background
@@ -228,8 +236,8 @@ def test_run_viz_writes_sheet_images_and_manifest(tmp_path: Path) -> None:
     out = tmp_path / "viz"
     # The legacy global RNG is exactly what must stay untouched.
     state = np.random.get_state()[1].copy()  # noqa: NPY002
-    manifest = run_viz(coco, images, out, VizConfig(num_images=2, seed=0, columns=4),
-                       progress=False)
+    manifest = run_viz(VizConfig(num_images=2, seed=0, columns=4),
+                       VizInputs(coco_json=coco, images=images), RunOptions(out=out, quiet=True))
     assert np.array_equal(np.random.get_state()[1], state)  # noqa: NPY002
 
     assert manifest["stage"] == "viz" and manifest["status"] == "complete"
@@ -244,7 +252,8 @@ def test_run_viz_writes_sheet_images_and_manifest(tmp_path: Path) -> None:
 def test_run_viz_first_images_and_exact_drawing(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path)
     out = tmp_path / "viz"
-    manifest = run_viz(coco, images, out, VizConfig(num_images=2, seed=None), progress=False)
+    manifest = run_viz(VizConfig(num_images=2, seed=None), VizInputs(coco_json=coco, images=images),
+                       RunOptions(out=out, quiet=True))
     assert sorted(p.name for p in (out / "images").iterdir()) == ["img0.png", "img1.png"]
     assert manifest["counts"] == {"images": 2, "instances": 3}
     rgb = read_image(images / "img0.png")
@@ -256,8 +265,10 @@ def test_run_viz_first_images_and_exact_drawing(tmp_path: Path) -> None:
 
 def test_run_viz_seeded_choice_is_reproducible(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path, n_images=6)
-    run_viz(coco, images, tmp_path / "v1", VizConfig(num_images=3, seed=7), progress=False)
-    run_viz(coco, images, tmp_path / "v2", VizConfig(num_images=3, seed=7), progress=False)
+    run_viz(VizConfig(num_images=3, seed=7), VizInputs(coco_json=coco, images=images),
+            RunOptions(out=tmp_path / "v1", quiet=True))
+    run_viz(VizConfig(num_images=3, seed=7), VizInputs(coco_json=coco, images=images),
+            RunOptions(out=tmp_path / "v2", quiet=True))
     names = sorted(p.name for p in (tmp_path / "v1" / "images").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "v2" / "images").iterdir())
     assert len(names) == 3
@@ -266,12 +277,15 @@ def test_run_viz_seeded_choice_is_reproducible(tmp_path: Path) -> None:
 def test_run_viz_refuses_non_empty_out_without_overwrite(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path)
     out = tmp_path / "viz"
-    run_viz(coco, images, out, VizConfig(num_images=1), progress=False)
+    run_viz(VizConfig(num_images=1), VizInputs(coco_json=coco, images=images),
+            RunOptions(out=out, quiet=True))
     with pytest.raises(WeakpasteError) as err:
-        run_viz(coco, images, out, VizConfig(num_images=1), progress=False)
+        run_viz(VizConfig(num_images=1), VizInputs(coco_json=coco, images=images),
+                RunOptions(out=out, quiet=True))
     assert str(err.value) == (f"{out}: output folder is not empty; pass --overwrite to "
                               "replace it or choose another --out")
-    run_viz(coco, images, out, VizConfig(num_images=3), overwrite=True, progress=False)
+    run_viz(VizConfig(num_images=3), VizInputs(coco_json=coco, images=images),
+            RunOptions(out=out, overwrite=True, quiet=True))
     assert len(list((out / "images").iterdir())) == 3
 
 
@@ -279,7 +293,8 @@ def test_run_viz_image_size_mismatch(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path)
     write_image(images / "img0.png", np.zeros((20, 30, 3), dtype=np.uint8))
     with pytest.raises(WeakpasteError) as err:
-        run_viz(coco, images, tmp_path / "viz", VizConfig(num_images=1, seed=None), progress=False)
+        run_viz(VizConfig(num_images=1, seed=None), VizInputs(coco_json=coco, images=images),
+                RunOptions(out=tmp_path / "viz", quiet=True))
     assert str(err.value) == (f"{images / 'img0.png'}: image is 30x20 but {coco} says 64x48; "
                               "fix 'width'/'height' or the image")
 
@@ -287,7 +302,8 @@ def test_run_viz_image_size_mismatch(tmp_path: Path) -> None:
 def test_run_viz_bad_num_images(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path)
     with pytest.raises(WeakpasteError) as err:
-        run_viz(coco, images, tmp_path / "viz", VizConfig(num_images=0), progress=False)
+        run_viz(VizConfig(num_images=0), VizInputs(coco_json=coco, images=images),
+                RunOptions(out=tmp_path / "viz", quiet=True))
     assert str(err.value) == "num_images (--num-images) must be >= 1, got 0"
     assert not (tmp_path / "viz").exists()
 
@@ -303,7 +319,8 @@ def test_run_viz_never_writes_into_its_inputs(tiny_coco, tmp_path) -> None:
     before = sorted(p.name for p in images.iterdir())
     for out in (images, images / "sheet", tmp_path):
         with pytest.raises(WeakpasteError, match=r"the output folder overlaps the input"):
-            run_viz(path, images, out, overwrite=True, progress=False)
+            run_viz(None, VizInputs(coco_json=path, images=images),
+                    RunOptions(out=out, overwrite=True, quiet=True))
     assert sorted(p.name for p in images.iterdir()) == before
 
 
@@ -321,8 +338,9 @@ def test_run_viz_draws_predictions_above_min_score(tmp_path: Path) -> None:
     pred = tmp_path / "predictions.json"
     pred.write_text(json.dumps(_results(masks, 1, [0.9, 0.3, 0.6])))
     out = tmp_path / "viz"
-    manifest = run_viz(coco, images, out, VizConfig(num_images=2, seed=None, min_score=0.5),
-                       predictions=pred, progress=False)
+    manifest = run_viz(VizConfig(num_images=2, seed=None, min_score=0.5),
+                       VizInputs(coco_json=coco, images=images, predictions=pred),
+                       RunOptions(out=out, quiet=True))
     # the 0.3 detection is not drawn; image 2 has no prediction, so nothing is drawn there
     assert manifest["counts"] == {"images": 2, "instances": 2}
     assert manifest["config"]["predictions"] == str(pred)
@@ -340,21 +358,24 @@ def test_run_viz_predictions_errors(tmp_path: Path) -> None:
     pred = tmp_path / "predictions.json"
     pred.write_text(json.dumps(_results(rect_masks(48, 64, [(1, 1, 5, 5)]), 99, [0.9])))
     with pytest.raises(WeakpasteError) as err:
-        run_viz(coco, images, tmp_path / "viz", predictions=pred, progress=False)
+        run_viz(None, VizInputs(coco_json=coco, images=images, predictions=pred),
+                RunOptions(out=tmp_path / "viz", quiet=True))
     assert str(err.value) == (f"{pred}: entry 0 is for image id 99, which is not in {coco}; "
                               "evaluate against the data set the predictions were made on")
     bad = _results(rect_masks(48, 64, [(1, 1, 5, 5)]), 1, [0.9])
     bad[0]["segmentation"]["counts"] = "zz"
     pred.write_text(json.dumps(bad))
     with pytest.raises(WeakpasteError) as err:
-        run_viz(coco, images, tmp_path / "viz", predictions=pred, progress=False)
+        run_viz(None, VizInputs(coco_json=coco, images=images, predictions=pred),
+                RunOptions(out=tmp_path / "viz", quiet=True))
     assert str(err.value) == (f"{pred}: result for image 1 has a corrupt RLE "
                               "segmentation (compressed RLE counts hold characters outside "
                               "pycocotools' alphabet '0'..'o'); fix the predictions file")
     assert not (tmp_path / "viz").exists()
     pred.write_text(json.dumps(_results(rect_masks(48, 64, [(1, 1, 5, 5)]), 1, [0.9])))
     with pytest.raises(WeakpasteError, match=r"the output folder overlaps the input"):
-        run_viz(coco, images, pred, predictions=pred, overwrite=True, progress=False)
+        run_viz(None, VizInputs(coco_json=coco, images=images, predictions=pred),
+                RunOptions(out=pred, overwrite=True, quiet=True))
     assert pred.is_file()
 
 
@@ -378,9 +399,11 @@ def test_viz_cli_predictions(tmp_path: Path, capsys) -> None:
 
 def test_run_viz_title_on_the_sheet_and_in_the_manifest(tmp_path: Path) -> None:
     coco, images = make_coco(tmp_path)
-    plain = run_viz(coco, images, tmp_path / "v1", VizConfig(num_images=2), progress=False)
-    titled = run_viz(coco, images, tmp_path / "v2", VizConfig(num_images=2, title="a note"),
-                     progress=False)
+    plain = run_viz(VizConfig(num_images=2), VizInputs(coco_json=coco, images=images),
+                    RunOptions(out=tmp_path / "v1", quiet=True))
+    titled = run_viz(VizConfig(num_images=2, title="a note"),
+                     VizInputs(coco_json=coco, images=images),
+                     RunOptions(out=tmp_path / "v2", quiet=True))
     assert "title" not in plain["config"] and titled["config"]["title"] == "a note"
     a = read_image(tmp_path / "v1" / "contact_sheet.png")
     b = read_image(tmp_path / "v2" / "contact_sheet.png")

@@ -9,6 +9,7 @@ import pytest
 from train_helpers import write_tiny_coco
 
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.evaluate import detection as D
 from weakpaste.io.coco import frequency_bucket, load_coco
 from weakpaste.ops.masks import encode
@@ -92,8 +93,9 @@ def test_run_eval_on_a_results_file_writes_metrics_json(tmp_path):
     path, images = write_tiny_coco(tmp_path)
     pred = tmp_path / "pred.json"
     pred.write_text(json.dumps(_gt_as_results(path)))
-    metrics = V.run_eval(EvalConfig(), f"{path}", tmp_path / "out", predictions=pred,
-                         train=str(path), progress=False)
+    metrics = V.run_eval(EvalConfig(),
+                         V.EvalInputs(data=f"{path}", predictions=pred, train=str(path)),
+                         RunOptions(out=tmp_path / "out", quiet=True))
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(written) == {"segm", "bbox", "info"}
     assert set(written["segm"]) == set(D.METRIC_KEYS) | {"per_class"}
@@ -108,7 +110,7 @@ def test_run_eval_on_a_results_file_writes_metrics_json(tmp_path):
 
 def test_run_eval_needs_one_source(tmp_path):
     with pytest.raises(WeakpasteError, match="pass either --checkpoint CKPT or --predictions"):
-        V.run_eval(EvalConfig(), "x.json", tmp_path / "o")
+        V.run_eval(EvalConfig(), V.EvalInputs(data="x.json"), RunOptions(out=tmp_path / "o"))
 
 
 def test_lvis_frequencies_are_read_from_categories(tmp_path):
@@ -130,7 +132,8 @@ def test_run_eval_refuses_an_output_around_an_input(tmp_path):
     pred.write_text(json.dumps(_gt_as_results(path)))
     for out, given in ((tmp_path / "data", path), (tmp_path / "preds", pred)):
         with pytest.raises(WeakpasteError) as err:
-            V.run_eval(EvalConfig(), str(path), out, predictions=pred, overwrite=True)
+            V.run_eval(EvalConfig(), V.EvalInputs(data=str(path), predictions=pred),
+                       RunOptions(out=out, overwrite=True))
         assert str(err.value) == (f"{out}: the output folder overlaps the input {given}; "
                                   "choose an --out outside every input")
     assert path.is_file() and pred.is_file()

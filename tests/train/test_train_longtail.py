@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import load_coco, write_coco
 from weakpaste.structures import ImageRecord, Instances
 from weakpaste.train import longtail as L
@@ -73,7 +74,8 @@ def test_run_longtail_writes_a_subset_with_provenance(tmp_path):
     layouts = [["a"]] * 12 + [["b"]] * 5 + [[]]
     src = _write(tmp_path, layouts)
     out = tmp_path / "lt.json"
-    report = L.run_longtail(LongtailConfig(shape=6, max_count=8, min_count=1, seed=3), src, out)
+    report = L.run_longtail(LongtailConfig(shape=6, max_count=8, min_count=1, seed=3),
+                            L.LongtailInputs(coco_json=src), RunOptions(out=out))
     doc = json.loads(out.read_text())
     assert report["counts"]["per_class"] == {"a": {"reference": 8, "available": 12, "selected": 8},
                                              "b": {"reference": 1, "available": 5,
@@ -87,7 +89,8 @@ def test_run_longtail_writes_a_subset_with_provenance(tmp_path):
     assert doc["info"]["weakpaste"]["config"]["shape"] == 6
     assert len(load_coco(out, require_masks=True, check_files=False).records) == 9
     again = tmp_path / "again.json"
-    L.run_longtail(LongtailConfig(shape=6, max_count=8, min_count=1, seed=3), src, again)
+    L.run_longtail(LongtailConfig(shape=6, max_count=8, min_count=1, seed=3),
+                   L.LongtailInputs(coco_json=src), RunOptions(out=again))
     assert again.read_bytes() == out.read_bytes()
 
 
@@ -95,7 +98,8 @@ def test_run_longtail_bad_input(tmp_path):
     src = _write(tmp_path, [["a"]])
     (tmp_path / "taken.json").write_text("{}")
     with pytest.raises(WeakpasteError) as err:
-        L.run_longtail(LongtailConfig(), src, tmp_path / "taken.json")
+        L.run_longtail(LongtailConfig(), L.LongtailInputs(coco_json=src),
+                       RunOptions(out=tmp_path / "taken.json"))
     assert str(err.value) == (f"{tmp_path / 'taken.json'}: already exists; pass --overwrite to "
                               "replace it or choose another --out")
     with pytest.raises(WeakpasteError) as err:
@@ -104,4 +108,5 @@ def test_run_longtail_bad_input(tmp_path):
                               "--max 2")
     empty = _write(tmp_path, [[], []])
     with pytest.raises(WeakpasteError, match="no annotated instance to sample from"):
-        L.run_longtail(LongtailConfig(), empty, tmp_path / "y.json")
+        L.run_longtail(LongtailConfig(), L.LongtailInputs(coco_json=empty),
+                       RunOptions(out=tmp_path / "y.json"))

@@ -11,6 +11,7 @@ import torch
 from train_helpers import LAYOUTS, one_torch_thread, tiny_train_config, write_tiny_coco
 
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run import RunOptions
 from weakpaste.train import loop as E
 from weakpaste.train.model import load_checkpoint
 
@@ -35,8 +36,9 @@ def test_tiny_overfit_loss_falls(tmp_path):
     path, images = write_tiny_coco(tmp_path)
     losses = []
     manifest = E.run_train(tiny_train_config(iterations=6, checkpoint_every=100),
-                           [f"{path}:{images}"], tmp_path / "run",
-                           progress=False, on_iteration=lambda it, log: losses.append(log["loss"]))
+                           E.TrainInputs(train=[f"{path}:{images}"]),
+                           RunOptions(out=tmp_path / "run", quiet=True),
+                           on_iteration=lambda it, log: losses.append(log["loss"]))
     assert len(losses) == 6
     assert sum(losses[-2:]) / 2 < 0.6 * losses[0], losses
     assert manifest["status"] == "complete" and manifest["counts"]["iterations"] == 6
@@ -51,14 +53,16 @@ def test_resume_continues_from_the_saved_iteration(tmp_path):
     path, images = write_tiny_coco(tmp_path)
     config = tiny_train_config(iterations=4, checkpoint_every=2, jitter=(0.5, 1.5),
                                flip_prob=0.5, color_prob=0.5)
-    E.run_train(config, [f"{path}:{images}"], tmp_path / "a", progress=False)
+    E.run_train(config, E.TrainInputs(train=[f"{path}:{images}"]),
+                RunOptions(out=tmp_path / "a", quiet=True))
     # Interrupted after the checkpoint of iteration 2: later files never got written.
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     ckpt = tmp_path / "b" / "checkpoints"
     (ckpt / "iter_000004.pt").unlink()
     os.replace(ckpt / "iter_000002.pt", ckpt / "last.pt")
     seen = []
-    E.run_train(config, [f"{path}:{images}"], tmp_path / "b", resume=True, progress=False,
+    E.run_train(config, E.TrainInputs(train=[f"{path}:{images}"]),
+                RunOptions(out=tmp_path / "b", resume=True, quiet=True),
                 on_iteration=lambda it, log: seen.append(it))
     assert seen == [3, 4]
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
@@ -69,14 +73,15 @@ def test_resume_continues_from_the_saved_iteration(tmp_path):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3, 4]
     with pytest.raises(WeakpasteError, match="checkpoint has image_size=64 but this run asks 96"):
-        E.run_train(tiny_train_config(image_size=96), [f"{path}:{images}"], tmp_path / "b",
-                    resume=True, progress=False)
+        E.run_train(tiny_train_config(image_size=96), E.TrainInputs(train=[f"{path}:{images}"]),
+                    RunOptions(out=tmp_path / "b", resume=True, quiet=True))
 
 
 def test_training_data_without_instances_is_refused(tmp_path):
     path, images = write_tiny_coco(tmp_path, layouts=((), ()))
     with pytest.raises(WeakpasteError) as err:
-        E.run_train(tiny_train_config(), [f"{path}:{images}"], tmp_path / "run", progress=False)
+        E.run_train(tiny_train_config(), E.TrainInputs(train=[f"{path}:{images}"]),
+                    RunOptions(out=tmp_path / "run", quiet=True))
     assert str(err.value) == (f"{path}: no instance to learn from in the stage 1 data; check "
                               "that its annotations carry segmentations")
     assert not (tmp_path / "run").exists()
@@ -89,8 +94,8 @@ def test_an_output_inside_an_input_is_refused(tmp_path):
     weights.write_bytes(b"x")
     for out, given in ((images / "run", images), (weights.parent, weights)):
         with pytest.raises(WeakpasteError) as err:
-            E.run_train(tiny_train_config(weights=str(weights)), [f"{path}:{images}"], out,
-                        progress=False)
+            E.run_train(tiny_train_config(weights=str(weights)),
+                        E.TrainInputs(train=[f"{path}:{images}"]), RunOptions(out=out, quiet=True))
         assert str(err.value) == (f"{out}: the output folder overlaps the input {given}; "
                                   "choose an --out outside every input")
     assert sorted(p.name for p in weights.parent.iterdir()) == ["w.pt"]
@@ -101,8 +106,9 @@ def test_notes_are_passed_on_and_kept(tmp_path):
     layouts = ((), *LAYOUTS)
     path, images = write_tiny_coco(tmp_path, layouts=layouts, categories=("a", "b", "c"))
     seen = []
-    manifest = E.run_train(tiny_train_config(iterations=1), [f"{path}:{images}"],
-                           tmp_path / "run", progress=False, on_note=seen.append)
+    manifest = E.run_train(tiny_train_config(iterations=1),
+                           E.TrainInputs(train=[f"{path}:{images}"]),
+                           RunOptions(out=tmp_path / "run", quiet=True), on_note=seen.append)
     assert seen == manifest["notes"] == [
         "stage 1: 1 image(s) without annotations left out (pass --keep-empty to train on them "
         "as background)",

@@ -19,6 +19,7 @@ captions are journaled per image (``.captions-raw.jsonl``), generated images per
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,14 +37,13 @@ from weakpaste.core.manifest import (
     file_sha256,
     fingerprints_sha256,
     first_change,
-    prepare_output_dir,
-    read_manifest,
+    jsonable,
     record_listing,
     recorded_listing,
-    write_manifest,
 )
 from weakpaste.core.options import Config, flags_of, option
-from weakpaste.core.runners import ExecutorConfig, Workers, preflight
+from weakpaste.core.run import RunOptions, StageInputs, StageRun
+from weakpaste.core.runners import ExecutorConfig
 from weakpaste.io.coco_captions import Caption, load_coco_captions
 from weakpaste.io.images import list_images
 
@@ -167,6 +167,14 @@ class _Models:
                                         num_captions=c.captions_per_image or 1)
         return self._captioner
 
+    def check(self, caption: bool) -> None:
+        """Load every model a fresh run needs (the captioner when ``caption``)."""
+        if caption:
+            self.captioner()
+        if not self.config.rewrite_only:
+            self.t2i()
+            self.clip()
+
     def drop_captioner(self) -> None:
         self._captioner = None  # frees its memory before the generator runs
 
@@ -234,131 +242,152 @@ def _model_captions(config: BackgroundsConfig, images_dir: str, out: Path,
     return [Caption(r, c) for r in rel for c in done[r] if c]
 
 
-def run_backgrounds(config: BackgroundsConfig, images_dir: str | None, out_dir: str, *,
-                    captions: str | None = None, overwrite: bool = False,
-                    resume: bool = False, progress: bool = True, workers: int = 1,
-                    executor: ExecutorConfig | None = None) -> dict:
+@dataclass(frozen=True)
+class BackgroundsInputs(StageInputs):
+    """The inputs of ``backgrounds``.
+
+    Attributes:
+        images: the source images (captioned by the model when ``captions`` is None).
+        captions: COCO captions file to use instead of the captioning model.
+    """
+
+    images: str | os.PathLike | None = None
+    captions: str | os.PathLike | None = None
+
+
+def run_backgrounds(config: BackgroundsConfig, inputs: BackgroundsInputs,
+                    run: RunOptions) -> dict:
     """Run the backgrounds stage.
 
     Args:
         config: the stage configuration.
-        images_dir: the source images (captioned by the model when ``captions`` is None).
-        out_dir: output folder.
-        captions: COCO captions file to use instead of the captioning model.
-        overwrite: replace an existing output.
-        resume: continue an interrupted run with the same config.
-        progress: show progress bars.
-        workers: processes (or Ray actors) generating images; each loads the generator and
-            CLIP once (captioning and rewriting run here).
-        executor: where the generation runs (``ExecutorConfig``: local pool or Ray, with
-            ``gpus_per_worker``); never changes the output.
+        inputs: the source images and/or a captions file.
+        run: output folder, ``overwrite``, ``resume`` (continue an interrupted run with the
+            same config), ``workers`` (processes or Ray actors generating images; each loads
+            the generator and CLIP once; captioning and rewriting run here), the executor
+            (local pool or Ray, with ``gpus_per_worker``; never changes the output) and
+            ``quiet``.
 
     Returns:
         The final manifest.
     """
+    images_dir, captions = inputs.images, inputs.captions
+    stage = StageRun(STAGE, run, inputs=[images_dir, captions, config.distractors,
+                                         *_local_models(config)],
+                     present=lambda: _check_present(images_dir, captions))
+    with stage:  # before the captioning and the output folder
+        rewriter = CaptionRewriter(load_distractors(config.distractors)
+                                   if config.distractors else None, config.classes)
+        hashes, fingerprints, file_captions = _read_inputs(config, images_dir, captions)
+        run_config = {**asdict(config), "images": images_dir, "captions": captions}
+        models = _Models(config)
+        if not run.resume:  # fail on a missing model before making the output folder
+            models.check(captions is None)
+        out = stage.start(run_config, seed=config.seed, inputs=hashes,
+                          resume_check=lambda out, old: _check_resume(
+                              out, old, run_config, hashes, fingerprints))
+        (out / "images").mkdir(exist_ok=True)
+        if fingerprints:
+            record_listing(out, "images", fingerprints)
+        rewrite_seed, caption_seed, generate_seed, subset_seed = \
+            np.random.SeedSequence(config.seed).spawn(4)
+        if captions is not None:
+            keep = set(sample_images([c.image for c in file_captions], config.max_images,
+                                     subset_seed))
+            caps = [c for c in file_captions if c.image in keep]
+        else:
+            caps = _model_captions(config, images_dir, out, caption_seed, subset_seed,
+                                   run.progress, models)
+            models.drop_captioner()
+        lines, counts = _rewrite(caps, rewriter, rewrite_seed, out)
+        kept = []
+        if not config.rewrite_only:
+            _generate(config, lines, out, generate_seed, models, stage=stage)
+            kept = _generation_counts(out, counts)
+        counts.setdefault("backgrounds", 0)
+        vocab = {"dropped_distractors": rewriter.dropped_distractors,
+                 "distractors": rewriter.distractors}
+        return stage.finish(counts, extra={"vocabulary": vocab, "images": kept})
+
+
+def _check_present(images_dir: str | None, captions: str | None) -> None:
     if captions is None and not images_dir:
         raise WeakpasteError("pass --images DIR (captioned by the model) or --captions FILE")
     if images_dir and not Path(images_dir).is_dir():
         raise WeakpasteError(f"{images_dir}: not a folder; pass --images, the folder of the "
                              "source images")
-    preflight(executor)  # before the captioning and the output folder
-    extra = load_distractors(config.distractors) if config.distractors else None
-    rewriter = CaptionRewriter(extra, config.classes)
-    inputs: dict[str, str] = {}
+
+
+def _read_inputs(config: BackgroundsConfig, images_dir: str | None,
+                 captions: str | None) -> tuple[dict[str, str], dict, list | None]:
+    """The input hashes, the source images' fingerprints and the file's captions."""
+    hashes: dict[str, str] = {}
+    file_captions = None
     if captions is not None:
         file_captions = load_coco_captions(captions, config.captions_per_image)
-        inputs["captions"] = file_sha256(captions)
+        hashes["captions"] = file_sha256(captions)
     if config.distractors:
-        inputs["distractors"] = file_sha256(config.distractors)
+        hashes["distractors"] = file_sha256(config.distractors)
     # Captioned: an image edited before --resume would mix two captionings. Each is
     # fingerprinted (size, mtime), the listing kept in OUT/.cache/images.json to name it.
     fingerprints = file_fingerprints(list_images(images_dir)) if captions is None else {}
     if captions is None:
-        inputs["images"] = fingerprints_sha256(fingerprints)
-    run_config = {**asdict(config), "images": images_dir, "captions": captions}
-    out = Path(out_dir)
-    if resume:
-        old = read_manifest(out)
-        if old is not None:
-            def describe(key: str) -> tuple[str, str]:
-                if key == "images":
-                    return "the images", first_change(recorded_listing(out, "images"),
-                                                      fingerprints)
-                return f"the {key}", ""
+        hashes["images"] = fingerprints_sha256(fingerprints)
+    return hashes, fingerprints, file_captions
 
-            # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
-            check_resume(out, {**old, "config": {**old.get("config", {}), "rewrite_only": None}},
-                         json.loads(json.dumps({**run_config, "rewrite_only": None})), inputs,
-                         flags=flags_of(BackgroundsConfig), describe=describe,
-                         fingerprints=["images"])
-    models = _Models(config)
-    if not resume:  # fail on a missing model before making the output folder
-        if captions is None:
-            models.captioner()
-        if not config.rewrite_only:
-            models.t2i()
-            models.clip()
-    out = prepare_output_dir(out, overwrite=overwrite, resume=resume, stage=STAGE,
-                             inputs=[images_dir, captions, config.distractors,
-                                     *_local_models(config)])
-    (out / "images").mkdir(exist_ok=True)
-    if fingerprints:
-        record_listing(out, "images", fingerprints)
-    write_manifest(out, stage=STAGE, config=run_config, seed=config.seed, inputs=inputs,
-                   status="running")
 
-    rewrite_seed, caption_seed, generate_seed, subset_seed = \
-        np.random.SeedSequence(config.seed).spawn(4)
-    if captions is not None:
-        keep = set(sample_images([c.image for c in file_captions], config.max_images,
-                                 subset_seed))
-        caps = [c for c in file_captions if c.image in keep]
-    else:
-        caps = _model_captions(config, images_dir, out, caption_seed, subset_seed, progress,
-                               models)
-        models.drop_captioner()
-    rewritten = rewrite_captions([c.caption for c in caps], rewriter, rewrite_seed)
+def _check_resume(out: Path, old: dict, run_config: dict, hashes: dict[str, str],
+                  fingerprints: dict) -> None:
+    def describe(key: str) -> tuple[str, str]:
+        if key == "images":
+            return "the images", first_change(recorded_listing(out, "images"), fingerprints)
+        return f"the {key}", ""
+
+    # --rewrite-only may differ: a rewrite-only output can be resumed into generation.
+    check_resume(out, {**old, "config": {**old.get("config", {}), "rewrite_only": None}},
+                 jsonable({**run_config, "rewrite_only": None}), hashes,
+                 flags=flags_of(BackgroundsConfig), describe=describe,
+                 fingerprints=["images"])
+
+
+def _rewrite(caps: list[Caption], rewriter: CaptionRewriter, seed: np.random.SeedSequence,
+             out: Path) -> tuple[list[dict], dict]:
+    """Rewrite the captions into ``OUT/captions.jsonl``; returns its lines and the counts."""
+    rewritten = rewrite_captions([c.caption for c in caps], rewriter, seed)
     lines = [{"index": i, "image": c.image, "caption_id": c.caption_id, "caption": c.caption,
               "rewritten": new, "replacements": reps}
              for i, (c, (new, reps)) in enumerate(zip(caps, rewritten, strict=True))]
     atomic_write_bytes(out / CAPTIONS_JSONL, "".join(
         json.dumps(d, ensure_ascii=False) + "\n" for d in lines).encode("utf-8"))
     per_super = Counter(r["supercategory"] for d in lines for r in d["replacements"])
-    counts = {"captions": len(lines),
-              "captions_rewritten": sum(1 for d in lines if d["replacements"]),
-              "replacements": sum(per_super.values()),
-              "replacements_per_supercategory": dict(sorted(per_super.items()))}
-    vocab = {"dropped_distractors": rewriter.dropped_distractors,
-             "distractors": rewriter.distractors}
-    if not config.rewrite_only:
-        _generate(config, lines, out, generate_seed, progress, models, workers=workers,
-                  executor=executor)
-        results = {d["index"]: d for d in _read_jsonl(out / GENERATED_JSONL, _GENERATED_FIELDS)}
-        results = [results[i] for i in sorted(results)]
-        kept = [f for d in results for f in d["kept_files"]]
-        counts.update(generated=sum(len(d["caption_scores"]) for d in results),
-                      rejected_by_class=sum(sum(d["rejected"]) for d in results),
-                      unsafe=sum(sum(d.get("unsafe", [])) for d in results),
-                      backgrounds=len(kept))
-    else:
-        kept = []
-        counts["backgrounds"] = 0
-    return write_manifest(out, stage=STAGE, config=run_config, seed=config.seed, inputs=inputs,
-                          counts=counts, extra={"vocabulary": vocab, "images": kept})
+    return lines, {"captions": len(lines),
+                   "captions_rewritten": sum(1 for d in lines if d["replacements"]),
+                   "replacements": sum(per_super.values()),
+                   "replacements_per_supercategory": dict(sorted(per_super.items()))}
+
+
+def _generation_counts(out: Path, counts: dict) -> list[str]:
+    """Add the generation's counts to ``counts``; returns the kept files."""
+    results = {d["index"]: d for d in _read_jsonl(out / GENERATED_JSONL, _GENERATED_FIELDS)}
+    results = [results[i] for i in sorted(results)]
+    kept = [f for d in results for f in d["kept_files"]]
+    counts.update(generated=sum(len(d["caption_scores"]) for d in results),
+                  rejected_by_class=sum(sum(d["rejected"]) for d in results),
+                  unsafe=sum(sum(d.get("unsafe", [])) for d in results),
+                  backgrounds=len(kept))
+    return kept
 
 
 def _generate(config: BackgroundsConfig, lines: list[dict], out: Path,
-              seed: np.random.SeedSequence, progress: bool, models: _Models, *,
-              workers: int = 1, executor: ExecutorConfig | None = None) -> None:
+              seed: np.random.SeedSequence, models: _Models, *, stage: StageRun) -> None:
     """Generate, score and select the images of every caption not yet journaled.
 
     Each caption is one item (``_generate_item``), run here, in a local process pool, or on
     Ray actors (``--executor ray --gpus-per-worker G``) that load the generator and CLIP once
     each. Workers write the images; the journal is appended here, in caption order.
     """
-    from tqdm import tqdm
 
-    executor = executor or ExecutorConfig()
+    executor = stage.executor
     journal = out / GENERATED_JSONL
     done = {d["index"] for d in _read_jsonl(journal, _GENERATED_FIELDS)}
     if journal.is_file():  # cut a torn last line off before appending
@@ -370,16 +399,14 @@ def _generate(config: BackgroundsConfig, lines: list[dict], out: Path,
         return
     seeds = seed.spawn(len(lines))
     tasks = [(d, seeds[d["index"]], str(out)) for d in todo]
-    here = workers <= 1 and executor.executor == "local"
+    here = stage.run.workers <= 1 and executor.executor == "local"
     if not here:
         _check_pool_device(config, executor)
         models.drop_generation()  # every worker loads its own
     initargs = (config, models, None) if here else (config, None, 1)
-    with Workers(workers, init=_generation_init, initargs=initargs, executor=executor,
-                 check=[out]) as pool:
-        for doc in tqdm(pool.map(_generate_item, tasks), total=len(tasks), desc="generate",
-                        unit="caption", disable=not progress):
-            _append(journal, doc)
+    for doc in stage.map(_generate_item, tasks, desc="generate", unit="caption",
+                         init=_generation_init, initargs=initargs, check=[out]):
+        _append(journal, doc)
 
 
 def _check_pool_device(config: BackgroundsConfig, executor: ExecutorConfig) -> None:

@@ -12,6 +12,7 @@ from weakpaste.bank.codec import encode_segment, segment_meta
 from weakpaste.bank.store import BankWriter
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.options import Config, option
+from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.structures import Segment
 
 
@@ -91,72 +92,65 @@ def _cut_items(data, coco_json, classes, min_area, version) -> list[tuple]:
     return items
 
 
-def run_bank_from_coco(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
-                       out_dir: str | os.PathLike, config: BankConfig | None = None, *,
-                       workers: int = 1, overwrite: bool = False, progress: bool = True,
-                       executor=None) -> dict:
-    """Build a bank from the instance masks of any COCO data set.
+@dataclass(frozen=True)
+class BankInputs(StageInputs):
+    """The inputs of ``bank from-coco``.
 
-    Images are cut and their segments encoded by ``workers`` processes (or Ray actors,
-    ``executor``); the segments are appended in image order, so the bank is the same bytes
-    for any number of workers.
+    Attributes:
+        coco_json: COCO (or LVIS) instances file (polygons or RLE).
+        images: folder of its images.
+    """
+
+    coco_json: str | os.PathLike
+    images: str | os.PathLike
+
+
+def run_bank_from_coco(config: BankConfig | None, inputs: BankInputs,
+                       run: RunOptions) -> dict:
+    """Build a bank from the instance masks of any COCO data set, in ``run.out``.
+
+    Images are cut and their segments encoded by ``run.workers`` processes (or Ray actors,
+    ``run.executor``); the segments are appended in image order, so the bank is the same
+    bytes for any number of workers.
 
     Args:
-        coco_json: COCO instances file (polygons or RLE).
-        images_dir: folder of its images.
-        out_dir: the bank folder to create.
         config: minimum mask area and classes to keep (``BankConfig()`` when None).
-        workers: processes (or Ray actors) cutting and encoding images.
-        overwrite: replace an existing weakpaste output in ``out_dir``.
-        progress: show a progress bar.
-        executor: a ``weakpaste.core.runners.ExecutorConfig`` (local pool by default).
+        inputs: the COCO file and its images.
+        run: the bank folder to create (``out``), ``overwrite``, ``workers``, the executor
+            and ``quiet`` (no ``resume``: a bank is cut in one go).
 
     Returns:
-        The manifest written to ``out_dir/manifest.json``; its counts: ``segments``,
+        The manifest written to ``OUT/manifest.json``; its counts: ``segments``,
         ``per_class``, ``skipped_small`` (masks under ``min_area`` pixels) and
         ``crowd_skipped`` (the file's ``iscrowd=1`` regions, never cut).
     """
-    from tqdm import tqdm
-
-    from weakpaste.core.manifest import (
-        check_output_dir,
-        file_sha256,
-        prepare_output_dir,
-        write_manifest,
-    )
-    from weakpaste.core.runners import Workers, preflight
+    from weakpaste.core.manifest import file_sha256
     from weakpaste.io.coco import load_coco
 
-    preflight(executor)  # before reading the COCO file (a minute for train2017's)
     config = config or BankConfig()
+    coco_json, images_dir = inputs.coco_json, inputs.images
     min_area, classes = config.min_area, config.classes
-    data = load_coco(coco_json, images_dir)
-    if classes:
-        unknown = [c for c in classes if c not in data.categories]
-        if unknown:
-            raise WeakpasteError(f"{coco_json}: class {unknown[0]!r} is not among its categories; "
-                                 "check --classes")
-    check_output_dir(out_dir, overwrite=overwrite, stage="bank", inputs=[coco_json, images_dir],
-                     resumable=False)
-    # The workers start (Ray is joined) before the output folder is made: a cluster that
-    # cannot be reached leaves nothing to remove.
-    with Workers(workers, executor=executor, check=[coco_json, images_dir, out_dir]) as pool:
-        out = prepare_output_dir(out_dir, overwrite=overwrite, stage="bank",
-                                 inputs=[coco_json, images_dir], resumable=False)
-        config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
-                  "min_area": min_area, "classes": classes}
-        inputs = {"coco_json": file_sha256(coco_json)}
-        write_manifest(out, stage="bank", config=config, inputs=inputs, status="running")
+    # Executor and output are checked before the COCO file is read (a minute for
+    # train2017's); the workers start (Ray is joined) before the output folder is made, so
+    # a cluster that cannot be reached leaves nothing to remove.
+    with StageRun("bank", run, inputs=inputs.paths(), resumable=False) as stage:
+        data = load_coco(coco_json, images_dir)
+        if classes:
+            unknown = [c for c in classes if c not in data.categories]
+            if unknown:
+                raise WeakpasteError(f"{coco_json}: class {unknown[0]!r} is not among its "
+                                     "categories; check --classes")
+        stage.workers(check=[coco_json, images_dir, run.out])
+        out = stage.start({"coco_json": str(coco_json), "images_dir": str(images_dir),
+                           "min_area": min_area, "classes": classes},
+                          inputs={"coco_json": file_sha256(coco_json)})
         skipped = 0
         with BankWriter(out) as writer:
             items = _cut_items(data, coco_json, classes, min_area, writer.version)
-            for encoded, n_small in tqdm(pool.map(_cut_item, items), total=len(items),
-                                         desc="bank from-coco", unit="img",
-                                         disable=not progress):
+            for encoded, n_small in stage.map(_cut_item, items, desc="bank from-coco"):
                 skipped += n_small
                 for blob, meta in encoded:
                     writer.add_encoded(blob, meta)
             counts = dict(sorted(writer.counts.items()))
-    return write_manifest(out, stage="bank", config=config, inputs=inputs,
-                          counts={"segments": sum(counts.values()), "per_class": counts,
-                                  "skipped_small": skipped, "crowd_skipped": data.crowd_skipped})
+        return stage.finish({"segments": sum(counts.values()), "per_class": counts,
+                             "skipped_small": skipped, "crowd_skipped": data.crowd_skipped})

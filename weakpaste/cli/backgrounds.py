@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weakpaste.cli.common import command, common, workers
+from weakpaste.cli.common import add_run_options, command, run_options
 from weakpaste.core.options import add_options, from_args
 
 
 def _cmd_backgrounds(args: argparse.Namespace) -> int:
-    from weakpaste.backgrounds.run import BackgroundsConfig, run_backgrounds
-    from weakpaste.core.runners import ExecutorConfig
+    from weakpaste.backgrounds.run import BackgroundsConfig, BackgroundsInputs, run_backgrounds
 
-    manifest = run_backgrounds(from_args(BackgroundsConfig, args), args.images, args.out,
-                               captions=args.captions, overwrite=args.overwrite,
-                               resume=args.resume, progress=not args.quiet,
-                               workers=args.workers, executor=from_args(ExecutorConfig, args))
+    manifest = run_backgrounds(from_args(BackgroundsConfig, args),
+                               BackgroundsInputs(args.images, args.captions), run_options(args))
     c = manifest["counts"]
     print(f"rewrote {c['captions_rewritten']} of {c['captions']} captions "
           f"({c['replacements']} replacements) into {Path(args.out) / 'captions.jsonl'}")
@@ -29,17 +26,13 @@ def _cmd_backgrounds(args: argparse.Namespace) -> int:
 
 def _build(p: argparse.ArgumentParser) -> None:
     from weakpaste.backgrounds.run import BackgroundsConfig
-    from weakpaste.core.runners import ExecutorConfig
+    from weakpaste.core.run import RUN_FIELDS
 
     p.add_argument("--images", required=True, help="folder of the source images")
-    p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--captions", metavar="COCO_JSON",
                    help="COCO captions file to use instead of the captioning model")
     add_options(p, BackgroundsConfig)
-    workers(p)
-    add_options(p, ExecutorConfig)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    common(p)
+    add_run_options(p, *RUN_FIELDS, helps={"resume": "continue an interrupted run"})
     p.set_defaults(func=_cmd_backgrounds)
 
 

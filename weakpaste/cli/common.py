@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 
 Builder = Callable[[argparse.ArgumentParser], None]
@@ -36,12 +37,49 @@ def build_commands(parser: argparse.ArgumentParser, argv: list[str] | None) -> N
         build_commands(child, None if words is None else words[1:])
 
 
-def common(p: argparse.ArgumentParser, out: bool = True) -> None:
-    """``--overwrite`` (for commands with an output folder) and ``--quiet``."""
-    if out:
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace an existing weakpaste output in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+def add_run_options(p: argparse.ArgumentParser, *names: str, out_required: bool = True,
+                    helps: dict[str, str] | None = None, out_metavar: str | None = None,
+                    defaults: dict | None = None) -> None:
+    """Add the run options (``weakpaste.core.run.RunOptions``) that a stage supports.
+
+    Args:
+        p: the command's parser.
+        names: the ``RunOptions`` fields the stage supports ("out", "workers", ...); the
+            others keep their defaults (``run_options`` leaves them out).
+        out_required: whether ``--out`` must be given (else its default is used).
+        helps: field -> the stage's own help (``--out``: what the stage writes there).
+        out_metavar: the stage's own metavar of ``--out`` (a file rather than a folder).
+        defaults: command-specific defaults (the demo's folder and workers).
+    """
+    from weakpaste.core.options import add_options
+    from weakpaste.core.run import RUN_FIELDS, RunOptions
+
+    unknown = set(names) - set(RUN_FIELDS)
+    if unknown:
+        raise ValueError(f"not run options: {sorted(unknown)}")
+    add_options(p, RunOptions, exclude=[n for n in RUN_FIELDS if n not in names],
+                defaults=defaults)
+    # Which fields are the command's: a stage option may share a name (train's --workers is
+    # its DataLoader's), and run_options must not take it for a run option.
+    p.set_defaults(_run_options=tuple(names))
+    fields = {f.name: f for f in dataclasses.fields(RunOptions)}
+    for action in p._actions:
+        if action.dest == "out":
+            action.required = out_required and not (defaults and "out" in defaults)
+            action.metavar = out_metavar or action.metavar
+        if helps and action.dest in helps:
+            # Keep the generated "(default: X)".
+            generic = fields[action.dest].metadata["weakpaste"].help
+            action.help = helps[action.dest] + action.help[len(generic):]
+
+
+def run_options(args: argparse.Namespace):
+    """The ``RunOptions`` of parsed arguments: the run options the command registered
+    (``add_run_options``); the others keep their defaults."""
+    from weakpaste.core.run import RunOptions
+
+    names = getattr(args, "_run_options", ())
+    return RunOptions(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
 def torch_threads(threads: int | None) -> None:
@@ -60,7 +98,6 @@ def torch_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-
 def count(text: str) -> int:
     """argparse ``type`` of a count >= 1."""
     value = int(text)
@@ -69,12 +106,7 @@ def count(text: str) -> int:
     return value
 
 
-def workers(p: argparse.ArgumentParser, default: int = 1) -> None:
-    """``--workers N``: processes of the per-item stage (the output does not depend on it)."""
-    p.add_argument("--workers", type=count, default=default,
-                   help=f"processes; the output is the same for any number (default: {default})")
-
-
 def threads(p: argparse.ArgumentParser) -> None:
     """``--threads N``: torch CPU threads (see ``torch_threads``)."""
     p.add_argument("--threads", type=count, help="torch CPU threads (default: torch's choice)")
+

@@ -6,19 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from weakpaste.cli.common import command, common, workers
+from weakpaste.cli.common import add_run_options, command, run_options
 from weakpaste.core.options import add_options, from_args
 
 
 def _cmd_paste(args: argparse.Namespace) -> int:
-    from weakpaste.core.runners import ExecutorConfig
-    from weakpaste.paste.run import PasteConfig, run_paste
+    from weakpaste.paste.run import PasteConfig, PasteInputs, run_paste
 
-    manifest = run_paste(from_args(PasteConfig, args), bank=args.bank, out_dir=args.out,
-                         backgrounds_json=args.backgrounds, images_dir=args.images,
-                         extra_backgrounds=args.extra_backgrounds, workers=args.workers,
-                         overwrite=args.overwrite, resume=args.resume,
-                         progress=not args.quiet, executor=from_args(ExecutorConfig, args))
+    inputs = PasteInputs(args.bank, args.backgrounds, args.images,
+                         tuple(args.extra_backgrounds))
+    manifest = run_paste(from_args(PasteConfig, args), inputs, run_options(args))
     c = manifest["counts"]
     print(f"wrote {c['images']} images, {c['annotations']} instances "
           f"({c['dropped_total']} dropped by occlusion) to {args.out}")
@@ -31,14 +28,11 @@ def _cmd_paste(args: argparse.Namespace) -> int:
 
 
 def _cmd_bank_from_coco(args: argparse.Namespace) -> int:
-    from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
-    from weakpaste.core.runners import ExecutorConfig
+    from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 
     config = from_args(BankConfig, args)
-    manifest = run_bank_from_coco(args.coco_json, args.images, args.out, config,
-                                  workers=args.workers, overwrite=args.overwrite,
-                                  progress=not args.quiet,
-                                  executor=from_args(ExecutorConfig, args))
+    manifest = run_bank_from_coco(config, BankInputs(args.coco_json, args.images),
+                                  run_options(args))
     c = manifest["counts"]
     crowd = c["crowd_skipped"]
     print(f"wrote {c['segments']} segments of {len(c['per_class'])} classes to {args.out} "
@@ -59,18 +53,18 @@ def _cmd_bank_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
-    from weakpaste.report.viz import VizConfig, run_viz
+    from weakpaste.report.viz import VizConfig, VizInputs, run_viz
 
-    run_viz(args.coco_json, args.images, args.out, from_args(VizConfig, args),
-            predictions=args.predictions, overwrite=args.overwrite, progress=not args.quiet)
+    run_viz(from_args(VizConfig, args), VizInputs(args.coco_json, args.images, args.predictions),
+            run_options(args))
     print(f"contact sheet: {Path(args.out) / 'contact_sheet.png'}")
     return 0
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from weakpaste.report.stats import format_stats, run_stats
+    from weakpaste.report.stats import StatsInputs, format_stats, run_stats
 
-    stats = run_stats(args.coco_json, images_dir=args.images)
+    stats = run_stats(None, StatsInputs(args.coco_json, args.images))
     print(json.dumps(stats, indent=2) if args.json else f"{args.coco_json}\n\n"
           f"{format_stats(stats)}")
     return 0
@@ -79,19 +73,17 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def _build_bank(p: argparse.ArgumentParser) -> None:
     from weakpaste.bank.from_coco import BankConfig
-    from weakpaste.core.runners import ExecutorConfig
 
     bank_sub = p.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
     q = bank_sub.add_parser("from-coco", help="cut the instances of a COCO (or LVIS) data set "
                                               "into a bank")
     q.add_argument("coco_json", help="COCO or LVIS instances JSON (polygons or RLE)")
     q.add_argument("--images", required=True, help="folder of its images")
-    q.add_argument("--out", required=True, help="bank folder to create")
     add_options(q, BankConfig)
-    workers(q)
-    # Cutting masks uses no GPU: a reservation per Ray worker would only hold GPUs idle.
-    add_options(q, ExecutorConfig, exclude=("gpus_per_worker",))
-    common(q)
+    # Cutting masks uses no GPU: a reservation per Ray worker would only hold GPUs idle; a
+    # bank is cut in one go (no --resume).
+    add_run_options(q, "out", "overwrite", "workers", "executor", "ray_address", "quiet",
+                    helps={"out": "bank folder to create"})
     q.set_defaults(func=_cmd_bank_from_coco)
     q = bank_sub.add_parser("info", help="segments per class of a bank")
     q.add_argument("bank", help="segment bank folder (made by 'bank from-coco' or 'mine')")
@@ -99,11 +91,9 @@ def _build_bank(p: argparse.ArgumentParser) -> None:
 
 
 def _build_paste(p: argparse.ArgumentParser) -> None:
-    from weakpaste.core.runners import ExecutorConfig
     from weakpaste.paste.run import PasteConfig
 
     p.add_argument("--bank", required=True, help="segment bank folder")
-    p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backgrounds", metavar="COCO_JSON",
                    help="COCO or LVIS data set whose images are backgrounds (its instances and "
                         "LVIS labels are kept)")
@@ -111,10 +101,9 @@ def _build_paste(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-backgrounds", nargs="+", default=[], metavar="DIR",
                    help="folders of extra background images without annotations")
     add_options(p, PasteConfig)
-    workers(p)
-    add_options(p, ExecutorConfig)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    common(p)
+    # Pasting uses no GPU: a reservation per Ray worker would only hold GPUs idle.
+    add_run_options(p, "out", "overwrite", "resume", "workers", "executor", "ray_address",
+                    "quiet", helps={"resume": "continue an interrupted run"})
     p.set_defaults(func=_cmd_paste)
 
 
@@ -123,14 +112,13 @@ def _build_viz(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("coco_json", help="COCO or LVIS instances JSON with masks (polygons or RLE)")
     p.add_argument("--images", required=True, help="folder of the images")
-    p.add_argument("--out", required=True,
-                   help="output folder: the drawn images and contact_sheet.png")
     p.add_argument("--predictions", metavar="RESULTS_JSON",
                    help="draw these detections on the images of coco_json instead of its "
                         "annotations (COCO results format, e.g. 'weakpaste eval' OUT/"
                         "predictions.json)")
     add_options(p, VizConfig)
-    common(p)
+    add_run_options(p, "out", "overwrite", "quiet",
+                    helps={"out": "output folder: the drawn images and contact_sheet.png"})
     p.set_defaults(func=_cmd_viz)
 
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from weakpaste.cli.common import command, common, torch_threads, workers
+from weakpaste.cli.common import add_run_options, command, run_options, torch_threads
 from weakpaste.core.options import add_options, from_args
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     # Idle OpenMP threads sleep: the classifier trains while other work shares the cores.
     torch_threads(None)
-    from weakpaste.demo.run import DemoConfig, run_demo
+    from weakpaste.demo.run import DemoConfig, DemoInputs, run_demo
 
-    result = run_demo(from_args(DemoConfig, args), args.out, workers=args.workers,
-                      overwrite=args.overwrite, progress=not args.quiet)
+    result = run_demo(from_args(DemoConfig, args), DemoInputs(), run_options(args))
     print(format_demo(result))
     return 0
 
@@ -27,7 +26,7 @@ def format_demo(result: dict) -> str:
     """The demo's report: mined-mask quality, the F-EM funnel, statistics, where things are."""
     from weakpaste.evaluate.funnel import format_funnel
     from weakpaste.evaluate.masks import format_table
-    from weakpaste.report.stats import format_stats, run_stats
+    from weakpaste.report.stats import StatsInputs, format_stats, run_stats
 
     lines = []
     if result["quality"] is not None:
@@ -39,7 +38,7 @@ def format_demo(result: dict) -> str:
                   format_table(result["quality"]), "", "F-EM " + format_funnel(result["funnel"])]
         lines += ["", f"mined precision@0.5 {overall['precision@0.5']:.1%}, pair yield@0.5 "
                   f"{overall['pair_yield@0.5']:.1%}"]
-    lines += ["", format_stats(run_stats(result["pasted"]["annotations_json"]))]
+    lines += ["", format_stats(run_stats(None, StatsInputs(result["pasted"]["annotations_json"])))]
     source = ("F-EM from image-level labels; mined masks: " + str(result["viz_mined"])
               if result["quality"] is not None else "ground truth")
     lines += ["", f"synthetic scenes : {result['scenes']}",
@@ -70,10 +69,9 @@ def _format_train(train: dict) -> str:
 def _build(p: argparse.ArgumentParser) -> None:
     from weakpaste.demo.run import DemoConfig
 
-    p.add_argument("--out", default="weakpaste-demo", help="output folder (default: %(default)s)")
     add_options(p, DemoConfig)
-    workers(p, default=2)
-    common(p)
+    add_run_options(p, "out", "overwrite", "workers", "quiet",
+                    defaults={"out": "weakpaste-demo", "workers": 2})
     p.set_defaults(func=_cmd_demo)
 
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from weakpaste.cli.common import command, common, workers
+from weakpaste.cli.common import add_run_options, command, run_options
 from weakpaste.core.options import add_options, from_args
 
 METHODS = ("fem", "freeseg")
@@ -47,12 +47,11 @@ def rewrite_alias(argv: list[str]) -> list[str]:
     return [*argv[:at + 1], method, *kept]
 
 
-def _run_kwargs(args: argparse.Namespace) -> dict:
-    from weakpaste.core.runners import ExecutorConfig
+def _run(args: argparse.Namespace) -> tuple:
+    """The inputs and run options of a ``mine`` command."""
+    from weakpaste.mine.pipeline import MineInputs
 
-    return {"workers": args.workers, "overwrite": args.overwrite, "resume": args.resume,
-            "progress": not args.quiet, "save_baselines": args.save_baselines,
-            "executor": from_args(ExecutorConfig, args)}
+    return MineInputs(args.images, args.labels), run_options(args)
 
 
 def _print_skipped(skipped: dict, what: str) -> None:
@@ -66,7 +65,7 @@ def _cmd_mine_fem(args: argparse.Namespace) -> int:
     from weakpaste.mine.fem import run_mine_fem
 
     config = from_args(FemConfig, args)
-    manifest = run_mine_fem(config, args.images, args.labels, args.out, **_run_kwargs(args))
+    manifest = run_mine_fem(config, *_run(args), save_baselines=args.save_baselines)
     c = manifest["counts"]
     _print_skipped(c["skipped"], " (image, class) pairs")
     print(f"mined {c['segments']} segments of {len(c['per_class'])} classes from "
@@ -80,8 +79,7 @@ def _cmd_mine_freeseg(args: argparse.Namespace) -> int:
     from weakpaste.mine.freeseg import run_mine_freeseg
 
     config = from_args(FreeSegConfig, args)
-    manifest = run_mine_freeseg(config, args.images, args.labels, args.out,
-                                **_run_kwargs(args))
+    manifest = run_mine_freeseg(config, *_run(args), save_baselines=args.save_baselines)
     c = manifest["counts"]
     fallback = manifest["coseg"]["fallback_classes"]
     if fallback:
@@ -99,26 +97,25 @@ def _cmd_mine_freeseg(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
-    from weakpaste.evaluate.funnel import run_evaluate_masks
+    from weakpaste.evaluate.funnel import (
+        EvaluateMasksConfig,
+        EvaluateMasksInputs,
+        run_evaluate_masks,
+    )
 
-    print(run_evaluate_masks(args.pred, args.gt, out=args.out, as_json=args.json,
-                             overwrite=args.overwrite))
+    print(run_evaluate_masks(from_args(EvaluateMasksConfig, args),
+                             EvaluateMasksInputs(args.pred, args.gt), run_options(args)))
     return 0
 
 
 def _add_run_options(p: argparse.ArgumentParser, labels: str, baselines: str) -> None:
     """Inputs, output and how to run: what is not a setting of the method."""
-    from weakpaste.core.runners import ExecutorConfig
+    from weakpaste.core.run import RUN_FIELDS
 
     p.add_argument("--images", required=True, help="folder of the images")
     p.add_argument("--labels", help=labels)
-    p.add_argument("--out", required=True, help="bank folder to create")
-    workers(p)
-    add_options(p, ExecutorConfig)
-    p.add_argument("--resume", action="store_true",
-                   help="continue a run in --out made with the same options and inputs")
+    add_run_options(p, *RUN_FIELDS, helps={"out": "bank folder to create"})
     p.add_argument("--save-baselines", action="store_true", help=baselines)
-    common(p)
 
 
 def _build_method(config_name: str, func, labels: str, baselines: str):
@@ -158,9 +155,12 @@ def _build_mine(p: argparse.ArgumentParser) -> None:
 def _build_evaluate_masks(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", help="a segment bank folder or a COCO JSON of predicted masks")
     p.add_argument("--gt", required=True, help="ground-truth COCO JSON with instance masks")
-    p.add_argument("--out", help="also write the metrics to this JSON file")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    from weakpaste.evaluate.funnel import EvaluateMasksConfig
+
+    add_run_options(p, "out", "overwrite", out_required=False, out_metavar="JSON",
+                    helps={"out": "also write the metrics to this JSON file",
+                           "overwrite": "replace an existing --out file"})
+    add_options(p, EvaluateMasksConfig)
     p.set_defaults(func=_cmd_evaluate_masks)
 
 

@@ -11,7 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from weakpaste.cli.common import command, common, threads, torch_threads
+from weakpaste.cli.common import (
+    add_run_options,
+    command,
+    run_options,
+    threads,
+    torch_threads,
+)
 from weakpaste.core.options import add_options, from_args
 
 
@@ -24,11 +30,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     from weakpaste.evaluate.detection import format_metrics
     from weakpaste.train.config import TrainConfig
-    from weakpaste.train.loop import run_train
+    from weakpaste.train.loop import TrainInputs, run_train
 
-    manifest = run_train(from_args(TrainConfig, args), args.train, args.out, val=args.val,
-                         stage2=args.stage2 or (), overwrite=args.overwrite, resume=args.resume,
-                         progress=not args.quiet, on_note=_note)
+    inputs = TrainInputs(args.train, args.stage2 or (), args.val)
+    manifest = run_train(from_args(TrainConfig, args), inputs, run_options(args), on_note=_note)
     c = manifest["counts"]
     images = ", ".join(f"{k}: {v} images" for k, v in c["images"].items())
     print(f"trained {c['iterations']} iterations ({images}) on {c['classes']} classes; "
@@ -44,11 +49,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     from weakpaste.evaluate.detection import format_metrics
     from weakpaste.train.config import EvalConfig
-    from weakpaste.train.evaluation import run_eval
+    from weakpaste.train.evaluation import EvalInputs, run_eval
 
-    metrics = run_eval(from_args(EvalConfig, args), args.data, args.out,
-                       checkpoint=args.checkpoint, predictions=args.predictions,
-                       train=args.train, overwrite=args.overwrite, progress=not args.quiet)
+    inputs = EvalInputs(args.data, args.checkpoint, args.predictions, args.train)
+    metrics = run_eval(from_args(EvalConfig, args), inputs, run_options(args))
     for message in metrics["info"]["notes"]:
         _note(message)
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
@@ -57,10 +61,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_longtail(args: argparse.Namespace) -> int:
     from weakpaste.train.config import LongtailConfig
-    from weakpaste.train.longtail import format_report, run_longtail
+    from weakpaste.train.longtail import LongtailInputs, format_report, run_longtail
 
-    report = run_longtail(from_args(LongtailConfig, args), args.coco_json, args.out,
-                          overwrite=args.overwrite)
+    report = run_longtail(from_args(LongtailConfig, args), LongtailInputs(args.coco_json),
+                          run_options(args))
     for message in report["notes"]:
         _note(message)
     print(format_report(report))
@@ -82,12 +86,11 @@ def _build_train(p: argparse.ArgumentParser) -> None:
                            "stage 1 with a fresh schedule (FreeSeg §4.1); repeatable")
     data.add_argument("--val", metavar="COCO_JSON:IMAGES_DIR",
                       help="evaluate the final model on this set (OUT/eval/metrics.json)")
-    data.add_argument("--out", required=True, help="output folder")
     add_options(p.add_argument_group("training"), TrainConfig)
     threads(p)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoints/last.pt")
-    common(p)
+    # No --workers: the DataLoader's workers are a training setting.
+    add_run_options(data, "out", "overwrite", "resume", "quiet",
+                    helps={"resume": "continue from OUT/checkpoints/last.pt"})
     p.set_defaults(func=_cmd_train)
 
 
@@ -100,7 +103,6 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="COCO_JSON:IMAGES_DIR",
                    help="ground truth (the images are needed with --checkpoint only); an LVIS "
                         "file is evaluated with LVIS's federated protocol")
-    p.add_argument("--out", help="output folder (default: eval-<data name> beside the run)")
     p.add_argument("--train", metavar="COCO_JSON",
                    help="training set whose LVIS frequencies, else images per class, define "
                         "rare (1-10), common (11-100) and frequent (>100) classes (default: an "
@@ -108,7 +110,8 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
     add_options(p, EvalConfig)
     threads(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    common(p)
+    add_run_options(p, "out", "overwrite", "quiet", out_required=False,
+                    helps={"out": "output folder (default: eval-<data name> beside the run)"})
     p.set_defaults(func=_cmd_eval)
 
 
@@ -116,9 +119,10 @@ def _build_longtail(p: argparse.ArgumentParser) -> None:
     from weakpaste.train.config import LongtailConfig
 
     p.add_argument("coco_json", help="COCO instances JSON to take the subset from")
-    p.add_argument("--out", required=True, metavar="COCO_JSON", help="the subset to write")
+    add_run_options(p, "out", "overwrite", out_metavar="COCO_JSON",
+                    helps={"out": "the subset to write",
+                           "overwrite": "replace an existing --out file"})
     add_options(p, LongtailConfig)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_longtail)
 
 

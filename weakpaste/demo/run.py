@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weakpaste.core.options import Config, option
+from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.models.weights import parse_weights
 
 DEMO_SIDE = 128
@@ -180,8 +181,13 @@ class DemoConfig(Config):
                                         "stages together")
 
 
-def run_demo(config: DemoConfig, out_dir: str | os.PathLike, *, workers: int = 2,
-             overwrite: bool = False, progress: bool = True) -> dict:
+@dataclass(frozen=True)
+class DemoInputs(StageInputs):
+    """The demo's inputs: none (it draws its own scenes); declared so that every stage is
+    called the same way."""
+
+
+def run_demo(config: DemoConfig, inputs: DemoInputs | None, run: RunOptions) -> dict:
     """Run the demo; the CLI prints its result.
 
     Args:
@@ -190,8 +196,9 @@ def run_demo(config: DemoConfig, out_dir: str | os.PathLike, *, workers: int = 2
             ``epochs``; see :func:`demo_mine_config`) and ``train`` (Mask R-CNN on the mined
             data and, the same schedule, on the ground truth; see
             :func:`train_demo_models`).
-        out_dir: the demo's folder.
-        workers: processes for the per-image stages.
+        inputs: ``DemoInputs()`` or None.
+        run: the demo's folder (``out``), ``overwrite``, ``workers`` (processes for the
+            per-image stages) and ``quiet``.
 
     Returns:
         {"out", "scenes", "bank", "segments", "pasted", "viz", "viz_mined", "quality",
@@ -199,38 +206,58 @@ def run_demo(config: DemoConfig, out_dir: str | os.PathLike, *, workers: int = 2
         "manifest"}: paths, counts, the quality metrics (None from the ground truth) and the
         funnel as (stage, recall@0.5) pairs.
     """
-    from weakpaste.bank.from_coco import run_bank_from_coco
-    from weakpaste.core.manifest import prepare_output_dir, write_manifest
+    from weakpaste.bank.from_coco import BankInputs, run_bank_from_coco
 
-    num_scenes, num_images, seed = config.num_scenes, config.num_images, config.seed
-    mine, train, weights = not config.from_gt, config.train, config.weights
-    backbone, epochs, train_iterations = config.backbone, config.epochs, config.train_iterations
+    seed, mine, train, progress = config.seed, not config.from_gt, config.train, run.progress
     start = time.perf_counter()
     if train and not mine:
         from weakpaste.core.errors import WeakpasteError
 
         raise WeakpasteError("demo --train compares mined with ground-truth masks; drop "
                              "--from-gt")
-    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="demo", resumable=False)
-    mine_config = demo_mine_config(backbone=backbone, weights=weights, epochs=epochs,
-                                   seed=seed) if mine else None
-    config = {"num_scenes": num_scenes, "num_images": num_images, "seed": seed, "mine": mine,
-              "backbone": mine_config.model.backbone if mine else None, "weights": weights,
-              "epochs": mine_config.model.epochs if mine else None}
-    if train:
-        config.update({"train": True, "train_iterations": train_iterations})
-    write_manifest(out, stage="demo", config=config, seed=seed, status="running")
-    scenes = out / "scenes"
-    gt = write_synthetic_dataset(scenes, num_scenes=num_scenes, seed=seed)
-    result = {"out": out, "scenes": scenes, "bank": out / "bank", "quality": None,
-              "funnel": None, "mine_config": mine_config, "train": None}
-    if mine:
-        result.update(_mine(out, scenes, gt, mine_config, workers=workers, progress=progress))
-    else:
-        made = run_bank_from_coco(gt, scenes / "images", out / "bank", progress=progress)
-        result["segments"] = made["counts"]["segments"]
-    result["pasted"] = _paste(out, scenes, gt, mine, num_images=num_images, seed=seed,
-                              progress=progress)
+    with StageRun("demo", run, resumable=False) as stage:
+        mine_config = demo_mine_config(backbone=config.backbone, weights=config.weights,
+                                       epochs=config.epochs, seed=seed) if mine else None
+        out = stage.start(_manifest_config(config, mine_config), seed=seed)
+        scenes = out / "scenes"
+        gt = write_synthetic_dataset(scenes, num_scenes=config.num_scenes, seed=seed)
+        result = {"out": out, "scenes": scenes, "bank": out / "bank", "quality": None,
+                  "funnel": None, "mine_config": mine_config, "train": None}
+        if mine:
+            result.update(_mine(out, scenes, gt, mine_config, workers=run.workers,
+                                progress=progress))
+        else:
+            made = run_bank_from_coco(None, BankInputs(coco_json=gt, images=scenes / "images"),
+                                      RunOptions(out=out / "bank", quiet=not progress))
+            result["segments"] = made["counts"]["segments"]
+        result["pasted"] = _paste(out, scenes, gt, mine, num_images=config.num_images,
+                                  seed=seed, progress=progress)
+        counts = _counts(result)
+        result["seconds_mining"] = time.perf_counter() - start
+        if train:
+            result["train"] = train_demo_models(out, seed=seed,
+                                                iterations=config.train_iterations,
+                                                progress=progress)
+            counts.update({f"{name}_segm_AP50": m["segm"]["AP50"]
+                           for name, m in result["train"]["metrics"].items()})
+        result["seconds"] = time.perf_counter() - start
+        counts["seconds"] = round(result["seconds"], 1)
+        result["manifest"] = stage.finish(counts)
+    return result
+
+
+def _manifest_config(config: DemoConfig, mine_config) -> dict:
+    mine = mine_config is not None
+    doc = {"num_scenes": config.num_scenes, "num_images": config.num_images,
+           "seed": config.seed, "mine": mine,
+           "backbone": mine_config.model.backbone if mine else None, "weights": config.weights,
+           "epochs": mine_config.model.epochs if mine else None}
+    if config.train:
+        doc.update({"train": True, "train_iterations": config.train_iterations})
+    return doc
+
+
+def _counts(result: dict) -> dict:
     counts = {"segments": result["segments"], "images": result["pasted"]["images"],
               "annotations": result["pasted"]["annotations"]}
     if result["quality"] is not None:
@@ -238,17 +265,7 @@ def run_demo(config: DemoConfig, out_dir: str | os.PathLike, *, workers: int = 2
                        for k in ("precision@0.5", "pair_yield@0.5", "mean_best_iou")})
         counts["funnel_recall@0.5"] = {s["stage"]: s["recall@0.5"]
                                        for s in result["funnel"]["stages"]}
-    result["seconds_mining"] = time.perf_counter() - start
-    if train:
-        result["train"] = train_demo_models(out, seed=seed, iterations=train_iterations,
-                                            progress=progress)
-        counts.update({f"{run}_segm_AP50": m["segm"]["AP50"]
-                       for run, m in result["train"]["metrics"].items()})
-    result["seconds"] = time.perf_counter() - start
-    counts["seconds"] = round(result["seconds"], 1)
-    result["manifest"] = write_manifest(out, stage="demo", config=config, seed=seed,
-                                        counts=counts)
-    return result
+    return counts
 
 
 def _mine(out: Path, scenes: Path, gt: Path, mine_config, *, workers: int,
@@ -257,14 +274,16 @@ def _mine(out: Path, scenes: Path, gt: Path, mine_config, *, workers: int,
     from weakpaste.evaluate.funnel import funnel
     from weakpaste.evaluate.masks import evaluate_masks
     from weakpaste.mine.fem import run_mine_fem
-    from weakpaste.report.viz import VizConfig, run_viz
+    from weakpaste.mine.pipeline import MineInputs
+    from weakpaste.report.viz import VizConfig, VizInputs, run_viz
 
     bank = out / "bank"
-    made = run_mine_fem(mine_config, str(scenes / "images"), str(gt), str(bank),
-                        workers=workers, progress=progress, save_baselines=True)
-    run_viz(bank / "pseudo_labels.json", scenes / "images", out / "viz_mined",
-            VizConfig(num_images=16, seed=mine_config.seed, title=MINED_SHEET_TITLE),
-            progress=progress)
+    made = run_mine_fem(mine_config, MineInputs(images=str(scenes / "images"), labels=str(gt)),
+                        RunOptions(out=str(bank), workers=workers, quiet=not progress),
+                        save_baselines=True)
+    run_viz(VizConfig(num_images=16, seed=mine_config.seed, title=MINED_SHEET_TITLE),
+            VizInputs(coco_json=bank / "pseudo_labels.json", images=scenes / "images"),
+            RunOptions(out=out / "viz_mined", quiet=not progress))
     weights, backbone = mine_config.model.weights, mine_config.model.backbone
     how = (f"{backbone} trained from scratch" if weights is None else
            f"{backbone} with {'torchvision ImageNet' if weights == 'DEFAULT' else ''}"
@@ -282,8 +301,8 @@ def _paste(out: Path, scenes: Path, gt: Path, mined: bool, *, num_images: int, s
            progress: bool, bank: Path | None = None,
            name: str = "pasted") -> dict:
     """Paste the bank's segments into ``OUT/<name>`` and draw a contact sheet of it."""
-    from weakpaste.paste.run import PasteConfig, run_paste
-    from weakpaste.report.viz import VizConfig, run_viz
+    from weakpaste.paste.run import PasteConfig, PasteInputs, run_paste
+    from weakpaste.report.viz import VizConfig, VizInputs, run_viz
 
     if mined:
         # The scenes' own objects are unlabelled under weak labels: pasting onto them would
@@ -294,17 +313,18 @@ def _paste(out: Path, scenes: Path, gt: Path, mined: bool, *, num_images: int, s
         listing = folder / "instances.json"
         if not listing.is_file():
             write_backgrounds(folder, num=max(1, num_images // 2), seed=seed)
-        background = {"backgrounds_json": str(listing), "images_dir": str(folder)}
+        background = {"backgrounds": str(listing), "images": str(folder)}
     else:
-        background = {"backgrounds_json": str(gt), "images_dir": str(scenes / "images")}
+        background = {"backgrounds": str(gt), "images": str(scenes / "images")}
     # One process: a few dozen small images take seconds, and a pool forked from this
     # process after torch has run hangs (its workers wait on a futex forever).
     pasted = run_paste(PasteConfig(num_images=num_images, seed=seed, objects=(2, 4)),
-                       bank=str(bank or out / "bank"), out_dir=str(out / name),
-                       workers=1, progress=progress, **background)
+                       PasteInputs(bank=str(bank or out / "bank"), **background),
+                       RunOptions(out=str(out / name), workers=1, quiet=not progress))
     viz = "viz" if name == "pasted" else f"viz_{name}"
-    run_viz(out / name / "annotations.json", out / name / "images", out / viz,
-            VizConfig(num_images=min(16, num_images), seed=seed), progress=progress)
+    run_viz(VizConfig(num_images=min(16, num_images), seed=seed),
+            VizInputs(coco_json=out / name / "annotations.json", images=out / name / "images"),
+            RunOptions(out=out / viz, quiet=not progress))
     return {"images": pasted["counts"]["images"],
             "annotations": pasted["counts"]["annotations"],
             "annotations_json": out / name / "annotations.json",
@@ -329,13 +349,14 @@ def train_demo_models(out: Path, *, seed: int, iterations: int = DEMO_TRAIN_ITER
     import json
     import sys
 
-    from weakpaste.bank.from_coco import run_bank_from_coco
-    from weakpaste.train.loop import run_train
+    from weakpaste.bank.from_coco import BankInputs, run_bank_from_coco
+    from weakpaste.train.loop import TrainInputs, run_train
 
     val = write_synthetic_dataset(out / "val_scenes", num_scenes=50, seed=seed + 1)
     scenes = out / "scenes"
     gt = scenes / "instances.json"
-    run_bank_from_coco(gt, scenes / "images", out / "bank_gt", progress=progress)
+    run_bank_from_coco(None, BankInputs(coco_json=gt, images=scenes / "images"),
+                       RunOptions(out=out / "bank_gt", quiet=not progress))
     num_images = _count_images(out / "pasted" / "annotations.json")
     _paste(out, scenes, gt, True, num_images=num_images, seed=seed, progress=progress,
            bank=out / "bank_gt", name="pasted_gt")
@@ -345,9 +366,12 @@ def train_demo_models(out: Path, *, seed: int, iterations: int = DEMO_TRAIN_ITER
     metrics, seconds = {}, {}
     for run, (pasted, stage2, folder) in runs.items():
         t = time.perf_counter()
-        run_train(config, [f"{out / pasted / 'annotations.json'}:{out / pasted / 'images'}"],
-                  out / folder, val=f"{val}:{val.parent / 'images'}",
-                  stage2=[f"{stage2}:{scenes / 'images'}"], progress=progress,
+        run_train(config,
+                  TrainInputs(train=[f"{out / pasted / 'annotations.json'}:"
+                                     f"{out / pasted / 'images'}"],
+                              stage2=[f"{stage2}:{scenes / 'images'}"],
+                              val=f"{val}:{val.parent / 'images'}"),
+                  RunOptions(out=out / folder, quiet=not progress),
                   on_note=lambda message: print(f"weakpaste: note: {message}",
                                                 file=sys.stderr))
         seconds[run] = time.perf_counter() - t

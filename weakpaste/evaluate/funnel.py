@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from pycocotools import mask as mask_utils
 
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
+from weakpaste.core.options import Config, option
+from weakpaste.core.run import RunOptions, StageInputs, StageRun
 
 STAGES = (("proposals", "all proposals"), ("candidates", "ranked candidates"),
           ("top_n", "step 1's top-n"), ("step1_pick", "step 1's pick"),
@@ -233,9 +236,28 @@ def format_funnel(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
-                       out: str | os.PathLike | None = None, as_json: bool = False,
-                       overwrite: bool = False) -> str:
+@dataclass(frozen=True)
+class EvaluateMasksConfig(Config):
+    """Settings of ``evaluate-masks``."""
+
+    as_json: bool = option(False, flag="--json", help="print JSON instead of a table")
+
+
+@dataclass(frozen=True)
+class EvaluateMasksInputs(StageInputs):
+    """The inputs of ``evaluate-masks``.
+
+    Attributes:
+        pred: segment bank folder or COCO JSON of predictions (``weakpaste mine`` output).
+        gt: GT COCO instances JSON with masks.
+    """
+
+    pred: str | os.PathLike
+    gt: str | os.PathLike
+
+
+def run_evaluate_masks(config: EvaluateMasksConfig | None, inputs: EvaluateMasksInputs,
+                       run: RunOptions | None = None) -> str:
     """Evaluate mined masks against GT and optionally save the result.
 
     Predictions with scores that rank them also get their precision-yield curve
@@ -245,12 +267,10 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
     lives here, not in ``weakpaste.evaluate.masks``, which the funnel builds on.)
 
     Args:
-        pred: segment bank folder or COCO JSON of predictions (``weakpaste mine`` output).
-        gt: GT COCO instances JSON with masks.
-        out: when given, the result is also written there as JSON (indent 2, atomically;
-            missing parent folders are created).
-        as_json: return the JSON text instead of the table.
-        overwrite: replace an existing ``out`` file.
+        config: ``as_json``: return the JSON text instead of the table.
+        inputs: the predictions and the ground truth.
+        run: ``out``: when given, the result is also written to that file as JSON (indent
+            2, atomically; missing parent folders are created); ``overwrite`` replaces it.
 
     Returns:
         Printable text: the ``format_table`` table, or the result as JSON.
@@ -259,29 +279,33 @@ def run_evaluate_masks(pred: str | os.PathLike, gt: str | os.PathLike, *,
         WeakpasteError: bad input (see ``evaluate_masks``), ``out`` is one of the inputs,
             exists without ``overwrite``, or cannot be written.
     """
-    from weakpaste.core.manifest import check_output_file
+    config, run = config or EvaluateMasksConfig(), run or RunOptions()
+    pred, gt = inputs.pred, inputs.gt
+    with StageRun("evaluate-masks", run, inputs=inputs.paths(), resumable=False,
+                  output="file") as stage:
+        from weakpaste.evaluate.masks import evaluate_masks, format_table
 
-    out_path = None if out is None else check_output_file(out, overwrite=overwrite,
-                                                          inputs=[pred, gt])
-    from weakpaste.evaluate.masks import evaluate_masks, format_table
-
-    result = evaluate_masks(pred, gt)
-    curve = score_curve(pred, gt)
-    if curve is not None:  # scored predictions: what keeping only the best would buy
-        result["curve"] = curve
-    found = funnel(pred, gt) if Path(pred).is_dir() else None
-    if found is not None:  # a bank mined with --save-baselines: where the right segment is lost
-        result["funnel"] = found
-    text = json.dumps(result, indent=2)
-    if out_path is not None:
-        try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(out_path, (text + "\n").encode())
-        except OSError as err:
-            raise WeakpasteError(f"{out_path}: cannot write the result ({err.strerror or err}); "
-                                 "choose another --out") from None
-    if as_json:
+        result = evaluate_masks(pred, gt)
+        curve = score_curve(pred, gt)
+        if curve is not None:  # scored predictions: what keeping only the best would buy
+            result["curve"] = curve
+        found = funnel(pred, gt) if Path(pred).is_dir() else None
+        if found is not None:  # a bank mined with --save-baselines: where the right segment
+            result["funnel"] = found  # is lost
+        text = json.dumps(result, indent=2)
+        if stage.out is not None:
+            _write_result(stage.out, text)
+    if config.as_json:
         return text
     tail = f"\n\n{format_curve(curve)}" if curve is not None else ""
     tail += f"\n\n{format_funnel(found)}" if found is not None else ""
     return f"{pred} vs {gt}\n\n{format_table(result)}{tail}"
+
+
+def _write_result(out_path: Path, text: str) -> None:
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_path, (text + "\n").encode())
+    except OSError as err:
+        raise WeakpasteError(f"{out_path}: cannot write the result ({err.strerror or err}); "
+                             "choose another --out") from None

@@ -51,13 +51,22 @@ from weakpaste.mine.fem_image import (  # noqa: F401  (re-exported)
     step1_choice,
 )
 from weakpaste.mine.mil import RegionMining
-from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
+from weakpaste.mine.pipeline import (
+    ImagePicks,
+    Item,
+    MineInputs,
+    Miner,
+    Pick,
+    Plan,
+    Selection,
+    run_mine,
+)
 from weakpaste.ops import masks as mask_ops
 
 if TYPE_CHECKING:
-    from weakpaste.core.runners import ExecutorConfig
+    from weakpaste.core.run import RunOptions
 
-__all__ = ["FemConfig", "FemMiner", "FemParams", "mine_image", "run_mine_fem"]
+__all__ = ["FemConfig", "FemMiner", "FemParams", "MineInputs", "mine_image", "run_mine_fem"]
 
 
 class FemMiner(Miner):
@@ -280,26 +289,19 @@ def training_items(images: str, labels: str, classes: Sequence[str]) -> list[Ite
             for r in records]
 
 
-def run_mine_fem(config: FemConfig, images_dir: str, labels: str | None, out_dir: str, *,
-                 workers: int = 1, overwrite: bool = False, resume: bool = False,
-                 progress: bool = True, save_baselines: bool = False,
-                 executor: ExecutorConfig | None = None) -> dict:
+def run_mine_fem(config: FemConfig, inputs: MineInputs, run: RunOptions, *,
+                 save_baselines: bool = False) -> dict:
     """``weakpaste mine fem``: a segment bank + ``pseudo_labels.json``.
 
     Args:
         config: classifier and F-EM settings.
-        images_dir: folder of the images.
-        labels: image-level labels (see ``weakpaste.io.labels``).
-        out_dir: the bank folder to create.
+        inputs: the images and their image-level labels (``MineInputs``).
+        run: output folder and how to run (as for ``weakpaste.mine.pipeline.run_mine``).
         save_baselines: also write ``baselines/cam.json`` (Grad-CAM > t as the mask) and
             ``baselines/step1.json`` (step 1 only) for benchmarks.
-        workers, overwrite, resume, progress, executor: as for
-            ``weakpaste.mine.pipeline.run_mine``.
 
     Returns:
         The manifest.
     """
-    return run_mine(FemMiner(config, baselines=save_baselines), images_dir, labels, out_dir,
-                    workers=workers,
-                    overwrite=overwrite, resume=resume, progress=progress,
-                    save_baselines=save_baselines, executor=executor)
+    return run_mine(FemMiner(config, baselines=save_baselines), inputs, run,
+                    save_baselines=save_baselines)

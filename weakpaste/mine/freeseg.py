@@ -58,12 +58,21 @@ from weakpaste.core.errors import WeakpasteError
 from weakpaste.mine.config import FreeSegConfig, FreeSegParams
 from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
 from weakpaste.mine.lore import LoreResult, drop_rate, freeseg_score, keep_segment, lore_box
-from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
+from weakpaste.mine.pipeline import (
+    ImagePicks,
+    Item,
+    MineInputs,
+    Miner,
+    Pick,
+    Plan,
+    Selection,
+    run_mine,
+)
 from weakpaste.mine.refine import refine_steps
 from weakpaste.ops import masks as mask_ops
 
 if TYPE_CHECKING:
-    from weakpaste.core.runners import ExecutorConfig
+    from weakpaste.core.run import RunOptions
 
 MINER = "freeseg"
 
@@ -389,28 +398,21 @@ def _picks(o: _Outcome | None, label: str, random: bool) -> dict[str, list[Pick]
     return picks
 
 
-def run_mine_freeseg(config: FreeSegConfig, images_dir: str, labels: str | None, out_dir: str, *,
-                     workers: int = 1, overwrite: bool = False, resume: bool = False,
-                     progress: bool = True, save_baselines: bool = False,
-                     executor: ExecutorConfig | None = None) -> dict:
+def run_mine_freeseg(config: FreeSegConfig, inputs: MineInputs, run: RunOptions, *,
+                     save_baselines: bool = False) -> dict:
     """``weakpaste mine freeseg``: a segment bank + ``pseudo_labels.json``.
 
     Args:
         config: classifier, co-segmentation, refinement and ranking settings.
-        images_dir: folder of the object-centric images (one sub-folder per class when
-            ``labels`` is None).
-        labels: image-level labels, one class per image (see ``weakpaste.io.labels``).
-        out_dir: the bank folder to create.
+        inputs: the images and their image-level labels (``MineInputs``; one class per
+            image for FreeSeg).
+        run: output folder and how to run (as for ``weakpaste.mine.pipeline.run_mine``).
         save_baselines: also write ``baselines/raw.json`` (raw map >= ``raw_threshold``),
             ``baselines/refined.json`` (every refined segment) and ``baselines/random.json``
             (as many refined segments as were kept, chosen at random with ``seed``).
-        workers, overwrite, resume, progress, executor: as for
-            ``weakpaste.mine.pipeline.run_mine``.
 
     Returns:
         The manifest (``counts``: images, segments, skipped reasons; ``coseg``: the classes
         that fell back to saliency; ``timings_s``: per stage).
     """
-    return run_mine(FreeSegMiner(config), images_dir, labels, out_dir, workers=workers,
-                    overwrite=overwrite, resume=resume, progress=progress,
-                    save_baselines=save_baselines, executor=executor)
+    return run_mine(FreeSegMiner(config), inputs, run, save_baselines=save_baselines)

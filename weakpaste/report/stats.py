@@ -7,9 +7,12 @@ summarised without decoding a single mask or reading a single image. No torch im
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
+from weakpaste.core.options import Config
+from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.io.coco import CocoDataset, load_coco
 
 # COCO's evaluation thresholds on object area (pixels): small < 32², medium < 96², large.
@@ -184,13 +187,33 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def run_stats(coco_json: str | os.PathLike, *,
-              images_dir: str | os.PathLike | None = None) -> dict:
+@dataclass(frozen=True)
+class StatsConfig(Config):
+    """Settings of ``stats``: none, it only reads (declared so that every stage is called the
+    same way)."""
+
+
+@dataclass(frozen=True)
+class StatsInputs(StageInputs):
+    """The inputs of ``stats``.
+
+    Attributes:
+        coco_json: COCO or LVIS instances JSON (masks required).
+        images: when given, also check that every image file exists there.
+    """
+
+    coco_json: str | os.PathLike
+    images: str | os.PathLike | None = None
+
+
+def run_stats(config: StatsConfig | None, inputs: StatsInputs,
+              run: RunOptions | None = None) -> dict:
     """Load and validate a COCO or LVIS instances JSON and summarise it (``weakpaste stats``).
 
     Args:
-        coco_json: COCO or LVIS instances JSON (masks required).
-        images_dir: when given, also check that every image file exists there.
+        config: ``StatsConfig()`` or None (no settings).
+        inputs: the file and, optionally, its images.
+        run: ``RunOptions()`` or None (stats writes nothing).
 
     Returns:
         The ``dataset_stats`` dict (``format_stats`` makes the text tables).
@@ -198,8 +221,10 @@ def run_stats(coco_json: str | os.PathLike, *,
     Raises:
         WeakpasteError: the file (or an image file) is missing or invalid.
     """
-    data = load_coco(coco_json, images_dir, check_files=images_dir is not None)
-    return dataset_stats(data)
+    with StageRun("stats", run or RunOptions(), inputs=inputs.paths(), resumable=False,
+                  output=None):
+        data = load_coco(inputs.coco_json, inputs.images, check_files=inputs.images is not None)
+        return dataset_stats(data)
 
 
-__all__ = ["dataset_stats", "format_stats", "run_stats"]
+__all__ = ["StatsConfig", "StatsInputs", "dataset_stats", "format_stats", "run_stats"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.options import Config, option, parse_int_or_none
+from weakpaste.core.run import RunOptions, StageInputs, StageRun
 
 # Bright, mutually distinct colours: every one carries a dark label text well and stands out on
 # typical photos. A fixed table (rather than a hue from the hash) keeps two classes from getting
@@ -346,27 +347,35 @@ class VizConfig(Config):
                               help="with --predictions: the lowest score drawn")
 
 
-def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
-            out_dir: str | os.PathLike, config: VizConfig | None = None, *,
-            predictions: str | os.PathLike | None = None, overwrite: bool = False,
-            progress: bool = True) -> dict:
+@dataclass(frozen=True)
+class VizInputs(StageInputs):
+    """The inputs of ``viz``.
+
+    Attributes:
+        coco_json: COCO instances JSON (validated, masks required).
+        images: folder the JSON's ``file_name`` entries are relative to.
+        predictions: a COCO results file of detections on ``coco_json``'s images (e.g.
+            ``weakpaste eval``'s ``predictions.json``): its masks scoring at least
+            ``VizConfig.min_score`` are drawn, with their scores, instead of the annotations.
+    """
+
+    coco_json: str | os.PathLike
+    images: str | os.PathLike
+    predictions: str | os.PathLike | None = None
+
+
+def run_viz(config: VizConfig | None, inputs: VizInputs, run: RunOptions) -> dict:
     """Draw a sample of a COCO set, or of a detector's predictions on it, and a contact sheet.
 
     Writes ``OUT/images/<stem>.png`` per drawn image (``<stem>_<image id>`` when two files
     share a stem), ``OUT/contact_sheet.png`` and ``OUT/manifest.json``.
 
     Args:
-        coco_json: COCO instances JSON (validated, masks required).
-        images_dir: folder the JSON's ``file_name`` entries are relative to.
-        out_dir: output folder; must be empty or absent unless ``overwrite``.
         config: how many images to draw (fewer when the set is smaller), the seed of their
             random choice (None takes the first ones), the contact sheet's columns and
-            its title.
-        predictions: a COCO results file of detections on ``coco_json``'s images (e.g.
-            ``weakpaste eval``'s ``predictions.json``): its masks scoring at least
-            ``config.min_score`` are drawn, with their scores, instead of the annotations.
-        overwrite: replace an existing weakpaste output folder.
-        progress: show a progress bar.
+            its title (``VizConfig()`` when None).
+        inputs: the COCO file, its images and optionally predictions on them.
+        run: the output folder (must be empty or absent unless ``overwrite``) and ``quiet``.
 
     Returns:
         The manifest written to ``OUT/manifest.json`` (stage "viz").
@@ -375,42 +384,53 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
         WeakpasteError: invalid input file or options, a non-empty output folder without
             ``overwrite``, or an image whose size differs from the JSON's width/height.
     """
-    from tqdm import tqdm
-
-    from weakpaste.core.manifest import file_sha256, prepare_output_dir, write_manifest
+    from weakpaste.core.manifest import file_sha256
     from weakpaste.io.coco import load_coco
-    from weakpaste.io.images import read_image_of_size, write_image
+    from weakpaste.io.images import write_image
 
     cfg = config or VizConfig()
-    num_images, seed, columns = cfg.num_images, cfg.seed, cfg.columns
-    data = load_coco(coco_json, images_dir)
-    if not data.records:
-        raise WeakpasteError(f"{coco_json}: no images to draw; its 'images' list is empty")
-    picked = _pick(len(data.records), num_images, seed)
-    drawn_sets = _predicted(data, predictions, cfg.min_score)
+    coco_json, predictions = inputs.coco_json, inputs.predictions
+    with StageRun("viz", run, inputs=inputs.paths(), resumable=False) as stage:
+        data = load_coco(coco_json, inputs.images)
+        if not data.records:
+            raise WeakpasteError(f"{coco_json}: no images to draw; its 'images' list is empty")
+        picked = _pick(len(data.records), cfg.num_images, cfg.seed)
+        drawn_sets = _predicted(data, predictions, cfg.min_score)
+        manifest = {"coco_json": str(coco_json), "images_dir": str(inputs.images),
+                    "num_images": cfg.num_images, "seed": cfg.seed, "columns": cfg.columns}
+        if cfg.title:
+            manifest["title"] = cfg.title
+        hashes = {"coco_json": file_sha256(coco_json)}
+        if predictions is not None:
+            manifest.update(predictions=str(predictions), min_score=cfg.min_score)
+            hashes["predictions"] = file_sha256(predictions)
+        out = stage.start(manifest, seed=cfg.seed, inputs=hashes)
+        (out / "images").mkdir(exist_ok=True)
+        thumbs, captions, n_instances = _draw(data, picked, drawn_sets, inputs, cfg, out,
+                                              progress=run.progress)
+        write_image(out / "contact_sheet.png",
+                    contact_sheet(thumbs, columns=cfg.columns, thumb=THUMB, captions=captions,
+                                  title=cfg.title))
+        return stage.finish({"images": len(picked), "instances": n_instances})
 
-    out = prepare_output_dir(out_dir, overwrite=overwrite, stage="viz",
-                             inputs=[coco_json, images_dir]
-                             + ([predictions] if predictions is not None else []),
-                             resumable=False)
-    config = {"coco_json": str(coco_json), "images_dir": str(images_dir),
-              "num_images": num_images, "seed": seed, "columns": columns}
-    if cfg.title:
-        config["title"] = cfg.title
-    inputs = {"coco_json": file_sha256(coco_json)}
-    if predictions is not None:
-        config.update(predictions=str(predictions), min_score=cfg.min_score)
-        inputs["predictions"] = file_sha256(predictions)
-    write_manifest(out, stage="viz", config=config, seed=seed, inputs=inputs, status="running")
-    (out / "images").mkdir(exist_ok=True)
 
-    thumb = 320
+THUMB = 320  # contact-sheet cell, pixels
+
+
+def _draw(data, picked: list[int], drawn_sets: dict | None, inputs: VizInputs, cfg: VizConfig,
+          out: Path, *, progress: bool) -> tuple[list[np.ndarray], list[str], int]:
+    """Draw the picked images into ``out/images``; returns their thumbnails, captions and
+    the number of instances drawn."""
+    from tqdm import tqdm
+
+    from weakpaste.io.images import read_image_of_size, write_image
+
     thumbs, captions, used = [], [], set()
     n_instances = 0
     for idx in tqdm(picked, desc="viz", unit="img", disable=not progress):
         rec = data.records[idx]
-        path = Path(images_dir) / rec.file_name
-        rgb = read_image_of_size(path, rec.width, rec.height, str(coco_json))
+        path = Path(inputs.images) / rec.file_name
+        rgb = read_image_of_size(path, rec.width, rec.height, str(inputs.coco_json))
         inst = rec.instances if drawn_sets is None else drawn_sets.get(rec.image_id)
         if inst is None or len(inst) == 0:
             drawn, k = rgb, 0
@@ -425,15 +445,10 @@ def run_viz(coco_json: str | os.PathLike, images_dir: str | os.PathLike,
         used.add(stem)
         write_image(out / "images" / f"{stem}.png", drawn)
         # Keep only thumbnails: a large sample of big photos would not fit in memory.
-        thumbs.append(_fit(drawn, _inner(thumb)))
+        thumbs.append(_fit(drawn, _inner(THUMB)))
         captions.append(f"{rec.file_name}, {k} inst." if drawn_sets is None else
                         f"{rec.file_name}, {k} pred. >= {cfg.min_score:g}")
-
-    write_image(out / "contact_sheet.png",
-                contact_sheet(thumbs, columns=columns, thumb=thumb, captions=captions,
-                              title=cfg.title))
-    return write_manifest(out, stage="viz", config=config, seed=seed, inputs=inputs,
-                          counts={"images": len(picked), "instances": n_instances})
+    return thumbs, captions, n_instances
 
 
-__all__ = ["class_color", "draw_instances", "contact_sheet", "run_viz"]
+__all__ = ["class_color", "draw_instances", "contact_sheet", "VizInputs", "run_viz"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,8 @@ import torch
 
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
-from weakpaste.core.manifest import (
-    check_not_an_input,
-    file_sha256,
-    prepare_output_dir,
-    write_manifest,
-)
+from weakpaste.core.manifest import file_sha256
+from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.evaluate.detection import (
     IOU_TYPES,
     LVIS_DETECTIONS,
@@ -94,14 +91,20 @@ def predict(model: torch.nn.Module, items: Sequence[tuple[Path | None, ImageReco
 # Running
 
 
-def _write_eval(out: Path, metrics: dict, results: list[dict] | None, *, config: dict,
-                inputs: dict, counts: dict, notes: list[str]) -> None:
-    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+def _eval_stage(out_dir: str | os.PathLike, run: RunOptions,
+                inputs: Sequence[str | os.PathLike | None]) -> StageRun:
+    """The evaluation's run in ``out_dir``: nothing to resume, so a taken folder gets the
+    shared no-``--resume`` refusal."""
+    return StageRun("eval", run, inputs=inputs, resumable=False, out=out_dir)
+
+
+def _write_eval(stage: StageRun, metrics: dict, results: list[dict] | None, *, counts: dict,
+                notes: list[str]) -> None:
+    atomic_write_bytes(stage.out / "metrics.json", json.dumps(metrics, indent=2).encode())
     if results is not None:
-        atomic_write_bytes(out / "predictions.json",
+        atomic_write_bytes(stage.out / "predictions.json",
                            json.dumps(results, separators=(",", ":")).encode())
-    write_manifest(out, stage="eval", config=config, inputs=inputs, counts=counts,
-                   extra={"notes": notes})
+    stage.finish(counts, extra={"notes": notes})
 
 
 def evaluate_model(model: torch.nn.Module, data: str | tdata.DataSpec, out_dir: str | os.PathLike,
@@ -137,19 +140,22 @@ def evaluate_model(model: torch.nn.Module, data: str | tdata.DataSpec, out_dir: 
     gt = tdata.load_spec(spec)
     mapping, notes = tdata.map_eval_categories(class_names, gt)
     categories = {i + 1: mapping[n] for i, n in enumerate(class_names) if n in mapping}
-    out = _prepare_eval_dir(out_dir, overwrite, [spec.json, spec.images, *inputs])
-    if gt.format == "lvis":
-        notes.append(_lvis_test_settings(model))
-    items = [(gt.images_dir, rec) for rec in gt.records]
-    results = predict(model.to(device), items, categories, device=device,
-                      mask_threshold=config.mask_threshold, progress=progress)
-    metrics = _metrics(spec.json, gt, results, training or TrainingClasses(), source, notes)
-    _write_eval(out, metrics, results, config={"data": str(spec), "source": source},
-                inputs={str(spec.json): file_sha256(spec.json)},
-                counts={"images": len(items), "detections": len(results),
-                        **{f"{iou}_{k}": metrics[iou][k] for iou in IOU_TYPES
-                           for k in ("AP", "AP50", "AP75")}},
-                notes=notes)
+    run = RunOptions(out=str(out_dir), overwrite=overwrite, quiet=not progress)
+    with _eval_stage(out_dir, run, [spec.json, spec.images, *inputs]) as stage:
+        stage.start({"data": str(spec), "source": source},
+                    inputs={str(spec.json): file_sha256(spec.json)})
+        if gt.format == "lvis":
+            notes.append(_lvis_test_settings(model))
+        items = [(gt.images_dir, rec) for rec in gt.records]
+        results = predict(model.to(device), items, categories, device=device,
+                          mask_threshold=config.mask_threshold, progress=progress)
+        metrics = _metrics(spec.json, gt, results, training or TrainingClasses(), source,
+                           notes)
+        _write_eval(stage, metrics, results,
+                    counts={"images": len(items), "detections": len(results),
+                            **{f"{iou}_{k}": metrics[iou][k] for iou in IOU_TYPES
+                               for k in ("AP", "AP50", "AP75")}},
+                    notes=notes)
     return metrics
 
 
@@ -162,17 +168,6 @@ def _lvis_test_settings(model: torch.nn.Module) -> str:
     return (f"LVIS ground truth: up to {heads.detections_per_img} detections per image with "
             f"scores from {heads.score_thresh:g} (model: {before[0]}, {before[1]:g}), LVIS's "
             "test settings")
-
-
-def _prepare_eval_dir(out_dir: str | os.PathLike, overwrite: bool,
-                      inputs: Sequence[str | os.PathLike | None]) -> Path:
-    out = Path(out_dir)
-    check_not_an_input(out, inputs)
-    # An evaluation has nothing to resume: say so rather than the generic --resume hint.
-    if not overwrite and out.is_dir() and any(out.iterdir()):
-        raise WeakpasteError(f"{out}: output folder is not empty; pass --overwrite to replace "
-                             "it or choose another --out")
-    return prepare_output_dir(out, overwrite=overwrite, stage="eval", inputs=inputs)
 
 
 def _default_out(anchor: Path, data_json: Path) -> Path:
@@ -198,26 +193,33 @@ def _checkpoint_training(ckpt: Mapping) -> TrainingClasses:
         None if freq is None else {str(k): str(v) for k, v in freq.items()})
 
 
-def run_eval(config: EvalConfig, data: str | tdata.DataSpec,
-             out_dir: str | os.PathLike | None = None, *,
-             checkpoint: str | os.PathLike | None = None,
-             predictions: str | os.PathLike | None = None,
-             train: str | tdata.DataSpec | None = None, overwrite: bool = False,
-             progress: bool = True) -> dict:
-    """``weakpaste eval``: evaluate a checkpoint, or a COCO results file, on a COCO or LVIS set.
+@dataclass(frozen=True)
+class EvalInputs(StageInputs):
+    """The inputs of ``eval``.
 
-    Args:
-        config: device and mask threshold.
+    Attributes:
         data: ``COCO_JSON:IMAGES_DIR`` (the images are needed with ``checkpoint`` only); an
             LVIS file is evaluated with LVIS's protocol.
-        out_dir: output folder; default ``eval-<data stem>`` beside the checkpoint's run
-            folder (or the predictions file).
         checkpoint: a ``weakpaste train`` checkpoint.
         predictions: a COCO results JSON (exclusive with ``checkpoint``).
         train: a COCO or LVIS JSON whose LVIS ``frequency`` (else per-class image counts)
             define rare/common/frequent; default: see the module docstring.
-        overwrite: replace an existing output.
-        progress: tqdm progress bar.
+    """
+
+    data: str | tdata.DataSpec
+    checkpoint: str | os.PathLike | None = None
+    predictions: str | os.PathLike | None = None
+    train: str | tdata.DataSpec | None = None
+
+
+def run_eval(config: EvalConfig, inputs: EvalInputs, run: RunOptions) -> dict:
+    """``weakpaste eval``: evaluate a checkpoint, or a COCO results file, on a COCO or LVIS set.
+
+    Args:
+        config: device and mask threshold.
+        inputs: the ground truth and the checkpoint or the predictions (see ``EvalInputs``).
+        run: ``out`` (default ``eval-<data stem>`` beside the checkpoint's run folder, or the
+            predictions file), ``overwrite`` and ``quiet``; an evaluation is not resumable.
 
     Returns:
         The metrics written to ``OUT/metrics.json``; ``info.notes`` holds remarks about the
@@ -226,14 +228,16 @@ def run_eval(config: EvalConfig, data: str | tdata.DataSpec,
     Raises:
         WeakpasteError: bad input (see the messages).
     """
+    checkpoint, predictions = inputs.checkpoint, inputs.predictions
     if (checkpoint is None) == (predictions is None):
         raise WeakpasteError("pass either --checkpoint CKPT or --predictions PRED_JSON")
-    spec = tdata.parse_data_spec(data, option="--data", images_required=checkpoint is not None)
-    tspec = (tdata.parse_data_spec(train, option="--train", images_required=False)
-             if train is not None else None)
+    spec = tdata.parse_data_spec(inputs.data, option="--data",
+                                 images_required=checkpoint is not None)
+    tspec = (tdata.parse_data_spec(inputs.train, option="--train", images_required=False)
+             if inputs.train is not None else None)
     training = _training(tspec)
     anchor = Path(checkpoint if checkpoint is not None else predictions)
-    out_dir = Path(out_dir) if out_dir is not None else _default_out(anchor, spec.json)
+    out_dir = Path(run.out) if run.out is not None else _default_out(anchor, spec.json)
     extra_inputs = [anchor, tspec.json if tspec is not None else None]
     if checkpoint is not None:
         resolve_device(config.device)  # before reading a large checkpoint
@@ -241,18 +245,20 @@ def run_eval(config: EvalConfig, data: str | tdata.DataSpec,
         model, mconfig = model_from_checkpoint(ckpt, checkpoint)
         return evaluate_model(model, spec, out_dir, class_names=mconfig.class_names,
                               training=training or _checkpoint_training(ckpt), config=config,
-                              source=str(checkpoint), inputs=extra_inputs, overwrite=overwrite,
-                              progress=progress)
+                              source=str(checkpoint), inputs=extra_inputs,
+                              overwrite=run.overwrite, progress=run.progress)
     gt = tdata.load_spec(spec, check_files=False)
     results, notes = read_predictions(predictions, gt)
-    out = _prepare_eval_dir(out_dir, overwrite, [spec.json, spec.images, *extra_inputs])
-    metrics = _metrics(spec.json, gt, results, training or TrainingClasses(), str(predictions),
-                       notes)
-    _write_eval(out, metrics, None, config={"data": str(spec), "source": str(predictions)},
-                inputs={str(spec.json): file_sha256(spec.json),
-                        str(predictions): file_sha256(predictions)},
-                counts={"images": len(gt.records), "detections": len(results)}, notes=notes)
+    with _eval_stage(out_dir, run, [spec.json, spec.images, *extra_inputs]) as stage:
+        stage.start({"data": str(spec), "source": str(predictions)},
+                    inputs={str(spec.json): file_sha256(spec.json),
+                            str(predictions): file_sha256(predictions)})
+        metrics = _metrics(spec.json, gt, results, training or TrainingClasses(),
+                           str(predictions), notes)
+        _write_eval(stage, metrics, None, notes=notes,
+                    counts={"images": len(gt.records), "detections": len(results)})
     return metrics
 
 
-__all__ = ["LVIS_DETECTIONS", "LVIS_SCORE_THRESHOLD", "predict", "evaluate_model", "run_eval"]
+__all__ = ["LVIS_DETECTIONS", "LVIS_SCORE_THRESHOLD", "predict", "evaluate_model", "EvalInputs",
+           "run_eval"]

@@ -36,13 +36,15 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from weakpaste import __version__
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.core.manifest import check_output_file, file_sha256
+from weakpaste.core.manifest import file_sha256
+from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.io.coco import load_coco, write_coco_subset
 from weakpaste.train.config import LongtailConfig
 
@@ -127,8 +129,14 @@ def select_longtail(image_classes: Mapping[int, Sequence[str]], config: Longtail
     return sorted(selected), report
 
 
-def run_longtail(config: LongtailConfig, coco_json: str | os.PathLike,
-                 out_json: str | os.PathLike, *, overwrite: bool = False) -> dict:
+@dataclass(frozen=True)
+class LongtailInputs(StageInputs):
+    """The input of ``longtail``: the COCO file (``coco_json``) to take the subset from."""
+
+    coco_json: str | os.PathLike
+
+
+def run_longtail(config: LongtailConfig, inputs: LongtailInputs, run: RunOptions) -> dict:
     """``weakpaste longtail``: write a long-tailed subset of a COCO file.
 
     The output keeps the input's entries unchanged (ids, polygons or RLE, extra fields) for the
@@ -138,9 +146,8 @@ def run_longtail(config: LongtailConfig, coco_json: str | os.PathLike,
 
     Args:
         config: the Pareto reference (shape, max and min counts) and the seed.
-        coco_json: the input COCO file.
-        out_json: the subset to write.
-        overwrite: replace an existing ``out_json``.
+        inputs: the input COCO file.
+        run: ``out``, the subset (a COCO JSON file) to write; ``overwrite`` replaces it.
 
     Returns:
         The provenance block, with ``counts`` (images, annotations, per-class reference,
@@ -150,9 +157,19 @@ def run_longtail(config: LongtailConfig, coco_json: str | os.PathLike,
         WeakpasteError: unreadable input, no instances, or an existing output without
             ``overwrite``.
     """
-    src = Path(coco_json)
-    dst = check_output_file(out_json, overwrite=overwrite, inputs=[src])
-    data = load_coco(src, require_masks=False, check_files=False)
+    src = Path(inputs.coco_json)
+    with StageRun("longtail", run, inputs=inputs.paths(), resumable=False,
+                  output="file") as stage:
+        data = load_coco(src, require_masks=False, check_files=False)
+        provenance = _subset(config, data, src)
+        written = write_coco_subset(src, stage.out, provenance.pop("ids"),
+                                    info={"weakpaste": provenance})
+    provenance["counts"]["annotations"] = written["annotations"]
+    return provenance
+
+
+def _subset(config: LongtailConfig, data, src: Path) -> dict:
+    """The images of the subset (``ids``) and the provenance block to write with them."""
     image_classes = {r.image_id: (r.instances.classes if r.instances is not None else ())
                      for r in data.records}
     ids, report = select_longtail(image_classes, config)
@@ -184,9 +201,7 @@ def run_longtail(config: LongtailConfig, coco_json: str | os.PathLike,
                                                **_frequency_of(data.frequency, c)}
                                            for c in report["order"]}},
                   "notes": notes}
-    written = write_coco_subset(src, dst, ids, info={"weakpaste": provenance})
-    provenance["counts"]["annotations"] = written["annotations"]
-    return provenance
+    return {**provenance, "ids": ids}
 
 
 def _frequency_of(frequency: Mapping[str, str] | None, name: str) -> dict:
@@ -207,4 +222,5 @@ def format_report(provenance: Mapping) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["pareto_reference", "select_longtail", "run_longtail", "format_report"]
+__all__ = ["pareto_reference", "select_longtail", "LongtailInputs", "run_longtail",
+           "format_report"]

@@ -28,22 +28,11 @@ from torch import nn
 from weakpaste import __version__
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.errors import reason as _reason
-from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.core.manifest import (
-    check_output_dir,
-    check_resume,
-    file_fingerprints,
-    file_sha256,
-    fingerprints_sha256,
-    first_change,
-    jsonable,
-    prepare_output_dir,
-    read_weakpaste_manifest,
     record_listing,
-    recorded_listing,
-    write_manifest,
 )
-from weakpaste.evaluate.detection import TrainingClasses, training_frequency
+from weakpaste.core.run import RunOptions, StageInputs, StageRun
+from weakpaste.evaluate.detection import TrainingClasses
 from weakpaste.models.backbones import torch_write_errors
 from weakpaste.models.weights import is_default, is_none
 from weakpaste.train import data as tdata
@@ -54,15 +43,15 @@ from weakpaste.train.model import (
     FORMAT_VERSION,
     build_model,
     link_or_copy,
-    load_checkpoint,
     model_config_for,
     resolve_device,
     save_checkpoint,
 )
+from weakpaste.train.plan import Spec, TrainPlan, TrainStage, make_plan
+from weakpaste.train.resume import check_inputs, resume_point, trim_metrics
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
              "loss_rpn_box_reg")
-Spec = str | tdata.DataSpec
 Notify = Callable[[str], None] | None
 
 
@@ -97,181 +86,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig, total: int
                          gamma=config.gamma)
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-# --------------------------------------------------------------------------------------------
-# What the data decide
-
-
-@dataclass
-class _Stage:
-    name: str
-    specs: list[tdata.DataSpec]
-    items: list
-    iterations: int
-    begin: int = 0
-
-    @property
-    def end(self) -> int:
-        return self.begin + self.iterations
-
-
-@dataclass
-class _Plan:
-    """The stages, classes and counts that the input data decide, and notes about them."""
-
-    specs1: list[tdata.DataSpec]
-    specs2: list[tdata.DataSpec]
-    val: tdata.DataSpec | None
-    stages: list[_Stage]
-    names: tuple[str, ...]
-    instances: dict[str, int]
-    train_image_counts: dict[str, int]
-    train_frequency: dict[str, str] | None
-    notes: list[str]
-
-    @property
-    def total(self) -> int:
-        return self.stages[-1].end
-
-    def input_paths(self) -> list[Path | None]:
-        specs = self.specs1 + self.specs2 + ([self.val] if self.val is not None else [])
-        return [p for s in specs for p in (s.json, s.images)]
-
-    def image_fingerprints(self) -> dict[str, dict[str, list[int]]]:
-        """Each stage's images read: path -> [size, modification time] (a stat each)."""
-        return {st.name: file_fingerprints(Path(folder) / rec.file_name
-                                           for folder, rec in st.items) for st in self.stages}
-
-    def input_hashes(self, fingerprints: dict[str, dict[str, list[int]]]) -> dict[str, str]:
-        inputs = {f"train:{s.json}": file_sha256(s.json) for s in self.specs1}
-        inputs.update({f"stage2:{s.json}": file_sha256(s.json) for s in self.specs2})
-        if self.val is not None:
-            inputs[f"val:{self.val.json}"] = file_sha256(self.val.json)
-        for name, listing in fingerprints.items():
-            inputs[f"images:{name}"] = fingerprints_sha256(listing)
-        return inputs
-
-
-def _stages(config: TrainConfig, specs1: list, sets1: list, specs2: list, sets2: list,
-            notes: list[str]) -> list[_Stage]:
-    stages: list[_Stage] = []
-    it2 = config.iterations if config.stage2_iterations is None else config.stage2_iterations
-    for name, specs, sets, iters in (("stage 1", specs1, sets1, config.iterations),
-                                     ("stage 2", specs2, sets2, it2)):
-        if not sets or iters == 0:
-            continue
-        items, skipped = tdata.training_items(sets, keep_empty=config.keep_empty)
-        if skipped:
-            notes.append(f"{name}: {skipped} image(s) without annotations left out (pass "
-                         "--keep-empty to train on them as background)")
-        if not any(rec.instances is not None and len(rec.instances) for _, rec in items):
-            raise WeakpasteError(f"{specs[0].json}: no instance to learn from in the {name} "
-                                 "data; check that its annotations carry segmentations")
-        stages.append(_Stage(name, specs, items, iters,
-                             begin=stages[-1].end if stages else 0))
-    return stages
-
-
-def _plan(config: TrainConfig, train_sets: Sequence[Spec], stage2: Sequence[Spec],
-          val: Spec | None) -> _Plan:
-    specs1 = [tdata.parse_data_spec(t, option="--train") for t in train_sets]
-    if not specs1:
-        raise WeakpasteError("no training data; pass --train COCO_JSON:IMAGES_DIR")
-    specs2 = [tdata.parse_data_spec(t, option="--stage2") for t in stage2]
-    val_spec = tdata.parse_data_spec(val, option="--val") if val is not None else None
-    sets1 = [tdata.load_spec(s) for s in specs1]
-    sets2 = [tdata.load_spec(s) for s in specs2]
-    val_set = tdata.load_spec(val_spec) if val_spec is not None else None
-
-    names, notes = tdata.merge_categories(sets1 + sets2)
-    if not names:
-        raise WeakpasteError(f"{specs1[0].json}: no categories; the training data needs a "
-                             "'categories' list with the classes to learn")
-    stages = _stages(config, specs1, sets1, specs2, sets2, notes)
-    instances = tdata.class_instance_counts([rec for st in stages for _, rec in st.items], names)
-    empty = [n for n, k in instances.items() if k == 0]
-    if empty:
-        notes.append(f"{len(empty)} class(es) have no instance in the training data; the model "
-                     f"keeps an output for them but cannot learn them: {tdata.name_list(empty)}")
-    # Rare/common/frequent are defined on the original data: stage 2's when given, by its LVIS
-    # frequencies when it is LVIS (a pasted LVIS set keeps its backgrounds').
-    freq_records = [rec for ds in (sets2 or sets1) for rec in ds.records]
-    if val_set is not None:
-        notes += tdata.map_eval_categories(names, val_set)[1]
-    return _Plan(specs1, specs2, val_spec, stages, names, instances,
-                 tdata.class_image_counts(freq_records, names),
-                 training_frequency(sets2 or sets1, names), notes)
-
-
-# --------------------------------------------------------------------------------------------
-# Resuming
-
-
-def _check_resumable(path: Path, ckpt: Mapping, model_config: ModelConfig,
-                     config: TrainConfig) -> None:
-    saved = ModelConfig.from_dict(ckpt["model_config"])
-    if saved.class_names != model_config.class_names:
-        raise WeakpasteError(f"{path}: trained on other classes than the given data; resume "
-                             "with the same --train/--stage2 data or choose another --out")
-    for key in ("backbone", "image_size", "frozen_bn", "trainable_layers", "roi_batch",
-                "rpn_proposals", "detections_per_image"):
-        if getattr(saved, key) != getattr(model_config, key):
-            raise WeakpasteError(f"{path}: checkpoint has {key}={getattr(saved, key)!r} but this "
-                                 f"run asks {getattr(model_config, key)!r}; resume with the "
-                                 "original options or choose another --out")
-    old = ckpt.get("config", {})
-    for key in ("batch_size", "seed", "repeat_threshold"):
-        if key in old and old[key] != getattr(config, key):
-            raise WeakpasteError(f"{path}: checkpoint was trained with {key}={old[key]!r} but "
-                                 f"this run asks {getattr(config, key)!r}; resume with the "
-                                 "original options or choose another --out")
-
-
-def _resume_point(ckpt_dir: Path, model_config: ModelConfig, config: TrainConfig,
-                  notes: list[str]) -> dict | None:
-    """The checkpoint ``last.pt`` to resume from, checked against this run; None if none."""
-    last = ckpt_dir / "last.pt"
-    if not last.is_file():
-        notes.append(f"{last}: no checkpoint yet; training starts from the beginning")
-        return None
-    ckpt = load_checkpoint(last)
-    _check_resumable(last, ckpt, model_config, config)
-    return ckpt
-
-
-def _check_inputs(out: Path, old: dict, inputs: dict[str, str],
-                  fingerprints: dict[str, dict[str, list[int]]]) -> None:
-    """Refuse to resume with other data than the run's (``_Plan.input_hashes``), naming the
-    image that changed from the listing kept in ``OUT/.cache/images.json``; the options are
-    checked against the checkpoint (``_check_resumable``)."""
-    recorded = recorded_listing(out, "images") or {}
-
-    def describe(key: str) -> tuple[str, str]:
-        kind, _, name = key.partition(":")
-        if kind == "images":
-            return f"the {name} images", first_change(recorded.get(name),
-                                                      fingerprints.get(name, {}))
-        return f"the --{kind} file {name}", ""
-
-    check_resume(out, {**old, "config": {}}, {}, inputs, describe=describe,
-                 fingerprints=[k for k in inputs if k.startswith("images:")])
-
-
-def _trim_metrics(path: Path, iteration: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = parse_json(line)
-        except JsonError:
-            continue  # a damaged line: the log is a record, not an input
-        step = record.get("iteration", 0) if isinstance(record, dict) else None
-        if isinstance(step, int | float) and step <= iteration:
-            keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,7 +140,7 @@ def _checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:06d}.pt"
 
 
-def _stage_state(run: _Run, stage: _Stage, index: int):
+def _stage_state(run: _Run, stage: TrainStage, index: int):
     """(sampler stream, optimizer, scheduler) of a stage, restored when resuming inside it."""
     classes = [() if rec.instances is None else rec.instances.classes for _, rec in stage.items]
     factors = tdata.repeat_factors(classes, run.config.repeat_threshold)
@@ -378,7 +192,7 @@ def _step(run: _Run, images: list, targets: list, optimizer, scheduler,
     return values, lr
 
 
-def _train_stage(run: _Run, stage: _Stage, index: int) -> None:
+def _train_stage(run: _Run, stage: TrainStage, index: int) -> None:
     """Train one stage from ``run.iteration`` to ``stage.end``."""
     config = run.config
     stream, optimizer, scheduler = _stage_state(run, stage, index)
@@ -440,7 +254,7 @@ def _initial_model(run_config: TrainConfig, model_config: ModelConfig, resume_fr
         return model, 0
     model.load_state_dict(resume_from["model"])
     start = int(resume_from["iteration"])
-    _trim_metrics(out / "metrics.jsonl", start)
+    trim_metrics(out / "metrics.jsonl", start)
     notes.append(f"resuming from {out / 'checkpoints' / 'last.pt'} at iteration {start} of "
                  f"{total}")
     _tell(notes[-1:], on_note)
@@ -451,25 +265,34 @@ def _weights_path(weights: str | os.PathLike | None) -> str | os.PathLike | None
     return None if is_none(weights) or is_default(weights) else weights
 
 
-def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os.PathLike, *,
-              val: Spec | None = None, stage2: Sequence[Spec] = (), overwrite: bool = False,
-              resume: bool = False, progress: bool = True,
+@dataclass(frozen=True)
+class TrainInputs(StageInputs):
+    """The inputs of ``train``, each ``COCO_JSON:IMAGES_DIR``.
+
+    Attributes:
+        train: stage-1 sets (several are concatenated; classes are matched by name).
+        stage2: stage-2 sets (the original pseudo-labelled data); trained for
+            ``TrainConfig.stage2_iterations`` (default: ``iterations``) after stage 1.
+        val: the evaluation set (optional): ``OUT/eval/metrics.json``.
+    """
+
+    train: Sequence[Spec]
+    stage2: Sequence[Spec] = ()
+    val: Spec | None = None
+
+
+def run_train(config: TrainConfig, inputs: TrainInputs, run: RunOptions, *,
               on_iteration: Callable[[int, dict], None] | None = None,
               on_note: Notify = None) -> dict:
-    """Train Mask R-CNN on COCO data sets and evaluate it on ``val``.
+    """Train Mask R-CNN on COCO data sets and evaluate it on ``inputs.val``.
 
     Args:
         config: options.
-        train_sets: stage-1 sets as ``COCO_JSON:IMAGES_DIR`` (several are concatenated;
-            classes are matched by name).
-        out_dir: output folder: ``checkpoints/``, ``metrics.jsonl``, ``manifest.json`` and,
-            with ``val``, ``eval/metrics.json``.
-        val: the evaluation set (optional).
-        stage2: stage-2 sets (the original pseudo-labelled data); trained for
-            ``config.stage2_iterations`` (default: ``config.iterations``) after stage 1.
-        overwrite: replace an existing output.
-        resume: continue from ``OUT/checkpoints/last.pt``.
-        progress: tqdm progress bar.
+        inputs: the training sets and the evaluation set.
+        run: output folder (``checkpoints/``, ``metrics.jsonl``, ``manifest.json`` and, with
+            ``val``, ``eval/metrics.json``), ``overwrite``, ``resume`` (continue from
+            ``OUT/checkpoints/last.pt``) and ``quiet`` (its DataLoader workers are a
+            ``TrainConfig`` setting).
         on_iteration: called as ``on_iteration(iteration, log)`` after every iteration
             (iteration counts from 1; ``log`` holds the losses and the learning rate).
         on_note: called with each remark about the input or the run as it is made (they are
@@ -482,77 +305,82 @@ def run_train(config: TrainConfig, train_sets: Sequence[Spec], out_dir: str | os
     Raises:
         WeakpasteError: bad input or options, an unusable checkpoint, or a diverged loss.
     """
+    device = resolve_device(config.device)
+    plan = make_plan(config, inputs.train, inputs.stage2, inputs.val)
+    model_config = model_config_for(config, plan.names)
+    notes, resumed = list(plan.notes), {}
+    with StageRun("train", run, inputs=[*plan.input_paths(),
+                                        _weights_path(config.weights)]) as stage:
+        # A new run builds its model before it makes its folder: an unusable --weights file
+        # is refused with nothing written (it left a 'running' run behind).
+        built = None if run.resume else build_model(model_config, weights=config.weights,
+                                                    seed=config.seed)
+        fingerprints = plan.image_fingerprints()
+        hashes = plan.input_hashes(fingerprints)
+
+        def resume_check(out: Path, old: dict) -> None:
+            check_inputs(out, old, hashes, fingerprints)
+            resumed["from"] = resume_point(out / "checkpoints", model_config, config, notes)
+
+        run_config = plan.manifest_config(config)
+        out = stage.start(run_config, seed=config.seed, inputs=hashes,
+                          resume_check=resume_check, extra={"notes": notes})
+        record_listing(out, "images", fingerprints)
+        (out / "checkpoints").mkdir(exist_ok=True)
+        _tell(notes, on_note)
+        model, start = _initial_model(config, model_config, resumed.get("from"), out,
+                                      plan.total, notes, on_note, built)
+        base = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "weakpaste_version": __version__, "model_config": model_config.to_dict(),
+                "config": run_config, "class_names": list(plan.names),
+                "train_image_counts": plan.train_image_counts,
+                "train_frequency": plan.train_frequency}
+        _train_all(config, plan, model.to(device), device, out, base, start,
+                   resumed.get("from"), progress=run.progress, on_iteration=on_iteration)
+        counts = plan.counts()
+        if plan.val is not None:
+            counts["eval"] = _evaluate(config, plan, model, out, progress=run.progress)
+        return stage.finish(counts, extra={"notes": notes})
+
+
+def _train_all(config: TrainConfig, plan: TrainPlan, model: nn.Module, device, out: Path,
+               base: dict, start: int, resume_from: dict | None, *, progress: bool,
+               on_iteration: Callable[[int, dict], None] | None) -> None:
+    """Train every stage from iteration ``start`` on."""
     from tqdm import tqdm
 
-    device = resolve_device(config.device)
-    plan = _plan(config, train_sets, stage2, val)
-    model_config = model_config_for(config, plan.names)
-    input_paths = [*plan.input_paths(), _weights_path(config.weights)]
-    check_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="train",
-                     inputs=input_paths)
-    # A new run builds its model before it makes its folder: an unusable --weights file is
-    # refused with nothing written (it left a 'running' run behind).
-    built = None if resume else build_model(model_config, weights=config.weights,
-                                            seed=config.seed)
-    out = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, stage="train",
-                             inputs=input_paths)
-    fingerprints = plan.image_fingerprints()
-    inputs = plan.input_hashes(fingerprints)
-    old = read_weakpaste_manifest(out) if resume else None
-    if old is not None:
-        _check_inputs(out, old, inputs, fingerprints)
-    record_listing(out, "images", fingerprints)
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    notes = list(plan.notes)
-    resume_from = _resume_point(ckpt_dir, model_config, config, notes) if resume else None
-    _tell(notes, on_note)
-    run_config = jsonable({**config.to_dict(), "train": [str(s) for s in plan.specs1],
-                             "stage2": [str(s) for s in plan.specs2],
-                             "val": str(plan.val) if plan.val else None})
-    counts: dict[str, Any] = {
-        "classes": len(plan.names), "iterations": plan.total,
-        "images": {st.name: len(st.items) for st in plan.stages},
-        "instances_per_class": plan.instances, "train_images_per_class": plan.train_image_counts}
-    manifest = dict(stage="train", config=run_config, seed=config.seed, inputs=inputs,
-                    counts=counts)
-    write_manifest(out, **manifest, status="running", extra={"notes": notes})
-
-    model, start = _initial_model(config, model_config, resume_from, out, plan.total, notes,
-                                  on_note, built)
-    model.to(device).train()
-    base = {"format": FORMAT, "format_version": FORMAT_VERSION, "weakpaste_version": __version__,
-            "model_config": model_config.to_dict(), "config": run_config,
-            "class_names": list(plan.names), "train_image_counts": plan.train_image_counts,
-            "train_frequency": plan.train_frequency}
+    model.train()
     bar = tqdm(total=plan.total, initial=start, desc="train", unit="it", disable=not progress,
                dynamic_ncols=True)
-    run = _Run(config=config, model=model, device=device,
-               labels={n: i + 1 for i, n in enumerate(plan.names)},
-               transform=tdata.train_transform(
-                   config.image_size, jitter=config.jitter, brightness=config.brightness,
-                   contrast=config.contrast, color_prob=config.color_prob,
-                   flip_prob=config.flip_prob),
-               checkpoint_base=base, ckpt_dir=ckpt_dir, log_path=out / "metrics.jsonl", bar=bar,
-               resume_from=resume_from, on_iteration=on_iteration, iteration=start)
+    state = _Run(config=config, model=model, device=device,
+                 labels={n: i + 1 for i, n in enumerate(plan.names)},
+                 transform=tdata.train_transform(
+                     config.image_size, jitter=config.jitter, brightness=config.brightness,
+                     contrast=config.contrast, color_prob=config.color_prob,
+                     flip_prob=config.flip_prob),
+                 checkpoint_base=base, ckpt_dir=out / "checkpoints",
+                 log_path=out / "metrics.jsonl", bar=bar, resume_from=resume_from,
+                 on_iteration=on_iteration, iteration=start)
     try:
         for index, stage in enumerate(plan.stages):
-            if run.iteration < stage.end:
-                _train_stage(run, stage, index)
+            if state.iteration < stage.end:
+                _train_stage(state, stage, index)
     except WeakpasteError as err:
         raise WeakpasteError(tdata.worker_error_line(err)) from None
     finally:
         bar.close()
 
-    if plan.val is not None:
-        metrics = evaluate_model(model, plan.val, out / "eval", class_names=plan.names,
-                                 training=TrainingClasses(plan.train_image_counts,
-                                                          plan.train_frequency),
-                                 config=EvalConfig(device=config.device),
-                                 source=str(ckpt_dir / "last.pt"), progress=progress)
-        counts["eval"] = {iou: {k: metrics[iou][k] for k in ("AP", "AP50", "AP75")}
-                          for iou in ("segm", "bbox")}
-    return write_manifest(out, **manifest, extra={"notes": notes})
+
+def _evaluate(config: TrainConfig, plan: TrainPlan, model: nn.Module, out: Path, *,
+              progress: bool) -> dict:
+    """Evaluate the final model on ``plan.val`` into ``OUT/eval``; returns the summary."""
+    metrics = evaluate_model(model, plan.val, out / "eval", class_names=plan.names,
+                             training=TrainingClasses(plan.train_image_counts,
+                                                      plan.train_frequency),
+                             config=EvalConfig(device=config.device),
+                             source=str(out / "checkpoints" / "last.pt"), progress=progress)
+    return {iou: {k: metrics[iou][k] for k in ("AP", "AP50", "AP75")}
+            for iou in ("segm", "bbox")}
 
 
-__all__ = ["LOSS_KEYS", "lr_factor", "make_optimizer", "run_train"]
+__all__ = ["LOSS_KEYS", "lr_factor", "make_optimizer", "TrainInputs", "run_train"]
