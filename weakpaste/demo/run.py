@@ -375,15 +375,15 @@ def demo_train_config(iterations: int, seed: int):
     the default 0.1-2.0 can shrink a 10-pixel object to 1 pixel); 64 RoIs and 300 proposals
     per image keep the heads cheap on a CPU.
     """
-    from weakpaste.train.config import TrainConfig
+    from weakpaste.train.config import ModelOptions, TrainConfig
 
     stage1 = max(1, iterations * 3 // 5)
-    return TrainConfig(backbone="resnet18", weights=None, image_size=DEMO_SIDE,
-                       jitter=(0.5, 1.5), batch_size=4, iterations=stage1,
+    return TrainConfig(model=ModelOptions(backbone="resnet18", image_size=DEMO_SIDE,
+                                          roi_batch=64, rpn_proposals=300),
+                       weights=None, jitter=(0.5, 1.5), batch_size=4, iterations=stage1,
                        stage2_iterations=iterations - stage1, lr=0.02,
-                       warmup_iters=min(100, stage1 // 3), clip_grad=10.0, roi_batch=64,
-                       rpn_proposals=300, checkpoint_every=max(1, iterations), log_every=10,
-                       seed=seed)
+                       warmup_iters=min(100, stage1 // 3), clip_grad=10.0,
+                       checkpoint_every=max(1, iterations), log_every=10, seed=seed)
 
 
 def _count_images(coco_json: Path) -> int:
