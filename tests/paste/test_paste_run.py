@@ -8,6 +8,7 @@ from pycocotools.coco import COCO
 
 from weakpaste.bank.from_coco import BankConfig, run_bank_from_coco
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import build
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import write_image
 from weakpaste.paste import run as paste_run
@@ -25,7 +26,7 @@ def _paste(bank, coco, images, out, **kw):
     workers = kw.pop("workers", 1)
     extra = kw.pop("extra", None)
     resume = kw.pop("resume", False)
-    cfg = PasteConfig(**{"num_images": 6, "seed": 3, "objects": (1, 3), **kw})
+    cfg = build(PasteConfig, **{"num_images": 6, "seed": 3, "objects": (1, 3), **kw})
     return run_paste(cfg, bank=bank, out_dir=str(out), backgrounds_json=coco, images_dir=images,
                      extra_backgrounds=extra, workers=workers, progress=False, resume=resume)
 
@@ -168,7 +169,7 @@ def test_real_coco_mini_paste(tmp_path):
     root = needs_shared("coco_mini")
     run_bank_from_coco(root / "instances.json", root / "images", tmp_path / "bank",
                        BankConfig(classes=("dog", "cat", "bus")), progress=False)
-    cfg = PasteConfig(num_images=3, seed=0, objects=(4, 4), placement="space-max")
+    cfg = build(PasteConfig, num_images=3, seed=0, objects=(4, 4), placement="space-max")
     m = run_paste(cfg, bank=str(tmp_path / "bank"), out_dir=str(tmp_path / "out"),
                   backgrounds_json=str(root / "instances.json"), images_dir=str(root / "images"),
                   progress=False)

@@ -21,7 +21,7 @@ import json
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from weakpaste.core.manifest import (
     recorded_listing,
     write_manifest,
 )
-from weakpaste.core.options import flags_of, option
+from weakpaste.core.options import Config, flags_of, option
 from weakpaste.core.runners import ExecutorConfig, Workers, host_tag
 from weakpaste.io import coco
 from weakpaste.io import rle as rle_check
@@ -78,13 +78,17 @@ def read_class_weights(path: str) -> dict[str, float]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PasteConfig(plan_mod.PlanParams, RenderParams):
+class PasteConfig(Config):
     """Everything that decides the paste stage's output (recorded in the manifest).
 
-    The planning and rendering fields are inherited from ``PlanParams`` and ``RenderParams``
-    (declared once there); a ``PasteConfig`` is passed to ``plan_image`` and ``render`` as is.
+    The planning and rendering parameters are nested ``PlanParams`` and ``RenderParams``
+    (declared once there; ``plan`` goes to ``plan_image``, ``render`` to ``render``), recorded
+    inline: the manifest lists their fields beside the others.
     """
 
+    plan: plan_mod.PlanParams = option(factory=plan_mod.PlanParams, inline=True,
+                                       help="placement")
+    render: RenderParams = option(factory=RenderParams, inline=True, help="rendering")
     num_images: int = option(help="output images", range=(1, None))
     seed: int = option(0, range=(0, None), help="the run's seed")
     objects: tuple[int, int] = option((4, 4), parse=plan_mod.parse_count_range,
@@ -260,15 +264,15 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     ids = ctx.table.segment_id[picks]
     pixels = [_read_cached(bank, ctx.table, int(p)) for p in picks]
     occupied = None
-    if cfg.placement == "space-max" and len(bg_masks):
+    if cfg.plan.placement == "space-max" and len(bg_masks):
         occupied = bg_masks.any()
     plan = plan_mod.plan_image(rng, image_hw=(H, W), segment_ids=ids,
                                masks=[m for _, m in pixels], occupied=occupied,
-                               params=cfg)
+                               params=cfg.plan)
     names = [ctx.table.classes[ctx.table.class_idx[p]] for p in picks]
     # space-max may stop early: the plan keeps a prefix of the selection.
     segments = [(pixels[j][0], pixels[j][1], names[j]) for j in range(len(plan.segment_ids))]
-    out = render(image, bg_masks, bg_classes, segments, plan, cfg)
+    out = render(image, bg_masks, bg_classes, segments, plan, cfg.render)
     file_name = f"{index:06d}.{cfg.image_format}"
     out_dir = Path(ctx.out_dir)
     atomic_write_bytes(out_dir / "images" / file_name,
@@ -483,7 +487,7 @@ def run_paste(config: PasteConfig, *, bank: str, out_dir: str,
         bg_set = load_backgrounds(backgrounds_json, images_dir, extra_backgrounds or [])
         inputs = bg_set.inputs
         inputs["bank_index"] = file_sha256(Path(bank) / "index.jsonl")
-        run_config = {**asdict(config), "bank": str(bank), "backgrounds": backgrounds_json,
+        run_config = {**config.to_dict(), "bank": str(bank), "backgrounds": backgrounds_json,
                       "images": images_dir, "extra_backgrounds": extra_backgrounds or []}
         out = Path(out_dir)
         if resume:
