@@ -360,8 +360,9 @@ def to_argv(config: Config, *, every: bool = False) -> list[str]:
 
     Args:
         config: a ``Config``; only its CLI fields are spelt (set the others in Python).
-        every: every CLI field; by default only the values that differ from the class's
-            defaults, and the fields without a default (a short, copyable command).
+        every: every CLI field (but a None or False default, which an absent option gives);
+            by default only the values that differ from the class's defaults, and the fields
+            without a default (a short, copyable command).
 
     Raises:
         ValueError: a value the command line cannot say (False for a switch, None where the
@@ -369,7 +370,9 @@ def to_argv(config: Config, *, every: bool = False) -> list[str]:
     """
     argv: list[str] = []
     for f, default, value in _cli_values(config):
-        if every or f.default is MISSING and f.default_factory is MISSING or value != default:
+        required = f.default is MISSING and f.default_factory is MISSING
+        # An absent option is its default: None and False have no spelling of their own.
+        if required or value != default or every and value is not None and value is not False:
             argv += _spell(f, value)
     return argv
 

@@ -145,20 +145,16 @@ def demo_mine_config(*, backbone: str | None = None, weights: str | None = None,
 
 
 def mine_command(config, images: str, labels: str, out: str) -> str:
-    """The ``weakpaste mine fem`` command line equivalent to ``config`` (for the user to copy)."""
-    m, p = config.model, config.params
-    parts = ["weakpaste mine fem", f"--images {images}", f"--labels {labels}",
-             f"--out {out}", f"--backbone {m.backbone}", f"--weights {m.weights or 'none'}",
-             f"--train-mode {m.train_mode}", f"--epochs {m.epochs}"]
-    if m.lr is not None:
-        parts.append(f"--lr {m.lr:g}")
-    parts += [f"--batch-size {m.batch_size}", f"--input-size {m.input_size}",
-              f"--crop-size {m.crop_size}", f"--max-side {p.max_side}",
-              f"--min-area {p.min_area:g}", "--proposals " + " ".join(p.methods),
-              f"--seed {config.seed}"]
-    if p.record_proposals:
-        parts += ["--record-proposals", "--save-baselines"]
-    return " ".join(parts)
+    """The ``weakpaste mine fem`` command line equivalent to ``config`` (for the user to copy):
+    its inputs, the options that differ from the defaults (``to_argv``) and the baselines the
+    demo saves."""
+    import shlex
+
+    from weakpaste.core.options import to_argv
+
+    argv = ["mine", "fem", "--images", images, "--labels", labels, "--out", out,
+            *to_argv(config), "--save-baselines"]
+    return "weakpaste " + shlex.join(argv)
 
 
 @dataclass(frozen=True)
