@@ -254,7 +254,13 @@ def _checked(convert: Callable[[str], Any], name: str, opt: Opt, flag: str):
             value = convert(text)
         except (ValueError, TypeError) as err:
             raise argparse.ArgumentTypeError(str(err) or f"invalid value {text!r}") from None
-        if opt.range is not None and any(_outside(v, opt) for v in _numbers(value)):
+        bad = [v for v in _numbers(value) if opt.range is not None and _outside(v, opt)]
+        if bad:
+            lo, hi = opt.range
+            # A value at or past an exclusive upper bound hears that bound alone ("< 1"):
+            # the edge it tried is the one that is left out.
+            if opt.open_high and lo is not None and not math.isnan(bad[0]) and bad[0] >= hi:
+                raise argparse.ArgumentTypeError(f"must be < {_fmt(hi)}, got {text}")
             raise argparse.ArgumentTypeError(f"must be {_range_text(opt)}, got {text}")
         return value
 
