@@ -241,14 +241,18 @@ def paste(bench: Bench, args, paths: dict[str, Path], bank: str, bank_dir: Path,
 
 
 def schedule_argv(args) -> list[str]:
-    """The training options every row shares."""
-    return ["--backbone", "mobilenet_v2", "--weights", str(args.weights), "--image-size",
-            str(args.image_size), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-            "--warmup", str(args.warmup), "--steps", "0.667,0.889", "--jitter", "0.5,1.5",
-            "--clip-grad", "10", "--roi-batch", "128", "--rpn-proposals", "500",
-            "--repeat-threshold", "0", "--checkpoint-every", "200", "--log-every", "20",
-            "--seed", "0", "--device", args.device, "--workers", str(args.loader_workers),
-            "--threads", str(args.threads), "--quiet"]
+    """The training options every row shares (a TrainConfig spelt by ``to_argv``)."""
+    from weakpaste.core.options import to_argv
+    from weakpaste.train.config import ModelOptions, TrainConfig
+
+    config = TrainConfig(
+        model=ModelOptions(backbone="mobilenet_v2", image_size=args.image_size, roi_batch=128,
+                           rpn_proposals=500),
+        weights=str(args.weights), batch_size=args.batch_size, lr=args.lr,
+        warmup_iters=args.warmup, steps=(0.667, 0.889), jitter=(0.5, 1.5), clip_grad=10.0,
+        repeat_threshold=0.0, checkpoint_every=200, log_every=20, seed=0, device=args.device,
+        workers=args.loader_workers)
+    return [*to_argv(config), "--threads", str(args.threads), "--quiet"]
 
 
 def train(bench: Bench, args, paths: dict[str, Path], row: str, stage1: list[str],

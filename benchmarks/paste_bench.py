@@ -42,6 +42,7 @@ import cv2
 
 from weakpaste.bank.from_coco import BankInputs, run_bank_from_coco
 from weakpaste.core.files import atomic_write_bytes
+from weakpaste.core.options import build, to_argv
 from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import encode_image, read_image
@@ -73,9 +74,14 @@ def io_floor(data_dir: Path, num_images: int, out: Path) -> float:
     return num_images / (time.perf_counter() - start)
 
 
+def bench_config(num_images: int) -> PasteConfig:
+    """The benchmark's paste settings, in process and on the command line alike."""
+    return build(PasteConfig, num_images=num_images, seed=0, objects=(4, 4),
+                 blend=("gaussian",), image_format="jpg")
+
+
 def paste_rate(data_dir: Path, bank: Path, num_images: int, workers: int, out: Path) -> float:
-    config = PasteConfig(num_images=num_images, seed=0, objects=(4, 4), blend=("gaussian",),
-                         image_format="jpg")
+    config = bench_config(num_images)
     start, cpu = time.perf_counter(), time.process_time()
     run_paste(config,
               PasteInputs(bank=str(bank), backgrounds=str(data_dir / "instances.json"),
@@ -91,8 +97,8 @@ def cli_rate(data_dir: Path, bank: Path, num_images: int, workers: int, out: Pat
     """Images/s of the whole ``weakpaste paste`` process, as a user runs it."""
     cmd = [sys.executable, "-m", "weakpaste.cli", "paste", "--bank", str(bank), "--out",
            str(out), "--backgrounds", str(data_dir / "instances.json"), "--images",
-           str(data_dir / "images"), "--num-images", str(num_images), "--objects", "4",
-           "--blend", "gaussian", "--seed", "0", "--workers", str(workers), "--quiet"]
+           str(data_dir / "images"), *to_argv(bench_config(num_images)), "--workers",
+           str(workers), "--quiet"]
     env = USER_ENV
     if ray_address:
         cmd += ["--executor", "ray", "--ray-address", ray_address]
@@ -150,8 +156,7 @@ def pool_phase(backgrounds: list, bank: Path, num_images: int, workers: int, out
     from weakpaste.bank.store import SegmentBank
     from weakpaste.core.runners import map_items
 
-    config = PasteConfig(num_images=num_images, seed=0, objects=(4, 4), blend=("gaussian",),
-                         image_format="jpg")
+    config = bench_config(num_images)
     table = SegmentBank(bank).table(None)
     probs = paste_run._class_probabilities(config, table, str(bank))
     (out / "images").mkdir(parents=True)

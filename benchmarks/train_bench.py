@@ -24,10 +24,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_m
 
 
 def bench(backbone: str, train: str, out: Path, image_size: int, iterations: int) -> dict:
-    from weakpaste.train.config import TrainConfig
+    from weakpaste.train.config import ModelOptions, TrainConfig
     from weakpaste.train.loop import TrainInputs, run_train
 
-    config = TrainConfig(backbone=backbone, weights=None, image_size=image_size, batch_size=2,
+    config = TrainConfig(model=ModelOptions(backbone=backbone, image_size=image_size),
+                         weights=None, batch_size=2,
                          iterations=iterations, warmup_iters=0, steps=(),
                          checkpoint_every=10 ** 6, log_every=max(1, iterations // 4), seed=0)
     start = time.perf_counter()

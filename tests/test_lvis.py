@@ -17,6 +17,7 @@ from lvis_reference import make_case
 from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.cli import main
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import build
 from weakpaste.core.run import RunOptions
 from weakpaste.io import lvis as lvis_io
 from weakpaste.io.coco import Federated, load_coco, write_coco
@@ -189,7 +190,7 @@ def lvis_paste(tiny_coco, tiny_lvis, tmp_path):
 
 def _paste(p: dict, out: Path, **kw) -> dict:
     extra = kw.pop("extra", [p["extra"]])
-    config = PasteConfig(**{"num_images": 10, "seed": 8, "objects": (1, 3), **kw})
+    config = build(PasteConfig, **{"num_images": 10, "seed": 8, "objects": (1, 3), **kw})
     return run_paste(config,
                      PasteInputs(bank=p["bank"], backgrounds=p["lvis"], images=p["images"],
                                  extra_backgrounds=extra), RunOptions(out=str(out), quiet=True))

@@ -15,6 +15,7 @@ import pytest
 
 from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import build
 from weakpaste.core.run import RunOptions
 from weakpaste.core.runners import ExecutorConfig, map_items
 from weakpaste.paste.run import PasteConfig, PasteInputs, run_paste
@@ -215,8 +216,8 @@ def test_ray_map_keeps_order(ray_cluster):
 
 
 def test_ray_paste_is_byte_identical_to_the_local_pool(ray_cluster, paste_inputs, tmp_path):
-    cfg = PasteConfig(num_images=10, seed=5, objects=(1, 3), placement="space-max",
-                      blend=("gaussian", "poisson"))
+    cfg = build(PasteConfig, num_images=10, seed=5, objects=(1, 3), placement="space-max",
+                blend=("gaussian", "poisson"))
     run_paste(cfg, PasteInputs(**paste_inputs),
               RunOptions(out=str(tmp_path / "local"), workers=2, quiet=True))
     for n in (1, 2):

@@ -168,10 +168,11 @@ def test_demo_train_schedule_is_the_measured_one():
     from weakpaste.demo.run import DEMO_TRAIN_ITERATIONS, demo_train_config
 
     c = demo_train_config(DEMO_TRAIN_ITERATIONS, seed=3)
-    assert (c.backbone, c.weights, c.image_size, c.batch_size) == ("resnet18", None, 128, 4)
+    assert (c.model.backbone, c.weights, c.model.image_size, c.batch_size) == (
+        "resnet18", None, 128, 4)
     assert (c.iterations, c.stage2_iterations, c.lr, c.warmup_iters, c.clip_grad) == (
         360, 240, 0.02, 100, 10.0)
-    assert (c.jitter, c.steps, c.roi_batch, c.rpn_proposals) == ((0.5, 1.5), (0.667, 0.889),
-                                                                  64, 300)
+    assert (c.jitter, c.steps, c.model.roi_batch, c.model.rpn_proposals) == (
+        (0.5, 1.5), (0.667, 0.889), 64, 300)
     short = demo_train_config(10, seed=3)
     assert (short.iterations, short.stage2_iterations, short.warmup_iters) == (6, 4, 2)

@@ -8,6 +8,7 @@ from pycocotools.coco import COCO
 
 from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import build
 from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import write_image
@@ -27,7 +28,7 @@ def _paste(bank, coco, images, out, **kw):
     workers = kw.pop("workers", 1)
     extra = kw.pop("extra", None)
     resume = kw.pop("resume", False)
-    cfg = PasteConfig(**{"num_images": 6, "seed": 3, "objects": (1, 3), **kw})
+    cfg = build(PasteConfig, **{"num_images": 6, "seed": 3, "objects": (1, 3), **kw})
     return run_paste(cfg,
                      PasteInputs(bank=bank, backgrounds=coco, images=images,
                                  extra_backgrounds=extra),
@@ -173,7 +174,7 @@ def test_real_coco_mini_paste(tmp_path):
     run_bank_from_coco(BankConfig(classes=("dog", "cat", "bus")),
                        BankInputs(coco_json=root / "instances.json", images=root / "images"),
                        RunOptions(out=tmp_path / "bank", quiet=True))
-    cfg = PasteConfig(num_images=3, seed=0, objects=(4, 4), placement="space-max")
+    cfg = build(PasteConfig, num_images=3, seed=0, objects=(4, 4), placement="space-max")
     m = run_paste(cfg,
                   PasteInputs(bank=str(tmp_path / "bank"), backgrounds=str(root / "instances.json"),
                               images=str(root / "images")),

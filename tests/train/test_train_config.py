@@ -6,6 +6,7 @@ import pytest
 from train_helpers import tiny_train_config
 
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import build
 from weakpaste.train.config import (
     EvalConfig,
     LongtailConfig,
@@ -52,12 +53,13 @@ def test_configs_are_frozen_and_replace_validates():
 
 
 def test_model_config_round_trip_and_checks():
-    config = ModelConfig(backbone="mobilenet_v3", class_names=("a", "b"), trainable_layers=6)
+    config = build(ModelConfig, backbone="mobilenet_v3", class_names=("a", "b"),
+                   trainable_layers=6)
     d = config.to_dict()
     assert d["class_names"] == ["a", "b"] and config.num_classes == 3
     assert ModelConfig.from_dict({**d, "unknown": 1}) == config
     with pytest.raises(WeakpasteError) as err:
-        ModelConfig(backbone="resnet50", class_names=("a",), image_size=16)
+        build(ModelConfig, backbone="resnet50", class_names=("a",), image_size=16)
     assert str(err.value) == "image_size (--image-size) must be >= 32, got 16"
 
 

@@ -10,6 +10,7 @@ import torch
 from train_helpers import one_torch_thread, tiny_train_config
 
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.options import build
 from weakpaste.train import model as E
 from weakpaste.train.config import ModelConfig
 
@@ -21,8 +22,8 @@ def _one_thread():
 
 
 def _config(backbone: str = "mobilenet_v3", frozen: bool = False) -> ModelConfig:
-    return ModelConfig(backbone=backbone, class_names=("a", "b"), image_size=64,
-                         frozen_bn=frozen, trainable_layers=3, roi_batch=32, rpn_proposals=64)
+    return build(ModelConfig, backbone=backbone, class_names=("a", "b"), image_size=64,
+                 frozen_bn=frozen, trainable_layers=3, roi_batch=32, rpn_proposals=64)
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v3", "mobilenet_v2", "resnet50", "resnet18"])
@@ -42,9 +43,7 @@ def test_build_model_predicts_masks_of_the_image_size(backbone):
 
 
 def test_resnet18_trains_one_step_on_feature_maps_of_strides_4_to_32():
-    import dataclasses
-
-    config = dataclasses.replace(_config("resnet18"), trainable_layers=5)  # from scratch
+    config = _config("resnet18").replace(trainable_layers=5)  # from scratch
     model, _ = E.build_model(config, weights=None, seed=1)
     features = model.backbone(torch.rand(1, 3, 64, 64))
     assert {k: tuple(v.shape[-2:]) for k, v in features.items()} == {
@@ -114,16 +113,14 @@ def test_mobilenet_v2_fpn_levels_and_frozen_stages():
 
 
 def test_mobilenet_v2_from_scratch_trains_every_stage():
-    import dataclasses
-
-    config = dataclasses.replace(_config("mobilenet_v2"), trainable_layers=5)
+    config = _config("mobilenet_v2").replace(trainable_layers=5)
     model, _ = E.build_model(config, weights=None, seed=1)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.body.modules())
     _one_step(model)
     grad = model.backbone.body["0"][0].weight.grad
     assert grad is not None and grad.abs().sum() > 0
     with pytest.raises(WeakpasteError) as err:
-        dataclasses.replace(config, trainable_layers=6)
+        config.replace(trainable_layers=6)
     assert str(err.value) == ("trainable_layers (--trainable-layers) must be <= 5 for "
                               "mobilenet_v2, got 6")
 
@@ -217,8 +214,8 @@ def test_weights_from_a_torchvision_resnet18_state_dict(tmp_path):
 
 
 def test_weights_from_a_detector_with_other_classes(tmp_path):
-    other = ModelConfig(backbone="mobilenet_v3", class_names=("x", "y", "z"), image_size=64,
-                          frozen_bn=True, roi_batch=32, rpn_proposals=64)
+    other = build(ModelConfig, backbone="mobilenet_v3", class_names=("x", "y", "z"),
+                  image_size=64, frozen_bn=True, roi_batch=32, rpn_proposals=64)
     source, _ = E.build_model(other, seed=4)
     path = tmp_path / "det.pth"
     torch.save(source.state_dict(), path)
@@ -277,13 +274,15 @@ def test_weights_from_a_weakpaste_checkpoint(tmp_path):
 
 def test_model_config_for_a_run():
     pretrained = E.model_config_for(tiny_train_config(weights="DEFAULT"), ("a",))
-    assert (pretrained.frozen_bn, pretrained.trainable_layers) == (True, 3)
+    assert (pretrained.frozen_bn, pretrained.options.trainable_layers) == (True, 3)
     scratch = E.model_config_for(tiny_train_config(trainable_layers=None), ("a", "b"))
-    assert (scratch.frozen_bn, scratch.trainable_layers, scratch.num_classes) == (False, 6, 3)
+    assert (scratch.frozen_bn, scratch.options.trainable_layers, scratch.num_classes) == (
+        False, 6, 3)
     light = E.model_config_for(tiny_train_config(backbone="resnet18", trainable_layers=None),
                                ("a",))
-    assert (light.frozen_bn, light.trainable_layers) == (False, 5)
-    assert E.model_config_for(tiny_train_config(trainable_layers=2), ("a",)).trainable_layers == 2
+    assert (light.frozen_bn, light.options.trainable_layers) == (False, 5)
+    assert E.model_config_for(tiny_train_config(trainable_layers=2),
+                              ("a",)).options.trainable_layers == 2
 
 
 def test_resolve_device():

@@ -54,6 +54,7 @@ def write_tiny_coco(root: Path, *, layouts: Sequence = LAYOUTS, size: int = 64,
 def tiny_train_config(**overrides):
     """A TrainConfig that trains the light model on 64-pixel images in well under a second
     per iteration, without augmentation unless asked."""
+    from weakpaste.core.options import build
     from weakpaste.train.config import TrainConfig
 
     base = dict(backbone="mobilenet_v3", weights=None, image_size=64, jitter=(1.0, 1.0),
@@ -61,4 +62,4 @@ def tiny_train_config(**overrides):
                 warmup_iters=0, steps=(), roi_batch=32, rpn_proposals=64, checkpoint_every=2,
                 log_every=1, repeat_threshold=0.0, seed=0)
     base.update(overrides)
-    return TrainConfig(**base)
+    return build(TrainConfig, **base)

@@ -10,12 +10,16 @@ from weakpaste.core.errors import WeakpasteError
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is kept."""
-    if device != "auto":
-        return device
-    import torch
+    """The device a model stage uses, checked as every stage's ``device`` option is
+    (``weakpaste.models.device.resolve_device``): ``auto`` becomes ``cuda`` when torch has
+    one, else ``cpu``.
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    Raises:
+        WeakpasteError: not auto, cpu, cuda or cuda:N, or CUDA asked for where there is none.
+    """
+    from weakpaste.models.device import resolve_device as torch_device
+
+    return str(torch_device(device, auto=True))
 
 
 def load_error(kind: str, model_id: str, option: str, err: BaseException,

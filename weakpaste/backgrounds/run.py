@@ -41,7 +41,7 @@ from weakpaste.core.manifest import (
     record_listing,
     recorded_listing,
 )
-from weakpaste.core.options import Config, flags_of, option
+from weakpaste.core.options import Config, device_option, flags_of, option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.core.runners import ExecutorConfig
 from weakpaste.io.coco_captions import Caption, load_coco_captions
@@ -97,7 +97,7 @@ class BackgroundsConfig(Config):
         0.28, range=(-1, 1),
         help='reject images whose CLIP cosine similarity to any "a photo of a {class}" is '
              "above this")
-    device: str = option("auto", help="auto, cpu or cuda (fp16 on cuda)")
+    device: str = device_option("auto", auto=True, note="fp16 on cuda")
     jpeg_quality: int = option(95, range=(1, 100), help="JPEG quality of the backgrounds")
 
     def check(self) -> None:

@@ -9,7 +9,13 @@ itself once, at construction (``__post_init__``), and its errors name the parame
 e.g. ``blur_sigma (--blur-sigma) must be >= 0, got -1.0``.
 
 Nested configs (a field whose type is a ``Config``) contribute their own options to the same
-command, so shared parts (the mining classifier) are declared once and reused.
+command, so shared parts (the mining classifier, the Mask R-CNN architecture, the device) are
+declared once and reused: nesting is the one way options are shared. A nested config declared
+``inline=True`` is recorded flat, its fields beside its parent's (``Config.to_dict``), so that
+splitting a config in parts keeps the layout of manifests and checkpoints.
+
+``to_argv`` is the inverse of parsing: the flags that rebuild a config, for a printed
+equivalent command or a benchmark that runs the CLI.
 """
 
 from __future__ import annotations
@@ -41,7 +47,10 @@ class Opt:
     nargs: str | None = None
     cli: bool = True
     open_low: bool = False
+    open_high: bool = False
     show: Callable[[Any], str] | None = None
+    check: Callable[[Any], str | None] | None = None
+    inline: bool = False
 
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None,
@@ -49,7 +58,9 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
            range: tuple[float | None, float | None] | None = None,
            parse: Callable[[str], Any] | None = None, nargs: str | None = None,
            cli: bool = True, factory: Callable[[], Any] | None = None,
-           open_low: bool = False, show: Callable[[Any], str] | None = None) -> Any:
+           open_low: bool = False, open_high: bool = False,
+           show: Callable[[Any], str] | None = None,
+           check: Callable[[Any], str | None] | None = None, inline: bool = False) -> Any:
     """A dataclass field with its command-line description.
 
     Args:
@@ -58,51 +69,91 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
         flag: the flag (default ``--`` + the field name with dashes).
         metavar: the value's name in ``--help``.
         choices: the allowed values.
-        range: inclusive (lo, hi) bounds of a number, or of every number of a tuple; None
-            for an open side.
+        range: (lo, hi) bounds of a number, or of every number of a tuple, inclusive unless
+            ``open_low``/``open_high``; None for an unbounded side.
         parse: str -> value for structured values (a range "1-6", a pair "0.3,1.0", a JSON
             file); its ``ValueError``/``ArgumentTypeError`` becomes a one-line usage error.
         nargs: argparse nargs (tuple[str, ...] fields get "+" by default).
         cli: False for a setting that only the Python API sets.
         factory: a default factory (nested configs, mutable defaults).
         open_low: the range's lower bound is excluded (``> 0`` rather than ``>= 0``).
+        open_high: the range's upper bound is excluded (``< 1`` rather than ``<= 1``).
         show: value -> the text ``parse`` reads, for the default in ``--help`` (by default a
-            tuple is shown as "A,B" when ``parse`` is given, as "A B" otherwise).
+            tuple is shown as "A,B" when ``parse`` is given, as "A B" otherwise); ``to_argv``
+            spells the value with it too.
+        check: value -> None when valid, else the complaint ("must be ..."), for a rule a
+            range cannot say (``device_option``); checked at construction, after the range.
+        inline: a nested config recorded flat by ``to_dict`` (its fields beside the parent's).
 
     Returns:
         A ``dataclasses.field``.
     """
     meta = {_KEY: Opt(help=help, flag=flag, metavar=metavar,
                       choices=tuple(choices) if choices is not None else None, range=range,
-                      parse=parse, nargs=nargs, cli=cli, open_low=open_low, show=show)}
+                      parse=parse, nargs=nargs, cli=cli, open_low=open_low,
+                      open_high=open_high, show=show, check=check, inline=inline)}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def flag_of(f: dataclasses.Field) -> str:
-    """The command-line flag of a config field."""
+def flag_of(f: dataclasses.Field | type, name: str | None = None) -> str:
+    """The command-line flag of a config field: ``flag_of(field)``, or ``flag_of(Config,
+    "name")`` for the field ``name`` of a config class or of a config nested in it, so that
+    a message names a flag from its definition (``flag_of(TrainConfig, "warmup_iters")`` is
+    ``--warmup``).
+
+    Raises:
+        KeyError: ``name`` is no field of the class or of its nested configs.
+    """
+    if name is not None:
+        found = _find_field(f, name)
+        if found is None:
+            raise KeyError(f"{f.__name__} has no option {name!r}")
+        f = found
     opt = f.metadata.get(_KEY)
     return (opt.flag if opt is not None and opt.flag else None) or "--" + f.name.replace("_", "-")
+
+
+def _find_field(cls: type, name: str) -> dataclasses.Field | None:
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    for f in dataclasses.fields(cls):
+        if _is_config(hints[f.name]):
+            found = _find_field(hints[f.name], name)
+            if found is not None:
+                return found
+    return None
 
 
 def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def range_text(lo: float | None, hi: float | None, open_low: bool = False) -> str:
-    """``>= 0``, ``> 0``, ``<= 1``, ``in [0, 1]`` or ``in (0, 1]``."""
+def range_text(lo: float | None, hi: float | None, open_low: bool = False,
+               open_high: bool = False) -> str:
+    """``>= 0``, ``> 0``, ``<= 1``, ``< 1``, ``in [0, 1]``, ``in (0, 1]``, ``in [0, 1)``..."""
     if lo is not None and hi is not None:
-        return f"in {'(' if open_low else '['}{_fmt(lo)}, {_fmt(hi)}]"
+        return (f"in {'(' if open_low else '['}{_fmt(lo)}, {_fmt(hi)}"
+                f"{')' if open_high else ']'}")
     if lo is not None:
         return f"{'>' if open_low else '>='} {_fmt(lo)}"
-    return f"<= {_fmt(hi)}"
+    return f"{'<' if open_high else '<='} {_fmt(hi)}"
 
 
-def _outside(v: float, lo: float | None, hi: float | None, open_low: bool) -> bool:
-    if math.isnan(v) or (hi is not None and v > hi):
+def _outside(v: float, opt: Opt) -> bool:
+    lo, hi = opt.range
+    if math.isnan(v):
         return True
-    return lo is not None and (v <= lo if open_low else v < lo)
+    if hi is not None and (v >= hi if opt.open_high else v > hi):
+        return True
+    return lo is not None and (v <= lo if opt.open_low else v < lo)
+
+
+def _range_text(opt: Opt) -> str:
+    return range_text(*opt.range, opt.open_low, opt.open_high)
 
 
 def _numbers(value: Any) -> list:
@@ -126,11 +177,12 @@ def check_value(name: str, flag: str, opt: Opt, value: Any) -> None:
                 raise WeakpasteError(f"{name} ({flag}) must be one of "
                                      f"{', '.join(map(str, opt.choices))}; got {v!r}")
     if opt.range is not None:
-        lo, hi = opt.range
         for v in _numbers(value):
-            if _outside(v, lo, hi, opt.open_low):
-                raise WeakpasteError(f"{name} ({flag}) must be "
-                                     f"{range_text(lo, hi, opt.open_low)}, got {v}")
+            if _outside(v, opt):
+                raise WeakpasteError(f"{name} ({flag}) must be {_range_text(opt)}, got {v}")
+    complaint = opt.check(value) if opt.check is not None else None
+    if complaint:
+        raise WeakpasteError(f"{name} ({flag}) {complaint}")
 
 
 class Config:
@@ -151,12 +203,28 @@ class Config:
                 check_value(f.name, flag_of(f), opt, getattr(self, f.name))
 
     def replace(self, **changes: Any):
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (validated again); a name that is no field of this
+        config changes the nested config that has it, as ``build`` routes names."""
+        own = {f.name for f in dataclasses.fields(self)}
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            if f.name not in changes and _is_config(hints[f.name]):
+                inner = {k: v for k, v in changes.items()
+                         if k not in own and _find_field(hints[f.name], k) is not None}
+                if inner:
+                    changes[f.name] = getattr(self, f.name).replace(**inner)
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in own})
 
     def to_dict(self) -> dict:
-        """JSON-able settings for the manifest (tuples become lists)."""
-        return dataclasses.asdict(self)
+        """The settings for the manifest, nested configs as dicts (an ``inline`` one's fields
+        beside this config's own)."""
+        out = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            opt = f.metadata.get(_KEY)
+            if opt is not None and opt.inline:
+                out.update(getattr(self, f.name).to_dict())
+                del out[f.name]
+        return out
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -186,13 +254,14 @@ def _checked(convert: Callable[[str], Any], name: str, opt: Opt, flag: str):
             value = convert(text)
         except (ValueError, TypeError) as err:
             raise argparse.ArgumentTypeError(str(err) or f"invalid value {text!r}") from None
-        if opt.range is not None:
-            try:
-                check_value(name, flag, Opt(help="", range=opt.range, open_low=opt.open_low),
-                            value)
-            except WeakpasteError:
-                raise argparse.ArgumentTypeError(
-                    f"must be {range_text(*opt.range, opt.open_low)}, got {text}") from None
+        bad = [v for v in _numbers(value) if opt.range is not None and _outside(v, opt)]
+        if bad:
+            lo, hi = opt.range
+            # A value at or past an exclusive upper bound hears that bound alone ("< 1"):
+            # the edge it tried is the one that is left out.
+            if opt.open_high and lo is not None and not math.isnan(bad[0]) and bad[0] >= hi:
+                raise argparse.ArgumentTypeError(f"must be < {_fmt(hi)}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {_range_text(opt)}, got {text}")
         return value
 
     parse.__name__ = convert.__name__ if hasattr(convert, "__name__") else "value"
@@ -245,15 +314,13 @@ def _kwargs(f: dataclasses.Field, tp: Any, opt: Opt) -> dict:
 
 
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
-                exclude: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> None:
+                exclude: Sequence[str] = ()) -> None:
     """Add an argument for every CLI field of config class ``cls`` (nested configs too).
 
     Args:
         parser: the (sub)parser or argument group.
         cls: a ``Config`` dataclass.
         exclude: field names to leave out (set by the command itself).
-        defaults: command-specific defaults overriding the dataclass's (e.g. the demo's
-            smaller classifier); ``from_args`` then passes them on explicitly.
     """
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
@@ -261,16 +328,12 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
             continue
         tp = hints[f.name]
         if _is_config(tp):
-            add_options(parser, tp, exclude=exclude, defaults=defaults)
+            add_options(parser, tp, exclude=exclude)
             continue
         opt = f.metadata.get(_KEY)
         if opt is None or not opt.cli:
             continue
-        kw = _kwargs(f, tp, opt)
-        if defaults and f.name in defaults:
-            kw["default"] = defaults[f.name]
-            kw["help"] = kw["help"].split(" (default:")[0] + f" (default: {defaults[f.name]})"
-        parser.add_argument(flag_of(f), **kw)
+        parser.add_argument(flag_of(f), **_kwargs(f, tp, opt))
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any):
@@ -294,6 +357,76 @@ def build(cls: type, **values: Any):
     """Build config ``cls`` from flat keyword values routed to nested configs by field name,
     e.g. ``build(PasteConfig, num_images=10, placement="space-max")``."""
     return from_args(cls, argparse.Namespace(**values))
+
+
+def to_argv(config: Config, *, every: bool = False) -> list[str]:
+    """The command-line arguments that rebuild ``config`` (the inverse of ``add_options`` +
+    ``from_args``): ``from_args(type(config), parser.parse_args(to_argv(config)))`` equals
+    ``config`` for a parser built by ``add_options``.
+
+    Args:
+        config: a ``Config``; only its CLI fields are spelt (set the others in Python).
+        every: every CLI field (but a None or False default, which an absent option gives);
+            by default only the values that differ from the class's defaults, and the fields
+            without a default (a short, copyable command).
+
+    Raises:
+        ValueError: a value the command line cannot say (False for a switch, None where the
+            option's parser reads no "none", an empty list of a "+" option).
+    """
+    argv: list[str] = []
+    for f, default, value in _cli_values(config):
+        required = f.default is MISSING and f.default_factory is MISSING
+        # An absent option is its default: None and False have no spelling of their own.
+        if required or value != default or every and value is not None and value is not False:
+            argv += _spell(f, value)
+    return argv
+
+
+def _cli_values(config: Config) -> list[tuple[dataclasses.Field, Any, Any]]:
+    """(field, class default, value) of every CLI field of ``config``, nested ones too."""
+    hints = _hints(type(config))
+    out = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if _is_config(hints[f.name]):
+            out.extend(_cli_values(value))
+            continue
+        opt = f.metadata.get(_KEY)
+        if opt is not None and opt.cli:
+            default = f.default if f.default is not MISSING else (
+                f.default_factory() if f.default_factory is not MISSING else MISSING)
+            out.append((f, default, value))
+    return out
+
+
+def _spell(f: dataclasses.Field, value: Any) -> list[str]:
+    """The arguments that set field ``f`` to ``value``."""
+    opt, flag = f.metadata[_KEY], flag_of(f)
+    if isinstance(value, bool):
+        if not value:
+            raise ValueError(f"{flag} is a switch: the command line cannot set it False")
+        return [flag]
+    if value is None or value == () and opt.parse is not None:
+        if not _reads_none(opt.parse, value):
+            raise ValueError(f"{flag}: the command line cannot set {value!r}")
+        return [flag, "none"]
+    if opt.show is not None:
+        return [flag, opt.show(value)]
+    if isinstance(value, tuple | list):
+        if opt.parse is not None:
+            return [flag, ",".join(map(str, value))]
+        if not value:
+            raise ValueError(f"{flag}: the command line cannot set an empty list")
+        return [flag, *map(str, value)]
+    return [flag, str(value)]
+
+
+def _reads_none(parse: Callable[[str], Any] | None, value: Any) -> bool:
+    try:
+        return parse is not None and parse("none") == value
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        return False
 
 
 def cli_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
@@ -349,8 +482,38 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def check_device(device: str) -> None:
-    """Raise a WeakpasteError unless ``device`` is cpu, cuda or cuda:N."""
-    if device not in ("cpu", "cuda") and not (device.startswith("cuda:")
-                                              and device[5:].isdigit()):
-        raise WeakpasteError(f"device (--device) must be cpu, cuda or cuda:N, got {device!r}")
+def device_problem(device: Any, *, auto: bool = False) -> str | None:
+    """None if ``device`` names a torch device (cpu, cuda or cuda:N; also auto where
+    ``auto``), else the complaint."""
+    names = ("auto", "cpu", "cuda") if auto else ("cpu", "cuda")
+    if isinstance(device, str) and (device in names or (
+            device.startswith("cuda:") and device[5:].isdigit())):
+        return None
+    return f"must be {', '.join(names)} or cuda:N, got {device!r}"
+
+
+DEVICE_FLAG = "--device"
+"""The flag of ``device_option`` (every stage names its field ``device``)."""
+
+
+def check_device(device: str, *, auto: bool = False) -> None:
+    """Raise a WeakpasteError unless ``device`` is cpu, cuda or cuda:N (or auto where
+    ``auto``): the one check of every stage's ``device`` option (``device_option``)."""
+    problem = device_problem(device, auto=auto)
+    if problem:
+        raise WeakpasteError(f"device ({DEVICE_FLAG}) {problem}")
+
+
+def device_option(default: str = "cpu", *, auto: bool = False, note: str = "") -> Any:
+    """The ``device`` option of a stage that runs a model (declare it as ``device: str =
+    device_option(...)``): cpu, cuda or cuda:N, and auto (cuda when there is one) where
+    ``auto``; checked by ``check_device``'s rule when the config is built.
+
+    Args:
+        default: the stage's default device.
+        auto: whether "auto" is accepted.
+        note: appended to the help text (e.g. what the stage does differently on cuda).
+    """
+    names = "auto, cpu, cuda or cuda:N" if auto else "cpu, cuda or cuda:N"
+    return option(default, flag=DEVICE_FLAG, help=names + (f" ({note})" if note else ""),
+                  check=lambda value: device_problem(value, auto=auto))

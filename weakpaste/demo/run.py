@@ -139,20 +139,16 @@ def demo_mine_config(*, backbone: str | None = None, weights: str | None = None,
 
 
 def mine_command(config, images: str, labels: str, out: str) -> str:
-    """The ``weakpaste mine fem`` command line equivalent to ``config`` (for the user to copy)."""
-    m, p = config.model, config.params
-    parts = ["weakpaste mine fem", f"--images {images}", f"--labels {labels}",
-             f"--out {out}", f"--backbone {m.backbone}", f"--weights {m.weights or 'none'}",
-             f"--train-mode {m.train_mode}", f"--epochs {m.epochs}"]
-    if m.lr is not None:
-        parts.append(f"--lr {m.lr:g}")
-    parts += [f"--batch-size {m.batch_size}", f"--input-size {m.input_size}",
-              f"--crop-size {m.crop_size}", f"--max-side {p.max_side}",
-              f"--min-area {p.min_area:g}", "--proposals " + " ".join(p.methods),
-              f"--seed {config.seed}"]
-    if p.record_proposals:
-        parts += ["--record-proposals", "--save-baselines"]
-    return " ".join(parts)
+    """The ``weakpaste mine fem`` command line equivalent to ``config`` (for the user to copy):
+    its inputs, the options that differ from the defaults (``to_argv``) and the baselines the
+    demo saves."""
+    import shlex
+
+    from weakpaste.core.options import to_argv
+
+    argv = ["mine", "fem", "--images", images, "--labels", labels, "--out", out,
+            *to_argv(config), "--save-baselines"]
+    return "weakpaste " + shlex.join(argv)
 
 
 @dataclass(frozen=True)
@@ -392,15 +388,15 @@ def demo_train_config(iterations: int, seed: int):
     the default 0.1-2.0 can shrink a 10-pixel object to 1 pixel); 64 RoIs and 300 proposals
     per image keep the heads cheap on a CPU.
     """
-    from weakpaste.train.config import TrainConfig
+    from weakpaste.train.config import ModelOptions, TrainConfig
 
     stage1 = max(1, iterations * 3 // 5)
-    return TrainConfig(backbone="resnet18", weights=None, image_size=DEMO_SIDE,
-                       jitter=(0.5, 1.5), batch_size=4, iterations=stage1,
+    return TrainConfig(model=ModelOptions(backbone="resnet18", image_size=DEMO_SIDE,
+                                          roi_batch=64, rpn_proposals=300),
+                       weights=None, jitter=(0.5, 1.5), batch_size=4, iterations=stage1,
                        stage2_iterations=iterations - stage1, lr=0.02,
-                       warmup_iters=min(100, stage1 // 3), clip_grad=10.0, roi_batch=64,
-                       rpn_proposals=300, checkpoint_every=max(1, iterations), log_every=10,
-                       seed=seed)
+                       warmup_iters=min(100, stage1 // 3), clip_grad=10.0,
+                       checkpoint_every=max(1, iterations), log_every=10, seed=seed)
 
 
 def _count_images(coco_json: Path) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.core.options import Config, check_device, option
+from weakpaste.core.options import Config, device_option, flag_of, option
 from weakpaste.models.weights import parse_weights
 
 METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
@@ -78,11 +78,7 @@ class ClassifierSpec(Config):
                              help="classifier input (pixels)")
     crop_size: int = option(224, range=(MIN_CLASSIFIER_SIDE, None),
                             help="segment crop input (pixels)")
-    device: str = option("cpu", help="cpu, cuda or cuda:N")
-
-    def check(self) -> None:
-        super().check()
-        check_device(self.device)
+    device: str = device_option("cpu")
 
 
 @dataclass(frozen=True)
@@ -177,19 +173,16 @@ class FemParams(Config):
 
     def check(self) -> None:
         super().check()
-        if "saliency" in self.methods and not self.saliency:
-            raise WeakpasteError("methods (--proposals) has saliency, which needs a "
-                                 "salient-object model: pass saliency (--saliency PATH)")
-        if self.saliency and "saliency" not in self.methods:
-            raise WeakpasteError("saliency (--saliency) is set but methods (--proposals) has "
-                                 "no saliency; add saliency to --proposals or drop --saliency")
-        if "sam" in self.methods and not self.sam_checkpoint:
-            raise WeakpasteError("methods (--proposals) has sam, which needs the SAM weights: "
-                                 "pass sam_checkpoint (--sam-checkpoint PATH)")
-        if self.sam_checkpoint and "sam" not in self.methods:
-            raise WeakpasteError("sam_checkpoint (--sam-checkpoint) is set but methods "
-                                 "(--proposals) has no sam; add sam to --proposals or drop "
-                                 "--sam-checkpoint")
+        methods = flag_of(FemParams, "methods")
+        for method, name, needs in (("saliency", "saliency", "a salient-object model"),
+                                    ("sam", "sam_checkpoint", "the SAM weights")):
+            flag = flag_of(FemParams, name)
+            if method in self.methods and not getattr(self, name):
+                raise WeakpasteError(f"methods ({methods}) has {method}, which needs {needs}: "
+                                     f"pass {name} ({flag} PATH)")
+            if getattr(self, name) and method not in self.methods:
+                raise WeakpasteError(f"{name} ({flag}) is set but methods ({methods}) has no "
+                                     f"{method}; add {method} to {methods} or drop {flag}")
 
 
 @dataclass(frozen=True)
@@ -243,8 +236,8 @@ class FemConfig(Config):
         if bool(self.train_images) != bool(self.train_labels):
             given, missing = (("train_images", "train_labels") if self.train_images else
                               ("train_labels", "train_images"))
-            raise WeakpasteError(f"{given} (--{given.replace('_', '-')}) needs {missing} "
-                                 f"(--{missing.replace('_', '-')}): pass both or neither")
+            raise WeakpasteError(f"{given} ({flag_of(FemConfig, given)}) needs {missing} "
+                                 f"({flag_of(FemConfig, missing)}): pass both or neither")
 
 
 @dataclass(frozen=True)
@@ -359,10 +352,11 @@ class FreeSegConfig(Config):
 
     def check(self) -> None:
         super().check()
+        folds = flag_of(FreeSegConfig, "crossfit_folds")
         if self.crossfit_folds == 1:
-            raise WeakpasteError("crossfit_folds (--crossfit-folds) must be 0 (off) or at "
-                                 "least 2, got 1")
+            raise WeakpasteError(f"crossfit_folds ({folds}) must be 0 (off) or at least 2, "
+                                 "got 1")
         cf = [c for c in self.rank_cues if c.endswith("_cf")]
         if cf and not self.crossfit_folds:
-            raise WeakpasteError(f"rank_cues (--rank-by) {cf[0]} needs cross-fitted scores: "
-                                 "pass --crossfit-folds 5 (or another K >= 2)")
+            raise WeakpasteError(f"rank_cues ({flag_of(FreeSegConfig, 'rank_cues')}) {cf[0]} "
+                                 f"needs cross-fitted scores: pass {folds} 5 (or another K >= 2)")

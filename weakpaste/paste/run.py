@@ -21,7 +21,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from weakpaste.core.manifest import (
     record_listing,
     recorded_listing,
 )
-from weakpaste.core.options import flags_of, option
+from weakpaste.core.options import Config, flags_of, option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.core.runners import host_tag
 from weakpaste.io import coco
@@ -80,13 +80,17 @@ def read_class_weights(path: str) -> dict[str, float]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PasteConfig(plan_mod.PlanParams, RenderParams):
+class PasteConfig(Config):
     """Everything that decides the paste stage's output (recorded in the manifest).
 
-    The planning and rendering fields are inherited from ``PlanParams`` and ``RenderParams``
-    (declared once there); a ``PasteConfig`` is passed to ``plan_image`` and ``render`` as is.
+    The planning and rendering parameters are nested ``PlanParams`` and ``RenderParams``
+    (declared once there; ``plan`` goes to ``plan_image``, ``render`` to ``render``), recorded
+    inline: the manifest lists their fields beside the others.
     """
 
+    plan: plan_mod.PlanParams = option(factory=plan_mod.PlanParams, inline=True,
+                                       help="placement")
+    render: RenderParams = option(factory=RenderParams, inline=True, help="rendering")
     num_images: int = option(help="output images", range=(1, None))
     seed: int = option(0, range=(0, None), help="the run's seed")
     objects: tuple[int, int] = option((4, 4), parse=plan_mod.parse_count_range,
@@ -219,15 +223,15 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     ids = ctx.table.segment_id[picks]
     pixels = [_read_cached(bank, ctx.table, int(p)) for p in picks]
     occupied = None
-    if cfg.placement == "space-max" and len(bg_masks):
+    if cfg.plan.placement == "space-max" and len(bg_masks):
         occupied = bg_masks.any()
     plan = plan_mod.plan_image(rng, image_hw=(H, W), segment_ids=ids,
                                masks=[m for _, m in pixels], occupied=occupied,
-                               params=cfg)
+                               params=cfg.plan)
     names = [ctx.table.classes[ctx.table.class_idx[p]] for p in picks]
     # space-max may stop early: the plan keeps a prefix of the selection.
     segments = [(pixels[j][0], pixels[j][1], names[j]) for j in range(len(plan.segment_ids))]
-    out = render(image, bg_masks, bg_classes, segments, plan, cfg)
+    out = render(image, bg_masks, bg_classes, segments, plan, cfg.render)
     file_name = f"{index:06d}.{cfg.image_format}"
     out_dir = Path(ctx.out_dir)
     atomic_write_bytes(out_dir / "images" / file_name,
@@ -356,7 +360,7 @@ def run_paste(config: PasteConfig, inputs: PasteInputs, run: RunOptions) -> dict
         stage.workers(_init_worker, (ctx,), check=[bank, run.out, inputs.images, *extra])
         bg_set = load_backgrounds(inputs.backgrounds, inputs.images, extra)
         hashes = {**bg_set.inputs, "bank_index": file_sha256(Path(bank) / "index.jsonl")}
-        run_config = {**asdict(config), "bank": bank, "backgrounds": inputs.backgrounds,
+        run_config = {**config.to_dict(), "bank": bank, "backgrounds": inputs.backgrounds,
                       "images": inputs.images, "extra_backgrounds": extra}
         out = stage.start(run_config, seed=config.seed, inputs=hashes,
                           resume_check=lambda out, old: _check_resume(

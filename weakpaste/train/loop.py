@@ -355,7 +355,7 @@ def _train_all(config: TrainConfig, plan: TrainPlan, model: nn.Module, device, o
     state = _Run(config=config, model=model, device=device,
                  labels={n: i + 1 for i, n in enumerate(plan.names)},
                  transform=tdata.train_transform(
-                     config.image_size, jitter=config.jitter, brightness=config.brightness,
+                     config.model.image_size, jitter=config.jitter, brightness=config.brightness,
                      contrast=config.contrast, color_prob=config.color_prob,
                      flip_prob=config.flip_prob),
                  checkpoint_base=base, ckpt_dir=out / "checkpoints",

@@ -39,7 +39,13 @@ from weakpaste.models.backbones import (
 )
 from weakpaste.models.device import resolve_device
 from weakpaste.models.weights import WeightsArg, is_none, resolve_weights
-from weakpaste.train.config import _MAX_LAYERS, BACKBONES, ModelConfig, TrainConfig
+from weakpaste.train.config import (
+    _MAX_LAYERS,
+    BACKBONES,
+    ModelConfig,
+    ModelOptions,
+    TrainConfig,
+)
 
 FORMAT = "weakpaste-maskrcnn"
 FORMAT_VERSION = 1
@@ -68,13 +74,16 @@ def default_trainable_layers(backbone: str, pretrained: bool) -> int:
 def model_config_for(config: TrainConfig, class_names: tuple[str, ...]) -> ModelConfig:
     """The architecture a training run builds: ``config``'s options for these classes."""
     pretrained = not is_none(config.weights)
-    return ModelConfig(
-        backbone=config.backbone, class_names=class_names, image_size=config.image_size,
-        frozen_bn=pretrained,
-        trainable_layers=(config.trainable_layers if config.trainable_layers is not None
-                          else default_trainable_layers(config.backbone, pretrained)),
-        roi_batch=config.roi_batch, rpn_proposals=config.rpn_proposals,
-        detections_per_image=config.detections_per_image)
+    return ModelConfig(options=config.model.replace(trainable_layers=_layers(config.model,
+                                                                             pretrained)),
+                       class_names=class_names, frozen_bn=pretrained)
+
+
+def _layers(arch: ModelOptions, pretrained: bool) -> int:
+    """The trainable backbone stages: ``arch``'s, else torchvision's choice."""
+    if arch.trainable_layers is not None:
+        return arch.trainable_layers
+    return default_trainable_layers(arch.backbone, pretrained)
 
 
 def _anchor_sizes(image_size: int) -> tuple[int, ...]:
@@ -96,24 +105,26 @@ def _backbone(config: ModelConfig, imagenet) -> tuple[nn.Module, Any, list[str]]
     from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
 
+    arch = config.options
+    layers = _layers(arch, config.frozen_bn)
     norm = FrozenBatchNorm2d if config.frozen_bn else nn.BatchNorm2d
-    sizes = _anchor_sizes(config.image_size)
-    if config.backbone == "mobilenet_v2":
+    sizes = _anchor_sizes(arch.image_size)
+    if arch.backbone == "mobilenet_v2":
         # Levels of strides 8, 16, 32 (+ 64 from max-pooling): MobileNetV2's three deepest
         # stages. torchvision's five anchor sizes (32-512 at 800 px) on four levels: two per
         # level, (32, 64) at stride 8 up to (256, 512) at stride 64, so that the smallest
         # objects keep an anchor without a stride-4 level.
         pairs = tuple((a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        return (_mobilenet_v2_fpn(imagenet, norm, config.trainable_layers),
+        return (_mobilenet_v2_fpn(imagenet, norm, layers),
                 AnchorGenerator(pairs, ((0.5, 1.0, 2.0),) * 4), ["0", "1", "2"])
-    if config.backbone.startswith("resnet"):
-        backbone = resnet_fpn_backbone(backbone_name=config.backbone, weights=imagenet,
-                                       norm_layer=norm, trainable_layers=config.trainable_layers)
+    if arch.backbone.startswith("resnet"):
+        backbone = resnet_fpn_backbone(backbone_name=arch.backbone, weights=imagenet,
+                                       norm_layer=norm, trainable_layers=layers)
         return (backbone, AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * 5),
                 ["0", "1", "2", "3"])
     backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=imagenet,
                                   fpn=True, norm_layer=norm,
-                                  trainable_layers=config.trainable_layers)
+                                  trainable_layers=layers)
     return backbone, AnchorGenerator((sizes,) * 3, ((0.5, 1.0, 2.0),) * 3), ["0", "1"]
 
 
@@ -162,31 +173,32 @@ def build_model(config: ModelConfig, *, weights: WeightsArg = None,
     from torchvision.models.detection import MaskRCNN
     from torchvision.ops import MultiScaleRoIAlign
 
+    arch = config.options
     source = resolve_weights(weights)
-    imagenet = _imagenet_weights(config.backbone) if source.kind == "default" else None
+    imagenet = _imagenet_weights(arch.backbone) if source.kind == "default" else None
     with seeded(seed):
         try:
             backbone, anchors, levels = _backbone(config, imagenet)
         except Exception as err:
             if imagenet is None:
                 raise
-            raise default_weights_error(_TORCHVISION_NAMES[config.backbone], err) from None
-        half = max(1, config.rpn_proposals // 2)
+            raise default_weights_error(_TORCHVISION_NAMES[arch.backbone], err) from None
+        half = max(1, arch.rpn_proposals // 2)
         model = MaskRCNN(
-            backbone, num_classes=config.num_classes, min_size=config.image_size,
-            max_size=config.image_size, rpn_anchor_generator=anchors,
+            backbone, num_classes=config.num_classes, min_size=arch.image_size,
+            max_size=arch.image_size, rpn_anchor_generator=anchors,
             box_roi_pool=MultiScaleRoIAlign(levels, 7, 2),
             mask_roi_pool=MultiScaleRoIAlign(levels, 14, 2),
-            rpn_pre_nms_top_n_train=config.rpn_proposals,
-            rpn_post_nms_top_n_train=config.rpn_proposals,
+            rpn_pre_nms_top_n_train=arch.rpn_proposals,
+            rpn_post_nms_top_n_train=arch.rpn_proposals,
             rpn_pre_nms_top_n_test=half, rpn_post_nms_top_n_test=half,
-            box_batch_size_per_image=config.roi_batch,
-            box_detections_per_img=config.detections_per_image)
+            box_batch_size_per_image=arch.roi_batch,
+            box_detections_per_img=arch.detections_per_image)
     notes = []
     if imagenet is not None:
         notes.append(f"backbone initialised with torchvision's {imagenet} weights")
     elif source.kind == "file":
-        notes.append(load_weights_file(model, source.path, config.backbone))
+        notes.append(load_weights_file(model, source.path, arch.backbone))
     return model, notes
 
 

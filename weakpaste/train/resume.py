@@ -19,11 +19,12 @@ def _check_resumable(path: Path, ckpt: Mapping, model_config: ModelConfig,
     if saved.class_names != model_config.class_names:
         raise WeakpasteError(f"{path}: trained on other classes than the given data; resume "
                              "with the same --train/--stage2 data or choose another --out")
+    was, now = saved.to_dict(), model_config.to_dict()
     for key in ("backbone", "image_size", "frozen_bn", "trainable_layers", "roi_batch",
                 "rpn_proposals", "detections_per_image"):
-        if getattr(saved, key) != getattr(model_config, key):
-            raise WeakpasteError(f"{path}: checkpoint has {key}={getattr(saved, key)!r} but this "
-                                 f"run asks {getattr(model_config, key)!r}; resume with the "
+        if was[key] != now[key]:
+            raise WeakpasteError(f"{path}: checkpoint has {key}={was[key]!r} but this "
+                                 f"run asks {now[key]!r}; resume with the "
                                  "original options or choose another --out")
     old = ckpt.get("config", {})
     for key in ("batch_size", "seed", "repeat_threshold"):
