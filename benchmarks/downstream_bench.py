@@ -242,7 +242,7 @@ def paste(bench: Bench, args, paths: dict[str, Path], bank: str, bank_dir: Path,
 
 def schedule_argv(args) -> list[str]:
     """The training options every row shares (a TrainConfig spelt by ``to_argv``)."""
-    from weakpaste.core.options import to_argv
+    from weakpaste.core.argv import to_argv
     from weakpaste.train.config import ModelOptions, TrainConfig
 
     config = TrainConfig(

@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 from bench_common import SHARED, model_parser
 
-from weakpaste.core.options import add_options, from_args, to_argv
+from weakpaste.core.argv import to_argv
+from weakpaste.core.options import add_options, from_args
 from weakpaste.core.run import RunOptions
 from weakpaste.evaluate.funnel import format_funnel, funnel, precision_yield
 from weakpaste.evaluate.masks import evaluate_masks, format_table

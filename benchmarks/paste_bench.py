@@ -41,8 +41,9 @@ from pathlib import Path
 import cv2
 
 from weakpaste.bank.from_coco import BankInputs, run_bank_from_coco
+from weakpaste.core.argv import to_argv
 from weakpaste.core.files import atomic_write_bytes
-from weakpaste.core.options import build, to_argv
+from weakpaste.core.options import build
 from weakpaste.core.run import RunOptions
 from weakpaste.io.coco import load_coco
 from weakpaste.io.images import encode_image, read_image

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from weakpaste.core.argv import to_argv
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.options import (
     ArgumentParser,
@@ -20,7 +21,6 @@ from weakpaste.core.options import (
     flag_of,
     from_args,
     option,
-    to_argv,
 )
 
 

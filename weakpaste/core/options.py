@@ -314,13 +314,15 @@ def _kwargs(f: dataclasses.Field, tp: Any, opt: Opt) -> dict:
 
 
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
-                exclude: Sequence[str] = ()) -> None:
+                exclude: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> None:
     """Add an argument for every CLI field of config class ``cls`` (nested configs too).
 
     Args:
         parser: the (sub)parser or argument group.
         cls: a ``Config`` dataclass.
         exclude: field names to leave out (set by the command itself).
+        defaults: command-specific defaults overriding the dataclass's (the demo's output
+            folder and workers); ``from_args`` then passes them on explicitly.
     """
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
@@ -328,12 +330,16 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
             continue
         tp = hints[f.name]
         if _is_config(tp):
-            add_options(parser, tp, exclude=exclude)
+            add_options(parser, tp, exclude=exclude, defaults=defaults)
             continue
         opt = f.metadata.get(_KEY)
         if opt is None or not opt.cli:
             continue
-        parser.add_argument(flag_of(f), **_kwargs(f, tp, opt))
+        kw = _kwargs(f, tp, opt)
+        if defaults and f.name in defaults:
+            kw["default"] = defaults[f.name]
+            kw["help"] = kw["help"].split(" (default:")[0] + f" (default: {defaults[f.name]})"
+        parser.add_argument(flag_of(f), **kw)
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any):
@@ -359,38 +365,16 @@ def build(cls: type, **values: Any):
     return from_args(cls, argparse.Namespace(**values))
 
 
-def to_argv(config: Config, *, every: bool = False) -> list[str]:
-    """The command-line arguments that rebuild ``config`` (the inverse of ``add_options`` +
-    ``from_args``): ``from_args(type(config), parser.parse_args(to_argv(config)))`` equals
-    ``config`` for a parser built by ``add_options``.
-
-    Args:
-        config: a ``Config``; only its CLI fields are spelt (set the others in Python).
-        every: every CLI field (but a None or False default, which an absent option gives);
-            by default only the values that differ from the class's defaults, and the fields
-            without a default (a short, copyable command).
-
-    Raises:
-        ValueError: a value the command line cannot say (False for a switch, None where the
-            option's parser reads no "none", an empty list of a "+" option).
-    """
-    argv: list[str] = []
-    for f, default, value in _cli_values(config):
-        required = f.default is MISSING and f.default_factory is MISSING
-        # An absent option is its default: None and False have no spelling of their own.
-        if required or value != default or every and value is not None and value is not False:
-            argv += _spell(f, value)
-    return argv
-
-
-def _cli_values(config: Config) -> list[tuple[dataclasses.Field, Any, Any]]:
-    """(field, class default, value) of every CLI field of ``config``, nested ones too."""
-    hints = _hints(type(config))
+def cli_walk(cls: type, config: Config | None = None
+             ) -> list[tuple[dataclasses.Field, Any, Any]]:
+    """(field, class default or MISSING, value in ``config`` or None) of every command-line
+    field of ``cls``, nested configs included."""
+    hints = _hints(cls)
     out = []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
+    for f in dataclasses.fields(cls):
+        value = None if config is None else getattr(config, f.name)
         if _is_config(hints[f.name]):
-            out.extend(_cli_values(value))
+            out.extend(cli_walk(hints[f.name], value))
             continue
         opt = f.metadata.get(_KEY)
         if opt is not None and opt.cli:
@@ -400,50 +384,9 @@ def _cli_values(config: Config) -> list[tuple[dataclasses.Field, Any, Any]]:
     return out
 
 
-def _spell(f: dataclasses.Field, value: Any) -> list[str]:
-    """The arguments that set field ``f`` to ``value``."""
-    opt, flag = f.metadata[_KEY], flag_of(f)
-    if isinstance(value, bool):
-        if not value:
-            raise ValueError(f"{flag} is a switch: the command line cannot set it False")
-        return [flag]
-    if value is None or value == () and opt.parse is not None:
-        if not _reads_none(opt.parse, value):
-            raise ValueError(f"{flag}: the command line cannot set {value!r}")
-        return [flag, "none"]
-    if opt.show is not None:
-        return [flag, opt.show(value)]
-    if isinstance(value, tuple | list):
-        if opt.parse is not None:
-            return [flag, ",".join(map(str, value))]
-        if not value:
-            raise ValueError(f"{flag}: the command line cannot set an empty list")
-        return [flag, *map(str, value)]
-    return [flag, str(value)]
-
-
-def _reads_none(parse: Callable[[str], Any] | None, value: Any) -> bool:
-    try:
-        return parse is not None and parse("none") == value
-    except (ValueError, TypeError, argparse.ArgumentTypeError):
-        return False
-
-
 def cli_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
-    """Every (field, resolved default) on the command line, nested configs included."""
-    hints = _hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if _is_config(tp):
-            out.extend(cli_fields(tp))
-            continue
-        opt = f.metadata.get(_KEY)
-        if opt is not None and opt.cli:
-            default = f.default if f.default is not MISSING else (
-                f.default_factory() if f.default_factory is not MISSING else None)
-            out.append((f, default))
-    return out
+    """Every (field, resolved default: None where there is none) on the command line."""
+    return [(f, None if d is MISSING else d) for f, d, _ in cli_walk(cls)]
 
 
 def flags_of(cls: type) -> dict[str, str]:

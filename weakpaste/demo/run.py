@@ -144,7 +144,7 @@ def mine_command(config, images: str, labels: str, out: str) -> str:
     demo saves."""
     import shlex
 
-    from weakpaste.core.options import to_argv
+    from weakpaste.core.argv import to_argv
 
     argv = ["mine", "fem", "--images", images, "--labels", labels, "--out", out,
             *to_argv(config), "--save-baselines"]
