@@ -213,19 +213,19 @@ def _oracle(out: Path, gt: Path, top: int) -> dict[str, float]:
     (``--anchor mil`` runs: their cached per-image results hold the proposals): the first
     candidate, the first ``top``, all proposals (``Proposals.mask_ious``: no proposal mask is
     made)."""
-    import pickle
-
     from pycocotools import mask as mask_utils
 
     from weakpaste.evaluate.funnel import _gt_by_pair
     from weakpaste.evaluate.masks import _load_gt
+    from weakpaste.mine import cache as result_cache
     from weakpaste.mine.fem import cam_iou
-    from weakpaste.mine.mil import unpack
+    from weakpaste.mine.mil import RegionMining, unpack
 
     pairs = _gt_by_pair(_load_gt(str(gt)))
     hits = np.zeros(3)
-    for path in sorted((out / ".cache").glob("*/*.pkl")):
-        res = pickle.loads(path.read_bytes())
+    # The per-image results are cached as data (weakpaste.mine.cache), no longer pickled.
+    for path in sorted((out / ".cache").glob(f"*/*{result_cache.SUFFIX}")):
+        res = result_cache.read(path, (RegionMining,))
         if res.proposals is None:
             continue
         props = unpack(res.proposals)
