@@ -32,7 +32,7 @@ STAGES = (
     ("  cache write", ("weakpaste/mine/cache.py", "dumps")),
     ("selection (EM and the picks)", ("weakpaste/mine/fem.py", "select")),
     ("  EM", ("weakpaste/mine/fem_image.py", "em_choices")),
-    ("writing bank + pseudo_labels", ("weakpaste/mine/pipeline.py", "write_outputs")),
+    ("writing bank + pseudo_labels", ("weakpaste/mine/outputs.py", "write_outputs")),
 )
 
 
