@@ -129,6 +129,16 @@ def test_to_argv_round_trips_every_stage_config(config):
     assert changed >= 1
 
 
+def test_to_argv_always_spells_the_named_fields_at_their_default():
+    from weakpaste.mine.config import FemConfig
+
+    config = FemConfig()
+    assert "--seed" not in to_argv(config)
+    argv = to_argv(config, always=("seed",))
+    assert argv[argv.index("--seed") + 1] == "0"
+    assert _parse(FemConfig, argv) == config
+
+
 def _extremes(opt) -> list[float]:
     """The extreme values an option's range lets through (an open bound nudged inside; an
     unbounded side stands for a large value)."""

@@ -37,11 +37,12 @@ def test_mine_has_every_run_option():
             "--gpus-per-worker", "--quiet"} <= _flags(["mine", "fem"])
 
 
-def test_train_workers_is_its_data_loader_not_a_run_option():
+def test_train_loader_workers_are_its_data_loader_not_a_run_option():
     args = build_parser(["train"]).parse_args(["train", "--train", "a:b", "--out", "o",
-                                               "--workers", "3", "--resume"])
+                                               "--loader-workers", "3", "--resume"])
     assert args.workers == 3
     assert run_options(args) == RunOptions(out="o", resume=True)
+    assert "--workers" not in _flags(["train"])
 
 
 def test_run_options_are_validated_with_their_flag():

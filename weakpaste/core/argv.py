@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING
 from typing import Any
 
 from weakpaste.core.options import _KEY, Config, cli_walk, flag_of
 
 
-def to_argv(config: Config, *, every: bool = False) -> list[str]:
+def to_argv(config: Config, *, every: bool = False, always: Sequence[str] = ()) -> list[str]:
     """The command-line arguments that rebuild ``config`` (the inverse of ``add_options`` +
     ``from_args``): ``from_args(type(config), parser.parse_args(to_argv(config)))`` equals
     ``config`` for a parser built by ``add_options``.
@@ -25,6 +25,8 @@ def to_argv(config: Config, *, every: bool = False) -> list[str]:
         every: every CLI field (but a None or False default, which an absent option gives);
             by default only the values that differ from the class's defaults, and the fields
             without a default (a short, copyable command).
+        always: fields spelt even at their default (a printed command that must reproduce a
+            run names its seed, whatever a later version's default).
 
     Raises:
         ValueError: a value the command line cannot say (False for a switch, None where the
@@ -34,7 +36,8 @@ def to_argv(config: Config, *, every: bool = False) -> list[str]:
     for f, default, value in cli_walk(type(config), config):
         required = f.default is MISSING and f.default_factory is MISSING
         # An absent option is its default: None and False have no spelling of their own.
-        if required or value != default or every and value is not None and value is not False:
+        if (required or f.name in always or value != default
+                or every and value is not None and value is not False):
             argv += _spell(f, value)
     return argv
 

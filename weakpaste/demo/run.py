@@ -140,14 +140,15 @@ def demo_mine_config(*, backbone: str | None = None, weights: str | None = None,
 
 def mine_command(config, images: str, labels: str, out: str) -> str:
     """The ``weakpaste mine fem`` command line equivalent to ``config`` (for the user to copy):
-    its inputs, the options that differ from the defaults (``to_argv``) and the baselines the
-    demo saves."""
+    its inputs, the options that differ from the defaults (``to_argv``), the seed (so that the
+    command reproduces the run whatever the defaults become) and the baselines the demo
+    saves."""
     import shlex
 
     from weakpaste.core.argv import to_argv
 
     argv = ["mine", "fem", "--images", images, "--labels", labels, "--out", out,
-            *to_argv(config), "--save-baselines"]
+            *to_argv(config, always=("seed",)), "--save-baselines"]
     return "weakpaste " + shlex.join(argv)
 
 
