@@ -22,6 +22,7 @@ from weakpaste import __version__
 from weakpaste.cli import backgrounds, data, demo, mine, train
 from weakpaste.cli.common import build_commands
 from weakpaste.core.errors import Terminated, WeakpasteError
+from weakpaste.core.memory import keep_freed_memory
 from weakpaste.core.options import ArgumentParser
 
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     (``weakpaste.core.files.write_error``).
     """
     argv = mine.rewrite_alias(sys.argv[1:] if argv is None else list(argv))
+    keep_freed_memory()  # before the stage allocates; its forked workers inherit it
     args = None
     try:
         with _sigterm_interrupts():

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from weakpaste.core.errors import WeakpasteError, reason
+from weakpaste.core.memory import keep_freed_memory
 from weakpaste.core.options import Config, option
 
 EXECUTORS = ("local", "ray")
@@ -229,6 +230,7 @@ def _sigterm_mask(how: int) -> None:
 
 
 def _pool_init(init: Callable[..., None] | None, initargs: tuple) -> None:
+    keep_freed_memory()  # a spawn-started worker did not inherit the driver's setting
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # spawn-started workers did not inherit it
     # SIGTERM sent to the whole process group (timeout, SLURM) is the driver's to handle, as
     # Ctrl-C is: a worker killed by it while holding a lock of the pool's queues (sending a
@@ -388,6 +390,7 @@ class _Worker:
     """
 
     def __init__(self, init: Callable[..., None] | None, initargs: tuple, cwd: str) -> None:
+        keep_freed_memory()
         self.cwd, self.cwd_missing = cwd, not os.path.isdir(cwd)
         if not self.cwd_missing:
             os.chdir(cwd)
