@@ -58,21 +58,13 @@ from weakpaste.core.errors import WeakpasteError
 from weakpaste.mine.config import FreeSegConfig, FreeSegParams
 from weakpaste.mine.coseg import coseg_maps, fuse_maps, grid_prior
 from weakpaste.mine.lore import LoreResult, drop_rate, freeseg_score, keep_segment, lore_box
-from weakpaste.mine.pipeline import (
-    ImagePicks,
-    Item,
-    MineInputs,
-    Miner,
-    Pick,
-    Plan,
-    Selection,
-    run_mine,
-)
+from weakpaste.mine.pipeline import ImagePicks, Item, Miner, Pick, Plan, Selection, run_mine
 from weakpaste.mine.refine import refine_steps
 from weakpaste.ops import masks as mask_ops
 
 if TYPE_CHECKING:
     from weakpaste.core.run import RunOptions
+    from weakpaste.mine.pipeline import MineInputs
 
 MINER = "freeseg"
 
