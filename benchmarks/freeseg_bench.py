@@ -33,6 +33,7 @@ Usage:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import shutil
@@ -44,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from bench_common import SHARED, model_parser
 
+from weakpaste.core.argv import to_argv
 from weakpaste.core.run import RunOptions
 from weakpaste.evaluate.funnel import CURVE_FRACTIONS, curve_of
 from weakpaste.evaluate.masks import _bytes_rle, _load_gt, evaluate_masks, load_predictions
@@ -234,18 +236,15 @@ def speed(manifest: dict, wall: float, cpu: float) -> dict:
             "whole_run_img_s": round(n / wall, 3), "cpu_s_per_image": round(cpu / n, 3)}
 
 
-def cli_run(args, spec: str, out: Path, classifier: str | None) -> dict:
-    """The same job as ``python -m weakpaste.cli mine freeseg``: wall and CPU seconds of the
-    process and its workers."""
+def cli_run(args, config: FreeSegConfig, out: Path) -> dict:
+    """The same job as ``python -m weakpaste.cli mine freeseg`` (its flags spelt from
+    ``config`` by ``to_argv``): wall and CPU seconds of the process and its workers."""
     if out.exists():
         shutil.rmtree(out)
+    run = RunOptions(out=str(out), workers=args.workers, quiet=True)
     cmd = [sys.executable, "-m", "weakpaste.cli", "mine", "freeseg", "--images",
-           str(args.data), "--labels", str(args.data / "instances.json"), "--out", str(out),
-           "--backbone", args.backbone,
-           "--weights", str(args.weights), "--epochs", str(args.epochs), "--saliency", spec,
-           "--saliency-cache", str(args.cache), "--workers", str(args.workers), "--quiet"]
-    cmd += ["--saliency-size", str(args.saliency_size)] if args.saliency_size else []
-    cmd += ["--classifier", classifier] if classifier else []
+           str(args.data), "--labels", str(args.data / "instances.json"), *to_argv(config),
+           *to_argv(run)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
@@ -314,7 +313,10 @@ def main() -> None:
         summary[name] = {"speed": speed(manifest, wall, cpu), "counts": counts,
                          "keep_top": config.keep_top, "rank_by": list(config.rank_cues)}
         if args.cli:
-            summary[name]["cli"] = cli_run(args, spec, args.out / f"{name}_cli", None)
+            # A fresh process trains its own classifier, as a user's first run does.
+            fresh = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                          classifier=None))
+            summary[name]["cli"] = cli_run(args, fresh, args.out / f"{name}_cli")
     print("\n| saliency | stage | segments | precision@0.5 | precision@0.75 | mean best IoU "
           "| yield@0.5 |\n|---|---|---:|---:|---:|---:|---:|")
     for name, stage, num, p5, p75, miou, y5 in stages:
