@@ -40,6 +40,12 @@ class JsonError(ValueError):
         return self.describe()
 
 
+def is_id(value: object) -> bool:
+    """Whether ``value`` is a JSON integer (not a bool, which Python counts as an int): what
+    COCO and LVIS ids must be."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def parse_json(text: str | bytes) -> Any:
     """``json.loads`` whose every failure on bad text is a ``JsonError``.
 

@@ -25,11 +25,11 @@ from pycocotools import mask as mask_utils
 
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
+from weakpaste.core.jsonfile import is_id
 from weakpaste.io import lvis
 from weakpaste.io.coco_parse import (
     NO_FILE,
     fail,
-    is_id,
     parse_annotations,
     parse_categories,
     parse_images,

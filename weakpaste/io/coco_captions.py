@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.core.jsonfile import JsonError, parse_json
+from weakpaste.core.jsonfile import JsonError, is_id, parse_json
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def load_coco_captions(path: str | os.PathLike,
                              "'annotations' lists)")
     files: dict[int, str] = {}
     for img in doc["images"]:
-        if not isinstance(img, dict) or not _is_id(img.get("id")) or "file_name" not in img:
+        if not isinstance(img, dict) or not is_id(img.get("id")) or "file_name" not in img:
             raise WeakpasteError(f"{path}: every image needs an integer 'id' and a 'file_name'")
         files[img["id"]] = str(img["file_name"])
     by_image: dict[int, list[Caption]] = {i: [] for i in files}
@@ -63,7 +63,7 @@ def load_coco_captions(path: str | os.PathLike,
         if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str):
             raise WeakpasteError(f"{path}: every annotation needs a 'caption' string")
         image_id = ann.get("image_id")
-        if not _is_id(image_id) or image_id not in files:
+        if not is_id(image_id) or image_id not in files:
             raise WeakpasteError(f"{path}: caption {ann.get('id')} names image_id {image_id}, "
                                  "which is not in 'images'")
         text = " ".join(ann["caption"].split())
@@ -75,5 +75,3 @@ def load_coco_captions(path: str | os.PathLike,
     return out
 
 
-def _is_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

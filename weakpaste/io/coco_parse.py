@@ -15,7 +15,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from weakpaste.core.errors import WeakpasteError, reason
-from weakpaste.core.jsonfile import JsonError, parse_json
+from weakpaste.core.jsonfile import JsonError, is_id, parse_json
 from weakpaste.io import lvis
 from weakpaste.io import rle as rle_check
 
@@ -26,11 +26,6 @@ _BOX_TOLERANCE = 1.5
 def fail(path: Path, msg: str) -> WeakpasteError:
     """The error for ``msg`` about the file ``path``."""
     return WeakpasteError(f"{path}: {msg}")
-
-
-def is_id(value: object) -> bool:
-    """Whether ``value`` is a JSON integer (not a bool): what COCO ids must be."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _NUMBER_TYPES = {int, float}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.jsonfile import is_id
 
 FREQUENCIES: tuple[str, ...] = ("r", "c", "f")
 RARE_MAX = 10
@@ -69,9 +70,6 @@ def _fail(path, msg: str) -> WeakpasteError:
     return WeakpasteError(f"{path}: {msg}")
 
 
-def _is_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def is_lvis(doc: Mapping) -> bool:
     """Whether a parsed instances file is LVIS: an image carries a federated list."""
@@ -102,7 +100,7 @@ def category_fields(path, i: int, cat: Mapping) -> dict:
         raise _fail(path, f"{where} has frequency {out['frequency']!r}; LVIS frequencies are "
                           "'r', 'c' or 'f' (1-10, 11-100, more than 100 training images)")
     for key in ("image_count", "instance_count"):
-        if key in out and not (_is_id(out[key]) and out[key] >= 0):
+        if key in out and not (is_id(out[key]) and out[key] >= 0):
             raise _fail(path, f"{where} has {key} {out[key]!r}; expected an integer >= 0")
     return out
 
@@ -117,7 +115,7 @@ def check_frequencies(path, categories: Mapping[str, dict]) -> None:
 
 def _class_list(path, where: str, key: str, value: object,
                 cat_by_id: Mapping[int, str]) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(_is_id(v) for v in value):
+    if not isinstance(value, list) or not all(is_id(v) for v in value):
         raise _fail(path, f"{where} has {key} {value!r}"[:160] + "; expected a list of "
                           "category ids (LVIS)")
     unknown = [v for v in value if v not in cat_by_id]
