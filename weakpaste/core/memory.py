@@ -17,7 +17,6 @@ another C library (musl, macOS) nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -39,10 +38,9 @@ def keep_freed_memory() -> bool:
     """
     if os.environ.get(OPT_OUT, "") not in ("", "0") or not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return False
+    # The symbols already loaded into this process (libc among them): no library search,
+    # which may run ``ldconfig`` on every command's start-up.
+    libc = ctypes.CDLL(None)
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None or not hasattr(libc, "gnu_get_libc_version"):  # musl has no mallopt
         return False
