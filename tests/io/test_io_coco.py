@@ -204,6 +204,10 @@ def test_check_present_raises_the_readers_messages_without_reading(tmp_path):
     with pytest.raises(WeakpasteError, match=r"imgs: images folder not found; pass the folder "
                                              r"that holds the images of garbage.json with "
                                              r"--images$"):
+        check_present(path, tmp_path / "imgs", images_flag="--images")
+    # Without a flag (train's COCO_JSON:IMAGES_DIR has none) the message names none.
+    with pytest.raises(WeakpasteError, match=r"imgs: images folder not found; pass the folder "
+                                             r"that holds the images of garbage.json$"):
         check_present(path, tmp_path / "imgs")
 
 

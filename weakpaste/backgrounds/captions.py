@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 from weakpaste.backgrounds import DEFAULT_CAPTIONER
 from weakpaste.backgrounds._models import load_error, quiet_loading, resolve_device
+from weakpaste.core.options import flag_of
 from weakpaste.io.coco_captions import Caption, load_coco_captions
 
 __all__ = ["Caption", "Captioner", "DEFAULT_CAPTIONER", "load_coco_captions"]
@@ -47,8 +48,12 @@ class Captioner:
                 self.tokenizer = AutoTokenizer.from_pretrained(model_id)
                 self.model = AutoModelForImageTextToText.from_pretrained(model_id)
             except (OSError, ValueError, KeyError) as err:
-                raise load_error("captioning", model_id, "--captioner", err,
-                                 "or --captions FILE (COCO captions)") from None
+                from weakpaste.backgrounds.run import BackgroundsConfig, BackgroundsInputs
+
+                flag, captions = (flag_of(BackgroundsConfig, "captioner"),
+                                  flag_of(BackgroundsInputs, "captions"))
+                raise load_error("captioning", model_id, flag, err,
+                                 f"or {captions} FILE (COCO captions)") from None
         self.model.to(self.device).eval()
         self._torch = torch
 

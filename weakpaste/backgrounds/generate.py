@@ -14,6 +14,7 @@ import numpy as np
 
 from weakpaste.backgrounds import DEFAULT_GENERATOR
 from weakpaste.backgrounds._models import load_error, quiet_loading, resolve_device
+from weakpaste.core.options import flag_of
 
 
 def image_seeds(seed: np.random.SeedSequence, n: int) -> list[int]:
@@ -50,7 +51,10 @@ class TextToImage:
             try:
                 self.pipe = AutoPipelineForText2Image.from_pretrained(model_id, **kwargs)
             except (OSError, ValueError, KeyError) as err:
-                raise load_error("text-to-image", model_id, "--generator", err) from None
+                from weakpaste.backgrounds.run import BackgroundsConfig
+
+                flag = flag_of(BackgroundsConfig, "generator")
+                raise load_error("text-to-image", model_id, flag, err) from None
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.steps, self.guidance_scale = steps, guidance_scale

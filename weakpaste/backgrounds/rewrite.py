@@ -25,6 +25,7 @@ import numpy as np
 from weakpaste.backgrounds import vocabulary
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.jsonfile import read_json
+from weakpaste.core.options import flag_of
 
 _IRREGULAR_PLURALS = {"scarf": "scarves", "mango": "mangoes", "gloves": "gloves",
                       "trousers": "trousers", "coffee": "coffee", "detergent": "detergent",
@@ -220,8 +221,11 @@ class CaptionRewriter:
         needed = {t.supercategory for t in self.terms}
         empty = sorted(k for k in needed if not self.distractors.get(k))
         if empty:
+            from weakpaste.backgrounds.run import BackgroundsConfig
+
+            flag = flag_of(BackgroundsConfig, "distractors")
             raise WeakpasteError(f"no usable distractor word for supercategory {empty[0]!r} "
-                                 "(all name a target class); add some with --distractors FILE")
+                                 f"(all name a target class); add some with {flag} FILE")
 
     def find(self, text: str) -> list[tuple[int, int, Term]]:
         """Target-class mentions in ``text`` as (start, end, term), left to right.

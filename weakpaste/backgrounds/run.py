@@ -41,8 +41,8 @@ from weakpaste.core.manifest import (
     record_listing,
     recorded_listing,
 )
-from weakpaste.core.options import Config, device_option, flags_of, option
-from weakpaste.core.run import RunOptions, StageInputs, StageRun
+from weakpaste.core.options import DEVICE_FLAG, Config, device_option, flag_of, flags_of, option
+from weakpaste.core.run import WORKERS, RunOptions, StageInputs, StageRun
 from weakpaste.core.runners import ExecutorConfig
 from weakpaste.io.coco_captions import Caption, load_coco_captions
 from weakpaste.io.images import list_images
@@ -103,8 +103,10 @@ class BackgroundsConfig(Config):
     def check(self) -> None:
         super().check()
         if self.keep > self.images_per_caption:
-            raise WeakpasteError(f"keep (--keep) {self.keep} is more than images_per_caption "
-                                 f"(--images-per-caption) {self.images_per_caption}")
+            flags = flags_of(type(self))
+            raise WeakpasteError(f"keep ({flags['keep']}) {self.keep} is more than "
+                                 f"images_per_caption ({flags['images_per_caption']}) "
+                                 f"{self.images_per_caption}")
 
 
 # The fields (and JSON types) a journal line must have: the captions journal's and the
@@ -251,8 +253,15 @@ class BackgroundsInputs(StageInputs):
         captions: COCO captions file to use instead of the captioning model.
     """
 
-    images: str | os.PathLike | None = None
-    captions: str | os.PathLike | None = None
+    images: str | os.PathLike | None = option(
+        None, help="folder of the source images (captioned by the model unless --captions)")
+    captions: str | os.PathLike | None = option(
+        None, metavar="COCO_JSON", help="COCO captions file to use instead of the captioning "
+                                        "model")
+
+
+_IMAGES, _CAPTIONS = (flag_of(BackgroundsInputs, n) for n in ("images", "captions"))
+_EXECUTOR, _GPUS = (flag_of(RunOptions, n) for n in ("executor", "gpus_per_worker"))
 
 
 def run_backgrounds(config: BackgroundsConfig, inputs: BackgroundsInputs,
@@ -312,9 +321,9 @@ def run_backgrounds(config: BackgroundsConfig, inputs: BackgroundsInputs,
 
 def _check_present(images_dir: str | None, captions: str | None) -> None:
     if captions is None and not images_dir:
-        raise WeakpasteError("pass --images DIR (captioned by the model) or --captions FILE")
+        raise WeakpasteError(f"pass {_IMAGES} DIR (captioned by the model) or {_CAPTIONS} FILE")
     if images_dir and not Path(images_dir).is_dir():
-        raise WeakpasteError(f"{images_dir}: not a folder; pass --images, the folder of the "
+        raise WeakpasteError(f"{images_dir}: not a folder; pass {_IMAGES}, the folder of the "
                              "source images")
 
 
@@ -416,9 +425,9 @@ def _check_pool_device(config: BackgroundsConfig, executor: ExecutorConfig) -> N
     import torch
 
     if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
-        raise WeakpasteError("--workers > 1 with the local executor runs on the CPU only (a "
-                             "forked process cannot use the GPU); pass --device cpu, or "
-                             "--executor ray --gpus-per-worker 1 for one GPU per worker")
+        raise WeakpasteError(f"{WORKERS} > 1 with the local executor runs on the CPU only (a "
+                             f"forked process cannot use the GPU); pass {DEVICE_FLAG} cpu, or "
+                             f"{_EXECUTOR} ray {_GPUS} 1 for one GPU per worker")
 
 
 # This worker's config and models (``_generation_init``).

@@ -15,6 +15,7 @@ import numpy as np
 
 from weakpaste.backgrounds import DEFAULT_CLIP
 from weakpaste.backgrounds._models import load_error, quiet_loading, resolve_device
+from weakpaste.core.options import flag_of
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,10 @@ class ClipSelector:
                 self.image_processor = AutoImageProcessor.from_pretrained(model_id)
                 self.model = CLIPModel.from_pretrained(model_id)
             except (OSError, ValueError, KeyError) as err:
-                raise load_error("CLIP", model_id, "--clip", err) from None
+                from weakpaste.backgrounds.run import BackgroundsConfig
+
+                flag = flag_of(BackgroundsConfig, "clip")
+                raise load_error("CLIP", model_id, flag, err) from None
         self.model.to(self.device).eval()
         self._torch = torch
         self.classes = tuple(classes)

@@ -11,7 +11,7 @@ import numpy as np
 from weakpaste.bank.codec import encode_segment, segment_meta
 from weakpaste.bank.store import BankWriter
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.core.options import Config, option
+from weakpaste.core.options import Config, flag_of, option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.structures import Segment
 
@@ -55,6 +55,9 @@ class BankConfig(Config):
 
     min_area: int = option(64, range=(1, None), help="skip smaller masks (pixels)")
     classes: tuple[str, ...] | None = option(None, help="keep only these classes")
+
+
+_CLASSES = flag_of(BankConfig, "classes")
 
 
 def _cut_item(item: tuple) -> tuple[list[tuple[bytes, dict]], int]:
@@ -101,8 +104,9 @@ class BankInputs(StageInputs):
         images: folder of its images.
     """
 
-    coco_json: str | os.PathLike
-    images: str | os.PathLike
+    coco_json: str | os.PathLike = option(
+        positional=True, help="COCO or LVIS instances JSON (polygons or RLE)")
+    images: str | os.PathLike = option(help="folder of its images")
 
 
 def run_bank_from_coco(config: BankConfig | None, inputs: BankInputs,
@@ -134,12 +138,12 @@ def run_bank_from_coco(config: BankConfig | None, inputs: BankInputs,
     # train2017's); the workers start (Ray is joined) before the output folder is made, so
     # a cluster that cannot be reached leaves nothing to remove.
     with StageRun("bank", run, inputs=inputs.paths(), resumable=False) as stage:
-        data = load_coco(coco_json, images_dir)
+        data = load_coco(coco_json, images_dir, images_flag=flag_of(BankInputs, "images"))
         if classes:
             unknown = [c for c in classes if c not in data.categories]
             if unknown:
                 raise WeakpasteError(f"{coco_json}: class {unknown[0]!r} is not among its "
-                                     "categories; check --classes")
+                                     f"categories; check {_CLASSES}")
         stage.workers(check=[coco_json, images_dir, run.out])
         out = stage.start({"coco_json": str(coco_json), "images_dir": str(images_dir),
                            "min_area": min_area, "classes": classes},

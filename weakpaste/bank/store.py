@@ -176,9 +176,14 @@ class SegmentBank:
         if classes is not None:
             absent = [c for c in classes if c not in names]
             if absent:
+                # Paste's --classes and bank from-coco's are one flag (tests/test_flags.py).
+                from weakpaste.bank.from_coco import BankConfig
+                from weakpaste.core.options import flag_of
+
+                has = ", ".join(sorted(self.class_counts())) or "none"
                 raise WeakpasteError(f"{self.root}: class {absent[0]!r} is not in the bank "
-                                     f"(it has: {', '.join(sorted(self.class_counts())) or 'none'})"
-                                     "; drop it from --classes or mine it first")
+                                     f"(it has: {has}); drop it from "
+                                     f"{flag_of(BankConfig, 'classes')} or mine it first")
         if not rows:
             raise WeakpasteError(f"{self.root}: the bank holds no segments; build or mine one "
                                  "first")

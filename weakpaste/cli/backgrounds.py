@@ -13,7 +13,7 @@ def _cmd_backgrounds(args: argparse.Namespace) -> int:
     from weakpaste.backgrounds.run import BackgroundsConfig, BackgroundsInputs, run_backgrounds
 
     manifest = run_backgrounds(from_args(BackgroundsConfig, args),
-                               BackgroundsInputs(args.images, args.captions), run_options(args))
+                               from_args(BackgroundsInputs, args), run_options(args))
     c = manifest["counts"]
     print(f"rewrote {c['captions_rewritten']} of {c['captions']} captions "
           f"({c['replacements']} replacements) into {Path(args.out) / 'captions.jsonl'}")
@@ -25,12 +25,10 @@ def _cmd_backgrounds(args: argparse.Namespace) -> int:
 
 
 def _build(p: argparse.ArgumentParser) -> None:
-    from weakpaste.backgrounds.run import BackgroundsConfig
+    from weakpaste.backgrounds.run import BackgroundsConfig, BackgroundsInputs
     from weakpaste.core.run import RUN_FIELDS
 
-    p.add_argument("--images", required=True, help="folder of the source images")
-    p.add_argument("--captions", metavar="COCO_JSON",
-                   help="COCO captions file to use instead of the captioning model")
+    add_options(p, BackgroundsInputs)
     add_options(p, BackgroundsConfig)
     add_run_options(p, *RUN_FIELDS, helps={"resume": "continue an interrupted run"})
     p.set_defaults(func=_cmd_backgrounds)

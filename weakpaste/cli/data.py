@@ -13,9 +13,8 @@ from weakpaste.core.options import add_options, from_args
 def _cmd_paste(args: argparse.Namespace) -> int:
     from weakpaste.paste.run import PasteConfig, PasteInputs, run_paste
 
-    inputs = PasteInputs(args.bank, args.backgrounds, args.images,
-                         tuple(args.extra_backgrounds))
-    manifest = run_paste(from_args(PasteConfig, args), inputs, run_options(args))
+    manifest = run_paste(from_args(PasteConfig, args), from_args(PasteInputs, args),
+                         run_options(args))
     c = manifest["counts"]
     print(f"wrote {c['images']} images, {c['annotations']} instances "
           f"({c['dropped_total']} dropped by occlusion) to {args.out}")
@@ -31,8 +30,7 @@ def _cmd_bank_from_coco(args: argparse.Namespace) -> int:
     from weakpaste.bank.from_coco import BankConfig, BankInputs, run_bank_from_coco
 
     config = from_args(BankConfig, args)
-    manifest = run_bank_from_coco(config, BankInputs(args.coco_json, args.images),
-                                  run_options(args))
+    manifest = run_bank_from_coco(config, from_args(BankInputs, args), run_options(args))
     c = manifest["counts"]
     crowd = c["crowd_skipped"]
     print(f"wrote {c['segments']} segments of {len(c['per_class'])} classes to {args.out} "
@@ -55,8 +53,7 @@ def _cmd_bank_info(args: argparse.Namespace) -> int:
 def _cmd_viz(args: argparse.Namespace) -> int:
     from weakpaste.report.viz import VizConfig, VizInputs, run_viz
 
-    run_viz(from_args(VizConfig, args), VizInputs(args.coco_json, args.images, args.predictions),
-            run_options(args))
+    run_viz(from_args(VizConfig, args), from_args(VizInputs, args), run_options(args))
     print(f"contact sheet: {Path(args.out) / 'contact_sheet.png'}")
     return 0
 
@@ -64,7 +61,7 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from weakpaste.report.stats import StatsInputs, format_stats, run_stats
 
-    stats = run_stats(None, StatsInputs(args.coco_json, args.images))
+    stats = run_stats(None, from_args(StatsInputs, args))
     print(json.dumps(stats, indent=2) if args.json else f"{args.coco_json}\n\n"
           f"{format_stats(stats)}")
     return 0
@@ -72,13 +69,12 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _build_bank(p: argparse.ArgumentParser) -> None:
-    from weakpaste.bank.from_coco import BankConfig
+    from weakpaste.bank.from_coco import BankConfig, BankInputs
 
     bank_sub = p.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
     q = bank_sub.add_parser("from-coco", help="cut the instances of a COCO (or LVIS) data set "
                                               "into a bank")
-    q.add_argument("coco_json", help="COCO or LVIS instances JSON (polygons or RLE)")
-    q.add_argument("--images", required=True, help="folder of its images")
+    add_options(q, BankInputs)
     add_options(q, BankConfig)
     # Cutting masks uses no GPU: a reservation per Ray worker would only hold GPUs idle; a
     # bank is cut in one go (no --resume).
@@ -91,15 +87,9 @@ def _build_bank(p: argparse.ArgumentParser) -> None:
 
 
 def _build_paste(p: argparse.ArgumentParser) -> None:
-    from weakpaste.paste.run import PasteConfig
+    from weakpaste.paste.run import PasteConfig, PasteInputs
 
-    p.add_argument("--bank", required=True, help="segment bank folder")
-    p.add_argument("--backgrounds", metavar="COCO_JSON",
-                   help="COCO or LVIS data set whose images are backgrounds (its instances and "
-                        "LVIS labels are kept)")
-    p.add_argument("--images", help="folder of the --backgrounds images")
-    p.add_argument("--extra-backgrounds", nargs="+", default=[], metavar="DIR",
-                   help="folders of extra background images without annotations")
+    add_options(p, PasteInputs)
     add_options(p, PasteConfig)
     # Pasting uses no GPU: a reservation per Ray worker would only hold GPUs idle.
     add_run_options(p, "out", "overwrite", "resume", "workers", "executor", "ray_address",
@@ -108,14 +98,9 @@ def _build_paste(p: argparse.ArgumentParser) -> None:
 
 
 def _build_viz(p: argparse.ArgumentParser) -> None:
-    from weakpaste.report.viz import VizConfig
+    from weakpaste.report.viz import VizConfig, VizInputs
 
-    p.add_argument("coco_json", help="COCO or LVIS instances JSON with masks (polygons or RLE)")
-    p.add_argument("--images", required=True, help="folder of the images")
-    p.add_argument("--predictions", metavar="RESULTS_JSON",
-                   help="draw these detections on the images of coco_json instead of its "
-                        "annotations (COCO results format, e.g. 'weakpaste eval' OUT/"
-                        "predictions.json)")
+    add_options(p, VizInputs)
     add_options(p, VizConfig)
     add_run_options(p, "out", "overwrite", "quiet",
                     helps={"out": "output folder: the drawn images and contact_sheet.png"})
@@ -123,8 +108,9 @@ def _build_viz(p: argparse.ArgumentParser) -> None:
 
 
 def _build_stats(p: argparse.ArgumentParser) -> None:
-    p.add_argument("coco_json", help="COCO or LVIS instances JSON with masks (polygons or RLE)")
-    p.add_argument("--images", help="also check that the image files exist")
+    from weakpaste.report.stats import StatsInputs
+
+    add_options(p, StatsInputs)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_stats)
 

@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> tuple:
     """The inputs and run options of a ``mine`` command."""
     from weakpaste.mine.pipeline import MineInputs
 
-    return MineInputs(args.images, args.labels), run_options(args)
+    return from_args(MineInputs, args), run_options(args)
 
 
 def _print_skipped(skipped: dict, what: str) -> None:
@@ -104,27 +104,27 @@ def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
     )
 
     print(run_evaluate_masks(from_args(EvaluateMasksConfig, args),
-                             EvaluateMasksInputs(args.pred, args.gt), run_options(args)))
+                             from_args(EvaluateMasksInputs, args), run_options(args)))
     return 0
 
 
-def _add_run_options(p: argparse.ArgumentParser, labels: str, baselines: str) -> None:
+def _add_run_options(p: argparse.ArgumentParser, baselines: str) -> None:
     """Inputs, output and how to run: what is not a setting of the method."""
     from weakpaste.core.run import RUN_FIELDS
+    from weakpaste.mine.pipeline import MineInputs
 
-    p.add_argument("--images", required=True, help="folder of the images")
-    p.add_argument("--labels", help=labels)
+    add_options(p, MineInputs)
     add_run_options(p, *RUN_FIELDS, helps={"out": "bank folder to create"})
     p.add_argument("--save-baselines", action="store_true", help=baselines)
 
 
-def _build_method(config_name: str, func, labels: str, baselines: str):
+def _build_method(config_name: str, func, baselines: str):
     """The builder of one method's arguments: run options, the classifier, the method's own."""
 
     def build(p: argparse.ArgumentParser) -> None:
         from weakpaste.mine import config
 
-        _add_run_options(p, labels, baselines)
+        _add_run_options(p, baselines)
         add_options(p.add_argument_group("classifier"), config.ClassifierSpec)
         add_options(p.add_argument_group(p.prog.split()[-1]), getattr(config, config_name),
                     exclude=("model",))
@@ -137,25 +137,20 @@ def _build_mine(p: argparse.ArgumentParser) -> None:
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
     command(methods, "fem", "EM-Paste's F-EM on scene images with class tags",
             _build_method("FemConfig", _cmd_mine_fem,
-                          labels="COCO JSON (annotated categories = labels), CSV (image,labels "
-                                 "with ';') or JSON {image: [classes]}; omit for one sub-folder "
-                                 "per class",
                           baselines="also write baselines/cam.json, step1.json and the funnel "
                                     "(candidates, top_n, step1_pick, em_pick, evidence_pick, "
                                     "cam_peak; evaluate-masks reports it)"))
     command(methods, "freeseg", "FreeSeg co-segmentation + ranking on object-centric images "
                                 "(one class each)",
             _build_method("FreeSegConfig", _cmd_mine_freeseg,
-                          labels="labels file mapping each image to one class (as for fem); "
-                                 "omit for one sub-folder per class",
                           baselines="also write baselines/raw.json, refined.json and "
                                     "random.json"))
 
 
 def _build_evaluate_masks(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pred", help="a segment bank folder or a COCO JSON of predicted masks")
-    p.add_argument("--gt", required=True, help="ground-truth COCO JSON with instance masks")
-    from weakpaste.evaluate.funnel import EvaluateMasksConfig
+    from weakpaste.evaluate.funnel import EvaluateMasksConfig, EvaluateMasksInputs
+
+    add_options(p, EvaluateMasksInputs)
 
     add_run_options(p, "out", "overwrite", out_required=False, out_metavar="JSON",
                     helps={"out": "also write the metrics to this JSON file",

@@ -32,7 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from weakpaste.train.config import TrainConfig
     from weakpaste.train.loop import TrainInputs, run_train
 
-    inputs = TrainInputs(args.train, args.stage2 or (), args.val)
+    inputs = from_args(TrainInputs, args)
     manifest = run_train(from_args(TrainConfig, args), inputs, run_options(args), on_note=_note)
     c = manifest["counts"]
     images = ", ".join(f"{k}: {v} images" for k, v in c["images"].items())
@@ -51,7 +51,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from weakpaste.train.config import EvalConfig
     from weakpaste.train.evaluation import EvalInputs, run_eval
 
-    inputs = EvalInputs(args.data, args.checkpoint, args.predictions, args.train)
+    inputs = from_args(EvalInputs, args)
     metrics = run_eval(from_args(EvalConfig, args), inputs, run_options(args))
     for message in metrics["info"]["notes"]:
         _note(message)
@@ -63,7 +63,7 @@ def _cmd_longtail(args: argparse.Namespace) -> int:
     from weakpaste.train.config import LongtailConfig
     from weakpaste.train.longtail import LongtailInputs, format_report, run_longtail
 
-    report = run_longtail(from_args(LongtailConfig, args), LongtailInputs(args.coco_json),
+    report = run_longtail(from_args(LongtailConfig, args), from_args(LongtailInputs, args),
                           run_options(args))
     for message in report["notes"]:
         _note(message)
@@ -76,16 +76,10 @@ def _cmd_longtail(args: argparse.Namespace) -> int:
 
 def _build_train(p: argparse.ArgumentParser) -> None:
     from weakpaste.train.config import TrainConfig
+    from weakpaste.train.loop import TrainInputs
 
     data = p.add_argument_group("data")
-    data.add_argument("--train", action="append", required=True,
-                      metavar="COCO_JSON:IMAGES_DIR",
-                      help="training set (stage 1, e.g. pasted data); repeat to concatenate")
-    data.add_argument("--stage2", action="append", metavar="COCO_JSON:IMAGES_DIR",
-                      help="stage-2 set (the original pseudo-labelled data), trained after "
-                           "stage 1 with a fresh schedule (FreeSeg §4.1); repeatable")
-    data.add_argument("--val", metavar="COCO_JSON:IMAGES_DIR",
-                      help="evaluate the final model on this set (OUT/eval/metrics.json)")
+    add_options(data, TrainInputs)
     add_options(p.add_argument_group("training"), TrainConfig)
     threads(p)
     # No --workers: the DataLoader's workers are a training setting.
@@ -96,17 +90,11 @@ def _build_train(p: argparse.ArgumentParser) -> None:
 
 def _build_eval(p: argparse.ArgumentParser) -> None:
     from weakpaste.train.config import EvalConfig
+    from weakpaste.train.evaluation import EvalInputs
 
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="CKPT", help="a 'weakpaste train' checkpoint")
-    src.add_argument("--predictions", metavar="PRED_JSON", help="a COCO results JSON")
-    p.add_argument("--data", required=True, metavar="COCO_JSON:IMAGES_DIR",
-                   help="ground truth (the images are needed with --checkpoint only); an LVIS "
-                        "file is evaluated with LVIS's federated protocol")
-    p.add_argument("--train", metavar="COCO_JSON",
-                   help="training set whose LVIS frequencies, else images per class, define "
-                        "rare (1-10), common (11-100) and frequent (>100) classes (default: an "
-                        "LVIS ground truth's frequencies, else the checkpoint's)")
+    source = ("checkpoint", "predictions")
+    add_options(p.add_mutually_exclusive_group(required=True), EvalInputs, only=source)
+    add_options(p, EvalInputs, exclude=source)
     add_options(p, EvalConfig)
     threads(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -117,8 +105,9 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
 
 def _build_longtail(p: argparse.ArgumentParser) -> None:
     from weakpaste.train.config import LongtailConfig
+    from weakpaste.train.longtail import LongtailInputs
 
-    p.add_argument("coco_json", help="COCO instances JSON to take the subset from")
+    add_options(p, LongtailInputs)
     add_run_options(p, "out", "overwrite", out_metavar="COCO_JSON",
                     helps={"out": "the subset to write",
                            "overwrite": "replace an existing --out file"})

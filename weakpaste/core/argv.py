@@ -12,16 +12,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING
 from typing import Any
 
-from weakpaste.core.options import _KEY, Config, cli_walk, flag_of
+from weakpaste.core.options import _KEY, cli_walk, flag_of
 
 
-def to_argv(config: Config, *, every: bool = False, always: Sequence[str] = ()) -> list[str]:
+def to_argv(config: Any, *, every: bool = False, always: Sequence[str] = ()) -> list[str]:
     """The command-line arguments that rebuild ``config`` (the inverse of ``add_options`` +
     ``from_args``): ``from_args(type(config), parser.parse_args(to_argv(config)))`` equals
     ``config`` for a parser built by ``add_options``.
 
     Args:
-        config: a ``Config``; only its CLI fields are spelt (set the others in Python).
+        config: a ``Config`` or a stage's inputs (``core.run.StageInputs``); only its CLI
+            fields are spelt (set the others in Python).
         every: every CLI field (but a None or False default, which an absent option gives);
             by default only the values that differ from the class's defaults, and the fields
             without a default (a short, copyable command).
@@ -45,6 +46,10 @@ def to_argv(config: Config, *, every: bool = False, always: Sequence[str] = ()) 
 def _spell(f: dataclasses.Field, value: Any) -> list[str]:
     """The arguments that set field ``f`` to ``value``."""
     opt, flag = f.metadata[_KEY], flag_of(f)
+    if opt.positional:
+        return [str(value)]
+    if opt.repeat:
+        return [word for v in value for word in (flag, str(v))]
     if isinstance(value, bool):
         if not value:
             raise ValueError(f"{flag} is a switch: the command line cannot set it False")

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from weakpaste.core.errors import WeakpasteError
+from weakpaste.core.run_options import OUT, RESUME
 
 # errno values that mean the output cannot take the data (not that an input is bad).
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES,
@@ -25,7 +26,7 @@ def write_error(folder: str | os.PathLike, err: OSError) -> WeakpasteError:
     """
     why = err.strerror or os.strerror(err.errno or 0)
     return WeakpasteError(f"{folder}: cannot write ({why}); free some space or choose a "
-                          "writable --out, then run the command again (with --resume where "
+                          f"writable {OUT}, then run the command again (with {RESUME} where "
                           "offered: finished work is kept)")
 
 

@@ -22,6 +22,7 @@ from weakpaste import __version__
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
 from weakpaste.core.jsonfile import JsonError, parse_json
+from weakpaste.core.run_options import OUT, OVERWRITE, RESUME
 
 MANIFEST = "manifest.json"
 # The marker that makes a folder weakpaste's: only such a folder may be deleted by --overwrite
@@ -154,7 +155,7 @@ def check_not_an_input(out_dir: str | os.PathLike,
     item = _overlapping(Path(out_dir), inputs)
     if item is not None:
         raise WeakpasteError(f"{out_dir}: the output folder overlaps the input {item}; "
-                             "choose an --out outside every input")
+                             f"choose an {OUT} outside every input")
 
 
 def check_output_file(out_file: str | os.PathLike, *, overwrite: bool,
@@ -175,15 +176,15 @@ def check_output_file(out_file: str | os.PathLike, *, overwrite: bool,
     out = Path(out_file)
     item = _overlapping(out, inputs)
     if item is not None and out.resolve() == Path(item).resolve():
-        raise WeakpasteError(f"{out}: --out would overwrite an input; choose another file")
+        raise WeakpasteError(f"{out}: {OUT} would overwrite an input; choose another file")
     if out.is_dir():  # also one that holds an input
-        raise WeakpasteError(f"{out}: is a folder; --out names the file to write")
+        raise WeakpasteError(f"{out}: is a folder; {OUT} names the file to write")
     if item is not None:
-        raise WeakpasteError(f"{out}: --out lies inside the input {item}, which the command "
+        raise WeakpasteError(f"{out}: {OUT} lies inside the input {item}, which the command "
                              "must not change; choose a file outside every input")
     if out.exists() and not overwrite:
-        raise WeakpasteError(f"{out}: already exists; pass --overwrite to replace it or choose "
-                             "another --out")
+        raise WeakpasteError(f"{out}: already exists; pass {OVERWRITE} to replace it or choose "
+                             f"another {OUT}")
     return out
 
 
@@ -199,25 +200,25 @@ def check_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
     out = Path(out_dir)
     check_not_an_input(out, inputs)
     if out.exists() and not out.is_dir():
-        raise WeakpasteError(f"{out}: exists and is not a folder; choose another --out")
+        raise WeakpasteError(f"{out}: exists and is not a folder; choose another {OUT}")
     if out.is_dir() and any(out.iterdir()):
         manifest = read_weakpaste_manifest(out)
         if resume:
             if manifest is None or manifest.get("stage") != stage:
                 raise WeakpasteError(f"{out}: nothing to resume (no {stage} manifest.json "
-                                     "written by weakpaste); drop --resume or choose another "
-                                     "--out")
+                                     f"written by weakpaste); drop {RESUME} or choose another "
+                                     f"{OUT}")
         elif not overwrite:
             # Name only the choices the stage's command has (demo, viz and bank have no
             # --resume: suggesting it sent a new user to a flag that does not exist).
-            choices = ("pass --overwrite to replace it, --resume to continue it, or choose "
-                       "another --out" if resumable else
-                       "pass --overwrite to replace it or choose another --out")
+            choices = (f"pass {OVERWRITE} to replace it, {RESUME} to continue it, or choose "
+                       f"another {OUT}" if resumable else
+                       f"pass {OVERWRITE} to replace it or choose another {OUT}")
             raise WeakpasteError(f"{out}: output folder is not empty; {choices}")
         elif manifest is None:
             raise WeakpasteError(f"{out}: not a weakpaste output (no manifest.json written by "
-                                 "weakpaste), so --overwrite will not delete it; choose "
-                                 "another --out")
+                                 f"weakpaste), so {OVERWRITE} will not delete it; choose "
+                                 f"another {OUT}")
     return out
 
 
@@ -256,7 +257,7 @@ def prepare_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise WeakpasteError(f"{out}: cannot create the output folder ({_why(err)}); choose a "
-                             "writable --out") from None
+                             f"writable {OUT}") from None
     lock_output_dir(out)
     return out
 
@@ -297,7 +298,7 @@ def lock_output_dir(out: Path) -> None:
     except BlockingIOError:
         os.close(fd)
         raise WeakpasteError(f"{out}: another weakpaste run is using this output folder; wait "
-                             "for it to finish, or choose another --out") from None
+                             f"for it to finish, or choose another {OUT}") from None
     except OSError:
         os.close(fd)
         return
@@ -328,8 +329,8 @@ def _check_no_links(out: Path) -> None:
             if entry.is_symlink():
                 what = "folder" if entry.is_dir() else "file"
                 raise WeakpasteError(f"{entry.path}: is a symbolic link, and a resumed run "
-                                     f"writes only inside --out; replace it with the {what} it "
-                                     "points to, or pass --overwrite instead of --resume")
+                                     f"writes only inside {OUT}; replace it with the {what} it "
+                                     f"points to, or pass {OVERWRITE} instead of {RESUME}")
         # Name order, a folder's own entries before its subfolders': the same link is
         # named on every run.
         folders.extend(e.path for e in reversed(entries) if e.is_dir(follow_symlinks=False))
@@ -344,8 +345,8 @@ def _remove_tree(out: Path) -> None:
         shutil.rmtree(out)
     except OSError as err:
         where = err.filename or out
-        raise WeakpasteError(f"{out}: --overwrite could not delete {where} ({_why(err)}); "
-                             "fix its permissions or choose another --out") from None
+        raise WeakpasteError(f"{out}: {OVERWRITE} could not delete {where} ({_why(err)}); "
+                             f"fix its permissions or choose another {OUT}") from None
 
 
 def write_manifest(out_dir: str | os.PathLike, *, stage: str, config: dict,
@@ -378,7 +379,7 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, config: dict,
     return doc
 
 
-RESUME_FIX = "; rerun with that run's options and inputs, or pass --overwrite instead of --resume"
+RESUME_FIX = f"; rerun with that run's options and inputs, or pass {OVERWRITE} instead of {RESUME}"
 
 
 def check_resume(out: Path, old: dict, config: dict, inputs: dict[str, str], *,
@@ -425,5 +426,5 @@ def check_resume(out: Path, old: dict, config: dict, inputs: dict[str, str], *,
     if unrecorded:
         raise WeakpasteError(f"{out}: cannot resume: that run was made by an older weakpaste, "
                              "which did not record its images' fingerprints, so whether they "
-                             "changed since cannot be checked; pass --overwrite instead of "
-                             "--resume to start again")
+                             f"changed since cannot be checked; pass {OVERWRITE} instead of "
+                             f"{RESUME} to start again")

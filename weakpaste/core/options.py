@@ -51,6 +51,8 @@ class Opt:
     show: Callable[[Any], str] | None = None
     check: Callable[[Any], str | None] | None = None
     inline: bool = False
+    positional: bool = False
+    repeat: bool = False
 
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None,
@@ -60,7 +62,8 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
            cli: bool = True, factory: Callable[[], Any] | None = None,
            open_low: bool = False, open_high: bool = False,
            show: Callable[[Any], str] | None = None,
-           check: Callable[[Any], str | None] | None = None, inline: bool = False) -> Any:
+           check: Callable[[Any], str | None] | None = None, inline: bool = False,
+           positional: bool = False, repeat: bool = False) -> Any:
     """A dataclass field with its command-line description.
 
     Args:
@@ -84,6 +87,9 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
         check: value -> None when valid, else the complaint ("must be ..."), for a rule a
             range cannot say (``device_option``); checked at construction, after the range.
         inline: a nested config recorded flat by ``to_dict`` (its fields beside the parent's).
+        positional: a positional argument (a stage's main input), named by its field.
+        repeat: a tuple given by repeating the flag (``--train A --train B``) rather than
+            by several values after one flag.
 
     Returns:
         A ``dataclasses.field``.
@@ -91,7 +97,8 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
     meta = {_KEY: Opt(help=help, flag=flag, metavar=metavar,
                       choices=tuple(choices) if choices is not None else None, range=range,
                       parse=parse, nargs=nargs, cli=cli, open_low=open_low,
-                      open_high=open_high, show=show, check=check, inline=inline)}
+                      open_high=open_high, show=show, check=check, inline=inline,
+                      positional=positional, repeat=repeat)}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -112,6 +119,8 @@ def flag_of(f: dataclasses.Field | type, name: str | None = None) -> str:
             raise KeyError(f"{f.__name__} has no option {name!r}")
         f = found
     opt = f.metadata.get(_KEY)
+    if opt is not None and opt.positional:
+        return opt.metavar or f.name  # as argparse's usage line names it
     return (opt.flag if opt is not None and opt.flag else None) or "--" + f.name.replace("_", "-")
 
 
@@ -234,8 +243,12 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, vars(module) if module else None)
 
 
+def _is_union(tp: Any) -> bool:
+    return isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union
+
+
 def _unwrap_optional(tp: Any) -> Any:
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+    if _is_union(tp):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return args[0]
@@ -272,10 +285,14 @@ def _kwargs(f: dataclasses.Field, tp: Any, opt: Opt) -> dict:
     flag = flag_of(f)
     required = f.default is MISSING and f.default_factory is MISSING
     default = f.default if f.default is not MISSING else None
-    kw: dict[str, Any] = {"dest": f.name, "default": default, "help": opt.help}
-    if required:
-        kw["required"] = True
+    kw: dict[str, Any] = {"default": default, "help": opt.help}
+    if not opt.positional:
+        kw["dest"] = f.name
+        if required:
+            kw["required"] = True
     base = _unwrap_optional(tp)
+    if _is_union(base) and str in typing.get_args(base):
+        base = str  # a path, ``str | os.PathLike``: the command line gives a str
     if base is bool:
         if default:
             raise TypeError(f"{f.name}: a boolean option must default to False")
@@ -287,7 +304,9 @@ def _kwargs(f: dataclasses.Field, tp: Any, opt: Opt) -> dict:
         kw["choices"] = list(opt.choices)
     convert = opt.parse
     if convert is None:
-        if typing.get_origin(base) is tuple and opt.nargs is None:
+        if opt.repeat:  # a tuple (or Sequence) of str, one per flag given
+            kw["action"], kw["default"], convert = "append", list(default or ()), str
+        elif typing.get_origin(base) is tuple and opt.nargs is None:
             kw["nargs"] = "+"
             elem = typing.get_args(base)[0]
             convert = elem if elem in (int, float, str) else str
@@ -314,23 +333,26 @@ def _kwargs(f: dataclasses.Field, tp: Any, opt: Opt) -> dict:
 
 
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
-                exclude: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> None:
+                exclude: Sequence[str] = (), defaults: dict[str, Any] | None = None,
+                only: Sequence[str] | None = None) -> None:
     """Add an argument for every CLI field of config class ``cls`` (nested configs too).
 
     Args:
         parser: the (sub)parser or argument group.
-        cls: a ``Config`` dataclass.
+        cls: a ``Config`` dataclass or a stage's inputs (``core.run.StageInputs``).
         exclude: field names to leave out (set by the command itself).
+        only: the field names to add (e.g. two inputs of a mutually exclusive group); None:
+            all.
         defaults: command-specific defaults overriding the dataclass's (the demo's output
             folder and workers); ``from_args`` then passes them on explicitly.
     """
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in exclude:
-            continue
         tp = hints[f.name]
-        if _is_config(tp):
-            add_options(parser, tp, exclude=exclude, defaults=defaults)
+        if _is_config(tp) and f.name not in exclude:
+            add_options(parser, tp, exclude=exclude, defaults=defaults, only=only)
+            continue
+        if f.name in exclude or (only is not None and f.name not in only):
             continue
         opt = f.metadata.get(_KEY)
         if opt is None or not opt.cli:
@@ -339,7 +361,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
         if defaults and f.name in defaults:
             kw["default"] = defaults[f.name]
             kw["help"] = kw["help"].split(" (default:")[0] + f" (default: {defaults[f.name]})"
-        parser.add_argument(flag_of(f), **kw)
+        parser.add_argument(f.name if opt.positional else flag_of(f), **kw)
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any):

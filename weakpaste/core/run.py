@@ -20,10 +20,8 @@ files after ``map``), never change their order.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,62 +35,16 @@ from weakpaste.core.manifest import (
     read_weakpaste_manifest,
     write_manifest,
 )
-from weakpaste.core.options import Config, option
+from weakpaste.core.run_options import (
+    OUT,
+    OVERWRITE,
+    RESUME,
+    RUN_FIELDS,
+    WORKERS,
+    RunOptions,
+    StageInputs,
+)
 from weakpaste.core.runners import ExecutorConfig, Workers, preflight
-
-
-def _executor_field(name: str) -> Any:
-    """The field ``name`` of ``ExecutorConfig``, declared there once and reused here."""
-    f = ExecutorConfig.__dataclass_fields__[name]
-    return dataclasses.field(default=f.default, metadata=f.metadata)
-
-
-@dataclass(frozen=True)
-class RunOptions(Config):
-    """Where a stage writes and how it runs: nothing here changes what it writes.
-
-    A command registers only the fields its stage supports (``cli.common.add_run_options``);
-    from Python, a field a stage does not support must keep its default (``StageRun``
-    refuses ``resume=True`` for a stage without ``--resume``).
-    """
-
-    out: str | None = option(None, metavar="DIR", help="output folder")
-    overwrite: bool = option(False, help="replace an existing weakpaste output in --out")
-    resume: bool = option(False, help="continue a run in --out made with the same options and "
-                                      "inputs")
-    workers: int = option(1, range=(1, None),
-                          help="processes; the output is the same for any number")
-    executor: str = _executor_field("executor")
-    ray_address: str | None = _executor_field("ray_address")
-    gpus_per_worker: float = _executor_field("gpus_per_worker")
-    quiet: bool = option(False, help="no progress bar")
-    chunk: int = _executor_field("chunk")
-
-    @property
-    def progress(self) -> bool:
-        """Whether progress bars are shown."""
-        return not self.quiet
-
-    def executor_config(self) -> ExecutorConfig:
-        """The ``ExecutorConfig`` that ``core.runners`` takes."""
-        return ExecutorConfig(executor=self.executor, ray_address=self.ray_address,
-                              gpus_per_worker=self.gpus_per_worker, chunk=self.chunk)
-
-
-RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions))
-
-
-class StageInputs:
-    """Base of the stages' input dataclasses (field names are the CLI's input arguments)."""
-
-    def paths(self) -> list[str]:
-        """Every input path given (lists flattened, None left out), for the overlap check."""
-        found: list[str] = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            values = value if isinstance(value, list | tuple) else [value]
-            found += [str(v) for v in values if v is not None and str(v) != ""]
-        return found
 
 
 class StageRun:
@@ -122,7 +74,7 @@ class StageRun:
         self.inputs = [p for p in inputs if p is not None and str(p) != ""]
         where = out if out is not None else run.out
         if output == "folder" and where is None:
-            raise WeakpasteError(f"{stage}: out (--out) is required: the output folder")
+            raise WeakpasteError(f"{stage}: out ({OUT}) is required: the output folder")
         self.out = Path(where) if where is not None else None
         self._pool: Workers | None = None
         self._manifest: dict[str, Any] = {}
@@ -146,8 +98,8 @@ class StageRun:
         if self.present is not None:
             self.present()
         if self.run.resume and not self.resumable:
-            raise WeakpasteError(f"{self.stage} has no --resume (its runs are not resumable); "
-                                 "pass --overwrite to start again or choose another --out")
+            raise WeakpasteError(f"{self.stage} has no {RESUME} (its runs are not resumable); "
+                                 f"pass {OVERWRITE} to start again or choose another {OUT}")
         if self.output == "folder":
             check_output_dir(self.out, overwrite=self.run.overwrite, resume=self.run.resume,
                              stage=self.stage, inputs=self.inputs, resumable=self.resumable)
@@ -263,4 +215,5 @@ class StageRun:
         return write_manifest(self.out, **doc)
 
 
-__all__ = ["RUN_FIELDS", "RunOptions", "StageInputs", "StageRun"]
+__all__ = ["OUT", "OVERWRITE", "RESUME", "RUN_FIELDS", "WORKERS", "RunOptions", "StageInputs",
+           "StageRun"]

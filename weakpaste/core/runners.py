@@ -30,7 +30,7 @@ from typing import Any
 
 from weakpaste.core.errors import WeakpasteError, reason
 from weakpaste.core.memory import keep_freed_memory
-from weakpaste.core.options import Config, option
+from weakpaste.core.options import Config, flag_of, option
 
 EXECUTORS = ("local", "ray")
 
@@ -50,6 +50,9 @@ class ExecutorConfig(Config):
                                     help="GPUs each Ray worker reserves (model stages)")
     chunk: int = option(4, range=(1, None), cli=False,
                         help="items per task: fewer round trips, coarser load balance")
+
+
+EXECUTOR_FLAG, RAY_ADDRESS_FLAG = (flag_of(ExecutorConfig, n) for n in ("executor", "ray_address"))
 
 
 def host_tag() -> str:
@@ -152,8 +155,10 @@ class Workers:
         got = self._ray_module.get([a.unreadable.remote(paths) for a in self._actors])
         missing = sorted({m for unreadable in got for m in unreadable})
         if missing:
+            from weakpaste.core.run_options import OUT  # which imports this module
+
             raise WeakpasteError(f"a Ray worker cannot read {missing[0]}: put the inputs and "
-                                 "--out on a file system that every node mounts at the same "
+                                 f"{OUT} on a file system that every node mounts at the same "
                                  "path")
         self._checked = True
 
@@ -246,7 +251,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise WeakpasteError("--executor ray needs Ray: pip install 'weakpaste[ray]' (or pip "
+        raise WeakpasteError(f"{EXECUTOR_FLAG} ray needs Ray: pip install 'weakpaste[ray]' (or pip "
                              "install ray)") from None
     return ray
 
@@ -294,7 +299,7 @@ def _probe(address: str | None, timeout: float = 5.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
         raise WeakpasteError(f"cannot reach the Ray cluster at {address} (nothing answers "
-                             f"there: {reason(err)}); check --ray-address, or start one with "
+                             f"there: {reason(err)}); check {RAY_ADDRESS_FLAG}, or start one with "
                              "'ray start --head'") from None
 
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from weakpaste.core.options import Config, option
+from weakpaste.core.options import Config, flag_of, option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.models.weights import parse_weights
 
@@ -210,8 +210,9 @@ def run_demo(config: DemoConfig, inputs: DemoInputs | None, run: RunOptions) -> 
     if train and not mine:
         from weakpaste.core.errors import WeakpasteError
 
-        raise WeakpasteError("demo --train compares mined with ground-truth masks; drop "
-                             "--from-gt")
+        _TRAIN, _FROM_GT = (flag_of(DemoConfig, n) for n in ("train", "from_gt"))
+        raise WeakpasteError(f"demo {_TRAIN} compares mined with ground-truth masks; drop "
+                             f"{_FROM_GT}")
     with StageRun("demo", run, resumable=False) as stage:
         mine_config = demo_mine_config(backbone=config.backbone, weights=config.weights,
                                        epochs=config.epochs, seed=seed) if mine else None

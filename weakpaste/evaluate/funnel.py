@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
 from weakpaste.core.options import Config, option
-from weakpaste.core.run import RunOptions, StageInputs, StageRun
+from weakpaste.core.run import OUT, RunOptions, StageInputs, StageRun
 
 STAGES = (("proposals", "all proposals"), ("candidates", "ranked candidates"),
           ("top_n", "step 1's top-n"), ("step1_pick", "step 1's pick"),
@@ -252,8 +252,9 @@ class EvaluateMasksInputs(StageInputs):
         gt: GT COCO instances JSON with masks.
     """
 
-    pred: str | os.PathLike
-    gt: str | os.PathLike
+    pred: str | os.PathLike = option(
+        positional=True, help="a segment bank folder or a COCO JSON of predicted masks")
+    gt: str | os.PathLike = option(help="ground-truth COCO JSON with instance masks")
 
 
 def run_evaluate_masks(config: EvaluateMasksConfig | None, inputs: EvaluateMasksInputs,
@@ -308,4 +309,4 @@ def _write_result(out_path: Path, text: str) -> None:
         atomic_write_bytes(out_path, (text + "\n").encode())
     except OSError as err:
         raise WeakpasteError(f"{out_path}: cannot write the result ({err.strerror or err}); "
-                             "choose another --out") from None
+                             f"choose another {OUT}") from None

@@ -81,7 +81,8 @@ class CocoDataset:
 
 
 
-def check_present(path: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> None:
+def check_present(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
+                  images_flag: str | None = None) -> None:
     """Refuse a COCO file or images folder that does not exist, without reading either.
 
     ``load_coco`` raises the same errors; a stage calls this first to refuse a typo before
@@ -90,26 +91,32 @@ def check_present(path: str | os.PathLike, images_dir: str | os.PathLike | None 
     if not Path(path).exists():
         raise fail(Path(path), NO_FILE)
     if images_dir is not None:
-        _check_images_folder(Path(path), Path(images_dir))
+        _check_images_folder(Path(path), Path(images_dir), images_flag)
 
 
-def _check_images_folder(path: Path, images_path: Path) -> None:
+def _with(flag: str | None) -> str:
+    return f" with {flag}" if flag else ""
+
+
+def _check_images_folder(path: Path, images_path: Path, flag: str | None) -> None:
     if not images_path.is_dir():
         raise WeakpasteError(f"{images_path}: images folder not found; pass the folder "
-                             f"that holds the images of {path.name} with --images")
+                             f"that holds the images of {path.name}{_with(flag)}")
 
 
-def _check_image_files(path: Path, images_path: Path, records: list[ImageRecord]) -> None:
-    _check_images_folder(path, images_path)
+def _check_image_files(path: Path, images_path: Path, records: list[ImageRecord],
+                       flag: str | None) -> None:
+    _check_images_folder(path, images_path, flag)
     missing = [r.file_name for r in records if not (images_path / r.file_name).is_file()]
     if missing:
         raise fail(path, f"{len(missing)} of {len(records)} image files are missing under "
                           f"{images_path} (first: {missing[0]!r}); pass the folder that "
-                          "holds them with --images")
+                          f"holds them{_with(flag)}")
 
 
 def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
-              require_masks: bool = True, check_files: bool = True) -> CocoDataset:
+              require_masks: bool = True, check_files: bool = True,
+              images_flag: str | None = None) -> CocoDataset:
     """Read and validate a COCO or LVIS v1 instances JSON.
 
     Every mask is checked before pycocotools sees it: polygons (even length, finite, near the
@@ -124,6 +131,8 @@ def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
         require_masks: annotations must carry a polygon or RLE ``segmentation``. When False
             (image-level labels only) annotations without one still give labels.
         check_files: check that image files exist under ``images_dir``.
+        images_flag: how the command names ``images_dir`` (its flag, e.g. from
+            ``flag_of(BankInputs, "images")``), for the messages; None: not named.
 
     Returns:
         The data set. An image's ``labels`` are the classes annotated in it; its
@@ -153,7 +162,7 @@ def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
                                    labels=tuple(sorted(labels[img_id])), instances=inst))
     images_path = Path(images_dir) if images_dir is not None else None
     if images_path is not None and check_files:
-        _check_image_files(path, images_path, records)
+        _check_image_files(path, images_path, records, images_flag)
     return CocoDataset(records=records, categories=categories, path=path,
                        images_dir=images_path, crowd_skipped=crowd, federated=federated)
 

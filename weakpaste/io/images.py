@@ -28,6 +28,7 @@ import numpy as np
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
 from weakpaste.core.manifest import read_manifest
+from weakpaste.core.run_options import RESUME
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -202,7 +203,7 @@ def read_image_sha256(path: str | os.PathLike, *, digest: bool = True
         data = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise WeakpasteError(f"{path}: image file not found; check the images folder "
-                             "(--images) or remove the entry") from None
+                             "or remove the entry") from None
     except OSError as err:
         raise WeakpasteError(f"{path}: cannot read image ({err.strerror}); check the file's "
                              "permissions") from None
@@ -288,5 +289,5 @@ def background_files(folder: str | os.PathLike) -> list[Path] | None:
         return None
     if manifest.get("status") != "complete":
         raise WeakpasteError(f"{folder}: the backgrounds run did not finish; rerun it with "
-                             "--resume first")
+                             f"{RESUME} first")
     return [Path(folder) / f for f in manifest.get("images", [])]

@@ -63,13 +63,15 @@ def _read_csv(path: Path) -> dict[str, list[str]]:
     return mapping
 
 
-def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike
-                ) -> tuple[list[ImageRecord], list[str]]:
+def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike, *,
+                flags: tuple[str, str] | None = None) -> tuple[list[ImageRecord], list[str]]:
     """Read image-level labels.
 
     Args:
         labels: a COCO JSON, a CSV or JSON mapping, or None for one sub-folder per class.
         images_dir: the folder the image names are relative to.
+        flags: how the command names ``images_dir`` and ``labels`` (their flags, e.g.
+            ``flags_of(MineInputs)``), for the messages; None: not named.
 
     Returns:
         (records with ``labels`` set and ``instances`` None, class names in a stable order:
@@ -80,8 +82,10 @@ def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike
             with a label.
     """
     images_dir = Path(images_dir)
+    images_flag, labels_flag = flags or ("", "")
+    with_images = f" with {images_flag}" if images_flag else ""
     if not images_dir.is_dir():
-        raise WeakpasteError(f"{images_dir}: images folder not found; pass it with --images")
+        raise WeakpasteError(f"{images_dir}: images folder not found; pass it{with_images}")
     if labels is None:
         records, classes = [], []
         # Hidden folders and files (.git, macOS's ._photo.jpg resource forks) are not
@@ -98,7 +102,8 @@ def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike
                                            width=0, height=0, labels=(sub.name,)))
         if not records:
             raise WeakpasteError(f"{images_dir}: no labels given and no class sub-folders with "
-                                 "images; pass --labels FILE or use one folder per class")
+                                 f"images; pass {labels_flag or 'a labels'} FILE or use one "
+                                 "folder per class")
         return records, classes
     path = Path(labels)
     if not path.is_file():
@@ -126,7 +131,7 @@ def load_labels(labels: str | os.PathLike | None, images_dir: str | os.PathLike
     if missing:
         raise WeakpasteError(f"{path}: {len(missing)} of {len(records)} labelled images are "
                              f"missing under {images_dir} (first: {missing[0]!r}); pass the "
-                             "folder that holds them with --images")
+                             f"folder that holds them{with_images}")
     if not any(r.labels for r in records):
         raise WeakpasteError(f"{path}: no image carries a label; nothing to mine")
     return records, classes

@@ -274,14 +274,16 @@ def training_items(images: str, labels: str, classes: Sequence[str]) -> list[Ite
         WeakpasteError: the folder is missing, or the labels are unreadable.
     """
     from weakpaste.core.errors import WeakpasteError
+    from weakpaste.core.options import flag_of
     from weakpaste.io.labels import load_labels
     from weakpaste.mine.pipeline import image_hashes
 
     folder = Path(images)
+    flags = (flag_of(FemConfig, "train_images"), flag_of(FemConfig, "train_labels"))
     if not folder.is_dir():
         raise WeakpasteError(f"{folder}: training images folder not found; pass it with "
-                             "--train-images")
-    records, _ = load_labels(labels, folder)
+                             f"{flags[0]}")
+    records, _ = load_labels(labels, folder, flags=flags)
     known = set(classes)
     hashes = image_hashes(folder, records)
     return [Item(r.file_name, str(folder / r.file_name),

@@ -61,7 +61,8 @@ import numpy as np
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
 from weakpaste.core.manifest import jsonable
-from weakpaste.core.run import RunOptions, StageInputs, StageRun
+from weakpaste.core.options import flag_of, option
+from weakpaste.core.run import RESUME, RunOptions, StageInputs, StageRun
 from weakpaste.io.images import read_image
 from weakpaste.mine import cache as result_cache
 from weakpaste.mine.config import ClassifierSpec
@@ -95,7 +96,7 @@ def _read_result(path: Path, types: tuple[type, ...]):
         return result_cache.read(path, types)
     except (OSError, result_cache.CacheError) as err:
         raise WeakpasteError(f"{path}: the cached mining result cannot be read ({err}); run "
-                             "the command again with --resume to mine that image again") from None
+                             f"the command again with {RESUME} to mine that image again") from None
 
 
 class LazyFiles(Sequence):
@@ -177,7 +178,7 @@ def get_classifier(spec: ClassifierSpec, plan: Plan, images_dir: Path, out: Path
         if unknown:
             raise WeakpasteError(f"{source}: class {unknown[0]!r} is not among the classes of "
                                  f"the classifier {spec.classifier}; retrain it without "
-                                 "--classifier or drop the class")
+                                 f"{flag_of(ClassifierSpec, 'classifier')} or drop the class")
         return Path(spec.classifier), {"reused": spec.classifier}
     path = out / "classifier.pt"
     if resume and path.is_file():
@@ -299,8 +300,10 @@ class MineInputs(StageInputs):
             class.
     """
 
-    images: str | os.PathLike
-    labels: str | os.PathLike | None = None
+    images: str | os.PathLike = option(help="folder of the images")
+    labels: str | os.PathLike | None = option(
+        None, help="COCO JSON (annotated categories = labels), CSV (image,labels with ';') or "
+                   "JSON {image: [classes]}; omit for one sub-folder per class")
 
 
 @dataclass
@@ -319,7 +322,8 @@ def _prepare(miner: Miner, stage: StageRun, images_dir: Path, labels: str | None
     from weakpaste.core.manifest import record_listing
     from weakpaste.io.labels import load_labels
 
-    records, classes = load_labels(labels, images_dir)
+    flags = (flag_of(MineInputs, "images"), flag_of(MineInputs, "labels"))
+    records, classes = load_labels(labels, images_dir, flags=flags)
     plan = miner.plan(records, classes, str(labels or images_dir))
     plan.counts = {"images": len(records), **plan.counts}
     models = miner.open(stage.out, None)  # checks the models before anything is written

@@ -10,7 +10,7 @@ from typing import Any
 
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.manifest import jsonable
-from weakpaste.core.options import Config, flags_of
+from weakpaste.core.options import Config, flag_of, flags_of
 from weakpaste.mine.miner import Miner
 
 
@@ -108,9 +108,10 @@ def input_paths(miner: Miner, images_dir: Path, labels: str | None) -> list[str 
         for folder in (images_dir, inputs.get("negatives")):
             if folder and Path(folder).resolve() in (Path(cache).resolve(),
                                                      *Path(cache).resolve().parents):
+                flag = flag_of(type(miner.config), "saliency_cache")
                 raise WeakpasteError(f"{cache}: the saliency cache lies inside the images "
                                      f"folder {folder}, where its maps would be read as images; "
-                                     "choose a --saliency-cache outside it")
+                                     f"choose a {flag} outside it")
     return [images_dir, labels, spec.classifier, weights, *inputs.values(), cache]
 
 

@@ -32,6 +32,10 @@ import numpy as np
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
 from weakpaste.core.manifest import file_sha256
+from weakpaste.core.options import flag_of
+from weakpaste.mine.config import FreeSegConfig
+
+_SALIENCY, _SALIENCY_SIZE = (flag_of(FreeSegConfig, n) for n in ("saliency", "saliency_size"))
 
 CONVENTIONS: dict[str, dict] = {
     # IS-Net (DIS): normalize(img / 255, mean 0.5, std 1).
@@ -139,12 +143,12 @@ class OnnxSaliency(_Backend):
         self.convention = convention
         if not self.path.is_file():
             raise WeakpasteError(f"{self.path}: saliency model not found; pass an ONNX "
-                                 "salient-object model (--saliency PATH) or --saliency spectral")
+                                 f"salient-object model ({_SALIENCY} PATH) or {_SALIENCY} spectral")
         try:
             import onnxruntime as ort
         except ImportError:
             raise WeakpasteError("onnxruntime is not installed; pip install onnxruntime, or use "
-                                 "--saliency spectral") from None
+                                 f"{_SALIENCY} spectral") from None
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -180,7 +184,7 @@ class OnnxSaliency(_Backend):
             ok = (not isinstance(n, int) or n == 1) and c == 3
         if not ok:
             raise WeakpasteError(f"{self.path}: expected {expected}, found {found}; export the "
-                                 "model with such an input or use --saliency spectral")
+                                 f"model with such an input or use {_SALIENCY} spectral")
         out_shape = outputs[0].shape if outputs else []
         if not outputs or len(out_shape) not in (3, 4) or (
                 len(out_shape) == 4 and isinstance(out_shape[1], int) and out_shape[1] != 1):
@@ -196,7 +200,7 @@ class OnnxSaliency(_Backend):
             side = int(h)
             if size is not None and int(size) != side:
                 raise WeakpasteError(f"{self.path}: the model's input is fixed at {side}x{side}"
-                                     f", so --saliency-size {size} cannot be used; drop it or "
+                                     f", so {_SALIENCY_SIZE} {size} cannot be used; drop it or "
                                      "export the model with dynamic height/width")
         else:
             side = int(size or CONVENTIONS[self.convention]["size"])
@@ -256,7 +260,7 @@ def rescale_fixed_input(model: bytes, size: int, source: str | os.PathLike = "mo
         from onnx import numpy_helper
     except ImportError:
         raise WeakpasteError(f"{source}: running this fixed-size model at {size} px needs the "
-                             "onnx package (pip install onnx); or drop --saliency-size") from None
+                             f"onnx package (pip install onnx); or drop {_SALIENCY_SIZE}") from None
     proto = onnx.load_model_from_string(model)
     graph = proto.graph
     dims = graph.input[0].type.tensor_type.shape.dim if len(graph.input) else []

@@ -25,7 +25,15 @@ from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.errors import reason as _reason
 from weakpaste.core.files import WRITE_ERRNOS, write_error, write_failure
 from weakpaste.models.inputs import IMAGENET_MEAN, IMAGENET_STD
-from weakpaste.models.weights import WEIGHTS_FIX, WeightsArg, resolve_weights
+from weakpaste.models.weights import (
+    BACKBONE_FLAG,
+    CROP_SIZE_FLAG,
+    INPUT_SIZE_FLAG,
+    WEIGHTS_FIX,
+    WEIGHTS_FLAG,
+    WeightsArg,
+    resolve_weights,
+)
 
 EXAMPLES = "resnet50, mobilenet_v2, efficientnet_b0, convnext_tiny"
 _LIST_NAMES = ('python -c "import torchvision; '
@@ -95,7 +103,8 @@ def default_weights_error(name: str, err: BaseException) -> WeakpasteError:
     """The one message for torchvision's DEFAULT weights that could not be had (offline)."""
     return WeakpasteError(
         f"could not load torchvision's DEFAULT weights for {name} ({_reason(err)}); on a "
-        "machine without internet pass --weights PATH to a local state_dict or --weights none")
+        f"machine without internet pass {WEIGHTS_FLAG} PATH to a local state_dict or "
+        f"{WEIGHTS_FLAG} none")
 
 
 def read_state_dict(path, *, unpack: Mapping[str, str] | None = None
@@ -123,7 +132,7 @@ def read_state_dict(path, *, unpack: Mapping[str, str] | None = None
         if fmt not in (unpack or {}):
             what, use = _OTHER_FILES.get(fmt, (f"a {fmt} file", "pass it where it belongs"))
             raise WeakpasteError(f"{path}: this is {what}, not backbone weights; {use} "
-                                 "instead of passing --weights")
+                                 f"instead of passing {WEIGHTS_FLAG}")
         obj = obj.get(unpack[fmt])
     if not (isinstance(obj, Mapping) and obj and all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())):
@@ -206,8 +215,8 @@ def _check_state_dict(path, backbone: str, state: Mapping[str, torch.Tensor],
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}")
         raise WeakpasteError(f"{path}: not a state_dict of torchvision's {backbone} "
-                             f"({'; '.join(parts)}); pass weights of "
-                             f"torchvision.models.{backbone}() or choose the matching --backbone")
+                             f"({'; '.join(parts)}); pass weights of torchvision.models."
+                             f"{backbone}() or choose the matching {BACKBONE_FLAG}")
     for key, want in expected.items():
         if tuple(state[key].shape) != tuple(want.shape):
             raise WeakpasteError(
@@ -262,8 +271,9 @@ def torchvision_model(backbone: str, weights: WeightsArg) -> nn.Module:
     """
     source = resolve_weights(weights)
     if source.kind == "default" and backbone in LOCAL_BACKBONES:
-        raise WeakpasteError(f"backbone {backbone!r} has no pretrained weights; pass --weights "
-                             f"none (train it from scratch) or --weights PATH")
+        raise WeakpasteError(f"backbone {backbone!r} has no pretrained weights; pass "
+                             f"{WEIGHTS_FLAG} none (train it from scratch) or {WEIGHTS_FLAG} "
+                             "PATH")
     if source.kind == "default":
         try:
             return torchvision.models.get_model(backbone, weights="DEFAULT")
@@ -382,7 +392,8 @@ def pooled_net(backbone: str, model: nn.Module, num_classes: int, side: int,
             fmap = body(torch.zeros(1, 3, side, side))
     except RuntimeError as err:
         raise WeakpasteError(f"backbone {backbone!r} cannot take {side}x{side} inputs "
-                             f"({_reason(err)}); raise --input-size / --crop-size") from None
+                             f"({_reason(err)}); raise {INPUT_SIZE_FLAG} / "
+                             f"{CROP_SIZE_FLAG}") from None
     if fmap.ndim != 4:  # pragma: no cover - guarded by _FAMILIES
         raise WeakpasteError(f"backbone {backbone!r} has no convolutional feature map; "
                              f"choose one of e.g. {EXAMPLES}")

@@ -68,7 +68,7 @@ from weakpaste.models.inputs import (
 )
 from weakpaste.models.regions import Geometry
 from weakpaste.models.training import TRAIN_MODES, train_net
-from weakpaste.models.weights import is_none
+from weakpaste.models.weights import WEIGHTS_FLAG, is_none
 
 __all__ = [
     "GREY",
@@ -438,7 +438,7 @@ class Classifier:
         fix = "train and save the classifier again"
         obj = read_weakpaste_file(
             path, FORMAT, what="classifier file", fix=fix,
-            foreign="not a weakpaste classifier file (plain weights go to --weights)",
+            foreign=f"not a weakpaste classifier file (plain weights go to {WEIGHTS_FLAG})",
             missing_fix="check the path or train and save a classifier first")
         if obj.get("version") != FORMAT_VERSION:
             raise WeakpasteError(f"{path}: unsupported classifier format version "

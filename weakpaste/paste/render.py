@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.core.options import Config, option
+from weakpaste.core.options import Config, flag_of, option
 from weakpaste.ops import blending, geometry
 from weakpaste.ops import masks as mask_ops
 from weakpaste.paste.plan import ImagePlan, placement_matrix
@@ -40,7 +40,8 @@ class RenderParams(Config):
         super().check()
         # The blur's kernel spans 6 sigma: 0 gives none and inf none that fits in memory.
         if not 0 < self.blur_sigma <= MAX_BLUR_SIGMA:
-            raise WeakpasteError(f"blur_sigma (--blur-sigma) must be in (0, {MAX_BLUR_SIGMA:g}] "
+            flag = flag_of(type(self), "blur_sigma")
+            raise WeakpasteError(f"blur_sigma ({flag}) must be in (0, {MAX_BLUR_SIGMA:g}] "
                                  f"pixels, got {self.blur_sigma}")
 
 

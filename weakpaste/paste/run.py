@@ -38,8 +38,8 @@ from weakpaste.core.manifest import (
     record_listing,
     recorded_listing,
 )
-from weakpaste.core.options import Config, flags_of, option
-from weakpaste.core.run import RunOptions, StageInputs, StageRun
+from weakpaste.core.options import Config, flag_of, flags_of, option
+from weakpaste.core.run import OVERWRITE, RESUME, RunOptions, StageInputs, StageRun
 from weakpaste.core.runners import host_tag
 from weakpaste.io import coco
 from weakpaste.io.images import encode_image, list_images, read_image_sha256
@@ -118,8 +118,9 @@ class PasteConfig(Config):
     def check(self) -> None:
         super().check()
         if self.selection == "weights" and not self.class_weights:
-            raise WeakpasteError("selection 'weights' (--selection weights) needs class_weights "
-                                 "(--class-weights FILE)")
+            flags = flags_of(type(self))
+            raise WeakpasteError(f"selection 'weights' ({flags['selection']} weights) needs "
+                                 f"class_weights ({flags['class_weights']} FILE)")
 
 
 @dataclass(frozen=True)
@@ -209,8 +210,8 @@ def paste_item(ctx: PasteContext, index: int, seed: np.random.SeedSequence,
     # A resumed run may not mix the pixels of two versions of one background.
     if background.sha256 is not None and sha256 != background.sha256:
         raise WeakpasteError(f"{background.path}: the background image changed since the run "
-                             "being resumed pasted onto it; restore it, or pass --overwrite "
-                             "instead of --resume")
+                             f"being resumed pasted onto it; restore it, or pass {OVERWRITE} "
+                             f"instead of {RESUME}")
     H, W = image.shape[:2]
     inst = background.instances
     if inst is not None and (inst.height, inst.width) != (H, W):
@@ -318,10 +319,13 @@ class PasteInputs(StageInputs):
         extra_backgrounds: folders of extra background images (no instances).
     """
 
-    bank: str | os.PathLike
-    backgrounds: str | os.PathLike | None = None
-    images: str | os.PathLike | None = None
-    extra_backgrounds: tuple[str | os.PathLike, ...] | list = ()
+    bank: str | os.PathLike = option(help="segment bank folder")
+    backgrounds: str | os.PathLike | None = option(
+        None, metavar="COCO_JSON", help="COCO or LVIS data set whose images are backgrounds (its "
+                                        "instances and LVIS labels are kept)")
+    images: str | os.PathLike | None = option(None, help="folder of the --backgrounds images")
+    extra_backgrounds: tuple[str | os.PathLike, ...] = option(
+        (), metavar="DIR", help="folders of extra background images without annotations")
 
 
 def run_paste(config: PasteConfig, inputs: PasteInputs, run: RunOptions) -> dict:
@@ -387,7 +391,8 @@ def _check_present(backgrounds_json: str | None, images_dir: str | None,
     """Refuse missing inputs without reading anything (the reading refuses the same, later:
     this is only so that a typo is refused before workers start)."""
     if backgrounds_json:
-        coco.check_present(backgrounds_json, images_dir)
+        coco.check_present(backgrounds_json, images_dir,
+                           images_flag=flag_of(PasteInputs, "images"))
     for folder in extra_dirs:
         if not Path(folder).is_dir():
             list_images(folder)  # its one-line error for a missing folder

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weakpaste.core.options import Config
+from weakpaste.core.options import Config, flag_of, option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.io.coco import CocoDataset, load_coco
 
@@ -202,8 +202,9 @@ class StatsInputs(StageInputs):
         images: when given, also check that every image file exists there.
     """
 
-    coco_json: str | os.PathLike
-    images: str | os.PathLike | None = None
+    coco_json: str | os.PathLike = option(
+        positional=True, help="COCO or LVIS instances JSON with masks (polygons or RLE)")
+    images: str | os.PathLike | None = option(None, help="also check that the image files exist")
 
 
 def run_stats(config: StatsConfig | None, inputs: StatsInputs,
@@ -223,7 +224,8 @@ def run_stats(config: StatsConfig | None, inputs: StatsInputs,
     """
     with StageRun("stats", run or RunOptions(), inputs=inputs.paths(), resumable=False,
                   output=None):
-        data = load_coco(inputs.coco_json, inputs.images, check_files=inputs.images is not None)
+        data = load_coco(inputs.coco_json, inputs.images, check_files=inputs.images is not None,
+                         images_flag=flag_of(StatsInputs, "images"))
         return dataset_stats(data)
 
 

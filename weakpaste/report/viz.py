@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.core.options import Config, option, parse_int_or_none
+from weakpaste.core.options import Config, flag_of, option, parse_int_or_none
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
 
 # Bright, mutually distinct colours: every one carries a dark label text well and stands out on
@@ -359,9 +359,13 @@ class VizInputs(StageInputs):
             ``VizConfig.min_score`` are drawn, with their scores, instead of the annotations.
     """
 
-    coco_json: str | os.PathLike
-    images: str | os.PathLike
-    predictions: str | os.PathLike | None = None
+    coco_json: str | os.PathLike = option(
+        positional=True, help="COCO or LVIS instances JSON with masks (polygons or RLE)")
+    images: str | os.PathLike = option(help="folder of the images")
+    predictions: str | os.PathLike | None = option(
+        None, metavar="RESULTS_JSON",
+        help="draw these detections on the images of coco_json instead of its annotations "
+             "(COCO results format, e.g. 'weakpaste eval' OUT/predictions.json)")
 
 
 def run_viz(config: VizConfig | None, inputs: VizInputs, run: RunOptions) -> dict:
@@ -391,7 +395,7 @@ def run_viz(config: VizConfig | None, inputs: VizInputs, run: RunOptions) -> dic
     cfg = config or VizConfig()
     coco_json, predictions = inputs.coco_json, inputs.predictions
     with StageRun("viz", run, inputs=inputs.paths(), resumable=False) as stage:
-        data = load_coco(coco_json, inputs.images)
+        data = load_coco(coco_json, inputs.images, images_flag=flag_of(VizInputs, "images"))
         if not data.records:
             raise WeakpasteError(f"{coco_json}: no images to draw; its 'images' list is empty")
         picked = _pick(len(data.records), cfg.num_images, cfg.seed)

@@ -21,6 +21,7 @@ import torch
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
 from weakpaste.core.manifest import file_sha256
+from weakpaste.core.options import flag_of, flags_of, option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.evaluate.detection import (
     IOU_TYPES,
@@ -136,7 +137,7 @@ def evaluate_model(model: torch.nn.Module, data: str | tdata.DataSpec, out_dir: 
     """
     config = config or EvalConfig()
     device = resolve_device(config.device)
-    spec = tdata.parse_data_spec(data, option="--data")
+    spec = tdata.parse_data_spec(data, option=flag_of(EvalInputs, "data"))
     gt = tdata.load_spec(spec)
     mapping, notes = tdata.map_eval_categories(class_names, gt)
     categories = {i + 1: mapping[n] for i, n in enumerate(class_names) if n in mapping}
@@ -206,10 +207,19 @@ class EvalInputs(StageInputs):
             define rare/common/frequent; default: see the module docstring.
     """
 
-    data: str | tdata.DataSpec
-    checkpoint: str | os.PathLike | None = None
-    predictions: str | os.PathLike | None = None
-    train: str | tdata.DataSpec | None = None
+    data: str | tdata.DataSpec = option(
+        metavar="COCO_JSON:IMAGES_DIR",
+        help="ground truth (the images are needed with --checkpoint only); an LVIS file is "
+             "evaluated with LVIS's federated protocol")
+    checkpoint: str | os.PathLike | None = option(None, metavar="CKPT",
+                                                  help="a 'weakpaste train' checkpoint")
+    predictions: str | os.PathLike | None = option(None, metavar="PRED_JSON",
+                                                   help="a COCO results JSON")
+    train: str | tdata.DataSpec | None = option(
+        None, metavar="COCO_JSON",
+        help="training set whose LVIS frequencies, else images per class, define rare "
+             "(1-10), common (11-100) and frequent (>100) classes (default: an LVIS ground "
+             "truth's frequencies, else the checkpoint's)")
 
 
 def run_eval(config: EvalConfig, inputs: EvalInputs, run: RunOptions) -> dict:
@@ -230,10 +240,13 @@ def run_eval(config: EvalConfig, inputs: EvalInputs, run: RunOptions) -> dict:
     """
     checkpoint, predictions = inputs.checkpoint, inputs.predictions
     if (checkpoint is None) == (predictions is None):
-        raise WeakpasteError("pass either --checkpoint CKPT or --predictions PRED_JSON")
-    spec = tdata.parse_data_spec(inputs.data, option="--data",
+        flags = flags_of(EvalInputs)
+        raise WeakpasteError(f"pass either {flags['checkpoint']} CKPT or "
+                             f"{flags['predictions']} PRED_JSON")
+    spec = tdata.parse_data_spec(inputs.data, option=flag_of(EvalInputs, "data"),
                                  images_required=checkpoint is not None)
-    tspec = (tdata.parse_data_spec(inputs.train, option="--train", images_required=False)
+    tspec = (tdata.parse_data_spec(inputs.train, option=flag_of(EvalInputs, "train"),
+                                      images_required=False)
              if inputs.train is not None else None)
     training = _training(tspec)
     anchor = Path(checkpoint if checkpoint is not None else predictions)

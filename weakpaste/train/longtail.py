@@ -44,6 +44,7 @@ import numpy as np
 from weakpaste import __version__
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.manifest import file_sha256
+from weakpaste.core.options import option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.io.coco import load_coco, write_coco_subset
 from weakpaste.train.config import LongtailConfig
@@ -133,7 +134,8 @@ def select_longtail(image_classes: Mapping[int, Sequence[str]], config: Longtail
 class LongtailInputs(StageInputs):
     """The input of ``longtail``: the COCO file (``coco_json``) to take the subset from."""
 
-    coco_json: str | os.PathLike
+    coco_json: str | os.PathLike = option(positional=True,
+                                          help="COCO instances JSON to take the subset from")
 
 
 def run_longtail(config: LongtailConfig, inputs: LongtailInputs, run: RunOptions) -> dict:

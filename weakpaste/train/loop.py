@@ -31,7 +31,8 @@ from weakpaste.core.errors import reason as _reason
 from weakpaste.core.manifest import (
     record_listing,
 )
-from weakpaste.core.run import RunOptions, StageInputs, StageRun
+from weakpaste.core.options import flag_of, option
+from weakpaste.core.run import OUT, OVERWRITE, RESUME, RunOptions, StageInputs, StageRun
 from weakpaste.evaluate.detection import TrainingClasses
 from weakpaste.models.backbones import torch_write_errors
 from weakpaste.models.weights import is_default, is_none
@@ -158,7 +159,7 @@ def _stage_state(run: _Run, stage: TrainStage, index: int):
         except (KeyError, ValueError, RuntimeError) as err:
             raise WeakpasteError(f"{run.ckpt_dir / 'last.pt'}: cannot restore the optimizer or "
                                  f"the sampler ({_reason(err)}); resume with the original data "
-                                 "and options or choose another --out") from None
+                                 f"and options or choose another {OUT}") from None
     return stream, optimizer, scheduler
 
 
@@ -178,8 +179,9 @@ def _step(run: _Run, images: list, targets: list, optimizer, scheduler,
     if not torch.isfinite(loss.detach()):
         raise WeakpasteError(
             f"training diverged at iteration {run.iteration + 1} (loss {loss.detach().item()}); "
-            f"lower --lr (now {config.lr}) or lengthen --warmup; rerun with --overwrite, or "
-            f"--resume from the last checkpoint in {run.ckpt_dir}")
+            f"lower {flag_of(TrainConfig, 'lr')} (now {config.lr}) or lengthen "
+            f"{flag_of(TrainConfig, 'warmup_iters')}; rerun with {OVERWRITE}, or {RESUME} from "
+            f"the last checkpoint in {run.ckpt_dir}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.clip_grad > 0:
@@ -276,9 +278,15 @@ class TrainInputs(StageInputs):
         val: the evaluation set (optional): ``OUT/eval/metrics.json``.
     """
 
-    train: Sequence[Spec]
-    stage2: Sequence[Spec] = ()
-    val: Spec | None = None
+    train: Sequence[Spec] = option(
+        repeat=True, metavar="COCO_JSON:IMAGES_DIR",
+        help="training set (stage 1, e.g. pasted data); repeat to concatenate")
+    stage2: Sequence[Spec] = option(
+        (), repeat=True, metavar="COCO_JSON:IMAGES_DIR",
+        help="stage-2 set (the original pseudo-labelled data), trained after stage 1 with a "
+             "fresh schedule (FreeSeg §4.1); repeatable")
+    val: Spec | None = option(None, metavar="COCO_JSON:IMAGES_DIR",
+                              help="evaluate the final model on this set (OUT/eval/metrics.json)")
 
 
 def run_train(config: TrainConfig, inputs: TrainInputs, run: RunOptions, *,

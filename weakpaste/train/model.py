@@ -31,6 +31,7 @@ from torch import nn
 from weakpaste import __version__
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.errors import reason as _reason
+from weakpaste.core.options import flag_of
 from weakpaste.models.backbones import (
     default_weights_error,
     read_state_dict,
@@ -234,8 +235,8 @@ def load_weights_file(model: nn.Module, path: Path, backbone: str) -> str:
         raise WeakpasteError(
             f"{path}: neither a Mask R-CNN state_dict nor one of torchvision's "
             f"{_TORCHVISION_NAMES[backbone]} ({len(bad)} of {len(want)} backbone tensors missing "
-            f"or of another shape, e.g. {prefix + bad[0]!r}); pass a matching --backbone, a "
-            "weakpaste checkpoint, DEFAULT or none")
+            f"or of another shape, e.g. {prefix + bad[0]!r}); pass a matching "
+            f"{flag_of(ModelOptions, 'backbone')}, a weakpaste checkpoint, DEFAULT or none")
     body.load_state_dict({k: mapped[k] for k in want}, strict=True)
     return f"backbone initialised from {path} ({len(want)} tensors)"
 

@@ -15,6 +15,7 @@ from weakpaste.core.manifest import (
     fingerprints_sha256,
     jsonable,
 )
+from weakpaste.core.options import flags_of
 from weakpaste.evaluate.detection import training_frequency
 from weakpaste.train import data as tdata
 from weakpaste.train.config import TrainConfig
@@ -107,11 +108,15 @@ def _stages(config: TrainConfig, specs1: list, sets1: list, specs2: list, sets2:
 
 def make_plan(config: TrainConfig, train_sets: Sequence[Spec], stage2: Sequence[Spec],
           val: Spec | None) -> TrainPlan:
-    specs1 = [tdata.parse_data_spec(t, option="--train") for t in train_sets]
+    from weakpaste.train.loop import TrainInputs  # which imports this module
+
+    flags = flags_of(TrainInputs)
+    specs1 = [tdata.parse_data_spec(t, option=flags["train"]) for t in train_sets]
     if not specs1:
-        raise WeakpasteError("no training data; pass --train COCO_JSON:IMAGES_DIR")
-    specs2 = [tdata.parse_data_spec(t, option="--stage2") for t in stage2]
-    val_spec = tdata.parse_data_spec(val, option="--val") if val is not None else None
+        raise WeakpasteError(f"no training data; pass {flags['train']} COCO_JSON:IMAGES_DIR")
+    specs2 = [tdata.parse_data_spec(t, option=flags["stage2"]) for t in stage2]
+    val_spec = (tdata.parse_data_spec(val, option=flags["val"]) if val is not None
+                else None)
     sets1 = [tdata.load_spec(s) for s in specs1]
     sets2 = [tdata.load_spec(s) for s in specs2]
     val_set = tdata.load_spec(val_spec) if val_spec is not None else None

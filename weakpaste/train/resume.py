@@ -9,6 +9,8 @@ from pathlib import Path
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.core.manifest import check_resume, first_change, recorded_listing
+from weakpaste.core.options import flag_of
+from weakpaste.core.run import OUT
 from weakpaste.train.config import ModelConfig, TrainConfig
 from weakpaste.train.model import load_checkpoint
 
@@ -17,21 +19,24 @@ def _check_resumable(path: Path, ckpt: Mapping, model_config: ModelConfig,
                      config: TrainConfig) -> None:
     saved = ModelConfig.from_dict(ckpt["model_config"])
     if saved.class_names != model_config.class_names:
+        from weakpaste.train.loop import TrainInputs  # which imports this module
+
+        data = "/".join(flag_of(TrainInputs, n) for n in ("train", "stage2"))
         raise WeakpasteError(f"{path}: trained on other classes than the given data; resume "
-                             "with the same --train/--stage2 data or choose another --out")
+                             f"with the same {data} data or choose another {OUT}")
     was, now = saved.to_dict(), model_config.to_dict()
     for key in ("backbone", "image_size", "frozen_bn", "trainable_layers", "roi_batch",
                 "rpn_proposals", "detections_per_image"):
         if was[key] != now[key]:
             raise WeakpasteError(f"{path}: checkpoint has {key}={was[key]!r} but this "
                                  f"run asks {now[key]!r}; resume with the "
-                                 "original options or choose another --out")
+                                 f"original options or choose another {OUT}")
     old = ckpt.get("config", {})
     for key in ("batch_size", "seed", "repeat_threshold"):
         if key in old and old[key] != getattr(config, key):
             raise WeakpasteError(f"{path}: checkpoint was trained with {key}={old[key]!r} but "
                                  f"this run asks {getattr(config, key)!r}; resume with the "
-                                 "original options or choose another --out")
+                                 f"original options or choose another {OUT}")
 
 
 def resume_point(ckpt_dir: Path, model_config: ModelConfig, config: TrainConfig,
