@@ -48,7 +48,8 @@ from bench_common import SHARED, model_parser
 from weakpaste.core.argv import to_argv
 from weakpaste.core.run import RunOptions
 from weakpaste.evaluate.funnel import CURVE_FRACTIONS, curve_of
-from weakpaste.evaluate.masks import _bytes_rle, _load_gt, evaluate_masks, load_predictions
+from weakpaste.evaluate.masks import _load_gt, evaluate_masks, load_predictions
+from weakpaste.io.rle import bytes_rle
 from weakpaste.mine.config import RANK_CUES, ClassifierSpec, FreeSegConfig, FreeSegParams
 from weakpaste.mine.freeseg import run_mine_freeseg
 from weakpaste.mine.pipeline import MineInputs
@@ -92,7 +93,7 @@ def segment_ious(pred: Path, gt) -> dict[str, float]:
     gts = {}
     for rec in gt.records:
         for cls, rle in zip(rec.instances.classes, rec.instances.rles, strict=True):
-            gts.setdefault((rec.file_name, cls), []).append(_bytes_rle(rle))
+            gts.setdefault((rec.file_name, cls), []).append(bytes_rle(rle))
     from pycocotools import mask as mask_utils
 
     out = {}
@@ -100,7 +101,7 @@ def segment_ious(pred: Path, gt) -> dict[str, float]:
         name = image if image in sizes else by_base.get(image, image)
         for cls, rle, _ in items:
             g = gts.get((name, cls), [])
-            out[image] = float(np.max(mask_utils.iou([_bytes_rle(rle)], g, [0] * len(g)))) \
+            out[image] = float(np.max(mask_utils.iou([bytes_rle(rle)], g, [0] * len(g)))) \
                 if g else 0.0
     return out
 

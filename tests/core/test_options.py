@@ -410,3 +410,24 @@ def test_learning_rate_schedule_takes_every_value_its_options_let_through(name, 
                            warmup_factor=config.warmup_factor, steps=config.steps,
                            gamma=config.gamma)
         assert math.isfinite(factor) and factor > 0, (name, value, i)
+
+
+def test_reuse_option_keeps_the_declaration_and_takes_a_new_default_and_help():
+    from weakpaste.core.options import reuse_option
+
+    @dataclass(frozen=True)
+    class Source(Config):
+        size: int = option(8, range=(1, None), metavar="N", help="the size")
+
+    @dataclass(frozen=True)
+    class User(Config):
+        size: int | None = reuse_option(Source, "size", default=None, help="its size, or none")
+
+    assert User().size is None
+    with pytest.raises(WeakpasteError, match=r"^size \(--size\) must be >= 1, got 0$"):
+        User(size=0)
+    parser = argparse.ArgumentParser()
+    add_options(parser, User)
+    action = next(a for a in parser._actions if a.dest == "size")
+    assert (action.metavar, action.help) == ("N", "its size, or none")
+    assert Source.__dataclass_fields__["size"].metadata["weakpaste"].help == "the size"

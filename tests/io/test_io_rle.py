@@ -75,3 +75,19 @@ def test_uncompressed_counts():
         "uncompressed RLE counts hold a negative run length"
     assert bad_uncompressed([3, 2.5, 0.5], 2, 3) == "uncompressed RLE counts must be integers"
     assert bad_uncompressed([True, 5], 2, 3) == "uncompressed RLE counts must be integers"
+
+
+def test_bytes_rle_gives_pycocotools_its_types_without_changing_the_input():
+    from pycocotools import mask as mask_utils
+
+    from weakpaste.io.rle import bytes_rle
+
+    mask = np.zeros((4, 5), dtype=np.uint8, order="F")
+    mask[1:3, 2:4] = 1
+    encoded = mask_utils.encode(mask)
+    as_json = {"size": (4, 5), "counts": encoded["counts"].decode()}
+    got = bytes_rle(as_json)
+    assert got == {"size": [4, 5], "counts": encoded["counts"]}
+    assert isinstance(as_json["counts"], str)  # the input is not changed
+    assert mask_utils.area(got) == 4
+    assert bytes_rle(got) == got  # bytes stay bytes

@@ -104,6 +104,23 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
     return field(default=default, metadata=meta)
 
 
+def reuse_option(cls: type, name: str, *, default: Any = MISSING, help: str | None = None
+                 ) -> Any:
+    """The option ``name`` of config ``cls``, declared there once, as a field of another
+    config: the same flag, parser, metavar, choices and range; a command whose default means
+    something else gives its own ``default`` and ``help`` (the demo's ``--weights`` chooses
+    its classifier preset). Nesting ``cls`` is the way to share all of its options; this is
+    for one option of it.
+    """
+    f = cls.__dataclass_fields__[name]
+    opt = f.metadata[_KEY]
+    if help is not None:
+        opt = dataclasses.replace(opt, help=help)
+    if default is MISSING:
+        default = f.default
+    return field(default=default, metadata={_KEY: opt})
+
+
 def flag_of(f: dataclasses.Field | type, name: str | None = None) -> str:
     """The command-line flag of a config field: ``flag_of(field)``, or ``flag_of(Config,
     "name")`` for the field ``name`` of a config class or of a config nested in it, so that

@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from weakpaste.core.options import Config, flag_of, option
+from weakpaste.core.options import Config, flag_of, option, reuse_option
 from weakpaste.core.runners import ExecutorConfig
-
-
-def _executor_field(name: str) -> Any:
-    """The field ``name`` of ``ExecutorConfig``, declared there once and reused here."""
-    f = ExecutorConfig.__dataclass_fields__[name]
-    return dataclasses.field(default=f.default, metadata=f.metadata)
 
 
 @dataclass(frozen=True)
@@ -36,11 +29,11 @@ class RunOptions(Config):
                                       "inputs")
     workers: int = option(1, range=(1, None),
                           help="processes; the output is the same for any number")
-    executor: str = _executor_field("executor")
-    ray_address: str | None = _executor_field("ray_address")
-    gpus_per_worker: float = _executor_field("gpus_per_worker")
+    executor: str = reuse_option(ExecutorConfig, "executor")
+    ray_address: str | None = reuse_option(ExecutorConfig, "ray_address")
+    gpus_per_worker: float = reuse_option(ExecutorConfig, "gpus_per_worker")
     quiet: bool = option(False, help="no progress bar")
-    chunk: int = _executor_field("chunk")
+    chunk: int = reuse_option(ExecutorConfig, "chunk")
 
     @property
     def progress(self) -> bool:

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from weakpaste.core.options import Config, flag_of, option
+from weakpaste.core.options import Config, flag_of, option, reuse_option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
-from weakpaste.models.weights import parse_weights
+from weakpaste.mine.config import ClassifierSpec
 
 DEMO_SIDE = 128
 """Height and width of the demo's synthetic scenes and backgrounds, in pixels."""
@@ -146,8 +146,9 @@ def mine_command(config, images: str, labels: str, out: str) -> str:
     import shlex
 
     from weakpaste.core.argv import to_argv
+    from weakpaste.mine.pipeline import MineInputs
 
-    argv = ["mine", "fem", "--images", images, "--labels", labels, "--out", out,
+    argv = ["mine", "fem", *to_argv(MineInputs(images, labels)), *to_argv(RunOptions(out=out)),
             *to_argv(config, always=("seed",)), "--save-baselines"]
     return "weakpaste " + shlex.join(argv)
 
@@ -161,15 +162,20 @@ class DemoConfig(Config):
     seed: int = option(0, range=(0, None), help="the run's seed")
     from_gt: bool = option(False, help="cut the bank from the scenes' ground truth instead of "
                                        "mining it with F-EM from their image-level labels")
-    backbone: str | None = option(None, help="F-EM classifier backbone (default: small_cnn "
-                                             "from scratch; resnet18 with --weights)")
-    weights: str | None = option(
-        None, parse=parse_weights, metavar="none|PATH|DEFAULT",
+    # The F-EM classifier's own options (mine fem's), whose demo defaults choose a preset
+    # (demo_mine_config): small_cnn trained from scratch, or resnet18 linear-probed on
+    # --weights.
+    backbone: str | None = reuse_option(
+        ClassifierSpec, "backbone", default=None,
+        help="F-EM classifier backbone (default: small_cnn from scratch; resnet18 with "
+             "--weights)")
+    weights: str | None = reuse_option(
+        ClassifierSpec, "weights", default=None,
         help="none (train the classifier from scratch; no download), PATH to a local "
              "torchvision state_dict of --backbone, or DEFAULT (download torchvision's "
              "ImageNet weights)")
-    epochs: int | None = option(None, range=(0, None),
-                                help="classifier training epochs (default: 30)")
+    epochs: int | None = reuse_option(ClassifierSpec, "epochs", default=None,
+                                      help="classifier training epochs (default: 30)")
     train: bool = option(False, help="then train Mask R-CNN on the mined data and, with the "
                                      "same schedule, on the ground-truth masks, and print both "
                                      "APs on held-out scenes")

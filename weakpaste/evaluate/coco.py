@@ -17,9 +17,10 @@ from pathlib import Path
 from pycocotools import mask as mask_utils
 
 from weakpaste.io import lvis
-from weakpaste.io.coco import _bytes_rle, _read_document
+from weakpaste.io.coco import _read_document
 from weakpaste.io.coco_parse import segmentation_to_rle
 from weakpaste.io.results import checked_detections
+from weakpaste.io.rle import bytes_rle
 
 
 def _quiet_coco(doc: dict):
@@ -57,8 +58,8 @@ def evaluation_document(path: str | os.PathLike) -> dict:
             img = images[ann["image_id"]]
             rle = segmentation_to_rle(ann.get("segmentation"), img["height"], img["width"])
             if rle is not None:
-                ann.setdefault("area", float(mask_utils.area(_bytes_rle(rle))))
-                ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))])
+                ann.setdefault("area", float(mask_utils.area(bytes_rle(rle))))
+                ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(bytes_rle(rle))])
             else:
                 ann.setdefault("bbox", [0.0, 0.0, 0.0, 0.0])
                 ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))

@@ -34,14 +34,14 @@ STAGES = (("proposals", "all proposals"), ("candidates", "ranked candidates"),
 
 def _gt_by_pair(gt) -> dict[tuple[str, str], list[dict]]:
     """(file_name, class) -> the GT instances' RLEs (bytes counts)."""
-    from weakpaste.evaluate.masks import _bytes_rle
+    from weakpaste.io.rle import bytes_rle
 
     out: dict[tuple[str, str], list[dict]] = {}
     for rec in gt.records:
         if rec.instances is None:
             continue
         for name, rle in zip(rec.instances.classes, rec.instances.rles, strict=True):
-            out.setdefault((rec.file_name, name), []).append(_bytes_rle(rle))
+            out.setdefault((rec.file_name, name), []).append(bytes_rle(rle))
     return out
 
 
@@ -58,7 +58,8 @@ def scored_picks(pred: str | os.PathLike | Mapping, gt
             ``load_predictions`` returned.
         gt: a loaded GT ``CocoDataset``.
     """
-    from weakpaste.evaluate.masks import _bytes_rle, _NameResolver, load_predictions
+    from weakpaste.evaluate.masks import _NameResolver, load_predictions
+    from weakpaste.io.rle import bytes_rle
 
     sizes = {r.file_name: (r.height, r.width) for r in gt.records}
     resolve, pairs = _NameResolver(list(sizes)), _gt_by_pair(gt)
@@ -68,7 +69,7 @@ def scored_picks(pred: str | os.PathLike | Mapping, gt
         name = resolve(image)
         for cls, rle, score in items:
             g = pairs.get((name, cls), []) if name is not None else []
-            iou = mask_utils.iou([_bytes_rle(rle)], g, [0] * len(g)) if g else np.zeros(1)
+            iou = mask_utils.iou([bytes_rle(rle)], g, [0] * len(g)) if g else np.zeros(1)
             out.append((score, bool(np.max(iou) >= 0.5), (name or image, cls)))
     return out
 

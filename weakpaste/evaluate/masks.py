@@ -46,6 +46,7 @@ from weakpaste.bank.store import SegmentBank
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.io.coco import CocoDataset, load_coco
+from weakpaste.io.rle import bytes_rle
 
 Prediction = tuple[str, dict, float | None]  # (class name, full-image RLE, score or None)
 Predictions = dict[str, list[Prediction]]
@@ -60,12 +61,6 @@ _EXAMPLES = 5
 def _not_predictions(pred: Path) -> WeakpasteError:
     return WeakpasteError(f"{pred}: not a segment bank folder nor a COCO JSON; pass the output "
                           "of 'weakpaste mine' (BANK or BANK/pseudo_labels.json)")
-
-
-def _bytes_rle(rle: dict) -> dict:
-    counts = rle["counts"]
-    return {"size": list(rle["size"]),
-            "counts": counts.encode() if isinstance(counts, str) else counts}
 
 
 def _base_name(name: str) -> str:
@@ -346,7 +341,7 @@ def _gt_by_image(gt: CocoDataset) -> dict[str, dict[str, list[dict]]]:
         per_class: dict[str, list[dict]] = defaultdict(list)
         if rec.instances is not None:
             for name, rle in zip(rec.instances.classes, rec.instances.rles, strict=True):
-                per_class[name].append(_bytes_rle(rle))
+                per_class[name].append(bytes_rle(rle))
         gt_by_image[rec.file_name] = per_class
     return gt_by_image
 
@@ -385,7 +380,7 @@ def _predictions_by_image(predictions: Mapping[str, Sequence[Prediction]],
                     f"{rle['size'][1]}x{rle['size'][0]} but GT image {name!r} is "
                     f"{sizes[name][1]}x{sizes[name][0]}; predictions and GT must describe the "
                     "same images")
-            pred_by_image[name][cls].append(_bytes_rle(rle))
+            pred_by_image[name][cls].append(bytes_rle(rle))
     return pred_by_image, unmatched
 
 

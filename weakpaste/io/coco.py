@@ -37,6 +37,7 @@ from weakpaste.io.coco_parse import (
 )
 from weakpaste.io.lvis import Federated, frequency_bucket
 from weakpaste.io.lvis import complete_categories as complete_lvis_categories
+from weakpaste.io.rle import bytes_rle
 from weakpaste.structures import ImageRecord, Instances
 
 
@@ -167,11 +168,6 @@ def load_coco(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
                        images_dir=images_path, crowd_skipped=crowd, federated=federated)
 
 
-def _bytes_rle(rle: dict) -> dict:
-    counts = rle["counts"]
-    return {"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-
-
 def assign_category_ids(names: Iterable[str],
                         keep: Mapping[str, dict] | None = None) -> dict[str, dict]:
     """Category table for writing: names in ``keep`` keep their id; new names get new ids.
@@ -228,7 +224,7 @@ def mask_stats(rles: Sequence[dict]) -> MaskStats:
     annotation; one pycocotools call each for all the masks (half the time of one per mask)."""
     if not rles:
         return [], []
-    brles = [_bytes_rle(r) for r in rles]
+    brles = [bytes_rle(r) for r in rles]
     # pycocotools 2.0.11's area() fails on 256 or more masks in one call (it sizes its output
     # with a uint8 array): at most 255 at a time.
     areas = [int(a) for i in range(0, len(brles), 255) for a in mask_utils.area(brles[i:i + 255])]

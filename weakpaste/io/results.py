@@ -18,8 +18,9 @@ import numpy as np
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.io import rle as rle_check
-from weakpaste.io.coco import CocoDataset, _bytes_rle
+from weakpaste.io.coco import CocoDataset
 from weakpaste.io.coco_parse import segmentation_to_rle
+from weakpaste.io.rle import bytes_rle
 from weakpaste.structures import Instances
 
 
@@ -49,7 +50,7 @@ def checked_detections(images: Mapping[int, dict], results: Sequence[dict],
             if rle is None:
                 raise ValueError(f"result for image {r['image_id']} has an unusable "
                                  "segmentation")
-            r["segmentation"] = _bytes_rle(rle)
+            r["segmentation"] = bytes_rle(rle)
         bad = rle_check.first_bad_compressed([r["segmentation"]["counts"] for r in picked],
                                              [tuple(r["segmentation"]["size"]) for r in picked])
         if bad is not None:

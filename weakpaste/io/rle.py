@@ -144,3 +144,18 @@ def bad_uncompressed(counts: list, height: int, width: int) -> str | None:
 
 
 __all__ = ["first_bad_compressed", "bad_uncompressed"]
+
+
+def bytes_rle(rle: dict) -> dict:
+    """A compressed RLE as pycocotools' C functions take it: ``counts`` as bytes (JSON gives
+    str) and ``size`` a [height, width] list.
+
+    Args:
+        rle: {"size": [h, w], "counts": str | bytes}.
+
+    Returns:
+        A new dict; ``rle`` is not changed.
+    """
+    counts = rle["counts"]
+    return {"size": list(rle["size"]),
+            "counts": counts.encode() if isinstance(counts, str) else counts}
