@@ -113,12 +113,8 @@ def reuse_option(cls: type, name: str, *, default: Any = MISSING, help: str | No
     for one option of it.
     """
     f = cls.__dataclass_fields__[name]
-    opt = f.metadata[_KEY]
-    if help is not None:
-        opt = dataclasses.replace(opt, help=help)
-    if default is MISSING:
-        default = f.default
-    return field(default=default, metadata={_KEY: opt})
+    opt = f.metadata[_KEY] if help is None else dataclasses.replace(f.metadata[_KEY], help=help)
+    return field(default=f.default if default is MISSING else default, metadata={_KEY: opt})
 
 
 def flag_of(f: dataclasses.Field | type, name: str | None = None) -> str:
