@@ -100,7 +100,7 @@ def test_flags_named_below_their_declarations_match_them():
     assert flag_of(ClassifierSpec, "input_size") == weights.INPUT_SIZE_FLAG
     assert flag_of(ClassifierSpec, "crop_size") == weights.CROP_SIZE_FLAG
     assert flag_of(ClassifierSpec, "device") == DEVICE_FLAG
-    # bank.store names --classes for paste, which it may not import.
+    # bank.store names --classes for paste and bank from-coco, which it may not import.
     assert flag_of(PasteConfig, "classes") == flag_of(BankConfig, "classes")
 
 

@@ -13,3 +13,7 @@ May import: core, ops, structures, io, models.
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_GENERATOR = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+CAPTIONER_FLAG, GENERATOR_FLAG, CLIP_FLAG = "--captioner", "--generator", "--clip"
+DISTRACTORS_FLAG, CAPTIONS_FLAG = "--distractors", "--captions"
+# The flags of the models' and files' options, declared with them in ``run`` (``flag=``) and
+# named here so that the modules ``run`` imports can name them without importing it.

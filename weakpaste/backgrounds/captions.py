@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 
-from weakpaste.backgrounds import DEFAULT_CAPTIONER
+from weakpaste.backgrounds import CAPTIONER_FLAG, CAPTIONS_FLAG, DEFAULT_CAPTIONER
 from weakpaste.backgrounds._models import load_error, quiet_loading, resolve_device
-from weakpaste.core.options import flag_of
 from weakpaste.io.coco_captions import Caption, load_coco_captions
 
 __all__ = ["Caption", "Captioner", "DEFAULT_CAPTIONER", "load_coco_captions"]
@@ -48,12 +47,8 @@ class Captioner:
                 self.tokenizer = AutoTokenizer.from_pretrained(model_id)
                 self.model = AutoModelForImageTextToText.from_pretrained(model_id)
             except (OSError, ValueError, KeyError) as err:
-                from weakpaste.backgrounds.run import BackgroundsConfig, BackgroundsInputs
-
-                flag, captions = (flag_of(BackgroundsConfig, "captioner"),
-                                  flag_of(BackgroundsInputs, "captions"))
-                raise load_error("captioning", model_id, flag, err,
-                                 f"or {captions} FILE (COCO captions)") from None
+                raise load_error("captioning", model_id, CAPTIONER_FLAG, err,
+                                 f"or {CAPTIONS_FLAG} FILE (COCO captions)") from None
         self.model.to(self.device).eval()
         self._torch = torch
 

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from weakpaste.backgrounds import DEFAULT_GENERATOR
+from weakpaste.backgrounds import DEFAULT_GENERATOR, GENERATOR_FLAG
 from weakpaste.backgrounds._models import load_error, quiet_loading, resolve_device
-from weakpaste.core.options import flag_of
 
 
 def image_seeds(seed: np.random.SeedSequence, n: int) -> list[int]:
@@ -51,10 +50,7 @@ class TextToImage:
             try:
                 self.pipe = AutoPipelineForText2Image.from_pretrained(model_id, **kwargs)
             except (OSError, ValueError, KeyError) as err:
-                from weakpaste.backgrounds.run import BackgroundsConfig
-
-                flag = flag_of(BackgroundsConfig, "generator")
-                raise load_error("text-to-image", model_id, flag, err) from None
+                raise load_error("text-to-image", model_id, GENERATOR_FLAG, err) from None
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.steps, self.guidance_scale = steps, guidance_scale

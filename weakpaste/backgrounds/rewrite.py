@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from weakpaste.backgrounds import vocabulary
+from weakpaste.backgrounds import DISTRACTORS_FLAG, vocabulary
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.jsonfile import read_json
-from weakpaste.core.options import flag_of
 
 _IRREGULAR_PLURALS = {"scarf": "scarves", "mango": "mangoes", "gloves": "gloves",
                       "trousers": "trousers", "coffee": "coffee", "detergent": "detergent",
@@ -221,11 +220,9 @@ class CaptionRewriter:
         needed = {t.supercategory for t in self.terms}
         empty = sorted(k for k in needed if not self.distractors.get(k))
         if empty:
-            from weakpaste.backgrounds.run import BackgroundsConfig
-
-            flag = flag_of(BackgroundsConfig, "distractors")
             raise WeakpasteError(f"no usable distractor word for supercategory {empty[0]!r} "
-                                 f"(all name a target class); add some with {flag} FILE")
+                                 f"(all name a target class); add some with {DISTRACTORS_FLAG} "
+                                 "FILE")
 
     def find(self, text: str) -> list[tuple[int, int, Term]]:
         """Target-class mentions in ``text`` as (start, end, term), left to right.

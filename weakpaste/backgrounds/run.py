@@ -26,7 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from weakpaste.backgrounds import DEFAULT_CAPTIONER, DEFAULT_CLIP, DEFAULT_GENERATOR
+from weakpaste.backgrounds import (
+    CAPTIONER_FLAG,
+    CAPTIONS_FLAG,
+    CLIP_FLAG,
+    DEFAULT_CAPTIONER,
+    DEFAULT_CLIP,
+    DEFAULT_GENERATOR,
+    DISTRACTORS_FLAG,
+    GENERATOR_FLAG,
+)
 from weakpaste.backgrounds.rewrite import CaptionRewriter, load_distractors, rewrite_captions
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import atomic_write_bytes
@@ -66,7 +75,7 @@ class BackgroundsConfig(Config):
         None, range=(1, None), metavar="N",
         help="use a seeded random subset of N source images (EM-Paste §4.1 augments a random "
              "10% of COCO; default: all), kept in their file order")
-    captioner: str = option(DEFAULT_CAPTIONER, metavar="MODEL",
+    captioner: str = option(DEFAULT_CAPTIONER, flag=CAPTIONER_FLAG, metavar="MODEL",
                             help="transformers image-to-text model id or folder (used without "
                                  "a captions file)")
     caption_batch_size: int = option(8, range=(1, None), help="images per captioning batch")
@@ -75,9 +84,10 @@ class BackgroundsConfig(Config):
     classes: tuple[str, ...] | None = option(
         None, help="target classes to rewrite and reject (default: all COCO + VOC)")
     distractors: str | None = option(
-        None, metavar="JSON", help='more distractor words, {"supercategory": ["word", ...]}')
+        None, flag=DISTRACTORS_FLAG, metavar="JSON",
+        help='more distractor words, {"supercategory": ["word", ...]}')
     rewrite_only: bool = option(False, help="stop after writing OUT/captions.jsonl")
-    generator: str = option(DEFAULT_GENERATOR, metavar="MODEL",
+    generator: str = option(DEFAULT_GENERATOR, flag=GENERATOR_FLAG, metavar="MODEL",
                             help="diffusers text-to-image model id or folder")
     images_per_caption: int = option(10, range=(1, None),
                                      help="images generated per caption (paper: 10)")
@@ -91,7 +101,7 @@ class BackgroundsConfig(Config):
                                 help="generated height (default: the model's)")
     width: int | None = option(None, range=(8, None),
                                help="generated width (default: the model's)")
-    clip: str = option(DEFAULT_CLIP, metavar="MODEL",
+    clip: str = option(DEFAULT_CLIP, flag=CLIP_FLAG, metavar="MODEL",
                        help="transformers CLIP model id or folder")
     reject_threshold: float = option(
         0.28, range=(-1, 1),
@@ -256,8 +266,8 @@ class BackgroundsInputs(StageInputs):
     images: str | os.PathLike | None = option(
         None, help="folder of the source images (captioned by the model unless --captions)")
     captions: str | os.PathLike | None = option(
-        None, metavar="COCO_JSON", help="COCO captions file to use instead of the captioning "
-                                        "model")
+        None, flag=CAPTIONS_FLAG, metavar="COCO_JSON",
+        help="COCO captions file to use instead of the captioning model")
 
 
 _IMAGES, _CAPTIONS = (flag_of(BackgroundsInputs, n) for n in ("images", "captions"))

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weakpaste.backgrounds import DEFAULT_CLIP
+from weakpaste.backgrounds import CLIP_FLAG, DEFAULT_CLIP
 from weakpaste.backgrounds._models import load_error, quiet_loading, resolve_device
-from weakpaste.core.options import flag_of
 
 
 @dataclass(frozen=True)
@@ -88,10 +87,7 @@ class ClipSelector:
                 self.image_processor = AutoImageProcessor.from_pretrained(model_id)
                 self.model = CLIPModel.from_pretrained(model_id)
             except (OSError, ValueError, KeyError) as err:
-                from weakpaste.backgrounds.run import BackgroundsConfig
-
-                flag = flag_of(BackgroundsConfig, "clip")
-                raise load_error("CLIP", model_id, flag, err) from None
+                raise load_error("CLIP", model_id, CLIP_FLAG, err) from None
         self.model.to(self.device).eval()
         self._torch = torch
         self.classes = tuple(classes)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weakpaste.bank.codec import encode_segment, segment_meta
-from weakpaste.bank.store import BankWriter
+from weakpaste.bank.store import CLASSES_FLAG, BankWriter
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.options import Config, flag_of, option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
@@ -54,7 +54,8 @@ class BankConfig(Config):
     """Settings of ``bank from-coco``."""
 
     min_area: int = option(64, range=(1, None), help="skip smaller masks (pixels)")
-    classes: tuple[str, ...] | None = option(None, help="keep only these classes")
+    classes: tuple[str, ...] | None = option(None, flag=CLASSES_FLAG,
+                                             help="keep only these classes")
 
 
 _CLASSES = flag_of(BankConfig, "classes")

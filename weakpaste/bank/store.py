@@ -46,6 +46,10 @@ from weakpaste.core.files import atomic_write_bytes, write_error
 from weakpaste.core.manifest import read_manifest
 from weakpaste.structures import Segment
 
+CLASSES_FLAG = "--classes"
+"""The flag of the ``classes`` option of the commands that read a bank (``paste``, and
+``bank from-coco``, which writes one), declared with ``flag=CLASSES_FLAG``."""
+
 
 @dataclass(frozen=True)
 class BankTable:
@@ -176,14 +180,10 @@ class SegmentBank:
         if classes is not None:
             absent = [c for c in classes if c not in names]
             if absent:
-                # Paste's --classes and bank from-coco's are one flag (tests/test_flags.py).
-                from weakpaste.bank.from_coco import BankConfig
-                from weakpaste.core.options import flag_of
-
                 has = ", ".join(sorted(self.class_counts())) or "none"
                 raise WeakpasteError(f"{self.root}: class {absent[0]!r} is not in the bank "
                                      f"(it has: {has}); drop it from "
-                                     f"{flag_of(BankConfig, 'classes')} or mine it first")
+                                     f"{CLASSES_FLAG} or mine it first")
         if not rows:
             raise WeakpasteError(f"{self.root}: the bank holds no segments; build or mine one "
                                  "first")

@@ -11,7 +11,28 @@ import dataclasses
 from dataclasses import dataclass
 
 from weakpaste.core.options import Config, flag_of, option, reuse_option
-from weakpaste.core.runners import ExecutorConfig
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig(Config):
+    """Where a stage's per-item work runs (never changes its output)."""
+
+    executor: str = option("local", choices=EXECUTORS,
+                           help="local: a process pool on this machine; ray: Ray actors on a "
+                                "cluster (pip install 'weakpaste[ray]')")
+    ray_address: str | None = option(
+        None, metavar="ADDR",
+        help="Ray cluster to join, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else the Ray "
+             "started last on this machine with 'ray start', else a new local Ray)")
+    gpus_per_worker: float = option(0.0, range=(0, None),
+                                    help="GPUs each Ray worker reserves (model stages)")
+    chunk: int = option(4, range=(1, None), cli=False,
+                        help="items per task: fewer round trips, coarser load balance")
+
+
+EXECUTOR_FLAG, RAY_ADDRESS_FLAG = (flag_of(ExecutorConfig, n) for n in ("executor", "ray_address"))
 
 
 @dataclass(frozen=True)

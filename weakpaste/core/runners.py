@@ -25,34 +25,16 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from weakpaste.core.errors import WeakpasteError, reason
 from weakpaste.core.memory import keep_freed_memory
-from weakpaste.core.options import Config, flag_of, option
-
-EXECUTORS = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class ExecutorConfig(Config):
-    """Where a stage's per-item work runs (never changes its output)."""
-
-    executor: str = option("local", choices=EXECUTORS,
-                           help="local: a process pool on this machine; ray: Ray actors on a "
-                                "cluster (pip install 'weakpaste[ray]')")
-    ray_address: str | None = option(
-        None, metavar="ADDR",
-        help="Ray cluster to join, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else the Ray "
-             "started last on this machine with 'ray start', else a new local Ray)")
-    gpus_per_worker: float = option(0.0, range=(0, None),
-                                    help="GPUs each Ray worker reserves (model stages)")
-    chunk: int = option(4, range=(1, None), cli=False,
-                        help="items per task: fewer round trips, coarser load balance")
-
-
-EXECUTOR_FLAG, RAY_ADDRESS_FLAG = (flag_of(ExecutorConfig, n) for n in ("executor", "ray_address"))
+from weakpaste.core.run_options import (  # ExecutorConfig is declared there with RunOptions
+    EXECUTOR_FLAG,
+    OUT,
+    RAY_ADDRESS_FLAG,
+    ExecutorConfig,
+)
 
 
 def host_tag() -> str:
@@ -155,8 +137,6 @@ class Workers:
         got = self._ray_module.get([a.unreadable.remote(paths) for a in self._actors])
         missing = sorted({m for unreadable in got for m in unreadable})
         if missing:
-            from weakpaste.core.run_options import OUT  # which imports this module
-
             raise WeakpasteError(f"a Ray worker cannot read {missing[0]}: put the inputs and "
                                  f"{OUT} on a file system that every node mounts at the same "
                                  "path")

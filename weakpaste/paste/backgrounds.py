@@ -10,10 +10,14 @@ import numpy as np
 
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.manifest import file_fingerprints, file_sha256, fingerprints_sha256
-from weakpaste.core.options import flags_of
 from weakpaste.io import coco
 from weakpaste.io.images import list_images
 from weakpaste.structures import Instances
+
+BACKGROUNDS_FLAG, IMAGES_FLAG = "--backgrounds", "--images"
+EXTRA_FLAG, EXTRA_RATIO_FLAG = "--extra-backgrounds", "--extra-ratio"
+# The flags of paste's background inputs and --extra-ratio, declared with them in ``paste.run``
+# (``flag=``) and named here so that this module, which ``paste.run`` imports, can name them.
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,9 @@ def load_backgrounds(coco_json: str | None, images_dir: str | None,
     fmt = None
     if coco_json:
         if not images_dir:
-            raise WeakpasteError(f"{_flag('backgrounds')} needs {_flag('images')} DIR, the "
+            raise WeakpasteError(f"{BACKGROUNDS_FLAG} needs {IMAGES_FLAG} DIR, the "
                                  "folder of its images")
-        data = coco.load_coco(coco_json, images_dir, images_flag=_flag("images"))
+        data = coco.load_coco(coco_json, images_dir, images_flag=IMAGES_FLAG)
         categories, fmt = data.categories, data.format
         inputs["backgrounds"] = file_sha256(coco_json)
         for rec in data.records:
@@ -87,8 +91,8 @@ def load_backgrounds(coco_json: str | None, images_dir: str | None,
         for p in listed if listed is not None else list_images(folder):
             backgrounds.append(Background(path=str(p), instances=None, source="extra"))
     if not backgrounds:
-        raise WeakpasteError(f"no backgrounds: pass {_flag('backgrounds')} COCO_JSON "
-                             f"{_flag('images')} DIR and/or {_flag('extra_backgrounds')} DIR")
+        raise WeakpasteError(f"no backgrounds: pass {BACKGROUNDS_FLAG} COCO_JSON "
+                             f"{IMAGES_FLAG} DIR and/or {EXTRA_FLAG} DIR")
     # Every image read is fingerprinted (size, mtime: a stat each), so that --resume refuses
     # an image edited in between; the workers also hash the bytes they decode (paste_item).
     # "extra_backgrounds" was always so; "background_images" is newer than "backgrounds".
@@ -131,12 +135,12 @@ def mixed_background_order(seed: np.random.SeedSequence, is_extra: np.ndarray,
     orig_idx = np.flatnonzero(~is_extra)
     n_extra = int(round(extra_ratio * num_images))
     if n_extra and not len(extra_idx):
-        raise WeakpasteError(f"{_flag('extra_ratio')} {extra_ratio} needs "
-                             f"{_flag('extra_backgrounds')} images")
+        raise WeakpasteError(f"{EXTRA_RATIO_FLAG} {extra_ratio} needs "
+                             f"{EXTRA_FLAG} images")
     if n_extra < num_images and not len(orig_idx):
-        raise WeakpasteError(f"{_flag('extra_ratio')} {extra_ratio} needs "
-                             f"{_flag('backgrounds')} COCO_JSON images too (or use "
-                             f"{_flag('extra_ratio')} 1)")
+        raise WeakpasteError(f"{EXTRA_RATIO_FLAG} {extra_ratio} needs "
+                             f"{BACKGROUNDS_FLAG} COCO_JSON images too (or use "
+                             f"{EXTRA_RATIO_FLAG} 1)")
     where_seed, orig_seed, extra_seed = seed.spawn(3)
     positions = np.random.default_rng(where_seed).permutation(num_images)[:n_extra]
     take_extra = np.zeros(num_images, dtype=bool)
@@ -148,11 +152,3 @@ def mixed_background_order(seed: np.random.SeedSequence, is_extra: np.ndarray,
         order[~take_extra] = orig_idx[background_order(orig_seed, len(orig_idx),
                                                        num_images - n_extra)]
     return order
-
-
-def _flag(name: str) -> str:
-    """The flag of paste's input or option ``name``, for a message (imported when needed:
-    ``paste.run`` imports this module)."""
-    from weakpaste.paste.run import PasteConfig, PasteInputs
-
-    return {**flags_of(PasteInputs), **flags_of(PasteConfig)}[name]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weakpaste.bank.store import BankTable, SegmentBank
+from weakpaste.bank.store import CLASSES_FLAG, BankTable, SegmentBank
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.files import WRITE_ERRNOS, atomic_write_bytes, write_error
 from weakpaste.core.jsonfile import read_json
@@ -38,12 +38,13 @@ from weakpaste.core.manifest import (
     record_listing,
     recorded_listing,
 )
-from weakpaste.core.options import Config, flag_of, flags_of, option
+from weakpaste.core.options import Config, flags_of, option
 from weakpaste.core.run import OVERWRITE, RESUME, RunOptions, StageInputs, StageRun
 from weakpaste.core.runners import host_tag
 from weakpaste.io import coco
 from weakpaste.io.images import encode_image, list_images, read_image_sha256
 from weakpaste.ops import masks as mask_ops
+from weakpaste.paste import backgrounds as bg
 from weakpaste.paste import plan as plan_mod
 from weakpaste.paste.backgrounds import (  # noqa: F401 - also the stage's API
     Background,
@@ -102,7 +103,8 @@ class PasteConfig(Config):
     class_weights: dict[str, float] | None = option(
         None, parse=read_class_weights, metavar="JSON",
         help='class -> weight for --selection weights, a JSON file {"class": weight, ...}')
-    classes: tuple[str, ...] | None = option(None, help="paste only these classes")
+    classes: tuple[str, ...] | None = option(None, flag=CLASSES_FLAG,
+                                             help="paste only these classes")
     image_format: str = option("jpg", choices=("jpg", "png"), help="output image format")
     annotation_format: str | None = option(
         None, flag="--format", choices=("coco", "lvis"),
@@ -110,7 +112,7 @@ class PasteConfig(Config):
              "(default: the --backgrounds file's, coco without one)")
     jpeg_quality: int = option(95, range=(1, 100), help="JPEG quality")
     extra_ratio: float | None = option(
-        None, range=(0, 1), metavar="R",
+        None, flag=bg.EXTRA_RATIO_FLAG, range=(0, 1), metavar="R",
         help="fraction of output images on --extra-backgrounds (e.g. generated) backgrounds, "
              "the rest on --backgrounds, each pool cycled in its own seeded order, the "
              "smaller one repeated (EM-Paste §4.1); default: all backgrounds in one pool")
@@ -321,11 +323,14 @@ class PasteInputs(StageInputs):
 
     bank: str | os.PathLike = option(help="segment bank folder")
     backgrounds: str | os.PathLike | None = option(
-        None, metavar="COCO_JSON", help="COCO or LVIS data set whose images are backgrounds (its "
-                                        "instances and LVIS labels are kept)")
-    images: str | os.PathLike | None = option(None, help="folder of the --backgrounds images")
+        None, flag=bg.BACKGROUNDS_FLAG, metavar="COCO_JSON",
+        help="COCO or LVIS data set whose images are backgrounds (its instances and LVIS "
+             "labels are kept)")
+    images: str | os.PathLike | None = option(None, flag=bg.IMAGES_FLAG,
+                                              help="folder of the --backgrounds images")
     extra_backgrounds: tuple[str | os.PathLike, ...] = option(
-        (), metavar="DIR", help="folders of extra background images without annotations")
+        (), flag=bg.EXTRA_FLAG, metavar="DIR",
+        help="folders of extra background images without annotations")
 
 
 def run_paste(config: PasteConfig, inputs: PasteInputs, run: RunOptions) -> dict:
@@ -392,7 +397,7 @@ def _check_present(backgrounds_json: str | None, images_dir: str | None,
     this is only so that a typo is refused before workers start)."""
     if backgrounds_json:
         coco.check_present(backgrounds_json, images_dir,
-                           images_flag=flag_of(PasteInputs, "images"))
+                           images_flag=bg.IMAGES_FLAG)
     for folder in extra_dirs:
         if not Path(folder).is_dir():
             list_images(folder)  # its one-line error for a missing folder

@@ -48,7 +48,15 @@ from weakpaste.train.model import (
     resolve_device,
     save_checkpoint,
 )
-from weakpaste.train.plan import Spec, TrainPlan, TrainStage, make_plan
+from weakpaste.train.plan import (
+    STAGE2_FLAG,
+    TRAIN_FLAG,
+    VAL_FLAG,
+    Spec,
+    TrainPlan,
+    TrainStage,
+    make_plan,
+)
 from weakpaste.train.resume import check_inputs, resume_point, trim_metrics
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
@@ -279,13 +287,13 @@ class TrainInputs(StageInputs):
     """
 
     train: Sequence[Spec] = option(
-        repeat=True, metavar="COCO_JSON:IMAGES_DIR",
+        repeat=True, flag=TRAIN_FLAG, metavar="COCO_JSON:IMAGES_DIR",
         help="training set (stage 1, e.g. pasted data); repeat to concatenate")
     stage2: Sequence[Spec] = option(
-        (), repeat=True, metavar="COCO_JSON:IMAGES_DIR",
+        (), repeat=True, flag=STAGE2_FLAG, metavar="COCO_JSON:IMAGES_DIR",
         help="stage-2 set (the original pseudo-labelled data), trained after stage 1 with a "
              "fresh schedule (FreeSeg §4.1); repeatable")
-    val: Spec | None = option(None, metavar="COCO_JSON:IMAGES_DIR",
+    val: Spec | None = option(None, flag=VAL_FLAG, metavar="COCO_JSON:IMAGES_DIR",
                               help="evaluate the final model on this set (OUT/eval/metrics.json)")
 
 

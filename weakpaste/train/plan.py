@@ -15,12 +15,15 @@ from weakpaste.core.manifest import (
     fingerprints_sha256,
     jsonable,
 )
-from weakpaste.core.options import flags_of
 from weakpaste.evaluate.detection import training_frequency
 from weakpaste.train import data as tdata
 from weakpaste.train.config import TrainConfig
 
 Spec = str | tdata.DataSpec
+
+TRAIN_FLAG, STAGE2_FLAG, VAL_FLAG = "--train", "--stage2", "--val"
+"""The flags of ``train``'s data (``loop.TrainInputs`` declares them with ``flag=``), named here
+so that this module and ``resume``, which ``loop`` imports, can name them."""
 
 
 @dataclass
@@ -108,15 +111,11 @@ def _stages(config: TrainConfig, specs1: list, sets1: list, specs2: list, sets2:
 
 def make_plan(config: TrainConfig, train_sets: Sequence[Spec], stage2: Sequence[Spec],
           val: Spec | None) -> TrainPlan:
-    from weakpaste.train.loop import TrainInputs  # which imports this module
-
-    flags = flags_of(TrainInputs)
-    specs1 = [tdata.parse_data_spec(t, option=flags["train"]) for t in train_sets]
+    specs1 = [tdata.parse_data_spec(t, option=TRAIN_FLAG) for t in train_sets]
     if not specs1:
-        raise WeakpasteError(f"no training data; pass {flags['train']} COCO_JSON:IMAGES_DIR")
-    specs2 = [tdata.parse_data_spec(t, option=flags["stage2"]) for t in stage2]
-    val_spec = (tdata.parse_data_spec(val, option=flags["val"]) if val is not None
-                else None)
+        raise WeakpasteError(f"no training data; pass {TRAIN_FLAG} COCO_JSON:IMAGES_DIR")
+    specs2 = [tdata.parse_data_spec(t, option=STAGE2_FLAG) for t in stage2]
+    val_spec = tdata.parse_data_spec(val, option=VAL_FLAG) if val is not None else None
     sets1 = [tdata.load_spec(s) for s in specs1]
     sets2 = [tdata.load_spec(s) for s in specs2]
     val_set = tdata.load_spec(val_spec) if val_spec is not None else None

@@ -9,19 +9,17 @@ from pathlib import Path
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.core.manifest import check_resume, first_change, recorded_listing
-from weakpaste.core.options import flag_of
 from weakpaste.core.run import OUT
 from weakpaste.train.config import ModelConfig, TrainConfig
 from weakpaste.train.model import load_checkpoint
+from weakpaste.train.plan import STAGE2_FLAG, TRAIN_FLAG
 
 
 def _check_resumable(path: Path, ckpt: Mapping, model_config: ModelConfig,
                      config: TrainConfig) -> None:
     saved = ModelConfig.from_dict(ckpt["model_config"])
     if saved.class_names != model_config.class_names:
-        from weakpaste.train.loop import TrainInputs  # which imports this module
-
-        data = "/".join(flag_of(TrainInputs, n) for n in ("train", "stage2"))
+        data = f"{TRAIN_FLAG}/{STAGE2_FLAG}"
         raise WeakpasteError(f"{path}: trained on other classes than the given data; resume "
                              f"with the same {data} data or choose another {OUT}")
     was, now = saved.to_dict(), model_config.to_dict()
