@@ -39,13 +39,14 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from bench_common import SHARED, model_parser
 
 from weakpaste.core.argv import to_argv
-from weakpaste.core.options import add_options, from_args
+from weakpaste.core.options import Config, add_options, from_args, option
 from weakpaste.core.run import RunOptions
 from weakpaste.evaluate.funnel import format_funnel, funnel, precision_yield
 from weakpaste.evaluate.masks import evaluate_masks, format_table
@@ -55,6 +56,31 @@ from weakpaste.mine.pipeline import MineInputs
 
 DATA = {"coco": SHARED / "data" / "coco_mini", "coco128": SHARED / "data" / "coco128",
         "pennfudan": SHARED / "data" / "pennfudan" / "PennFudanPed"}
+
+
+@dataclass(frozen=True)
+class BenchOptions(Config):
+    """The benchmark's own options (what and how it measures), beside ``mine fem``'s."""
+
+    saliency_cache: str = option("/tmp/weakpaste_saliency_cache", metavar="DIR",
+                                 help="saliency maps kept between runs")
+    negatives: str = option("auto", help="auto (PennFudan: coco_mini images without a "
+                                         "person), none, DIR")
+    train_data: str = option("none", help="coco128, coco, none or a folder with images/ and "
+                                          "instances.json: trained on, not mined")
+    curve: bool = option(False, help="precision@0.5 per class against its number of labelled "
+                                     "images (of the kept segments and of the EM picks before "
+                                     "any threshold)")
+    class_subsample: str | None = option(
+        None, metavar="CLASS:N", help="mine N seeded images of CLASS from --data and "
+                                      "--train-data, train on them and on every image of both "
+                                      "without CLASS")
+    oracle: bool = option(False, help="--anchor mil: also rank each pair's proposals by IoU "
+                                      "with its GT mask (the anchor map a perfect localiser "
+                                      "would give)")
+    out: str = option("/tmp/weakpaste_mine_bench", metavar="DIR", help="scratch folder")
+    cli: bool = option(False, help="also time the same job as a whole 'weakpaste mine fem' "
+                                   "process")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,25 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     # The one default this benchmark changes: the README's mine_bench figures were measured
     # with 12 eligible candidates per (image, class), the CLI's default is 16.
     parser.set_defaults(candidates=12)
-    parser.add_argument("--saliency-cache", type=Path,
-                        default=Path("/tmp/weakpaste_saliency_cache"))
-    parser.add_argument("--negatives", default="auto",
-                        help="auto (PennFudan: coco_mini images without a person), none, DIR")
-    parser.add_argument("--train-data", default="none",
-                        help="coco128, coco, none or a folder with images/ and instances.json: "
-                             "trained on, not mined")
-    parser.add_argument("--curve", action="store_true",
-                        help="precision@0.5 per class against its number of labelled images (of "
-                             "the kept segments and of the EM picks before any threshold)")
-    parser.add_argument("--class-subsample", metavar="CLASS:N",
-                        help="mine N seeded images of CLASS from --data and --train-data, "
-                             "train on them and on every image of both without CLASS")
-    parser.add_argument("--oracle", action="store_true",
-                        help="--anchor mil: also rank each pair's proposals by IoU with its "
-                             "GT mask (the anchor map a perfect localiser would give)")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/weakpaste_mine_bench"))
-    parser.add_argument("--cli", action="store_true",
-                        help="also time the same job as a whole 'weakpaste mine fem' process")
+    add_options(parser.add_argument_group("benchmark"), BenchOptions)
     return parser
 
 
@@ -256,6 +264,7 @@ def _image_counts(*gts: Path) -> dict[str, int]:
 
 def main() -> None:
     args = _parser().parse_args()
+    args.out, args.saliency_cache = Path(args.out), Path(args.saliency_cache)
     if args.out.exists():
         shutil.rmtree(args.out)
     images, gt, negatives = _inputs(args)

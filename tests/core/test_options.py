@@ -431,3 +431,19 @@ def test_reuse_option_keeps_the_declaration_and_takes_a_new_default_and_help():
     action = next(a for a in parser._actions if a.dest == "size")
     assert (action.metavar, action.help) == ("N", "its size, or none")
     assert Source.__dataclass_fields__["size"].metadata["weakpaste"].help == "the size"
+
+
+def test_seed_option_is_zero_by_default_and_refuses_a_negative_seed():
+    from weakpaste.core.options import seed_option
+
+    @dataclass(frozen=True)
+    class Seeded(Config):
+        seed: int = seed_option("the draw's seed")
+
+    assert Seeded().seed == 0 and Seeded(seed=7).seed == 7
+    with pytest.raises(WeakpasteError, match=r"^seed \(--seed\) must be >= 0, got -1$"):
+        Seeded(seed=-1)
+    parser = argparse.ArgumentParser()
+    add_options(parser, Seeded)
+    assert next(a for a in parser._actions if a.dest == "seed").help == (
+        "the draw's seed (default: 0)")

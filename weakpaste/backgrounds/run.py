@@ -50,7 +50,15 @@ from weakpaste.core.manifest import (
     record_listing,
     recorded_listing,
 )
-from weakpaste.core.options import DEVICE_FLAG, Config, device_option, flag_of, flags_of, option
+from weakpaste.core.options import (
+    DEVICE_FLAG,
+    Config,
+    device_option,
+    flag_of,
+    flags_of,
+    option,
+    seed_option,
+)
 from weakpaste.core.run import WORKERS, RunOptions, StageInputs, StageRun
 from weakpaste.core.runners import ExecutorConfig
 from weakpaste.io.coco_captions import Caption, load_coco_captions
@@ -66,7 +74,7 @@ RAW_CAPTIONS = ".captions-raw.jsonl"
 class BackgroundsConfig(Config):
     """Everything that decides the backgrounds stage's output (recorded in the manifest)."""
 
-    seed: int = option(0, range=(0, None), help="the run's seed")
+    seed: int = seed_option()
     captions_per_image: int | None = option(
         None, range=(1, None),
         help="at most this many file captions per image (default: all), or this many model "

@@ -106,12 +106,9 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None,
 
 def reuse_option(cls: type, name: str, *, default: Any = MISSING, help: str | None = None
                  ) -> Any:
-    """The option ``name`` of config ``cls``, declared there once, as a field of another
-    config: the same flag, parser, metavar, choices and range; a command whose default means
-    something else gives its own ``default`` and ``help`` (the demo's ``--weights`` chooses
-    its classifier preset). Nesting ``cls`` is the way to share all of its options; this is
-    for one option of it.
-    """
+    """Option ``name`` of config ``cls`` (its flag, parser, metavar, choices, range) in another
+    config, with that config's ``default`` and ``help`` (the demo's ``--weights`` picks a
+    preset); nesting ``cls`` shares all its options, this one."""
     f = cls.__dataclass_fields__[name]
     opt = f.metadata[_KEY] if help is None else dataclasses.replace(f.metadata[_KEY], help=help)
     return field(default=f.default if default is MISSING else default, metadata={_KEY: opt})
@@ -458,6 +455,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def seed_option(help: str = "the run's seed") -> Any:
+    """A stage's ``seed`` (default 0, any integer >= 0): its random choices derive from it."""
+    return option(0, range=(0, None), help=help)
 
 
 def device_problem(device: Any, *, auto: bool = False) -> str | None:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from weakpaste.core.options import Config, flag_of, option, reuse_option
+from weakpaste.core.options import Config, flag_of, option, reuse_option, seed_option
 from weakpaste.core.run import RunOptions, StageInputs, StageRun
 from weakpaste.mine.config import ClassifierSpec
 
@@ -159,7 +159,7 @@ class DemoConfig(Config):
 
     num_scenes: int = option(DEMO_SCENES, range=(1, None), help="synthetic source scenes")
     num_images: int = option(32, range=(1, None), help="pasted output images")
-    seed: int = option(0, range=(0, None), help="the run's seed")
+    seed: int = seed_option()
     from_gt: bool = option(False, help="cut the bank from the scenes' ground truth instead of "
                                        "mining it with F-EM from their image-level labels")
     # The F-EM classifier's own options (mine fem's), whose demo defaults choose a preset

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from weakpaste.core.errors import WeakpasteError
-from weakpaste.core.options import Config, device_option, flag_of, option
+from weakpaste.core.options import Config, device_option, flag_of, option, seed_option
 from weakpaste.models.weights import parse_weights
 
 METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "sam")
@@ -233,8 +233,7 @@ class FemConfig(Config):
                            help="--anchor mil: principal components of the region features "
                                 "the head sees (few images per class: keep it small)")
     saliency_cache: str | None = saliency_cache_option()
-    seed: int = option(0, range=(0, None), help="seeds the classifier's and the MIL head's "
-                                                 "training")
+    seed: int = seed_option("seeds the classifier's and the MIL head's training")
     params: FemParams = option(factory=FemParams, help="per-image settings")
 
     def check(self) -> None:
@@ -349,8 +348,7 @@ class FreeSegConfig(Config):
                                       "classifier's features fitted on the other folds "
                                       "(p_before_cf, p_after_cf, drop_rate_cf; 0: off)")
     saliency_cache: str | None = saliency_cache_option()
-    seed: int = option(0, range=(0, None), help="k-means initialisation and the random "
-                                                 "baseline")
+    seed: int = seed_option("k-means initialisation and the random baseline")
     params: FreeSegParams = option(factory=FreeSegParams, help="per-image settings")
 
     def check(self) -> None:

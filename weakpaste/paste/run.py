@@ -38,7 +38,7 @@ from weakpaste.core.manifest import (
     record_listing,
     recorded_listing,
 )
-from weakpaste.core.options import Config, flags_of, option
+from weakpaste.core.options import Config, flags_of, option, seed_option
 from weakpaste.core.run import OVERWRITE, RESUME, RunOptions, StageInputs, StageRun
 from weakpaste.core.runners import host_tag
 from weakpaste.io import coco
@@ -93,7 +93,7 @@ class PasteConfig(Config):
                                        help="placement")
     render: RenderParams = option(factory=RenderParams, inline=True, help="rendering")
     num_images: int = option(help="output images", range=(1, None))
-    seed: int = option(0, range=(0, None), help="the run's seed")
+    seed: int = seed_option()
     objects: tuple[int, int] = option((4, 4), parse=plan_mod.parse_count_range,
                                       show=plan_mod.format_count_range,
                                       metavar="N|LO-HI", range=(1, MAX_OBJECTS),

@@ -25,6 +25,7 @@ from weakpaste.core.options import (
     flag_of,
     option,
     parse_float_pair,
+    seed_option,
 )
 from weakpaste.models.weights import parse_weights
 
@@ -182,7 +183,7 @@ class TrainConfig(Config):
     workers: int = option(0, flag="--loader-workers", range=(0, None), metavar="N",
                           help="data-loading processes (torch DataLoader workers) that read "
                                "and augment the training images")
-    seed: int = option(0, range=(0, None), help="the run's seed")
+    seed: int = seed_option()
 
     def check(self) -> None:
         super().check()
@@ -209,7 +210,7 @@ class LongtailConfig(Config):
                             help="instances of the largest class")
     min_count: int = option(1, flag="--min", range=(1, None),
                             help="count the tail decays towards")
-    seed: int = option(0, range=(0, None), help="seed of the image choice")
+    seed: int = seed_option("seed of the image choice")
 
     def check(self) -> None:
         super().check()
