@@ -18,10 +18,11 @@ reproducible and a resumed run sees exactly the samples the interrupted one woul
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,11 @@ PAD_RGB = (124, 116, 104)
 DEFAULT_MIN_AREA = 4
 
 
+TRAIN_FLAG, STAGE2_FLAG, VAL_FLAG = "--train", "--stage2", "--val"
+"""The flags of ``train``'s data (``loop.TrainInputs`` declares them with ``flag=``), named here,
+below ``loop``, so that the modules it imports can name them."""
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A ``COCO_JSON:IMAGES_DIR`` argument.
@@ -47,16 +53,18 @@ class DataSpec:
     Attributes:
         json: the COCO instances file.
         images: the folder its ``file_name``s are relative to (None when not given).
+        option: the flag it was given with, for messages (not compared).
     """
 
     json: Path
     images: Path | None
+    option: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.json}:{self.images}" if self.images is not None else str(self.json)
 
 
-def parse_data_spec(text: str | DataSpec, *, option: str = "--train",
+def parse_data_spec(text: str | DataSpec, *, option: str = TRAIN_FLAG,
                     images_required: bool = True) -> DataSpec:
     """Split ``COCO_JSON:IMAGES_DIR``.
 
@@ -77,6 +85,7 @@ def parse_data_spec(text: str | DataSpec, *, option: str = "--train",
             spec = DataSpec(Path(head), Path(tail) if tail else None)
         else:
             spec = DataSpec(Path(text), None)
+    spec = dataclasses.replace(spec, option=option)
     if spec.images is None and images_required:
         raise WeakpasteError(f"{spec.json}: {option} needs COCO_JSON:IMAGES_DIR, the annotation "
                              f"file and its images folder (e.g. {option} train.json:images/)")
@@ -85,8 +94,10 @@ def parse_data_spec(text: str | DataSpec, *, option: str = "--train",
 
 def load_spec(spec: DataSpec, *, check_files: bool = True) -> CocoDataset:
     """Load a COCO set with instance masks (see ``weakpaste.io.coco.load_coco``)."""
+    images_flag = f"{spec.option} COCO_JSON:IMAGES_DIR" if spec.option else None
     return load_coco(spec.json, spec.images, require_masks=True,
-                     check_files=check_files and spec.images is not None)
+                     check_files=check_files and spec.images is not None,
+                     images_flag=images_flag)
 
 
 def merge_categories(datasets: Sequence[CocoDataset]) -> tuple[tuple[str, ...], list[str]]:

@@ -38,6 +38,7 @@ from weakpaste.models.backbones import torch_write_errors
 from weakpaste.models.weights import is_default, is_none
 from weakpaste.train import data as tdata
 from weakpaste.train.config import EvalConfig, ModelConfig, TrainConfig
+from weakpaste.train.data import STAGE2_FLAG, TRAIN_FLAG, VAL_FLAG
 from weakpaste.train.evaluation import evaluate_model
 from weakpaste.train.model import (
     FORMAT,
@@ -48,15 +49,7 @@ from weakpaste.train.model import (
     resolve_device,
     save_checkpoint,
 )
-from weakpaste.train.plan import (
-    STAGE2_FLAG,
-    TRAIN_FLAG,
-    VAL_FLAG,
-    Spec,
-    TrainPlan,
-    TrainStage,
-    make_plan,
-)
+from weakpaste.train.plan import Spec, TrainPlan, TrainStage, make_plan
 from weakpaste.train.resume import check_inputs, resume_point, trim_metrics
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",

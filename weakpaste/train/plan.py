@@ -18,12 +18,9 @@ from weakpaste.core.manifest import (
 from weakpaste.evaluate.detection import training_frequency
 from weakpaste.train import data as tdata
 from weakpaste.train.config import TrainConfig
+from weakpaste.train.data import STAGE2_FLAG, TRAIN_FLAG, VAL_FLAG
 
 Spec = str | tdata.DataSpec
-
-TRAIN_FLAG, STAGE2_FLAG, VAL_FLAG = "--train", "--stage2", "--val"
-"""The flags of ``train``'s data (``loop.TrainInputs`` declares them with ``flag=``), named here
-so that this module and ``resume``, which ``loop`` imports, can name them."""
 
 
 @dataclass

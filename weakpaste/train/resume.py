@@ -11,8 +11,8 @@ from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.core.manifest import check_resume, first_change, recorded_listing
 from weakpaste.core.run import OUT
 from weakpaste.train.config import ModelConfig, TrainConfig
+from weakpaste.train.data import STAGE2_FLAG, TRAIN_FLAG
 from weakpaste.train.model import load_checkpoint
-from weakpaste.train.plan import STAGE2_FLAG, TRAIN_FLAG
 
 
 def _check_resumable(path: Path, ckpt: Mapping, model_config: ModelConfig,
