@@ -30,7 +30,7 @@ from pathlib import Path
 # that a refactor may change without changing any data (the version, the step list).
 _VOLATILE = {"created", "finished", "seconds", "python", "weakpaste_version", "host",
              "platform", "elapsed_s", "updated", "started", "time", "it_per_s", "data_time",
-             "background_images", "config_hash", "inputs"}
+             "background_images", "config_hash", "inputs", "timings_s"}
 # Every run happens in this one folder, so that the absolute paths written into the
 # outputs agree between two runs; the finished folder is then moved to --out.
 _SCRATCH = Path(tempfile.gettempdir()) / "weakpaste-byte-identity"
