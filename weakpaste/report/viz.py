@@ -23,28 +23,11 @@ from weakpaste.core.run import RunOptions, StageInputs, StageRun
 # Bright, mutually distinct colours: every one carries a dark label text well and stands out on
 # typical photos. A fixed table (rather than a hue from the hash) keeps two classes from getting
 # near-identical shades.
-_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (255, 56, 56),    # red
-    (255, 157, 31),   # orange
-    (255, 225, 25),   # yellow
-    (191, 239, 69),   # lime
-    (60, 214, 75),    # green
-    (46, 230, 168),   # mint
-    (66, 212, 244),   # cyan
-    (61, 139, 255),   # blue
-    (140, 92, 255),   # violet
-    (240, 50, 230),   # magenta
-    (255, 111, 181),  # pink
-    (255, 179, 138),  # peach
-    (160, 232, 255),  # sky
-    (217, 255, 140),  # pale lime
-    (199, 155, 255),  # lavender
-    (0, 194, 160),    # teal
-    (255, 94, 122),   # rose
-    (255, 209, 102),  # gold
-    (126, 224, 129),  # light green
-    (89, 165, 255),   # light blue
-)
+_PALETTE: tuple[tuple[int, int, int], ...] = tuple(tuple(bytes.fromhex(rgb)) for rgb in (
+    # red, orange, yellow, lime, green, mint, cyan, blue, violet, magenta,
+    "ff3838 ff9d1f ffe119 bfef45 3cd64b 2ee6a8 42d4f4 3d8bff 8c5cff f032e6 "
+    # pink, peach, sky, pale lime, lavender, teal, rose, gold, light green, light blue
+    "ff6fb5 ffb38a a0e8ff d9ff8c c79bff 00c2a0 ff5e7a ffd166 7ee081 59a5ff").split())
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _SHEET_BACKGROUND = (24, 24, 24)
