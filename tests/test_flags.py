@@ -20,34 +20,47 @@ from weakpaste.core.options import DEVICE_FLAG, add_options, flag_of, flags_of, 
 
 PACKAGE = Path(__file__).resolve().parents[1] / "weakpaste"
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
-# Flags of other programs that a message may name ('ray start --head').
-FOREIGN = {"--head"}
+# Flags of other programs that a message may name ('ray start --head', argparse's --help).
+FOREIGN = {"--head", "--help"}
+
+
+def _exempt(tree: ast.AST) -> set[int]:
+    """The string nodes that may spell a flag: docstrings, the ``help=`` and ``flag=`` of a
+    declaration (help texts are checked against their command below) and the ``*_FLAG``
+    constants that declarations pass as ``flag=``."""
+    exempt: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            exempt.add(id(node.value))  # docstrings, and strings standing alone
+        elif isinstance(node, ast.keyword) and node.arg in ("help", "flag"):
+            exempt.update(id(s) for s in ast.walk(node.value))
+        elif isinstance(node, ast.Assign):
+            names = [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            if names and all(n.endswith("_FLAG") for n in names):
+                exempt.update(id(s) for s in ast.walk(node.value))
+    return exempt
 
 
 def typed_flags(source: str) -> list[tuple[int, str]]:
-    """(line, flag) of every flag typed in a message: a string inside a ``raise`` statement,
-    or a string argument that is a bare flag (``option="--data"``) outside a declaration's
-    ``flag=``."""
+    """(line, flag) of every flag typed in a string of ``source`` that is not exempt: a
+    message, a hint, a command line spelt for the user, an argument (``option="--data"``)."""
     tree = ast.parse(source)
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Raise):
-            found += [(s.lineno, m) for s in ast.walk(node)
-                      if isinstance(s, ast.Constant) and isinstance(s.value, str)
-                      for m in FLAG.findall(s.value)]
-        elif isinstance(node, ast.Call):
-            args = [*node.args, *(k.value for k in node.keywords if k.arg != "flag")]
-            found += [(a.lineno, a.value) for a in args if isinstance(a, ast.Constant)
-                      and isinstance(a.value, str) and FLAG.fullmatch(a.value)]
-    return sorted({(line, flag) for line, flag in found if flag not in FOREIGN})
+    exempt = _exempt(tree)
+    return sorted({(node.lineno, flag) for node in ast.walk(tree)
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                   and id(node) not in exempt
+                   for flag in FLAG.findall(node.value) if flag not in FOREIGN})
 
 
 def test_the_scanner_catches_typed_flags():
-    source = ('def f(x):\n'
-              '    g(x, option="--data")\n'
-              '    g(x, flag="--declared")\n'
+    source = ('"""Module doc naming --doc."""\n'
+              'IMAGES_FLAG = "--images"\n'
+              'def f(x):\n'
+              '    g(x, option="--data", help="see --help-text")\n'
+              '    h(flag="--declared")\n'
+              '    fix = f"rerun with {x} --resume"\n'
               '    raise WeakpasteError(f"{x}: pass --images DIR or \'ray start --head\'")\n')
-    assert typed_flags(source) == [(2, "--data"), (4, "--images")]
+    assert typed_flags(source) == [(4, "--data"), (6, "--resume"), (7, "--images")]
 
 
 def test_no_message_outside_the_command_line_types_a_flag():

@@ -21,6 +21,11 @@ from pathlib import Path
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.jsonfile import JsonError, parse_json
 from weakpaste.core.manifest import read_manifest
+from weakpaste.core.run_options import OUT, OVERWRITE, RESUME
+
+IMAGES_FLAG = "--images"
+"""The flag of ``bank from-coco``'s images folder (``BankInputs`` declares it with ``flag=``),
+here for the rebuild command this module prints."""
 
 FORMAT = "weakpaste-segment-bank"
 # 2: segment blobs in the WPZ1 codec (version 1 banks hold PNG blobs; both are read).
@@ -80,14 +85,14 @@ def bank_fix(root: str | os.PathLike, *, incomplete: bool = False) -> str:
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     if manifest.get("stage") == "mine":
         if incomplete:
-            return (f"complete it with 'weakpaste mine ... --out {root} --resume' (the "
+            return (f"complete it with 'weakpaste mine ... {OUT} {root} {RESUME}' (the "
                     "interrupted run's options)")
-        return f"mine it again with 'weakpaste mine ... --out {root} --overwrite'"
+        return f"mine it again with 'weakpaste mine ... {OUT} {root} {OVERWRITE}'"
     if manifest.get("stage") == "bank" and config.get("coco_json"):
-        return (f"rebuild it with 'weakpaste bank from-coco {config['coco_json']} --images "
-                f"{config.get('images_dir')} --out {root} --overwrite'")
-    return ("rebuild it with 'weakpaste bank from-coco ... --overwrite' or 'weakpaste mine ... "
-            "--overwrite'")
+        return (f"rebuild it with 'weakpaste bank from-coco {config['coco_json']} {IMAGES_FLAG} "
+                f"{config.get('images_dir')} {OUT} {root} {OVERWRITE}'")
+    return (f"rebuild it with 'weakpaste bank from-coco ... {OVERWRITE}' or 'weakpaste mine ... "
+            f"{OVERWRITE}'")
 
 
 def bank_version(root: str | os.PathLike) -> int:

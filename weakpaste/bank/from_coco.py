@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weakpaste.bank.codec import encode_segment, segment_meta
+from weakpaste.bank.format import IMAGES_FLAG
 from weakpaste.bank.store import CLASSES_FLAG, BankWriter
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.options import Config, flag_of, option
@@ -107,7 +108,7 @@ class BankInputs(StageInputs):
 
     coco_json: str | os.PathLike = option(
         positional=True, help="COCO or LVIS instances JSON (polygons or RLE)")
-    images: str | os.PathLike = option(help="folder of its images")
+    images: str | os.PathLike = option(flag=IMAGES_FLAG, help="folder of its images")
 
 
 def run_bank_from_coco(config: BankConfig | None, inputs: BankInputs,

@@ -111,11 +111,11 @@ def _cmd_evaluate_masks(args: argparse.Namespace) -> int:
 def _add_run_options(p: argparse.ArgumentParser, baselines: str) -> None:
     """Inputs, output and how to run: what is not a setting of the method."""
     from weakpaste.core.run import RUN_FIELDS
-    from weakpaste.mine.pipeline import MineInputs
+    from weakpaste.mine.pipeline import SAVE_BASELINES_FLAG, MineInputs
 
     add_options(p, MineInputs)
     add_run_options(p, *RUN_FIELDS, helps={"out": "bank folder to create"})
-    p.add_argument("--save-baselines", action="store_true", help=baselines)
+    p.add_argument(SAVE_BASELINES_FLAG, action="store_true", help=baselines)
 
 
 def _build_method(config_name: str, func, baselines: str):

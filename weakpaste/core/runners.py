@@ -294,8 +294,8 @@ def _connect_error(err: BaseException, address: str | None, logged: str) -> str:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
     said = " ".join([logged] + [str(e) for e in chain])
-    why, fix = reason(err), ("check --ray-address, start one with 'ray start --head', and for "
-                             "a cluster with token authentication (Ray >= 2.59) set "
+    why, fix = reason(err), (f"check {RAY_ADDRESS_FLAG}, start one with 'ray start --head', "
+                             "and for a cluster with token authentication (Ray >= 2.59) set "
                              "RAY_AUTH_MODE=token here")
     if "InvalidAuthToken" in said:
         why = "the cluster refused this driver's authentication token"

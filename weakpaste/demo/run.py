@@ -146,10 +146,10 @@ def mine_command(config, images: str, labels: str, out: str) -> str:
     import shlex
 
     from weakpaste.core.argv import to_argv
-    from weakpaste.mine.pipeline import MineInputs
+    from weakpaste.mine.pipeline import SAVE_BASELINES_FLAG, MineInputs
 
     argv = ["mine", "fem", *to_argv(MineInputs(images, labels)), *to_argv(RunOptions(out=out)),
-            *to_argv(config, always=("seed",)), "--save-baselines"]
+            *to_argv(config, always=("seed",)), SAVE_BASELINES_FLAG]
     return "weakpaste " + shlex.join(argv)
 
 

@@ -68,12 +68,13 @@ class TrainingClasses:
     Attributes:
         image_counts: class -> training images containing it (None: unknown).
         frequency: class -> the training files' LVIS ``frequency`` (None: not LVIS).
-        explicit: given with ``--train``: wins over the ground truth's own frequencies.
+        given_as: the flag the training file was given with (``eval --train``), which makes
+            it win over the ground truth's own frequencies; None: not given by the user.
     """
 
     image_counts: Mapping[str, int] | None = None
     frequency: Mapping[str, str] | None = None
-    explicit: bool = False
+    given_as: str | None = None
 
 
 def _mean_valid(p: np.ndarray) -> float | None:
@@ -208,9 +209,9 @@ def _frequency(gt: CocoDataset, training: TrainingClasses
                ) -> tuple[Mapping[str, str | None] | None, str | None]:
     """The frequency buckets and where they come from (see the module docstring)."""
     counted = frequencies(training.image_counts)
-    if training.explicit:
+    if training.given_as:
         if training.frequency:
-            return training.frequency, "LVIS categories of --train"
+            return training.frequency, f"LVIS categories of {training.given_as}"
         return counted, "training data"
     if gt.format == "lvis" and gt.frequency:
         return gt.frequency, "LVIS categories"

@@ -290,6 +290,11 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
 # The run
 
 
+SAVE_BASELINES_FLAG = "--save-baselines"
+"""The command line's switch for ``run_mine(save_baselines=True)`` (an output choice, not a
+setting of the method: it is no config field), added by ``cli.mine`` and spelt by the demo."""
+
+
 @dataclass(frozen=True)
 class MineInputs(StageInputs):
     """The inputs of ``mine fem`` and ``mine freeseg``.

@@ -27,6 +27,7 @@ from weakpaste.core.files import WRITE_ERRNOS, write_error, write_failure
 from weakpaste.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from weakpaste.models.weights import (
     BACKBONE_FLAG,
+    CHECKPOINT_FLAG,
     CROP_SIZE_FLAG,
     INPUT_SIZE_FLAG,
     WEIGHTS_FIX,
@@ -67,7 +68,7 @@ _HEAD_CHILDREN = frozenset({"avgpool", "fc", "classifier", "dropout"})
 _OTHER_FILES = {
     "weakpaste-classifier": ("a trained weakpaste classifier", "load it as a classifier"),
     "weakpaste-maskrcnn": ("a weakpaste Mask R-CNN checkpoint",
-                           "evaluate it with 'weakpaste eval --checkpoint'"),
+                           f"evaluate it with 'weakpaste eval {CHECKPOINT_FLAG}'"),
 }
 
 

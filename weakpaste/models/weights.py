@@ -17,10 +17,11 @@ from weakpaste.core.errors import WeakpasteError
 
 WEIGHTS_FLAG, BACKBONE_FLAG = "--weights", "--backbone"
 INPUT_SIZE_FLAG, CROP_SIZE_FLAG = "--input-size", "--crop-size"
+CHECKPOINT_FLAG = "--checkpoint"
 """The flags of the options that build a model, named once here for the messages of the model
 code, which lies below the stages that declare the options (``mine.config.ClassifierSpec``,
-``train.config.TrainConfig``, ``demo.run.DemoConfig``); ``tests/test_flags.py`` checks that
-those declarations spell them so."""
+``train.config.TrainConfig``, ``demo.run.DemoConfig``, ``eval``'s ``EvalInputs``);
+``tests/test_flags.py`` checks that those declarations spell them so."""
 
 WEIGHTS_FIX = (f"pass {WEIGHTS_FLAG} PATH to a torchvision state_dict, {WEIGHTS_FLAG} DEFAULT "
                f"or {WEIGHTS_FLAG} none")

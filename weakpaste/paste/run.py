@@ -467,7 +467,7 @@ def _check_resume(out: Path, old: dict, run_config: dict, inputs: dict[str, str]
     names = {"bank_index": f"the bank {run_config['bank']}",
              "backgrounds": f"the backgrounds file {run_config['backgrounds']}",
              "background_images": "the background images",
-             "extra_backgrounds": "the --extra-backgrounds images"}
+             "extra_backgrounds": f"the {bg.EXTRA_FLAG} images"}
 
     def describe(key: str) -> tuple[str, str]:
         if key not in ("background_images", "extra_backgrounds"):

@@ -32,6 +32,7 @@ from weakpaste.evaluate.detection import (
 )
 from weakpaste.io.images import read_image
 from weakpaste.io.results import read_predictions
+from weakpaste.models.weights import CHECKPOINT_FLAG
 from weakpaste.ops.masks import encode_many
 from weakpaste.structures import ImageRecord
 from weakpaste.train import data as tdata
@@ -184,7 +185,7 @@ def _training(tspec: tdata.DataSpec | None) -> TrainingClasses | None:
         return None
     tset = tdata.load_spec(tspec, check_files=False)
     return TrainingClasses(tdata.class_image_counts(tset.records, list(tset.categories)),
-                           tset.frequency, explicit=True)
+                           tset.frequency, given_as=tspec.option)
 
 
 def _checkpoint_training(ckpt: Mapping) -> TrainingClasses:
@@ -211,7 +212,7 @@ class EvalInputs(StageInputs):
         metavar="COCO_JSON:IMAGES_DIR",
         help="ground truth (the images are needed with --checkpoint only); an LVIS file is "
              "evaluated with LVIS's federated protocol")
-    checkpoint: str | os.PathLike | None = option(None, metavar="CKPT",
+    checkpoint: str | os.PathLike | None = option(None, flag=CHECKPOINT_FLAG, metavar="CKPT",
                                                   help="a 'weakpaste train' checkpoint")
     predictions: str | os.PathLike | None = option(None, metavar="PRED_JSON",
                                                    help="a COCO results JSON")

@@ -15,6 +15,7 @@ from weakpaste.core.manifest import (
     fingerprints_sha256,
     jsonable,
 )
+from weakpaste.core.options import flag_of
 from weakpaste.evaluate.detection import training_frequency
 from weakpaste.train import data as tdata
 from weakpaste.train.config import TrainConfig
@@ -97,7 +98,8 @@ def _stages(config: TrainConfig, specs1: list, sets1: list, specs2: list, sets2:
         items, skipped = tdata.training_items(sets, keep_empty=config.keep_empty)
         if skipped:
             notes.append(f"{name}: {skipped} image(s) without annotations left out (pass "
-                         "--keep-empty to train on them as background)")
+                         f"{flag_of(TrainConfig, 'keep_empty')} to train on them as "
+                         "background)")
         if not any(rec.instances is not None and len(rec.instances) for _, rec in items):
             raise WeakpasteError(f"{specs[0].json}: no instance to learn from in the {name} "
                                  "data; check that its annotations carry segmentations")
