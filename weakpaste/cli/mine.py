@@ -151,7 +151,6 @@ def _build_evaluate_masks(p: argparse.ArgumentParser) -> None:
     from weakpaste.evaluate.funnel import EvaluateMasksConfig, EvaluateMasksInputs
 
     add_options(p, EvaluateMasksInputs)
-
     add_run_options(p, "out", "overwrite", out_required=False, out_metavar="JSON",
                     helps={"out": "also write the metrics to this JSON file",
                            "overwrite": "replace an existing --out file"})

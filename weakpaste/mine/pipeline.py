@@ -308,7 +308,8 @@ class MineInputs(StageInputs):
     images: str | os.PathLike = option(help="folder of the images")
     labels: str | os.PathLike | None = option(
         None, help="COCO JSON (annotated categories = labels), CSV (image,labels with ';') or "
-                   "JSON {image: [classes]}; omit for one sub-folder per class")
+                   "JSON {image: [classes]} (freeseg: one class per image); omit for one "
+                   "sub-folder per class")
 
 
 @dataclass
