@@ -237,15 +237,20 @@ def speed(manifest: dict, wall: float, cpu: float) -> dict:
             "whole_run_img_s": round(n / wall, 3), "cpu_s_per_image": round(cpu / n, 3)}
 
 
+def _run_options(args, out: Path) -> RunOptions:
+    """``args.workers`` processes, the saliency maps shared between runs in ``args.cache``."""
+    return RunOptions(out=str(out), workers=args.workers, quiet=True,
+                      saliency_cache=str(args.cache))
+
+
 def cli_run(args, config: FreeSegConfig, out: Path) -> dict:
     """The same job as ``python -m weakpaste.cli mine freeseg`` (its flags spelt from
     ``config`` by ``to_argv``): wall and CPU seconds of the process and its workers."""
     if out.exists():
         shutil.rmtree(out)
-    run = RunOptions(out=str(out), workers=args.workers, quiet=True)
-    cmd = [sys.executable, "-m", "weakpaste.cli", "mine", "freeseg", "--images",
-           str(args.data), "--labels", str(args.data / "instances.json"), *to_argv(config),
-           *to_argv(run)]
+    cmd = [sys.executable, "-m", "weakpaste.cli", "mine", "freeseg",
+           *to_argv(MineInputs(str(args.data), str(args.data / "instances.json"))),
+           *to_argv(config), *to_argv(_run_options(args, out))]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
@@ -293,8 +298,7 @@ def main() -> None:
         model = ClassifierSpec(backbone=args.backbone, weights=args.weights,
                                classifier=classifier, epochs=args.epochs)
         extra = {} if args.crossfit_folds is None else {"crossfit_folds": args.crossfit_folds}
-        config = FreeSegConfig(model=model, seed=args.seed, saliency_cache=str(args.cache),
-                               **extra,
+        config = FreeSegConfig(model=model, seed=args.seed, **extra,
                                params=FreeSegParams(saliency=spec, saliency_size=None
                                                     if spec == "spectral" else
                                                     args.saliency_size))
@@ -303,8 +307,7 @@ def main() -> None:
         # classes): with the class folders' names ("dining_table") the predictions of 9 of
         # the 61 classes would match no GT category and count as wrong.
         manifest = run_mine_freeseg(config, MineInputs(images=str(args.data), labels=str(gt_path)),
-                                    RunOptions(out=str(out), workers=args.workers, quiet=True),
-                                    save_baselines=True)
+                                    _run_options(args, out), save_baselines=True)
         wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
         classifier = classifier or str(out / "classifier.pt")
         stages += stage_table(name, out, gt_path)

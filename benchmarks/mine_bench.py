@@ -139,11 +139,17 @@ def _no_person_images(args: argparse.Namespace) -> Path:
 
 def _config(args: argparse.Namespace, negatives: Path | None,
             train: tuple[Path, Path] | None) -> FemConfig:
-    saliency = "saliency" in args.methods
     return from_args(FemConfig, args, negatives=str(negatives) if negatives else None,
-                     saliency_cache=str(args.saliency_cache) if saliency else None,
                      train_images=str(train[0]) if train else None,
                      train_labels=str(train[1]) if train else None)
+
+
+def _run_options(args: argparse.Namespace, out: Path) -> RunOptions:
+    """How the benchmark runs the miner: ``args.workers`` processes, and its saliency cache
+    (shared between runs) when saliency proposals are used."""
+    saliency = "saliency" in args.methods
+    return RunOptions(out=str(out), workers=args.workers, quiet=True,
+                      saliency_cache=str(args.saliency_cache) if saliency else None)
 
 
 def _subsample(args: argparse.Namespace) -> tuple[Path, Path, tuple[Path, Path]]:
@@ -274,8 +280,7 @@ def main() -> None:
     config = _config(args, negatives, train)
     start = time.perf_counter()
     manifest = run_mine_fem(config, MineInputs(images=str(images), labels=str(gt)),
-                            RunOptions(out=str(args.out), workers=args.workers, quiet=True),
-                            save_baselines=True)
+                            _run_options(args, args.out), save_baselines=True)
     total = time.perf_counter() - start
     t = manifest["timings_s"]
     n = manifest["counts"]["labelled_images"]
@@ -350,9 +355,9 @@ def _cli_seconds(args: argparse.Namespace, config: FemConfig, images: Path, gt: 
     out = args.out.with_name(args.out.name + "_cli")
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "weakpaste.cli", "mine", "fem", "--images", str(images),
-           "--labels", str(gt), "--out", str(out), *to_argv(config), "--workers",
-           str(args.workers), "--quiet"]
+    cmd = [sys.executable, "-m", "weakpaste.cli", "mine", "fem",
+           *to_argv(MineInputs(str(images), str(gt))), *to_argv(config),
+           *to_argv(_run_options(args, out))]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     return time.perf_counter() - start

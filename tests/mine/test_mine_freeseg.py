@@ -462,9 +462,10 @@ def test_freeseg_deterministic_thresholds_resume(objects, mined, tmp_path):
     out, _, _, cache = mined
     model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,
                            classifier=str(out / "classifier.pt"))
-    config = FreeSegConfig(model=model, min_score=0.6, min_drop=0.3, saliency_cache=str(cache))
+    config = FreeSegConfig(model=model, min_score=0.6, min_drop=0.3)
     again = run_mine_freeseg(config, MineInputs(images=str(objects), labels=None),
-                             RunOptions(out=str(tmp_path / "b"), workers=2, quiet=True),
+                             RunOptions(out=str(tmp_path / "b"), workers=2, quiet=True,
+                                        saliency_cache=str(cache)),
                              save_baselines=True)
     assert again["counts"]["saliency_from_cache"] == 12
     rows = json.loads((out / "freeseg_scores.json").read_text())["segments"]
@@ -499,9 +500,10 @@ def test_freeseg_ranking_options(objects, mined, tmp_path, capsys):
     # continuous cues: the file rounds to 6 decimals, which would tie saturated probabilities
     cues = ("stability", "contrast", "centre")
     config = FreeSegConfig(model=model, min_score=0, min_drop=0, rank_cues=cues, keep_top=0.5,
-                           keep_per_class=True, crossfit_folds=2, saliency_cache=str(cache))
+                           keep_per_class=True, crossfit_folds=2)
     m = run_mine_freeseg(config, MineInputs(images=str(objects), labels=None),
-                         RunOptions(out=str(tmp_path / "r"), quiet=True))
+                         RunOptions(out=str(tmp_path / "r"), quiet=True,
+                                    saliency_cache=str(cache)))
     doc = json.loads((tmp_path / "r" / "freeseg_scores.json").read_text())
     rows = doc["segments"]
     assert doc["rank_by"] == list(cues) and doc["keep_top"] == 0.5
@@ -599,11 +601,11 @@ def test_ray_mining_is_byte_identical_to_the_local_pool(objects, mined, tmp_path
     try:
         model = ClassifierSpec(backbone="resnet18", weights=None, input_size=64, crop_size=48,
                                classifier=str(out / "classifier.pt"))
-        config = FreeSegConfig(model=model, min_score=0.0, min_drop=0.0,
-                               saliency_cache=str(cache))
+        config = FreeSegConfig(model=model, min_score=0.0, min_drop=0.0)
         run_mine_freeseg(config, MineInputs(images=str(objects), labels=None),
                          RunOptions(out=str(tmp_path / "ray"), workers=2, quiet=True,
-                                    executor="ray"), save_baselines=True)
+                                    executor="ray", saliency_cache=str(cache)),
+                         save_baselines=True)
     finally:
         ray.shutdown()
     # The same bytes as the CLI run in this process (which trained that classifier).

@@ -26,11 +26,10 @@ def _cmd_backgrounds(args: argparse.Namespace) -> int:
 
 def _build(p: argparse.ArgumentParser) -> None:
     from weakpaste.backgrounds.run import BackgroundsConfig, BackgroundsInputs
-    from weakpaste.core.run import RUN_FIELDS
-
     add_options(p, BackgroundsInputs)
     add_options(p, BackgroundsConfig)
-    add_run_options(p, *RUN_FIELDS, helps={"resume": "continue an interrupted run"})
+    add_run_options(p, "out", "overwrite", "resume", "workers", "executor", "ray_address",
+                    "gpus_per_worker", "quiet", helps={"resume": "continue an interrupted run"})
     p.set_defaults(func=_cmd_backgrounds)
 
 

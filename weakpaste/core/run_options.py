@@ -54,6 +54,11 @@ class RunOptions(Config):
     ray_address: str | None = reuse_option(ExecutorConfig, "ray_address")
     gpus_per_worker: float = reuse_option(ExecutorConfig, "gpus_per_worker")
     quiet: bool = option(False, help="no progress bar")
+    # Where reusable intermediate results go never changes the output, so it is a run option
+    # (the miners' saliency maps), not a setting of the method.
+    saliency_cache: str | None = option(
+        None, metavar="DIR", help="keep saliency maps here, keyed by image and model, to share "
+                                  "them between runs (default: OUT/.cache/saliency)")
     chunk: int = reuse_option(ExecutorConfig, "chunk")
 
     @property

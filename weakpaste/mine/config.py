@@ -9,7 +9,6 @@ so that ``weakpaste --help`` stays fast. The miners (``weakpaste.mine.fem``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.options import Config, device_option, flag_of, option, seed_option
@@ -41,13 +40,6 @@ RANK_CUES: dict[str, int] = {
 smaller is better). Here, not in ``weakpaste.mine.ranking``, so that the command line lists
 them without importing NumPy."""
 
-
-
-def saliency_cache_option() -> Any:
-    """``--saliency-cache``, declared once for both miners (F-EM and FreeSeg share the maps)."""
-    return option(None, metavar="DIR", help="keep saliency maps here, keyed by image and model, "
-                                            "to share them between runs (default: "
-                                            "OUT/.cache/saliency)")
 
 @dataclass(frozen=True)
 class ClassifierSpec(Config):
@@ -232,7 +224,6 @@ class FemConfig(Config):
     mil_dims: int = option(64, range=(1, None),
                            help="--anchor mil: principal components of the region features "
                                 "the head sees (few images per class: keep it small)")
-    saliency_cache: str | None = saliency_cache_option()
     seed: int = seed_option("seeds the classifier's and the MIL head's training")
     params: FemParams = option(factory=FemParams, help="per-image settings")
 
@@ -303,7 +294,6 @@ class FreeSegConfig(Config):
         min_rank: the least ranking score kept.
         keep_per_class: ``keep_top`` within each class instead of over all segments.
         crossfit_folds: folds of the cross-fitted classifier scores (0: none).
-        saliency_cache: folder of cached saliency maps (None: ``OUT/.cache/saliency``).
         seed: k-means initialisation, the folds and the random baseline.
         params: per-image settings.
     """
@@ -347,7 +337,6 @@ class FreeSegConfig(Config):
                                  help="also score each image with linear heads on the "
                                       "classifier's features fitted on the other folds "
                                       "(p_before_cf, p_after_cf, drop_rate_cf; 0: off)")
-    saliency_cache: str | None = saliency_cache_option()
     seed: int = seed_option("k-means initialisation and the random baseline")
     params: FreeSegParams = option(factory=FreeSegParams, help="per-image settings")
 

@@ -117,7 +117,7 @@ class FemMiner(Miner):
             files.update(train_images=cfg.train_images, train_labels=cfg.train_labels)
         return files
 
-    def open(self, out, threads: int | None) -> dict:
+    def open(self, saliency_cache: Path, threads: int | None) -> dict:
         p, models = self.config.params, {}
         if p.sam_checkpoint:
             from weakpaste.mine.sam import SamProposer
@@ -131,9 +131,8 @@ class FemMiner(Miner):
 
             backend = make_saliency(p.saliency, size=p.saliency_size, threads=threads,
                                     rescale=True)
-            root = self.config.saliency_cache or Path(out) / ".cache" / "saliency"
             models["saliency"] = SaliencyProposer(
-                backend, SaliencyCache(root, backend.key), threshold=p.saliency_threshold,
+                backend, SaliencyCache(saliency_cache, backend.key), threshold=p.saliency_threshold,
                 min_area=p.saliency_min_area, expand=p.crop_expand,
                 cam_threshold=p.cam_threshold)
         return models

@@ -233,14 +233,13 @@ class FreeSegMiner(Miner):
         p = self.config.params
         return {} if p.saliency == "spectral" else {"saliency_model": p.saliency}
 
-    def open(self, out, threads: int | None) -> dict:
+    def open(self, saliency_cache: Path, threads: int | None) -> dict:
         from weakpaste.mine.saliency import SaliencyCache, make_saliency
 
         p = self.config.params
         backend = make_saliency(p.saliency, convention=p.saliency_convention,
                                 size=p.saliency_size, threads=threads, rescale=True)
-        root = self.config.saliency_cache or Path(out) / ".cache" / "saliency"
-        return {"saliency": backend, "cache": SaliencyCache(root, backend.key)}
+        return {"saliency": backend, "cache": SaliencyCache(saliency_cache, backend.key)}
 
     def describe(self, models: dict) -> dict[str, str]:
         return {"saliency_key": models["saliency"].key}

@@ -130,8 +130,10 @@ class Miner:
         """Model files the per-image results depend on: name -> path."""
         return {}
 
-    def open(self, out: Path, threads: int | None) -> dict:
-        """Per-process models besides the classifier (``threads``: torch/ONNX threads)."""
+    def open(self, saliency_cache: Path, threads: int | None) -> dict:
+        """Per-process models besides the classifier (``threads``: torch/ONNX threads;
+        ``saliency_cache``: the folder of the saliency maps, ``RunOptions.saliency_cache`` or
+        ``OUT/.cache/saliency``)."""
         return {}
 
     def describe(self, models: dict) -> dict[str, str]:

@@ -224,7 +224,7 @@ def training_set(plan: Plan, images_dir: Path) -> tuple[list[Path], np.ndarray]:
 _WORKER: dict = {}
 
 
-def _worker_init(miner: Miner, classifier_path: str, out: str, threads: int | None,
+def _worker_init(miner: Miner, classifier_path: str, saliency_cache: str, threads: int | None,
                  models: dict | None = None) -> None:
     """Load a worker's models once: the classifier and the miner's (or reuse ``models``)."""
     import torch
@@ -233,9 +233,15 @@ def _worker_init(miner: Miner, classifier_path: str, out: str, threads: int | No
 
     if threads:
         torch.set_num_threads(threads)
-    models = dict(models) if models is not None else miner.open(Path(out), threads)
+    models = dict(models) if models is not None else miner.open(Path(saliency_cache), threads)
     models["classifier"] = Classifier.load(classifier_path, device=miner.config.model.device)
     _WORKER.update(miner=miner, models=models)
+
+
+def saliency_cache(stage: StageRun) -> Path:
+    """The folder of the run's saliency maps: ``--saliency-cache``, else in the output."""
+    given = stage.run.saliency_cache
+    return Path(given) if given else stage.out / ".cache" / "saliency"
 
 
 def _mine_task(task: tuple[Item, str]) -> dict[str, float]:
@@ -273,7 +279,8 @@ def mine_images(miner: Miner, plan: Plan, cache: Path, clf_path: Path, out: Path
     tasks = [(it, str(f)) for it, f in zip(items, files, strict=True)
              if not result_cache.is_valid(f, miner.result_types)]
     here = stage.run.workers <= 1 and stage.run.executor == "local"
-    initargs = (miner, str(clf_path), str(out), *((None, models) if here else (1, None)))
+    initargs = (miner, str(clf_path), str(saliency_cache(stage)),
+                *((None, models) if here else (1, None)))
     if not here:
         models.clear()  # each worker opens its own (an ONNX session does not survive a fork)
     t = time.perf_counter()
@@ -332,7 +339,7 @@ def _prepare(miner: Miner, stage: StageRun, images_dir: Path, labels: str | None
     records, classes = load_labels(labels, images_dir, flags=flags)
     plan = miner.plan(records, classes, str(labels or images_dir))
     plan.counts = {"images": len(records), **plan.counts}
-    models = miner.open(stage.out, None)  # checks the models before anything is written
+    models = miner.open(saliency_cache(stage), None)  # checks them before anything is written
     hashes = image_hashes(images_dir, records)
     plan.items = [Item(r.file_name, str(images_dir / r.file_name), tuple(r.labels),
                        hashes[r.file_name]) for r in plan.records]
@@ -369,7 +376,8 @@ def run_mine(miner: Miner, inputs: MineInputs, run: RunOptions, *,
 
     images_dir, labels = Path(inputs.images), inputs.labels
     labels = None if labels is None else str(labels)
-    stage = StageRun("mine", run, inputs=input_paths(miner, images_dir, labels))
+    stage = StageRun("mine", run, inputs=input_paths(miner, images_dir, labels,
+                                                     run.saliency_cache))
     with stage:  # before the classifier's training
         resolve_device(miner.config.model.device)  # --device cuda where torch has no GPU
         prep = _prepare(miner, stage, images_dir, labels)

@@ -11,6 +11,7 @@ from typing import Any
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.manifest import jsonable
 from weakpaste.core.options import Config, flag_of, flags_of
+from weakpaste.core.run import RunOptions
 from weakpaste.mine.miner import Miner
 
 
@@ -30,7 +31,8 @@ def run_config(miner: Miner, images_dir: Path, labels: str | None, described: di
     return jsonable({**flat, **described})
 
 
-# Locations, not settings: the inputs' contents are compared by hash instead.
+# Locations, not settings: the inputs' contents are compared by hash instead (and the saliency
+# cache, a run option now, was recorded by earlier versions).
 _NOT_COMPARED = ("images", "labels", "saliency_cache", "negatives", "train_images",
                  "train_labels")
 
@@ -89,7 +91,8 @@ def _input_hashes(miner: Miner, labels: str | None, hashes: dict[str, str]) -> d
     return inputs
 
 
-def input_paths(miner: Miner, images_dir: Path, labels: str | None) -> list[str | Path]:
+def input_paths(miner: Miner, images_dir: Path, labels: str | None,
+                saliency_cache: str | None = None) -> list[str | Path]:
     """Every file and folder the run reads, which ``--out`` may not overlap: the images, the
     labels, the classifier, its ``--weights`` file, the miner's model files and folders, and
     a ``--saliency-cache`` (read as well as written).
@@ -102,13 +105,13 @@ def input_paths(miner: Miner, images_dir: Path, labels: str | None) -> list[str 
 
     spec = miner.config.model
     weights = None if is_none(spec.weights) or is_default(spec.weights) else spec.weights
-    cache = getattr(miner.config, "saliency_cache", None)
+    cache = saliency_cache
     inputs = miner.inputs()
     if cache:
         for folder in (images_dir, inputs.get("negatives")):
             if folder and Path(folder).resolve() in (Path(cache).resolve(),
                                                      *Path(cache).resolve().parents):
-                flag = flag_of(type(miner.config), "saliency_cache")
+                flag = flag_of(RunOptions, "saliency_cache")
                 raise WeakpasteError(f"{cache}: the saliency cache lies inside the images "
                                      f"folder {folder}, where its maps would be read as images; "
                                      f"choose a {flag} outside it")
