@@ -39,6 +39,46 @@ def test_local_map_keeps_order_and_runs_init_in_every_worker():
     assert os.getpid() not in {pid for _, pid in two}
 
 
+_AFTER_OPENCV = """
+import cv2, numpy as np
+from weakpaste.core.runners import map_items
+
+def init():
+    cv2.setNumThreads(1)  # what paste's workers do first
+
+def blur(i):
+    return float(cv2.GaussianBlur(np.full((600, 600), i, np.float32), (0, 0), 5).mean())
+
+if __name__ == "__main__":
+    cv2.setNumThreads(2)
+    image = np.random.default_rng(0).random((1500, 1500), np.float32)
+    for _ in range(3):  # the parent's OpenCV thread pool is running
+        cv2.GaussianBlur(image, (0, 0), 5)
+    print([round(v) for v in map_items(blur, range(4), workers=2, init=init)])
+    print(cv2.getNumThreads())
+"""
+
+
+def test_workers_forked_after_opencv_ran_here_do_not_hang(tmp_path):
+    """A process that ran a parallel OpenCV call (a miner, in a notebook) then forks workers:
+    without stopping OpenCV's thread pool around the fork, the workers' first OpenCV call
+    waits for ever (opencv/opencv#5150). The parent keeps its own thread setting."""
+    script = tmp_path / "after_opencv.py"
+    script.write_text(_AFTER_OPENCV)
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": root})
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the hung workers too
+        proc.communicate()
+        pytest.fail("the workers hung in their first OpenCV call")
+    assert proc.returncode == 0, stderr
+    assert stdout.split("\n")[:2] == ["[0, 1, 2, 3]", "2"]
+
+
 def _slow_add(x: int) -> tuple[int, int]:
     time.sleep(0.002)  # results arrive one by one, as real items' do
     return _add(x)

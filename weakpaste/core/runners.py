@@ -23,6 +23,7 @@ import functools
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -35,6 +36,7 @@ from weakpaste.core.run_options import (  # ExecutorConfig is declared there wit
     RAY_ADDRESS_FLAG,
     ExecutorConfig,
 )
+from weakpaste.core.threads import thread_count
 
 
 def host_tag() -> str:
@@ -103,7 +105,7 @@ class Workers:
             # it (and terminates the pool), so workers print no traceback of their own.
             # Ignoring it while the pool forks makes the workers ignore it from their first
             # instruction on.
-            with _sigint_ignored():
+            with _sigint_ignored(), _opencv_threads_stopped(context):
                 self._pool = _pool_class()(self.workers, initializer=_pool_init,
                                            initargs=(self.init, self.initargs),
                                            context=context)
@@ -207,6 +209,21 @@ def _sigint_ignored() -> Iterator[None]:
     finally:
         _sigterm_mask(signal.SIG_UNBLOCK)
         signal.signal(signal.SIGINT, previous)
+
+
+def _opencv_threads_stopped(context) -> contextlib.AbstractContextManager:
+    """Stop OpenCV's thread pool while the workers fork, then let it restart.
+
+    OpenCV's own (pthreads) thread pool does not survive ``fork``: once this process has run
+    a parallel OpenCV call, a forked worker's first ``cv2.setNumThreads`` or parallel call
+    waits for ever on pool threads that only the parent has (opencv/opencv#5150; seen here
+    as ``run_paste`` hanging after a miner ran in the same Python process). One thread while
+    forking leaves the children nothing to wait for; the parent gets its threads back after.
+    """
+    cv2 = sys.modules.get("cv2")  # not imported: nothing to stop (and no import to pay)
+    if cv2 is None or context.get_start_method() != "fork":
+        return contextlib.nullcontext()
+    return thread_count(cv2.getNumThreads, cv2.setNumThreads, 1)
 
 
 def _sigterm_mask(how: int) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 from weakpaste.core.errors import WeakpasteError
 from weakpaste.core.errors import reason as _reason
 from weakpaste.core.files import WRITE_ERRNOS, write_error, write_failure
+from weakpaste.core.threads import thread_count
 from weakpaste.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from weakpaste.models.weights import (
     BACKBONE_FLAG,
@@ -80,20 +81,14 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
+def one_thread() -> contextlib.AbstractContextManager:
     """Run torch on one CPU thread inside the block (its thread count is restored after).
 
     CPU convolutions' last bits depend on the thread count: with one thread a forward pass
     gives the same bytes in the driver (``--workers 1``: torch's default threads) and in a
     worker process (one thread each).
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return thread_count(torch.get_num_threads, torch.set_num_threads, 1)
 
 
 # --------------------------------------------------------------------------------------------
