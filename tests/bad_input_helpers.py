@@ -72,8 +72,12 @@ def interrupt(argv: list[str], ready: Callable[[], bool], sig: signal.Signals
     Returns:
         (exit code, stdout, stderr).
     """
+    # As in a terminal, the command starts with Ctrl-C's default action even when the tests
+    # themselves run where it is ignored (a shell's background job: '.ci/run &'), which the
+    # command would inherit and so run to its end.
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
