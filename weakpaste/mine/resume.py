@@ -105,17 +105,17 @@ def input_paths(miner: Miner, images_dir: Path, labels: str | None,
 
     spec = miner.config.model
     weights = None if is_none(spec.weights) or is_default(spec.weights) else spec.weights
-    cache = saliency_cache
     inputs = miner.inputs()
-    if cache:
+    if saliency_cache:
+        cache = Path(saliency_cache).resolve()
         for folder in (images_dir, inputs.get("negatives")):
-            if folder and Path(folder).resolve() in (Path(cache).resolve(),
-                                                     *Path(cache).resolve().parents):
+            if folder and Path(folder).resolve() in (cache, *cache.parents):
                 flag = flag_of(RunOptions, "saliency_cache")
-                raise WeakpasteError(f"{cache}: the saliency cache lies inside the images "
-                                     f"folder {folder}, where its maps would be read as images; "
-                                     f"choose a {flag} outside it")
-    return [images_dir, labels, spec.classifier, weights, *inputs.values(), cache]
+                raise WeakpasteError(f"{saliency_cache}: the saliency cache lies inside the "
+                                     f"images folder {folder}, where its maps would be read as "
+                                     f"images; choose a {flag} outside it")
+    return [images_dir, labels, spec.classifier, weights, *inputs.values(),
+            saliency_cache]
 
 
 def folder_sha256(folder: str | Path) -> str:
